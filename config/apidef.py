@@ -1,0 +1,228 @@
+"""Tyk classic API definitions: the fields Coproc acts on, the rest kept as `raw`.
+
+One JSON file per API under the gateway's `app_path`.  Hook `path`s resolve
+against `middleware_path` first, then against the definition's own directory.
+Coproc's own per-API options live under an optional `coproc` object; per-hook
+options (`timeout_ms`, `failure_policy`) may also sit in each hook entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.gateway import FAILURE_POLICIES, GatewayConfig
+from config.reader import ConfigError, Reader, load_json
+
+__all__ = [
+    "REQUEST_HOOK_PHASES",
+    "APIDefinition",
+    "CustomMiddleware",
+    "HookDef",
+    "ProxyDef",
+    "load_api_definition",
+    "load_api_definitions",
+]
+
+#: Phases with a list of hooks, in the order they run around the upstream call.
+REQUEST_HOOK_PHASES = ("pre", "post_key_auth", "post", "response")
+
+
+@dataclass(frozen=True, slots=True)
+class HookDef:
+    """One `custom_middleware` entry (Tyk's MiddlewareDefinition)."""
+
+    name: str
+    path: str = ""  # resolved absolute path, "" for bundle hooks
+    disabled: bool = False
+    raw_body_only: bool = False
+    require_session: bool = False
+    timeout_ms: int = 1000
+    failure_policy: str = "fail_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomMiddleware:
+    driver: str = ""
+    pre: tuple[HookDef, ...] = ()
+    post_key_auth: tuple[HookDef, ...] = ()
+    post: tuple[HookDef, ...] = ()
+    response: tuple[HookDef, ...] = ()
+    auth_check: HookDef | None = None
+    id_extractor: dict[str, Any] = field(default_factory=dict)
+
+    def phase(self, name: str) -> tuple[HookDef, ...]:
+        hooks: tuple[HookDef, ...] = getattr(self, name)
+        return tuple(h for h in hooks if not h.disabled)
+
+    def all_hooks(self) -> tuple[HookDef, ...]:
+        auth = (self.auth_check,) if self.auth_check and not self.auth_check.disabled else ()
+        return auth + tuple(h for p in REQUEST_HOOK_PHASES for h in self.phase(p))
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyDef:
+    listen_path: str
+    target_url: str
+    strip_listen_path: bool = False
+    preserve_host_header: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class APIDefinition:
+    api_id: str
+    name: str
+    org_id: str
+    active: bool
+    use_keyless: bool
+    proxy: ProxyDef
+    custom_middleware: CustomMiddleware
+    custom_middleware_bundle: str
+    bundle_dir: Path | None  # where the bundle is (or would be) extracted
+    config_data: dict[str, Any]
+    config_data_disabled: bool
+    enable_coprocess_auth: bool
+    domain: str
+    source: Path
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def has_plugins(self) -> bool:
+        return bool(self.custom_middleware.all_hooks())
+
+
+def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
+    """Every `*.json` under `app_path`, sorted by file name; raise `ConfigError`."""
+    if not cfg.app_path.is_dir():
+        raise ConfigError(cfg.path, "app_path", f"{cfg.app_path} is not a directory",
+                          "create it or point app_path at the directory of API definitions")
+    apis = [load_api_definition(p, cfg) for p in sorted(cfg.app_path.glob("*.json"))]
+    _check_unique(apis)
+    return apis
+
+
+def _check_unique(apis: list[APIDefinition]) -> None:
+    seen: dict[tuple[str, str], APIDefinition] = {}
+    ids: dict[str, APIDefinition] = {}
+    for api in apis:
+        if not api.active:
+            continue
+        if api.api_id in ids:
+            raise ConfigError(api.source, "api_id", f"{api.api_id!r} is also used by "
+                              f"{ids[api.api_id].source}", "give every API a unique api_id")
+        ids[api.api_id] = api
+        key = (api.domain, api.proxy.listen_path)
+        if key in seen:
+            raise ConfigError(api.source, "proxy.listen_path", f"{api.proxy.listen_path!r} is "
+                              f"also used by {seen[key].source}", "use distinct listen paths")
+        seen[key] = api
+
+
+def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
+    raw = load_json(path)
+    r = Reader(raw, path)
+    api_id = r.get("api_id", str)
+    if not api_id:
+        raise r.error("api_id", "must not be empty", "set a unique, non-empty api_id")
+    opts = r.child("coproc")
+    hook_defaults = HookDef(
+        name="",
+        timeout_ms=opts.number("hook_timeout_ms", int, cfg.hooks.timeout_ms, 1),
+        failure_policy=opts.choice("failure_policy", FAILURE_POLICIES, cfg.hooks.failure_policy),
+    )
+    bundle = r.get("custom_middleware_bundle", str, "")
+    return APIDefinition(
+        api_id=api_id,
+        name=r.get("name", str, api_id),
+        org_id=r.get("org_id", str, ""),
+        active=r.get("active", bool, True),
+        use_keyless=r.get("use_keyless", bool, True),
+        proxy=_proxy(r.child("proxy")),
+        custom_middleware=_middleware(r.child("custom_middleware"), cfg, path, hook_defaults),
+        custom_middleware_bundle=bundle,
+        bundle_dir=_bundle_dir(cfg, api_id, bundle) if bundle else None,
+        config_data=r.get("config_data", dict, {}),
+        config_data_disabled=r.get("config_data_disabled", bool, False),
+        enable_coprocess_auth=r.get("enable_coprocess_auth", bool, False)
+        or r.get("custom_plugin_auth_enabled", bool, False),
+        domain=r.get("domain", str, ""),
+        source=path,
+        raw=raw,
+    )
+
+
+def _proxy(r: Reader) -> ProxyDef:
+    listen_path = r.get("listen_path", str)
+    if not listen_path.startswith("/"):
+        raise r.error("listen_path", f"must start with '/', got {listen_path!r}",
+                      f"use \"/{listen_path}\"")
+    target = r.get("target_url", str)
+    if not target.startswith(("http://", "https://")):
+        raise r.error("target_url", f"must be an http:// or https:// URL, got {target!r}",
+                      "set the upstream's base URL, e.g. http://127.0.0.1:8081/")
+    return ProxyDef(
+        listen_path=listen_path,
+        target_url=target,
+        strip_listen_path=r.get("strip_listen_path", bool, False),
+        preserve_host_header=r.get("preserve_host_header", bool, False),
+    )
+
+
+def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef) -> CustomMiddleware:
+    def hook(h: Reader) -> HookDef:
+        name = h.get("name", str)
+        if not name.isidentifier():
+            raise h.error("name", f"{name!r} is not a Python function name",
+                          "name the decorated hook function")
+        return HookDef(
+            name=name,
+            path=_hook_path(h, cfg, source),
+            disabled=h.get("disabled", bool, False),
+            raw_body_only=h.get("raw_body_only", bool, False),
+            require_session=h.get("require_session", bool, False),
+            timeout_ms=h.number("timeout_ms", int, d.timeout_ms, 1),
+            failure_policy=h.choice("failure_policy", FAILURE_POLICIES, d.failure_policy),
+        )
+
+    auth = r.get("auth_check", dict, {})
+    return CustomMiddleware(
+        driver=r.get("driver", str, ""),
+        pre=r.items("pre", hook),
+        post_key_auth=r.items("post_key_auth", hook),
+        post=r.items("post", hook),
+        response=r.items("response", hook),
+        # Auth is always fail-closed: a broken auth plugin must never let a request in.
+        auth_check=(
+            _with_policy(hook(r.child("auth_check")), "fail_closed")
+            if auth.get("name") else None
+        ),
+        id_extractor=r.get("id_extractor", dict, {}),
+    )
+
+
+def _with_policy(h: HookDef, policy: str) -> HookDef:
+    return HookDef(h.name, h.path, h.disabled, h.raw_body_only, h.require_session,
+                   h.timeout_ms, policy)
+
+
+def _hook_path(h: Reader, cfg: GatewayConfig, source: Path) -> str:
+    value = h.get("path", str, "")
+    if not value:
+        return ""
+    candidate = Path(value)
+    if candidate.is_absolute():
+        options = [candidate]
+    else:
+        options = [cfg.middleware_path / candidate, source.parent / candidate]
+    for option in options:
+        if option.is_file():
+            return str(option.resolve())
+    raise h.error("path", f"no such file: tried {', '.join(str(o) for o in options)}",
+                  "point path at the plugin's .py file (relative to middleware_path "
+                  "or to this API definition's directory)")
+
+
+def _bundle_dir(cfg: GatewayConfig, api_id: str, bundle: str) -> Path:
+    """Tyk extracts a bundle to middleware_path/bundles/<api_id>_<bundle name>."""
+    return cfg.middleware_path / "bundles" / f"{api_id}_{bundle}"

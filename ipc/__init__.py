@@ -1,0 +1,1 @@
+"""Coproc's wire protocols: hooks (ZeroMQ), control (socketpair) and sd_notify."""
