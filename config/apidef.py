@@ -137,7 +137,7 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
         name=r.get("name", str, api_id),
         org_id=r.get("org_id", str, ""),
         active=r.get("active", bool, True),
-        use_keyless=r.get("use_keyless", bool, True),
+        use_keyless=r.get("use_keyless", bool, False),
         proxy=_proxy(r.child("proxy")),
         custom_middleware=_middleware(r.child("custom_middleware"), cfg, path, hook_defaults),
         custom_middleware_bundle=bundle,

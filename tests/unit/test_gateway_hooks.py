@@ -1,0 +1,218 @@
+"""HookClient against a scripted worker on a real ZeroMQ DEALER socket."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from config.apidef import HookDef
+from config.gateway import GatewayConfig, HookOptions
+from gateway.hooks import HookClient, HookFailed, HookTimeout, NoWorker, WorkerLost, merge_reply
+from ipc.protocol import MsgType, decode, encode
+from ipc.tokens import worker_token
+
+KEY = b"k" * 32
+
+
+class _Host:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def host_call(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        if payload["op"] == "store_data":
+            self.data[payload["key"]] = payload["value"]
+            return {}
+        if payload["op"] == "get_data":
+            value = self.data.get(payload["key"])
+            return {"value": value or b"", "found": value is not None}
+        return None
+
+
+class FakeWorker:
+    """Plays the worker side of the protocol by hand."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, generation: int) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.generation = generation
+
+    async def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
+        await self.sock.send_multipart(encode(mtype, call_id, payload))
+
+    async def recv(self, timeout: float = 2.0) -> Any:
+        frames = await asyncio.wait_for(self.sock.recv_multipart(), timeout)
+        return decode(frames)
+
+    async def hello(self, token: str | None = None) -> Any:
+        await self.send(MsgType.HELLO, 0, {
+            "generation": self.generation, "pid": 4242,
+            "token": token or worker_token(KEY, self.generation), "plugins": {},
+        })
+        return await self.recv()
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[HookClient, zmq.asyncio.Context, str, _Host]]:
+    run_dir = Path(tempfile.mkdtemp(prefix="cph-"))
+    cfg = GatewayConfig(path=run_dir / "c.json", run_dir=run_dir,
+                        hooks=HookOptions(worker_wait_ms=300))
+    host = _Host()
+    client = HookClient(cfg, KEY, host)
+    await client.start()
+    ctx = zmq.asyncio.Context()
+    try:
+        yield client, ctx, cfg.hooks_endpoint, host
+    finally:
+        await client.close()
+        ctx.destroy(linger=0)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+HOOK = HookDef(name="MyHook", timeout_ms=500)
+
+
+async def _serve_one(worker: FakeWorker, reply: dict[str, Any]) -> Any:
+    call = await worker.recv()
+    assert call.type is MsgType.CALL
+    await worker.send(MsgType.REPLY, call.call_id, {"object": reply})
+    return call
+
+
+async def test_admitted_worker_answers_and_reply_is_merged(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    welcome = await worker.hello()
+    assert welcome.type is MsgType.WELCOME and welcome.payload["active"] is True
+    sent = {"request": {"headers": {"A": "1"}, "raw_body": b"big"}, "spec": {"APIID": "x"}}
+    task = asyncio.ensure_future(client.call("x", "pre", HOOK, sent))
+    call = await _serve_one(worker, {"request": {"set_headers": {"B": "2"}}})
+    result = await task
+    assert call.payload["hook_name"] == "MyHook" and call.payload["object"] == sent
+    assert result["request"] == {"headers": {"A": "1"}, "raw_body": b"big", "set_headers": {"B": "2"}}
+    assert result["spec"] == {"APIID": "x"}
+    assert client.health()["ready"] and client.health()["generation"] == 1
+
+
+async def test_bad_token_is_rejected_and_not_routed(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    answer = await worker.hello(token="0" * 64)
+    assert answer.type is MsgType.REJECT
+    with pytest.raises(NoWorker):
+        await client.call("x", "pre", HOOK, {})
+
+
+async def test_deadline_gives_timeout(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    started = time.monotonic()
+    with pytest.raises(HookTimeout):
+        await client.call("x", "pre", replace(HOOK, timeout_ms=100), {})
+    assert time.monotonic() - started < 1.0
+    assert client.stats["timeouts"] == 1
+
+
+async def test_worker_exit_fails_inflight_calls_at_once(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    task = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, timeout_ms=5000), {}))
+    await worker.recv()  # the call arrived; the worker never answers
+    started = time.monotonic()
+    client.on_worker_exited(1, "killed by SIGKILL")
+    with pytest.raises(WorkerLost):
+        await task
+    assert time.monotonic() - started < 0.5
+    assert client.health()["ready"] is False
+
+
+async def test_error_reply_and_hostile_garbage(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    hostile = ctx.socket(zmq.DEALER)
+    hostile.setsockopt(zmq.LINGER, 0)
+    hostile.connect(endpoint)
+    await hostile.send_multipart([b"\x01", b"\x04", b"12345678", b"\xc1garbage"])
+    rejected = decode(await asyncio.wait_for(hostile.recv_multipart(), 2))
+    assert rejected.type is MsgType.REJECT and "protocol error" in rejected.payload["reason"]
+    hostile.close()
+    task = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    call = await worker.recv()
+    await worker.send(MsgType.ERROR, call.call_id, {"code": "hook_failed", "message": "boom"})
+    with pytest.raises(HookFailed) as info:
+        await task
+    assert info.value.code == "hook_failed"
+    assert client.stats["protocol_errors"] == 1
+
+
+async def test_invalid_reply_fails_its_call_fast(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    task = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, timeout_ms=5000), {}))
+    call = await worker.recv()
+    await worker.send(MsgType.REPLY, call.call_id, {"object": {"request": {"headers": 5}}})
+    with pytest.raises(HookFailed) as info:
+        await asyncio.wait_for(task, 1)
+    assert info.value.code == "protocol"
+
+
+async def test_newer_generation_takes_over_and_older_drains(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    old, new = FakeWorker(ctx, endpoint, 1), FakeWorker(ctx, endpoint, 2)
+    await old.hello()
+    assert (await new.hello()).payload["active"] is True
+    drain = await old.recv()
+    assert drain.type is MsgType.DRAIN
+    task = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    await _serve_one(new, {"metadata": {"gen": "2"}})
+    assert (await task)["metadata"] == {"gen": "2"}
+    stale = FakeWorker(ctx, endpoint, 1)
+    assert (await stale.hello()).type is MsgType.REJECT
+
+
+async def test_host_calls_are_answered(env: Any) -> None:
+    client, ctx, endpoint, host = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    await worker.send(MsgType.HOST_CALL, 7, {"op": "store_data", "key": "k", "value": b"v", "ttl": 0})
+    assert (await worker.recv()).call_id == 7
+    await worker.send(MsgType.HOST_CALL, 8, {"op": "get_data", "key": "k"})
+    reply = await worker.recv()
+    assert reply.type is MsgType.HOST_REPLY and reply.payload == {"value": b"v", "found": True}
+
+
+async def test_unknown_peer_is_asked_to_resync(env: Any) -> None:
+    _, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 3)
+    await worker.send(MsgType.HEARTBEAT, 0, {"generation": 3})
+    assert (await worker.recv()).type is MsgType.RESYNC
+
+
+async def test_fatal_state_fails_waiting_calls_immediately(env: Any) -> None:
+    client, _, _, _ = env
+    task = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    await asyncio.sleep(0.02)
+    client.on_worker_state("fatal", None, "flapping")
+    with pytest.raises(NoWorker, match="fatal"):
+        await asyncio.wait_for(task, 0.2)
+
+
+def test_merge_reply_replaces_record_fields_only() -> None:
+    sent = {"request": {"a": 1, "b": 2}, "metadata": {"x": "1"}}
+    assert merge_reply(sent, {"request": {"b": 3}, "metadata": {}}) == {
+        "request": {"a": 1, "b": 3}, "metadata": {}}
+    assert sent["request"] == {"a": 1, "b": 2}
