@@ -76,7 +76,7 @@ class Reader:
         if not ok:
             raise self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}",
                              f"set \"{key}\" to {_TYPE_NAMES[kind]}")
-        return value  # type: ignore[return-value]
+        return value  # type: ignore[no-any-return]
 
     def number(self, key: str, kind: type[T], default: T, minimum: float = 0,
                maximum: float | None = None) -> T:

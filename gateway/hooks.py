@@ -129,6 +129,7 @@ class HookClient:
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._drain_scheduled = False
+        self._fd = -1
         self._state, self._state_detail = "starting", ""
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -154,7 +155,8 @@ class HookClient:
         if endpoint.startswith("ipc://"):
             os.chmod(endpoint[len("ipc://"):], 0o600)
         self._sock = sock
-        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+        self._fd = int(sock.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self._drain)
         self._schedule_drain()
         log.info("hooks socket bound on %s", endpoint)
 
@@ -165,7 +167,7 @@ class HookClient:
         for task in list(self._tasks):
             task.cancel()
         if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+            self._loop.remove_reader(self._fd)
             self._sock.close(linger=0)
             self._sock = None
         if self._ctx is not None:
@@ -183,8 +185,8 @@ class HookClient:
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending[call_id] = _Pending(future, peer)
         peer.inflight.add(call_id)
-        timer = self._loop.call_later(hook.timeout_ms / 1000, _fail, future,
-                                      HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms"))
+        expired = HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms")
+        timer = self._loop.call_later(hook.timeout_ms / 1000, _fail, future, expired)
         self.stats["calls"] += 1
         try:
             self._send(peer, MsgType.CALL, call_id, {
@@ -274,7 +276,7 @@ class HookClient:
         sock = self._sock
         # Bounded so one flood cannot starve the event loop; the rest comes next turn.
         for _ in range(1000):
-            if sock is None or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if sock is None or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)

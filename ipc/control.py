@@ -64,7 +64,8 @@ CONTROL_MESSAGES: Final[Mapping[str, Shape]] = {
 
 
 def encode_control(message: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
+    packed: bytes = msgpack.packb(message, use_bin_type=True)
+    return packed
 
 
 def decode_control(datagram: bytes) -> dict[str, Any]:

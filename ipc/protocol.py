@@ -111,7 +111,9 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
         },
         required=frozenset({"generation", "pid", "token"}),
     ),
-    MsgType.WELCOME: Record({"generation": int, "active": bool}, required=frozenset({"generation"})),
+    MsgType.WELCOME: Record(
+        {"generation": int, "active": bool}, required=frozenset({"generation"})
+    ),
     MsgType.REJECT: Record({"reason": str}, required=frozenset({"reason"})),
     MsgType.CALL: Record(
         {

@@ -5,11 +5,11 @@ other code sees it; a mismatch raises `ProtocolError` naming the path of the
 offending field.  Shapes are plain Python values so the protocol tables read
 like documentation:
 
-* a Python type (`str`, `bytes`, `int`, `float`, `bool`) – a scalar;
+* a Python type (`str`, `bytes`, `int`, `float`, `bool`) - a scalar;
   `float` also accepts an `int`, `int` rejects `bool`;
-* `MapOf(shape)` – a map with `str` keys;
-* `ListOf(shape)` – an array;
-* `Record({...})` – a map with known keys, each optional, unknown keys rejected.
+* `MapOf(shape)` - a map with `str` keys;
+* `ListOf(shape)` - an array;
+* `Record({...})` - a map with known keys, each optional, unknown keys rejected.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ class FakeWorker:
     async def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
         await self.sock.send_multipart(encode(mtype, call_id, payload))
 
-    async def recv(self, timeout: float = 2.0) -> Any:
-        frames = await asyncio.wait_for(self.sock.recv_multipart(), timeout)
+    async def recv(self) -> Any:
+        frames = await asyncio.wait_for(self.sock.recv_multipart(), 2.0)
         return decode(frames)
 
     async def hello(self, token: str | None = None) -> Any:
@@ -99,7 +99,8 @@ async def test_admitted_worker_answers_and_reply_is_merged(env: Any) -> None:
     call = await _serve_one(worker, {"request": {"set_headers": {"B": "2"}}})
     result = await task
     assert call.payload["hook_name"] == "MyHook" and call.payload["object"] == sent
-    assert result["request"] == {"headers": {"A": "1"}, "raw_body": b"big", "set_headers": {"B": "2"}}
+    assert result["request"] == {
+        "headers": {"A": "1"}, "raw_body": b"big", "set_headers": {"B": "2"}}
     assert result["spec"] == {"APIID": "x"}
     assert client.health()["ready"] and client.health()["generation"] == 1
 
@@ -185,14 +186,16 @@ async def test_newer_generation_takes_over_and_older_drains(env: Any) -> None:
 
 
 async def test_host_calls_are_answered(env: Any) -> None:
-    client, ctx, endpoint, host = env
+    _, ctx, endpoint, host = env
     worker = FakeWorker(ctx, endpoint, 1)
     await worker.hello()
-    await worker.send(MsgType.HOST_CALL, 7, {"op": "store_data", "key": "k", "value": b"v", "ttl": 0})
+    store = {"op": "store_data", "key": "k", "value": b"v", "ttl": 0}
+    await worker.send(MsgType.HOST_CALL, 7, store)
     assert (await worker.recv()).call_id == 7
     await worker.send(MsgType.HOST_CALL, 8, {"op": "get_data", "key": "k"})
     reply = await worker.recv()
     assert reply.type is MsgType.HOST_REPLY and reply.payload == {"value": b"v", "found": True}
+    assert host.data == {"k": b"v"}
 
 
 async def test_unknown_peer_is_asked_to_resync(env: Any) -> None:
