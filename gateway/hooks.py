@@ -308,8 +308,11 @@ class HookClient:
             self._resolve(peer, message.call_id, message.payload["object"], None)
         elif mtype is MsgType.ERROR:
             payload = message.payload
-            self._resolve(peer, message.call_id, None,
-                          HookFailed(payload["code"], payload["message"]))
+            error: HookCallError = HookFailed(payload["code"], payload["message"])
+            if payload["code"] == ErrorCode.DEADLINE:
+                # The worker's clock ran out first: the same outcome as ours running out.
+                error = HookTimeout(payload["message"])
+            self._resolve(peer, message.call_id, None, error)
         elif mtype is MsgType.HOST_CALL:
             self._start_host_call(peer, message)
         elif mtype is MsgType.DRAIN_ACK:
@@ -332,7 +335,8 @@ class HookClient:
             self.stats["replies"] += 1
             pending.future.set_result(obj)
         else:
-            self.stats["errors"] += 1
+            if not isinstance(error, HookTimeout):
+                self.stats["errors"] += 1
             pending.future.set_exception(error)
 
     # -- admission ---------------------------------------------------------

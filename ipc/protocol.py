@@ -68,6 +68,7 @@ class ErrorCode(enum.StrEnum):
     BAD_OBJECT = "bad_object"  # the hook returned something unusable
     DRAINING = "draining"  # the worker is draining and refuses new calls
     OVERLOADED = "overloaded"  # the worker's call queue is full
+    DEADLINE = "deadline"  # the hook did not finish within the call's timeout_ms
     PROTOCOL = "protocol"  # the message received was invalid
     HOST_CALL_FAILED = "host_call_failed"  # a host call could not be served
 

@@ -16,7 +16,7 @@ from typing import Final
 __all__ = ["SHM_DIR", "shm_prefix"]
 
 #: Where Linux exposes POSIX shared memory as files.
-SHM_DIR: Final = Path("/dev/shm")
+SHM_DIR: Final = Path("/dev/shm")  # noqa: S108 (a system path, not a temp file)
 
 
 def shm_prefix(run_dir: Path) -> str:

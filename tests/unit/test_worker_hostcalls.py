@@ -1,0 +1,153 @@
+"""TykGateway host calls: marshalled from hook threads onto the loop, with deadlines.
+
+`FakeGateway` is an in-memory stand-in for the channel: it records every
+message (checked against the real protocol codec) and the thread that sent it,
+and answers HOST_CALLs from a dict, or not at all, or with an ERROR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from ipc.protocol import Message, MsgType, decode, encode
+from worker.hostcalls import HostCallError, HostCalls
+from worker.tyk_api import CURRENT_API, TykGateway, install_plugin_api
+
+
+class FakeGateway:
+    def __init__(self, hostcalls: HostCalls, mode: str = "answer") -> None:
+        self.hostcalls = hostcalls
+        self.mode = mode
+        self.data: dict[str, bytes] = {}
+        self.sent: list[Message] = []
+        self.sender_threads: set[int] = set()
+        self.arrived = asyncio.Event()
+
+    def send(self, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bool:
+        self.sender_threads.add(threading.get_ident())
+        message = decode(encode(mtype, call_id, payload))  # must be valid protocol
+        self.sent.append(message)
+        self.arrived.set()
+        if mtype is MsgType.HOST_CALL and call_id and self.mode != "silent":
+            asyncio.get_running_loop().call_soon(self._answer, message)
+        return True
+
+    def _answer(self, message: Message) -> None:
+        if self.mode == "error":
+            self.hostcalls.fail(message.call_id, "host_call_failed: storage down")
+            return
+        op, key = message.payload["op"], message.payload.get("key", "")
+        if op == "store_data":
+            self.data[key] = message.payload["value"]
+            self.hostcalls.resolve(message.call_id, {})
+        else:
+            value = self.data.get(key)
+            self.hostcalls.resolve(message.call_id, {"value": value or b"",
+                                                     "found": value is not None})
+
+    def ops(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(m.call_id, m.payload) for m in self.sent if m.type is MsgType.HOST_CALL]
+
+
+@pytest.fixture
+def hostcalls() -> Iterator[HostCalls]:
+    calls = HostCalls(timeout_s=0.3)
+    undo = install_plugin_api(calls)
+    try:
+        yield calls
+    finally:
+        undo()
+
+
+def bind(hostcalls: HostCalls, mode: str = "answer") -> FakeGateway:
+    gateway = FakeGateway(hostcalls, mode)
+    hostcalls.bind(asyncio.get_running_loop(), gateway.send)
+    return gateway
+
+
+async def test_store_and_get_from_a_hook_thread(hostcalls: HostCalls) -> None:
+    gateway = bind(hostcalls)
+    loop_thread = threading.get_ident()
+
+    def hook() -> bytes:
+        TykGateway.store_data("k", "välue", 60)
+        return TykGateway.get_data("k")
+
+    assert await asyncio.to_thread(hook) == "välue".encode()
+    assert await asyncio.to_thread(TykGateway.get_data, "absent") == b""
+    # the socket was only ever touched from the event loop thread
+    assert gateway.sender_threads == {loop_thread}
+    ops = gateway.ops()
+    assert ops[0][1] == {"op": "store_data", "key": "k", "value": "välue".encode(), "ttl": 60}
+    assert [payload["op"] for _, payload in ops] == ["store_data", "get_data", "get_data"]
+    assert len({call_id for call_id, _ in ops}) == 3 and all(cid > 0 for cid, _ in ops)
+    assert hostcalls.pending == 0
+
+
+async def test_log_and_trigger_event_do_not_wait(hostcalls: HostCalls) -> None:
+    gateway = bind(hostcalls, mode="silent")  # no answers: these must not need one
+
+    def hook() -> None:
+        CURRENT_API.set("api-7")
+        TykGateway.log("hello", "warning")
+        TykGateway.log_error("bad")
+        TykGateway.trigger_event("MyEvent", "details")
+
+    await asyncio.to_thread(hook)
+    async with asyncio.timeout(5):  # the sends were queued onto this loop
+        while len(gateway.ops()) < 3:
+            await gateway.arrived.wait()
+            gateway.arrived.clear()
+    assert gateway.ops() == [
+        (0, {"op": "log", "level": "warning", "message": "hello"}),
+        (0, {"op": "log", "level": "error", "message": "bad"}),
+        (0, {"op": "trigger_event", "name": "MyEvent", "payload": "details", "api_id": "api-7"}),
+    ]
+
+
+async def test_unanswered_call_fails_at_its_deadline(hostcalls: HostCalls) -> None:
+    bind(hostcalls, mode="silent")
+    started = time.monotonic()
+    with pytest.raises(HostCallError, match="no answer"):
+        await asyncio.to_thread(TykGateway.get_data, "k")
+    assert 0.25 < time.monotonic() - started < 3
+    assert hostcalls.pending == 0
+
+
+async def test_gateway_error_reaches_the_plugin(hostcalls: HostCalls) -> None:
+    bind(hostcalls, mode="error")
+    with pytest.raises(HostCallError, match="storage down"):
+        await asyncio.to_thread(TykGateway.store_data, "k", b"v", 0)
+
+
+async def test_blocking_call_on_the_loop_is_refused_and_async_variant_works(
+        hostcalls: HostCalls) -> None:
+    bind(hostcalls)
+    with pytest.raises(HostCallError, match="async"):
+        TykGateway.get_data("k")  # on the loop thread: would deadlock
+    await TykGateway.store_data_async("k", b"v")
+    assert await TykGateway.get_data_async("k") == b"v"
+
+
+async def test_late_reply_is_ignored(hostcalls: HostCalls) -> None:
+    bind(hostcalls)
+    assert hostcalls.resolve(999, {"value": b"x", "found": True}) is False
+    assert hostcalls.fail(999, "nope") is False
+
+
+def test_before_the_loop_runs_log_is_local_and_data_calls_fail(
+        hostcalls: HostCalls, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="plugin"):
+        TykGateway.log("at import time", "info")
+    assert "at import time" in caplog.text
+    with pytest.raises(HostCallError):
+        TykGateway.get_data("k")
+    with pytest.raises(TypeError):
+        TykGateway.store_data("k", 5, 0)

@@ -1,0 +1,23 @@
+"""The Coproc plugin worker: runs Tyk-compatible Python plugins out of the gateway.
+
+Started by the supervisor as `python -m worker --config FILE` (one process per
+generation).  It loads every API's plugins, each into its own namespace,
+installs Tyk's plugin API (`tyk.decorators`, `gateway.TykGateway`) inside this
+process only, and answers the gateway's hook calls over the ZeroMQ hooks
+socket (docs/PROTOCOL.md).
+
+Modules, in the order a call meets them:
+
+* `main` - boot: environment, config, token, plugin loading, exit;
+* `runtime` - the conversation with the gateway (admission, heartbeats, drain);
+* `channel` - the DEALER socket; `supervisor_link` - control datagrams;
+* `dispatch` - one CALL: lookup, thread pool or loop, deadline;
+* `invoke` - Tyk's arity convention and the REPLY delta;
+* `objects`, `containers` - proto-like objects built from `ipc.coprocess`;
+* `request` - the `request` wrapper hooks receive;
+* `loader`, `isolation` - finding plugins, one module namespace per plugin set;
+* `tyk_api`, `decorators`, `hostcalls` - what plugins import and call.
+
+This package never imports Coproc's `gateway` package: inside the worker the
+name `gateway` belongs to Tyk's plugin API.
+"""

@@ -1,0 +1,5 @@
+"""Entry point: `python -m worker --config FILE` (see worker.main)."""
+
+from worker.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Plugin -> gateway calls (HOST_CALL / HOST_REPLY), from any thread, with deadlines.
+
+Hooks run on a thread pool but the ZeroMQ socket belongs to the event loop
+thread (ZeroMQ sockets are not thread-safe), so every host call is marshalled
+onto the loop: fire-and-forget ops (`log`, `trigger_event`) with
+`call_soon_threadsafe`, request/reply ops (`store_data`, `get_data`) with
+`run_coroutine_threadsafe(...).result(deadline)`.  A reply is matched by the
+`call_id` this module picked; one that never comes fails the plugin's call
+with `HostCallError` at the deadline instead of blocking its thread forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ipc.protocol import MsgType
+
+__all__ = ["DEFAULT_TIMEOUT_S", "HostCallError", "HostCalls", "SendFn"]
+
+log = logging.getLogger("worker.hostcalls")
+
+#: Deadline of a request/reply host call when the caller gives none.
+DEFAULT_TIMEOUT_S = 2.0
+
+#: Sends one message; called on the loop thread only; False when it could not be queued.
+SendFn = Callable[[MsgType, int, Mapping[str, Any]], bool]
+
+
+class HostCallError(RuntimeError):
+    """A host call could not be served: no gateway, no answer in time, or refused."""
+
+
+class HostCalls:
+    """The worker's side of host calls; `bind` it to the running loop first."""
+
+    def __init__(self, send: SendFn | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._send: SendFn = send or _unconnected
+        self.timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+
+    def bind(self, loop: asyncio.AbstractEventLoop, send: SendFn | None = None) -> None:
+        """Called on the loop thread once the channel (`send`) exists."""
+        self._loop = loop
+        if send is not None:
+            self._send = send
+        self._loop_thread = threading.get_ident()
+
+    @property
+    def available(self) -> bool:
+        return self._loop is not None and not self._loop.is_closed()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # --- plugin side (any thread) ------------------------------------------------------
+
+    def notify(self, op: str, fields: Mapping[str, Any]) -> None:
+        """Fire-and-forget (`call_id` 0); raises HostCallError when there is no loop."""
+        loop = self._require_loop()
+        payload = {"op": op, **fields}
+        if threading.get_ident() == self._loop_thread:
+            self._send_notify(payload)
+            return
+        try:
+            loop.call_soon_threadsafe(self._send_notify, payload)
+        except RuntimeError:  # the loop closed under us: the worker is exiting
+            raise HostCallError(f"{op}: the worker is stopping") from None
+
+    def request(self, op: str, fields: Mapping[str, Any],
+                timeout_s: float | None = None) -> dict[str, Any]:
+        """Blocking request/reply from a hook thread, bounded by the deadline."""
+        loop = self._require_loop()
+        if threading.get_ident() == self._loop_thread:
+            # Blocking here would stall the very loop that must deliver the reply.
+            raise HostCallError(
+                f"{op}: a blocking host call from the event loop (an async hook?) would "
+                f"deadlock; use `await TykGateway.{op}_async(...)` in async hooks")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        future = asyncio.run_coroutine_threadsafe(self.arequest(op, fields, timeout), loop)
+        try:
+            # arequest has its own deadline; the margin covers a busy loop.
+            return future.result(timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise HostCallError(f"{op}: no answer from the gateway within "
+                                f"{timeout:.1f} s") from None
+
+    async def arequest(self, op: str, fields: Mapping[str, Any],
+                       timeout_s: float | None = None) -> dict[str, Any]:
+        """Request/reply on the loop thread (for async hooks)."""
+        loop = asyncio.get_running_loop()
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        call_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[call_id] = future
+        try:
+            if not self._send(MsgType.HOST_CALL, call_id, {"op": op, **fields}):
+                raise HostCallError(f"{op}: the gateway is not reachable")
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise HostCallError(f"{op}: no answer from the gateway within "
+                                f"{timeout:.1f} s") from None
+        finally:
+            self._pending.pop(call_id, None)
+
+    # --- channel side (loop thread) ----------------------------------------------------
+
+    def resolve(self, call_id: int, payload: dict[str, Any]) -> bool:
+        """A HOST_REPLY arrived; False when nobody waits for it (late or unknown)."""
+        future = self._pending.get(call_id)
+        if future is None or future.done():
+            return False
+        future.set_result(payload)
+        return True
+
+    def fail(self, call_id: int, message: str) -> bool:
+        """An ERROR answering one of our HOST_CALLs arrived."""
+        future = self._pending.get(call_id)
+        if future is None or future.done():
+            return False
+        future.set_exception(HostCallError(message))
+        return True
+
+    def fail_all(self, reason: str) -> None:
+        for future in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(HostCallError(reason))
+
+    def _send_notify(self, payload: dict[str, Any]) -> None:
+        if not self._send(MsgType.HOST_CALL, 0, payload):
+            log.debug("host call %s dropped: gateway not reachable", payload.get("op"))
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise HostCallError("host calls are not available yet (plugins are still "
+                                "loading, or the worker is stopping)")
+        return loop
+
+
+def _unconnected(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bool:
+    return False

@@ -1,0 +1,147 @@
+"""`python -m worker --config FILE`: boot the plugin worker and run it to its exit code.
+
+Boot order matters:
+
+1. `die_with_parent` before anything else (the supervisor may already be gone);
+2. config and API definitions (a bad file exits 78, `ipc.exitcodes.CONFIG`);
+3. the admission token is taken out of the environment *before* any plugin
+   code runs, so plugins (and their subprocesses) never see it;
+4. the Tyk plugin API is installed, then every API's plugins are imported;
+   a plugin that fails to import is reported, never fatal (only a failure of
+   the loader itself exits 4, `ipc.exitcodes.PLUGINS_FAILED`);
+5. the event loop runs `worker.runtime.Worker` until drained (0), rejected (5)
+   or broken; then the thread pool is given a moment and the process exits.
+
+Environment (docs/PROTOCOL.md): COPROC_GENERATION, COPROC_WORKER_TOKEN,
+COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when run by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from config import ConfigError, load_api_definitions, load_gateway_config
+from config.gateway import GatewayConfig
+from config.logs import setup_logging
+from ipc import exitcodes
+from ipc.child import die_with_parent
+from ipc.control import inherited_control_socket
+from ipc.protocol import Limits
+from worker.channel import Channel
+from worker.dispatch import Dispatcher
+from worker.hostcalls import HostCalls
+from worker.loader import HookTable, load_plugins
+from worker.runtime import Identity, Timing, Worker
+from worker.supervisor_link import SupervisorLink
+from worker.tyk_api import install_plugin_api
+
+__all__ = ["GENERATION_ENV", "TOKEN_ENV", "main"]
+
+log = logging.getLogger("worker")
+
+GENERATION_ENV = "COPROC_GENERATION"
+TOKEN_ENV = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name, not a secret)
+#: How long exit waits for hook threads still running after the drain.
+THREAD_EXIT_GRACE_S = 1.0
+HOOK_THREAD_PREFIX = "coproc-hook"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    die_with_parent()
+    faulthandler.enable()  # the supervisor's SIGABRT on a hang dumps every thread's stack
+    setup_logging("worker")
+    try:
+        cfg = load_gateway_config(args.config)
+        apis = load_api_definitions(cfg)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return exitcodes.CONFIG
+    setup_logging("worker", cfg.log_level, cfg.log_format)
+    identity = _identity(cfg)
+    if identity is None:
+        return exitcodes.BOOT_FAILED
+    hostcalls = HostCalls()  # bound to the channel once the event loop runs
+    install_plugin_api(hostcalls)
+    try:
+        table = load_plugins(cfg, apis)
+    except Exception:  # the loader itself broke (plugin errors never get here)
+        log.exception("loading plugins failed")
+        return exitcodes.PLUGINS_FAILED
+    failed = sorted(api for api, entry in table.report().items() if not entry["ok"])
+    log.info("worker generation %d: %d API(s) with plugins, %d with problems%s",
+             identity.generation, len(table.apis), len(failed),
+             f" ({', '.join(failed)})" if failed else "")
+    pool = ThreadPoolExecutor(cfg.worker.threads, thread_name_prefix=HOOK_THREAD_PREFIX)
+    try:
+        code = asyncio.run(_serve(cfg, identity, table, hostcalls, pool))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    log.info("worker generation %d exiting with code %d", identity.generation, code)
+    return _exit_code(code)
+
+
+async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
+                 hostcalls: HostCalls, pool: ThreadPoolExecutor) -> int:
+    channel = Channel(cfg.hooks_endpoint, Limits(max_message_bytes=cfg.ipc.max_message_bytes))
+    link = SupervisorLink(inherited_control_socket())
+    worker = Worker(
+        identity, channel, Dispatcher(table, pool, cfg.hooks.timeout_ms), hostcalls, link,
+        table.report(),
+        Timing(heartbeat_s=cfg.worker.heartbeat_interval_ms / 1000,
+               drain_grace_ms=cfg.worker.drain_grace_ms),
+    )
+    try:
+        return await worker.run()
+    finally:
+        # Give DRAIN_ACK a bounded moment to leave before the socket goes.
+        channel.close(linger_ms=1000)
+        link.close()
+
+
+def _identity(cfg: GatewayConfig) -> Identity | None:
+    generation = os.environ.get(GENERATION_ENV, "")
+    token = os.environ.pop(TOKEN_ENV, "")  # before any plugin code can read it
+    if not generation.isdigit() or not token:
+        log.error("%s and %s must be set: the worker is started by `coproc serve`",
+                  GENERATION_ENV, TOKEN_ENV)
+        return None
+    return Identity(int(generation), token, os.getpid(), cfg.worker.threads)
+
+
+def _exit_code(code: int) -> int:
+    """`code`, after hook threads had a moment to finish; hard exit if some never do.
+
+    Interpreter shutdown joins every non-daemon thread: one hung hook (or a
+    plugin's own thread) would keep a drained worker alive forever.
+    """
+    deadline = time.monotonic() + THREAD_EXIT_GRACE_S
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        log.warning("threads still running at exit (%s): exiting without waiting",
+                    ", ".join(stuck))
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker",
+                                     description="Coproc plugin worker (started by coproc serve)")
+    parser.add_argument("--config", required=True, help="the gateway config file")
+    return parser.parse_args(argv)
