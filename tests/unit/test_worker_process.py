@@ -313,7 +313,7 @@ def test_hung_hook_times_out_and_does_not_keep_the_worker_alive(
         error = gateway.recv(skip=(MsgType.HEARTBEAT, MsgType.HELLO))
         assert error.type is MsgType.ERROR and error.call_id == 9
         assert error.payload["code"] == "deadline"
-        assert error.payload["message"].startswith("TimeoutError")
+        assert "did not finish within" in error.payload["message"]
         beats = gateway.heartbeats
         gateway.recv(skip=(MsgType.HELLO,))  # the next heartbeat
         assert gateway.heartbeats == beats + 1
