@@ -79,7 +79,8 @@ class APIDefinition:
     proxy: ProxyDef
     custom_middleware: CustomMiddleware
     custom_middleware_bundle: str
-    bundle_dir: Path | None  # where the bundle is (or would be) extracted
+    bundle_dir: Path | None  # where the bundle is extracted (None: no bundle)
+    bundle_error: str  # why the named bundle is unusable ("" when fine or no bundle)
     config_data: dict[str, Any]
     config_data_disabled: bool
     enable_coprocess_auth: bool
@@ -132,6 +133,14 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
         failure_policy=opts.choice("failure_policy", FAILURE_POLICIES, cfg.hooks.failure_policy),
     )
     bundle = r.get("custom_middleware_bundle", str, "")
+    middleware = _middleware(r.child("custom_middleware"), cfg, path, hook_defaults)
+    bundle_dir, bundle_error = None, ""
+    if bundle:
+        bundle_dir, manifest, bundle_error = _find_bundle(cfg, api_id, bundle)
+        if manifest is not None:
+            # As in Tyk, a bundle's manifest defines the API's hooks.
+            middleware = _middleware(manifest.child("custom_middleware"), cfg,
+                                     Path(manifest.file), hook_defaults)
     return APIDefinition(
         api_id=api_id,
         name=r.get("name", str, api_id),
@@ -139,9 +148,10 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
         active=r.get("active", bool, True),
         use_keyless=r.get("use_keyless", bool, False),
         proxy=_proxy(r.child("proxy")),
-        custom_middleware=_middleware(r.child("custom_middleware"), cfg, path, hook_defaults),
+        custom_middleware=middleware,
         custom_middleware_bundle=bundle,
-        bundle_dir=_bundle_dir(cfg, api_id, bundle) if bundle else None,
+        bundle_dir=bundle_dir,
+        bundle_error=bundle_error,
         config_data=r.get("config_data", dict, {}),
         config_data_disabled=r.get("config_data_disabled", bool, False),
         enable_coprocess_auth=r.get("enable_coprocess_auth", bool, False)
@@ -223,6 +233,29 @@ def _hook_path(h: Reader, cfg: GatewayConfig, source: Path) -> str:
                   "or to this API definition's directory)")
 
 
-def _bundle_dir(cfg: GatewayConfig, api_id: str, bundle: str) -> Path:
-    """Tyk extracts a bundle to middleware_path/bundles/<api_id>_<bundle name>."""
-    return cfg.middleware_path / "bundles" / f"{api_id}_{bundle}"
+def bundle_candidates(middleware_path: Path, api_id: str, bundle: str) -> list[Path]:
+    """Where an extracted bundle may be, most specific first.
+
+    Tyk extracts a bundle to middleware_path/bundles/<api_id>_<bundle name>;
+    hand-extracted bundles often drop the api id or the .zip suffix.
+    """
+    stem = bundle.removesuffix(".zip")
+    bundles = middleware_path / "bundles"
+    options = [bundles / f"{api_id}_{bundle}", bundles / bundle, bundles / stem,
+               bundles / f"{api_id}_{stem}"]
+    return list(dict.fromkeys(options))
+
+
+def _find_bundle(cfg: GatewayConfig, api_id: str,
+                 bundle: str) -> tuple[Path, Reader | None, str]:
+    """(directory, manifest reader or None, error) for the API's bundle."""
+    options = bundle_candidates(cfg.middleware_path, api_id, bundle)
+    for directory in options:
+        manifest = directory / "manifest.json"
+        if manifest.is_file():
+            try:
+                return directory, Reader(load_json(manifest), manifest), ""
+            except ConfigError as exc:
+                return directory, None, str(exc)
+    tried = ", ".join(str(o) for o in options)
+    return options[0], None, f"bundle {bundle!r} is not extracted (no manifest.json in {tried})"

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from config import apidef
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from ipc.protocol import ErrorCode
@@ -234,16 +235,9 @@ def _add(plugins: ApiPlugins, entry: HookEntry) -> None:
 
 
 def bundle_candidates(api: APIDefinition, middleware_path: Path) -> list[Path]:
-    """Where an extracted bundle may be, most specific first."""
-    name = api.custom_middleware_bundle
-    stem = name[:-4] if name.lower().endswith(".zip") else name
-    bundles = middleware_path / "bundles"
-    options = [api.bundle_dir, bundles / name, bundles / stem, bundles / f"{api.api_id}_{stem}"]
-    unique: list[Path] = []
-    for option in options:
-        if option is not None and option not in unique:
-            unique.append(option)
-    return unique
+    """Where an extracted bundle may be: the directory config chose first."""
+    options = apidef.bundle_candidates(middleware_path, api.api_id, api.custom_middleware_bundle)
+    return list(dict.fromkeys([api.bundle_dir, *options] if api.bundle_dir else options))
 
 
 def find_bundle(api: APIDefinition, middleware_path: Path) -> tuple[Path, Path, list[str]]:
