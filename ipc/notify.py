@@ -50,7 +50,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(format_notify(**fields), self._address)
+            # Never block the loop: a stalled listener loses an update, not the service.
+            self._sock.sendto(format_notify(**fields), socket.MSG_DONTWAIT, self._address)
         except OSError:
             return False
         return True

@@ -1,0 +1,107 @@
+"""`python -m gateway --config FILE`: the gateway process, normally started by `coproc serve`.
+
+The supervisor passes the listening socket ($COPROC_LISTEN_FD), the control
+channel ($COPROC_CONTROL_FD) and the instance key ($COPROC_INSTANCE_KEY).
+Run by hand, `--listen HOST:PORT` (or the config's listen address) is bound
+here and a random instance key is drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import zmq
+
+from config import ConfigError, load_api_definitions, load_gateway_config
+from config.gateway import GatewayConfig
+from config.logs import setup_logging
+from gateway.app import serve
+from ipc import exitcodes
+from ipc.child import die_with_parent
+from ipc.control import inherited_control_socket
+from ipc.tokens import new_instance_key
+
+LISTEN_FD_ENV = "COPROC_LISTEN_FD"
+INSTANCE_KEY_ENV = "COPROC_INSTANCE_KEY"
+
+log = logging.getLogger("coproc.gateway")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway")
+    parser.add_argument("--config", required=True, help="the gateway config file")
+    parser.add_argument("--listen", default="",
+                        help="HOST:PORT to bind when not started by `coproc serve`")
+    return parser.parse_args(argv)
+
+
+def listening_socket(listen: str, cfg: GatewayConfig) -> socket.socket:
+    """The inherited listening socket, else one bound to --listen or the config's address."""
+    fd = os.environ.get(LISTEN_FD_ENV, "")
+    if fd.isdigit():
+        return socket.socket(fileno=int(fd))
+    if listen:
+        host, _, port = listen.rpartition(":")
+        address = (host.strip("[]") or "127.0.0.1", int(port))
+    else:
+        address = (cfg.listen_address or "0.0.0.0", cfg.listen_port)
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    return socket.create_server(address, family=family, backlog=1024)
+
+
+def instance_key() -> bytes:
+    raw = os.environ.get(INSTANCE_KEY_ENV, "")
+    if raw:
+        return bytes.fromhex(raw)
+    log.warning("%s is not set: drew a random key, so only workers started by this "
+                "process's supervisor could be admitted", INSTANCE_KEY_ENV)
+    return new_instance_key()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
+    args = _parse_args(argv)
+    try:
+        cfg = load_gateway_config(args.config)
+        apis = load_api_definitions(cfg)
+    except ConfigError as exc:
+        setup_logging("gateway")
+        log.error("%s", exc)
+        return exitcodes.CONFIG
+    setup_logging("gateway", cfg.log_level, cfg.log_format)
+    try:
+        sock = listening_socket(args.listen, cfg)
+        key = instance_key()
+        control = inherited_control_socket()
+    except (OSError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return exitcodes.BOOT_FAILED
+    try:
+        _run(serve(cfg, apis, sock, instance_key=key, control_sock=control))
+    except asyncio.CancelledError:
+        pass  # a second signal: stop now
+    except (OSError, zmq.ZMQError) as exc:
+        log.error("cannot start: %s", exc)
+        return exitcodes.BOOT_FAILED
+    return exitcodes.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

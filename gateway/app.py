@@ -1,0 +1,166 @@
+"""The gateway's aiohttp application: resources, routes, serving and graceful stop.
+
+Resources are cleanup contexts, started in order and closed in reverse after
+in-flight requests finish: plugin data store -> hook client -> upstream client
+session and chain -> control channel (status reports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from config.apidef import APIDefinition
+from config.gateway import GatewayConfig
+from gateway.chain import Chain, HookCaller
+from gateway.control import ControlChannel, WorkerEvents, dispatch, report_status
+from gateway.health import make_hello
+from gateway.hooks import HookClient, HostCallHandler
+from gateway.host_calls import HostCalls, MemoryStore
+from gateway.plan import ApiPlan, build_router
+from gateway.proxy import make_session
+from gateway.router import Router
+
+__all__ = [
+    "CHAIN",
+    "CONFIG",
+    "CONTROL",
+    "HOOKS",
+    "HookService",
+    "build_app",
+    "serve",
+]
+
+log = logging.getLogger("coproc.gateway")
+
+
+class HookService(HookCaller, WorkerEvents, Protocol):
+    """The hook client as the application uses it (a fake in unit tests)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+HookFactory = Callable[[GatewayConfig, bytes, HostCallHandler], HookService]
+
+CONFIG = web.AppKey("config", GatewayConfig)
+ROUTER = web.AppKey("router", Router[ApiPlan])
+CONTROL = web.AppKey("control", ControlChannel)
+STORE = web.AppKey("store", MemoryStore)
+HOOKS = web.AppKey("hooks", HookService)
+UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
+CHAIN = web.AppKey("chain", Chain)
+
+# aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
+_NO_LIMIT = 1 << 62
+
+
+def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key: bytes,
+              control_sock: socket.socket | None = None,
+              hook_factory: HookFactory = HookClient) -> web.Application:
+    opts = cfg.gateway
+    app = web.Application(
+        client_max_size=opts.max_body_bytes or _NO_LIMIT,
+        handler_args={"max_line_size": opts.max_header_bytes,
+                      "max_field_size": opts.max_header_bytes},
+    )
+    app[CONFIG] = cfg
+    app[ROUTER] = build_router(cfg, apis)
+    app[CONTROL] = ControlChannel(control_sock)
+
+    async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
+        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE]))
+        await hooks.start()
+        app[HOOKS] = hooks
+        yield
+        await hooks.close()
+
+    app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx])
+    app.router.add_get("/hello", make_hello(lambda: app[HOOKS]))
+    app.router.add_route("*", "/{tail:.*}", _serve_api)
+    return app
+
+
+async def _serve_api(request: web.Request) -> web.StreamResponse:
+    return await request.app[CHAIN].handle(request)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE] = MemoryStore()
+    async with _background(store.sweep_forever()):
+        yield
+
+
+async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    session = app[UPSTREAM] = make_session(cfg.gateway)
+    app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway)
+    yield
+    await session.close()
+
+
+async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
+    channel, hooks = app[CONTROL], app[HOOKS]
+    channel.start(lambda message: dispatch(message, hooks))
+    async with _background(report_status(channel, hooks, app[CHAIN].stats)):
+        yield
+    channel.close()
+
+
+@contextlib.asynccontextmanager
+async def _background(coro: Any) -> AsyncIterator[None]:
+    task = asyncio.ensure_future(coro)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def serve(cfg: GatewayConfig, apis: list[APIDefinition], sock: socket.socket, *,
+                instance_key: bytes, control_sock: socket.socket | None) -> None:
+    """Serve on `sock` until SIGTERM/SIGINT, then drain in-flight requests."""
+    app = build_app(cfg, apis, instance_key=instance_key, control_sock=control_sock)
+    # In-flight requests get drain_grace_ms to finish once the site stops accepting.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=cfg.gateway.drain_grace_ms / 1000)
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        log.info("serving %d API(s) on %s", sum(1 for a in apis if a.active), site.name)
+        app[CONTROL].send({"type": "ready", "role": "gateway", "pid": os.getpid()})
+        await _stop_requested()
+        log.info("stopping: draining in-flight requests (up to %d ms)",
+                 cfg.gateway.drain_grace_ms)
+    finally:
+        await runner.cleanup()
+
+
+async def _stop_requested() -> None:
+    """Wait for SIGTERM or SIGINT; a second one cancels the drain (stop now)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main = asyncio.current_task()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            if main is not None:
+                main.cancel()
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()

@@ -1,0 +1,316 @@
+"""The middleware chain: one API request from match to the response written.
+
+match -> pre hooks -> auth (keyless / auth_check hook / built-in stopgap)
+-> post_key_auth hooks -> post hooks -> upstream -> response hooks -> client.
+
+A request with no request-phase hook streams its body to the upstream; one
+without response hooks streams the upstream's body back.  Hook failures follow
+each hook's `failure_policy`; auth always fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from config.apidef import HookDef
+from config.gateway import GatewayOptions
+from gateway.hooks import HookCallError, HookTimeout, NoWorker
+from gateway.plan import ApiPlan, AuthMode
+from gateway.proxy import (
+    HOP_BY_HOP,
+    BodyTooLarge,
+    UpstreamError,
+    copy_end_to_end,
+    limited,
+    read_limited,
+    relay,
+    send,
+    upstream_headers,
+)
+from gateway.router import Router, has_dot_segment
+from gateway.tyk_object import (
+    Reply,
+    RequestState,
+    ResponseState,
+    apply_request,
+    apply_response,
+    overrides_reply,
+    request_object,
+    response_object,
+)
+
+__all__ = ["STATS", "Chain", "HookCaller", "json_error"]
+
+log = logging.getLogger("coproc.gateway.chain")
+
+NOT_AUTHORISED = "Key not authorised"
+MIDDLEWARE_ERROR = "Middleware error"
+_MAX_REQUEST_ID = 200
+# Headers that would contradict the body the gateway writes: it sets its own length.
+_FRAMING = HOP_BY_HOP | {"content-length"}
+
+#: Counters the chain keeps (reported to the supervisor with the hook client's).
+STATS = ("requests", "no_route", "bad_path", "body_too_large", "upstream_errors",
+         "upstream_timeouts", "hooks_fail_open", "hooks_fail_closed", "auth_denied")
+
+
+class HookCaller(Protocol):
+    """What the chain needs of `gateway.hooks.HookClient`."""
+
+    async def call(self, api_id: str, hook_type: str, hook: HookDef,
+                   obj: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class _Stop(Exception):
+    """Ends the chain early with this response."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__()
+        self.response = response
+
+
+def json_error(status: int, message: str, headers: Mapping[str, str] | None = None
+               ) -> web.Response:
+    """Tyk's error template: {"error": "..."} as application/json."""
+    return web.Response(status=status, body=json.dumps({"error": message}).encode(),
+                        content_type="application/json", headers=headers)
+
+
+def reply_response(reply: Reply) -> web.Response:
+    response = web.Response(status=reply.status, body=reply.body)
+    for name, value in reply.headers.items():
+        if name.lower() not in _FRAMING:
+            response.headers[name] = value
+    if reply.content_type:
+        response.headers["Content-Type"] = reply.content_type
+    elif reply.body and "Content-Type" not in response.headers:
+        # The override body is text (a proto string); Go would sniff the same type.
+        response.headers["Content-Type"] = "text/plain; charset=utf-8"
+    return response
+
+
+def _fail_closed(exc: HookCallError) -> web.Response:
+    if isinstance(exc, HookTimeout):
+        return json_error(504, "Hook timed out")
+    if isinstance(exc, NoWorker):
+        return json_error(503, "Plugin worker unavailable", {"Retry-After": "1"})
+    return json_error(500, MIDDLEWARE_ERROR)
+
+
+class Chain:
+    """Serves every API request; one instance per gateway process."""
+
+    def __init__(self, router: Router[ApiPlan], hooks: HookCaller,
+                 session: aiohttp.ClientSession, opts: GatewayOptions) -> None:
+        self.router = router
+        self.hooks = hooks
+        self.session = session
+        self.max_body = opts.max_body_bytes  # 0: no limit
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        self._stopgap_logged: set[str] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.stats["requests"] += 1
+        raw = request.raw_path
+        if not raw.startswith("/"):  # absolute-form request target
+            raw = request.rel_url.raw_path_qs
+        path, _, query = raw.partition("?")
+        router = self.router
+        plan = router.match(request.host if router.uses_domains else "", path)
+        if plan is None:
+            self.stats["no_route"] += 1
+            return json_error(404, "No API is listening on this path")
+        if has_dot_segment(path):
+            self.stats["bad_path"] += 1
+            return json_error(400, "Dot segments are not allowed in the path")
+        if plan.broken:
+            return json_error(500, MIDDLEWARE_ERROR)
+        rid = request.headers.get("X-Request-Id", "")
+        if not rid or len(rid) > _MAX_REQUEST_ID:
+            rid = os.urandom(16).hex()
+        state = RequestState(request.method, path, query, raw, request.scheme, request.headers)
+        try:
+            await self._request_phases(request, plan, state, rid)
+            return await self._forward(request, plan, state, rid)
+        except _Stop as stop:
+            return stop.response
+
+    # -- request phases ------------------------------------------------------
+
+    async def _request_phases(self, request: web.Request, plan: ApiPlan, state: RequestState,
+                              rid: str) -> None:
+        if self.max_body and (request.content_length or 0) > self.max_body:
+            raise _Stop(self._too_large())  # refused before reading a byte of it
+        if plan.needs_body:
+            state.body = await self._read_body(request)
+        if plan.pre:
+            await self._hooks(plan, "pre", plan.pre, state, rid)
+        if plan.auth is AuthMode.PLUGIN:
+            await self._auth_plugin(plan, state, rid)
+        elif plan.auth is AuthMode.BUILTIN:
+            self._auth_stopgap(request, plan)
+        if plan.post_key_auth:
+            await self._hooks(plan, "post_key_auth", plan.post_key_auth, state, rid)
+        if plan.post:
+            await self._hooks(plan, "post", plan.post, state, rid)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            # The application's client_max_size is max_body_bytes.
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Stop(self._too_large()) from None
+
+    def _too_large(self) -> web.Response:
+        self.stats["body_too_large"] += 1
+        return json_error(413, f"Request body exceeds {self.max_body} bytes")
+
+    async def _hooks(self, plan: ApiPlan, hook_type: str, hooks: tuple[HookDef, ...],
+                     state: RequestState, rid: str) -> None:
+        for hook in hooks:
+            obj = request_object(state, plan.spec, hook_type, hook)
+            got = await self._call(plan, hook_type, hook, obj, rid)
+            if got is None:
+                continue  # failed open: the request goes on unchanged
+            request = got.get("request") or {}
+            apply_request(state, obj["request"], request)
+            if hook_type != "pre":  # pre hooks run before there is a session
+                state.session = got.get("session", state.session)
+                state.metadata = got.get("metadata", state.metadata)
+            reply = overrides_reply(request.get("return_overrides") or {})
+            if reply is not None:
+                raise _Stop(reply_response(reply))
+
+    async def _call(self, plan: ApiPlan, hook_type: str, hook: HookDef, obj: dict[str, Any],
+                    rid: str) -> dict[str, Any] | None:
+        """The hook's object, None when it failed open; fail closed by raising _Stop."""
+        try:
+            return await self.hooks.call(plan.api_id, hook_type, hook, obj)
+        except HookCallError as exc:
+            fields = {**plan.log_fields, "hook": hook.name, "request_id": rid}
+            if hook.failure_policy == "fail_open":
+                self.stats["hooks_fail_open"] += 1
+                log.warning("%s hook %s failed open (skipped): %s", hook_type, hook.name, exc,
+                            extra={"fields": fields})
+                return None
+            self.stats["hooks_fail_closed"] += 1
+            log.warning("%s hook %s failed: %s", hook_type, hook.name, exc,
+                        extra={"fields": fields})
+            raise _Stop(_fail_closed(exc)) from None
+
+    # -- auth ------------------------------------------------------------------
+
+    async def _auth_plugin(self, plan: ApiPlan, state: RequestState, rid: str) -> None:
+        hook = plan.auth_hook
+        assert hook is not None  # AuthMode.PLUGIN is only planned with a hook
+        obj = request_object(state, plan.spec, "auth_check", hook)
+        try:
+            got = await self.hooks.call(plan.api_id, "auth_check", hook, obj)
+        except HookCallError as exc:
+            # Auth fails closed whatever went wrong: never let a request in unchecked.
+            log.warning("auth_check hook %s failed: %s", hook.name, exc,
+                        extra={"fields": {**plan.log_fields, "request_id": rid}})
+            raise _Stop(self._denied(403, NOT_AUTHORISED)) from None
+        request = got.get("request") or {}
+        apply_request(state, obj["request"], request)
+        overrides = request.get("return_overrides") or {}
+        reply = overrides_reply(overrides, NOT_AUTHORISED)
+        if reply is not None:
+            raise _Stop(reply_response(reply))
+        session = got.get("session") or {}
+        metadata = got.get("metadata") or {}
+        # Tyk's Python auth plugins set metadata["token"]; accept the session's too.
+        token = metadata.get("token") or (session.get("metadata") or {}).get("token")
+        if not token:
+            raise _Stop(self._denied(403, overrides.get("response_error") or NOT_AUTHORISED))
+        state.session, state.metadata = session, metadata
+
+    def _auth_stopgap(self, request: web.Request, plan: ApiPlan) -> None:
+        # STOPGAP until built-in key auth (key storage, sessions) lands in a later
+        # issue: a protected API without an auth plugin lets nobody in, answering
+        # as Tyk does for a missing or an unknown key.
+        if plan.api_id not in self._stopgap_logged:
+            self._stopgap_logged.add(plan.api_id)
+            log.warning("API %s is protected (use_keyless false) but built-in key storage "
+                        "is not configured: every request is refused", plan.api_id)
+        if "Authorization" not in request.headers:
+            raise _Stop(self._denied(401, "Authorization field missing"))
+        raise _Stop(self._denied(403, "Access to this API has been disallowed"))
+
+    def _denied(self, status: int, message: str) -> web.Response:
+        self.stats["auth_denied"] += 1
+        return json_error(status, message)
+
+    # -- upstream and response ---------------------------------------------------
+
+    async def _forward(self, request: web.Request, plan: ApiPlan, state: RequestState,
+                       rid: str) -> web.StreamResponse:
+        target = plan.target
+        headers = upstream_headers(state, target, request.remote, rid)
+        data = self._upstream_body(request, state, headers)
+        try:
+            resp = await send(self.session, state, target.url(state.path, state.query),
+                              headers, data)
+        except BodyTooLarge:
+            return self._too_large()
+        except UpstreamError as exc:
+            return self._upstream_failed(plan, exc, rid)
+        try:
+            if plan.response:
+                return await self._response_phase(request, plan, state, resp, rid)
+            return await relay(request, resp)
+        except UpstreamError as exc:
+            return self._upstream_failed(plan, exc, rid)
+        finally:
+            resp.release()
+
+    def _upstream_body(self, request: web.Request, state: RequestState,
+                       headers: CIMultiDict[str]) -> Any:
+        """What to send upstream: the buffered body, the client's stream, or nothing."""
+        if state.body is not None:
+            if not state.body and request.body_exists:
+                headers["Content-Length"] = "0"  # a hook emptied the body
+            return state.body or None
+        if not request.body_exists:
+            return None
+        if request.content_length is None and self.max_body:
+            return limited(request.content, self.max_body)  # chunked: count as it streams
+        return request.content  # its Content-Length was checked, the parser enforces it
+
+    def _upstream_failed(self, plan: ApiPlan, exc: UpstreamError, rid: str) -> web.Response:
+        self.stats["upstream_timeouts" if exc.status == 504 else "upstream_errors"] += 1
+        log.warning("upstream %s failed: %s", plan.target.origin, exc.detail,
+                    extra={"fields": {**plan.log_fields, "request_id": rid}})
+        return json_error(exc.status, str(exc))
+
+    async def _response_phase(self, request: web.Request, plan: ApiPlan, state: RequestState,
+                              upstream: aiohttp.ClientResponse, rid: str) -> web.Response:
+        # Response hooks get the whole body, bounded like request bodies.
+        resp = ResponseState(upstream.status, _end_to_end(upstream),
+                             await read_limited(upstream, self.max_body))
+        for hook in plan.response:
+            obj = response_object(state, resp, plan.spec, hook)
+            got = await self._call(plan, "response", hook, obj, rid)
+            if got is not None:
+                apply_response(resp, obj["response"], got.get("response") or {})
+        out = web.Response(status=resp.status, body=resp.body,
+                           reason=upstream.reason if resp.status == upstream.status else None)
+        if request.method == "HEAD":
+            out.headers.extend(resp.headers)  # the upstream's Content-Length stands
+        else:
+            copy_end_to_end(resp.headers, out.headers, _FRAMING)
+        return out
+
+
+def _end_to_end(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    copy_end_to_end(upstream.headers, headers)
+    return headers

@@ -1,0 +1,112 @@
+"""Per-API plans: everything about an API the chain needs, worked out once at load.
+
+The request path then only reads attributes: hook lists per phase, the auth
+mode, whether the body must be buffered, the `spec` record hooks receive and
+the parsed upstream target.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from config.apidef import APIDefinition, HookDef
+from config.gateway import GatewayConfig
+from gateway.proxy import Target
+from gateway.router import Router
+
+__all__ = ["ApiPlan", "AuthMode", "build_plan", "build_router", "bundle_hash"]
+
+log = logging.getLogger("coproc.gateway.plan")
+
+
+class AuthMode(enum.Enum):
+    KEYLESS = "keyless"
+    PLUGIN = "plugin"  # the auth_check hook (enable_coprocess_auth)
+    BUILTIN = "builtin"  # Tyk's key auth: not implemented yet (see chain)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPlan:
+    api: APIDefinition
+    target: Target
+    spec: dict[str, str]  # shared by every call: never mutated
+    auth: AuthMode
+    auth_hook: HookDef | None
+    pre: tuple[HookDef, ...]
+    post_key_auth: tuple[HookDef, ...]
+    post: tuple[HookDef, ...]
+    response: tuple[HookDef, ...]
+    needs_body: bool  # a request-phase hook runs: read the body whole
+    log_fields: dict[str, str]
+    # Why the API's plugins cannot run (an unusable bundle): Tyk answers such an
+    # API's requests with 500 rather than letting them through unchecked.
+    broken: str = ""
+
+    @property
+    def api_id(self) -> str:
+        return self.api.api_id
+
+
+def bundle_hash(api: APIDefinition) -> str:
+    """sha256 of the bundle's manifest.json, "" when there is none (yet)."""
+    if api.bundle_dir is None:
+        return ""
+    try:
+        return hashlib.sha256((api.bundle_dir / "manifest.json").read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _spec(api: APIDefinition) -> dict[str, str]:
+    spec = {"APIID": api.api_id, "OrgID": api.org_id, "bundle_hash": bundle_hash(api)}
+    if not api.config_data_disabled:
+        spec["config_data"] = json.dumps(api.config_data)
+    return spec
+
+
+def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
+    mw = api.custom_middleware
+    if coprocess and api.bundle_error:
+        log.error("API %s answers 500 until its bundle is usable: %s", api.api_id,
+                  api.bundle_error)
+    if not coprocess and api.has_plugins:
+        log.warning("coprocess is disabled: plugins of API %s will not run", api.api_id)
+    auth_hook = mw.auth_check if coprocess and api.enable_coprocess_auth else None
+    if auth_hook is not None and auth_hook.disabled:
+        auth_hook = None
+    if api.use_keyless:
+        auth, auth_hook = AuthMode.KEYLESS, None
+    else:
+        auth = AuthMode.PLUGIN if auth_hook else AuthMode.BUILTIN
+
+    def phase(name: str) -> tuple[HookDef, ...]:
+        return mw.phase(name) if coprocess else ()
+
+    # post_key_auth hooks run only on protected APIs.
+    post_key_auth = () if auth is AuthMode.KEYLESS else phase("post_key_auth")
+    pre, post = phase("pre"), phase("post")
+    return ApiPlan(
+        api=api,
+        target=Target.from_proxy(api.proxy),
+        spec=_spec(api),
+        auth=auth,
+        auth_hook=auth_hook,
+        pre=pre,
+        post_key_auth=post_key_auth,
+        post=post,
+        response=phase("response"),
+        needs_body=bool(pre or auth_hook or post_key_auth or post),
+        log_fields={"api_id": api.api_id},
+        broken=api.bundle_error if coprocess else "",
+    )
+
+
+def build_router(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> Router[ApiPlan]:
+    """A router over the active APIs' plans."""
+    return Router((api.domain, api.proxy.listen_path, build_plan(api, cfg.enable_coprocess))
+                  for api in apis if api.active)

@@ -1,0 +1,356 @@
+"""The coprocess object: build it from a request or response, apply what a hook returned.
+
+Pure functions over two small state records (`RequestState`, `ResponseState`)
+so the Tyk semantics are testable without sockets.  The rules, as Tyk applies
+them (see docs/PROTOCOL.md for the wire shape):
+
+* `request.headers` is one value per header under Go-canonical names; changes
+  are made only through `delete_headers` then `set_headers` (case-insensitive).
+* Query parameters are rebuilt from the request's query: `delete_params`, then
+  `add_params` (a key is replaced, not appended).  A changed `url` moves the
+  request to that path; its query is always the rebuilt one.
+* Only `raw_body` reaches the upstream (`body` is a text view for plugins).
+* `return_overrides.response_code` > 0 answers the client instead of proxying.
+
+Each hook sees the request as left by the previous one: state is updated after
+every hook and the next object is built from it, never from the reply.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from config.apidef import HookDef
+
+__all__ = [
+    "Headers",
+    "Reply",
+    "RequestState",
+    "ResponseState",
+    "apply_request",
+    "apply_response",
+    "canonical_header",
+    "error_reply",
+    "header_map",
+    "multivalue_headers",
+    "overrides_reply",
+    "request_object",
+    "response_object",
+    "utf8_text",
+]
+
+log = logging.getLogger("coproc.gateway.tyk")
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789"
+                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_CANONICAL: dict[str, str] = {}
+_CANONICAL_CACHE_MAX = 4096
+# Characters a path may carry unencoded; anything else a plugin writes is percent-encoded.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+def canonical_header(name: str) -> str:
+    """Go's canonical MIME header key: "x-foo-BAR" -> "X-Foo-Bar"."""
+    cached = _CANONICAL.get(name)
+    if cached is not None:
+        return cached
+    if name and _TOKEN.issuperset(name):
+        result = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+    else:
+        result = name  # Go leaves names that are not valid tokens untouched
+    if len(_CANONICAL) < _CANONICAL_CACHE_MAX:  # bounded: names come from clients
+        _CANONICAL[name] = result
+    return result
+
+
+def header_map(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Canonical name -> first value, as Tyk's `request.headers` / `response.headers`."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        key = canonical_header(name)
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def multivalue_headers(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Tyk's `multivalue_headers`: [{"key": canonical name, "values": [...]}] in order."""
+    groups: dict[str, list[str]] = {}
+    for name, value in headers:
+        groups.setdefault(canonical_header(name), []).append(value)
+    return [{"key": key, "values": values} for key, values in groups.items()]
+
+
+def utf8_text(data: bytes) -> str:
+    """The body as text when it is valid UTF-8, else "" (Tyk's `body`)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+def _valid_header(name: object, value: object) -> bool:
+    return (isinstance(name, str) and isinstance(value, str) and bool(name)
+            and _TOKEN.issuperset(name)
+            and "\r" not in value and "\n" not in value and "\0" not in value)
+
+
+# -- request -----------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    """The request as the chain will forward it; hooks change it through `apply_request`."""
+
+    method: str
+    path: str  # raw (percent-encoded) path as the upstream will see it, before stripping
+    query: str  # raw query string without '?'
+    request_uri: str  # the request target as received; never changes
+    scheme: str
+    headers: Headers  # the client's headers until a hook changes them (copy on write)
+    body: bytes | None = None  # None: not read, the proxy streams it
+    body_replaced: bool = False
+    host_override: str = ""  # a Host a hook set explicitly
+    session: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _header_view: dict[str, str] | None = None
+    _params_view: dict[str, str] | None = None
+    _text_of: bytes | None = None
+    _text: str = ""
+
+    @property
+    def url(self) -> str:
+        """Tyk's `request.url`: path and query as the upstream would get them (unstripped)."""
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    def header_view(self) -> dict[str, str]:
+        if self._header_view is None:
+            self._header_view = header_map(self.headers.items())
+        return self._header_view
+
+    def params_view(self) -> dict[str, str]:
+        if self._params_view is None:
+            params: dict[str, str] = {}
+            for key, value in parse_qsl(self.query, keep_blank_values=True):
+                params.setdefault(key, value)
+            self._params_view = params
+        return self._params_view
+
+    def body_text(self) -> str:
+        body = self.body or b""
+        if self._text_of is not body:
+            self._text_of, self._text = body, utf8_text(body)
+        return self._text
+
+    def writable_headers(self) -> CIMultiDict[str]:
+        if not isinstance(self.headers, CIMultiDict):
+            self.headers = CIMultiDict(self.headers)
+        self._header_view = None
+        return self.headers
+
+
+def request_object(state: RequestState, spec: dict[str, str], hook_type: str,
+                   hook: HookDef) -> dict[str, Any]:
+    """The whole coprocess object for one request-phase hook call."""
+    return {
+        "hook_type": hook_type,
+        "hook_name": hook.name,
+        "request": _request_record(state, hook.raw_body_only, with_body=True),
+        "session": state.session,
+        "metadata": state.metadata,
+        "spec": spec,
+    }
+
+
+def _request_record(state: RequestState, raw_body_only: bool, *,
+                    with_body: bool) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "headers": state.header_view(),
+        "set_headers": {},
+        "delete_headers": [],
+        "url": state.url,
+        "params": state.params_view(),
+        "add_params": {},
+        "extended_params": {},
+        "delete_params": [],
+        "return_overrides": {"response_code": -1},
+        "method": state.method,
+        "request_uri": state.request_uri,
+        "scheme": state.scheme,
+    }
+    if with_body:
+        record["raw_body"] = state.body or b""
+        record["body"] = "" if raw_body_only else state.body_text()
+    return record
+
+
+def apply_request(state: RequestState, sent: Mapping[str, Any], got: Mapping[str, Any]) -> None:
+    """Apply the `request` record a hook returned (`got`) to `state`.
+
+    `sent` is the record that was sent: a field the worker did not return is
+    the very object that was sent, so identity tells "unchanged" cheaply.
+    """
+    _apply_headers(state, got.get("delete_headers") or (), got.get("set_headers") or {})
+    url = got.get("url", sent["url"])
+    if url != sent["url"] and isinstance(url, str):
+        path = urlsplit(url).path
+        state.path = quote(path if path.startswith("/") else "/" + path, safe=_PATH_SAFE)
+    _apply_params(state, got.get("delete_params") or (), got.get("add_params") or {})
+    method = got.get("method", "")
+    if method and method != state.method:
+        if _TOKEN.issuperset(method):
+            state.method = method
+        else:
+            log.warning("ignoring invalid method %r set by a plugin", method)
+    before = sent.get("raw_body")
+    raw = got.get("raw_body", before)
+    if raw is not before and isinstance(raw, bytes) and raw != before:
+        state.body, state.body_replaced = raw, True
+
+
+def _apply_headers(state: RequestState, deletes: Iterable[str], sets: Mapping[str, str]) -> None:
+    if not deletes and not sets:
+        return
+    headers = state.writable_headers()
+    for name in deletes:
+        headers.popall(name, None)
+    for name, value in sets.items():
+        if not _valid_header(name, value):
+            log.warning("ignoring invalid header %r set by a plugin", name)
+        elif name.lower() == "host":
+            state.host_override = value
+            headers[name] = value
+        else:
+            headers[name] = value
+
+
+def _apply_params(state: RequestState, deletes: Iterable[str], adds: Mapping[str, str]) -> None:
+    if not deletes and not adds:
+        return
+    removed = set(deletes) | set(adds)
+    pairs = [(k, v) for k, v in parse_qsl(state.query, keep_blank_values=True)
+             if k not in removed]
+    pairs.extend((k, v) for k, v in adds.items())
+    state.query = urlencode(pairs)
+    state._params_view = None
+
+
+# -- replies instead of the upstream ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response the gateway sends instead of proxying."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = ""
+
+
+def error_reply(status: int, message: str, headers: Mapping[str, str] | None = None) -> Reply:
+    """Tyk's error template: {"error": message} as JSON."""
+    return Reply(status, json.dumps({"error": message}).encode(), headers or {},
+                 "application/json")
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def overrides_reply(overrides: Mapping[str, Any], default_error: str = "") -> Reply | None:
+    """The answer `return_overrides` asks for, or None to carry on.
+
+    Tyk's rules: a non-empty `response_error` replaces `response_body`; a code
+    >= 400 without `override_error` renders the error template; any other code
+    > 0 is sent as is with the raw body.  Override headers apply in every case.
+    """
+    code = overrides.get("response_code", -1)
+    if not isinstance(code, int) or code <= 0:
+        return None
+    headers = {k: v for k, v in (overrides.get("headers") or {}).items() if _valid_header(k, v)}
+    body: str = overrides.get("response_error") or overrides.get("response_body") or ""
+    if not 200 <= code <= 599:
+        # A 1xx or out-of-range code cannot end a response: the plugin is broken.
+        log.warning("plugin asked for invalid response code %d", code)
+        return error_reply(500, "Middleware error")
+    if code >= 400 and not overrides.get("override_error"):
+        # Tyk would render an empty message; the status text says more.
+        return error_reply(code, body or default_error or _reason(code), headers)
+    return Reply(code, body.encode(), headers)
+
+
+# -- response -----------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class ResponseState:
+    """The upstream response as it will be written; response hooks change it."""
+
+    status: int
+    headers: CIMultiDict[str]  # end-to-end headers only
+    body: bytes
+
+
+def response_object(req: RequestState, resp: ResponseState, spec: dict[str, str],
+                    hook: HookDef) -> dict[str, Any]:
+    """The coprocess object for one response hook (the request without its body)."""
+    items = list(resp.headers.items())
+    return {
+        "hook_type": "response",
+        "hook_name": hook.name,
+        "request": _request_record(req, hook.raw_body_only, with_body=False),
+        "response": {
+            "status_code": resp.status,
+            "raw_body": resp.body,
+            "body": "" if hook.raw_body_only else utf8_text(resp.body),
+            "headers": header_map(items),
+            "multivalue_headers": multivalue_headers(items),
+        },
+        "session": req.session,
+        "metadata": req.metadata,
+        "spec": spec,
+    }
+
+
+def apply_response(resp: ResponseState, sent: Mapping[str, Any], got: Mapping[str, Any]) -> None:
+    """Apply the `response` record a response hook returned."""
+    status = got.get("status_code", resp.status)
+    if status != resp.status:
+        if isinstance(status, int) and 200 <= status <= 599:
+            resp.status = status
+        else:
+            log.warning("ignoring invalid status code %r set by a response hook", status)
+    raw = got.get("raw_body", sent["raw_body"])
+    if raw is not sent["raw_body"] and isinstance(raw, bytes):
+        resp.body = raw
+    multi = got.get("multivalue_headers", sent["multivalue_headers"])
+    if multi is not sent["multivalue_headers"] and multi != sent["multivalue_headers"]:
+        # Changed: the response carries exactly these headers.
+        resp.headers.clear()
+        for entry in multi:
+            key = entry.get("key", "")
+            for value in entry.get("values", ()):
+                if _valid_header(key, value):
+                    resp.headers.add(key, value)
+    single = got.get("headers", sent["headers"])
+    if single is not sent["headers"]:
+        before: Mapping[str, str] = sent["headers"]
+        for name, value in single.items():
+            if before.get(name) != value and _valid_header(name, value):
+                resp.headers[name] = value
+        for name in before.keys() - single.keys():
+            resp.headers.popall(name, None)

@@ -1,0 +1,233 @@
+"""One child process: spawn it, talk to it, signal its group, reap it.
+
+Each child is a fresh interpreter (never a fork of the supervisor, whose
+event loop, sockets and locks it must not inherit) in its own session, so
+`killpg(pid)` reaches everything it started and nothing else.  Children are
+only ever addressed by pid / process group, never by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from ipc.control import (
+    CONTROL_FD_ENV,
+    MAX_DATAGRAM,
+    decode_control,
+    encode_control,
+    make_control_pair,
+)
+from ipc.schema import ProtocolError
+from supervisor.exits import ExitStatus
+
+__all__ = ["ABORT_GRACE_S", "ChildProcess", "ChildState", "Role"]
+
+#: Between SIGABRT (faulthandler dumps every thread's traceback) and SIGKILL.
+ABORT_GRACE_S: Final = 1.0
+#: Datagrams read per wake-up: a flooding child cannot starve the loop.
+_READ_BATCH: Final = 64
+_HAS_WAITID: Final = hasattr(os, "waitid")
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.Enum):
+    GATEWAY = "gateway"
+    WORKER = "worker"
+
+
+class ChildState(enum.Enum):
+    STARTING = "starting"  # spawned, has not said `ready`
+    READY = "ready"  # said `ready` (worker: routable; gateway: serving)
+    STOPPING = "stopping"  # sent SIGTERM: draining on our request
+    ABORTING = "aborting"  # hung: sent SIGABRT, SIGKILL follows at `kill_at`
+    EXITED = "exited"  # reaped
+
+
+class ChildProcess:
+    def __init__(self, role: Role, generation: int, popen: subprocess.Popen[bytes],
+                 control: socket.socket, started_at: float) -> None:
+        self.role, self.generation, self.started_at = role, generation, started_at
+        self.pid = popen.pid
+        self.state = ChildState.STARTING
+        self.ready_at: float | None = None
+        self.last_heartbeat: float | None = None
+        self.kill_at: float | None = None
+        self.kill_reason = ""
+        self._popen = popen
+        self._control = control
+        self._bad_datagrams = 0
+        self.pidfd = _open_pidfd(popen.pid)
+
+    @classmethod
+    def spawn(cls, role: Role, generation: int, argv: Sequence[str], env: Mapping[str, str],
+              started_at: float, pass_fds: Sequence[int] = ()) -> ChildProcess:
+        """Start `argv` with its own control socketpair; raise OSError if it cannot run."""
+        parent_end, child_end = make_control_pair()
+        try:
+            popen = subprocess.Popen(
+                list(argv), env={**env, CONTROL_FD_ENV: str(child_end.fileno())},
+                stdin=subprocess.DEVNULL, close_fds=True,
+                pass_fds=(child_end.fileno(), *pass_fds), start_new_session=True)
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()  # only the child keeps its end
+        return cls(role, generation, popen, parent_end, started_at)
+
+    @property
+    def name(self) -> str:
+        gen = f" generation {self.generation}" if self.role is Role.WORKER else ""
+        return f"{self.role.value}{gen} (pid {self.pid})"
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not ChildState.EXITED
+
+    def fileno(self) -> int:
+        return self._control.fileno()
+
+    # -- control channel -------------------------------------------------
+
+    def read_messages(self) -> list[dict[str, Any]]:
+        """Decode what the child sent; invalid datagrams are logged and dropped."""
+        messages: list[dict[str, Any]] = []
+        for _ in range(_READ_BATCH):
+            try:
+                datagram = self._control.recv(MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("%s: control socket error: %s", self.name, exc)
+                break
+            try:
+                messages.append(decode_control(datagram))
+            except ProtocolError as exc:
+                self._bad_datagrams += 1
+                # A broken child could send thousands per second: log a sample.
+                if self._bad_datagrams <= 10 or self._bad_datagrams % 1000 == 0:
+                    log.warning("%s: dropped control datagram #%d: %s", self.name,
+                                self._bad_datagrams, exc)
+        return messages
+
+    def send(self, message: Mapping[str, Any]) -> bool:
+        """Best effort: a dead or stuck child is handled by the reaper, not here."""
+        try:
+            self._control.send(encode_control(message))
+        except OSError as exc:
+            log.debug("%s: cannot send %s: %s", self.name, message.get("type"), exc)
+            return False
+        return True
+
+    # -- liveness ----------------------------------------------------------
+
+    def mark_ready(self, now: float) -> bool:
+        """Record `ready`; True the first time, and only while STARTING.
+
+        A child we are already aborting or stopping does not become ready.
+        """
+        if self.ready_at is not None or self.state is not ChildState.STARTING:
+            return False
+        self.ready_at, self.state = now, ChildState.READY
+        return True
+
+    def silent_for(self, now: float) -> float | None:
+        """Seconds since the last sign of life after `ready`; None before `ready`."""
+        if self.ready_at is None:
+            return None
+        return now - max(self.ready_at, self.last_heartbeat or 0.0)
+
+    # -- signals -------------------------------------------------------------
+
+    def terminate(self) -> None:
+        """SIGTERM the child itself: it drains and exits 0 in its own time."""
+        if self.state in (ChildState.STARTING, ChildState.READY):
+            self.state = ChildState.STOPPING
+            self._signal(signal.SIGTERM)
+
+    def abort(self, now: float, reason: str) -> None:
+        """Hung: SIGABRT now for a traceback dump, SIGKILL the group at `kill_at`."""
+        if self.state in (ChildState.ABORTING, ChildState.EXITED):
+            return
+        self.state, self.kill_reason = ChildState.ABORTING, reason
+        self.kill_at = now + ABORT_GRACE_S
+        self._signal(signal.SIGABRT)
+
+    def kill_if_overdue(self, now: float) -> bool:
+        """After `abort`: SIGKILL the group once `kill_at` has passed; True if it did."""
+        if self.state is not ChildState.ABORTING or self.kill_at is None or now < self.kill_at:
+            return False
+        self.kill_at = None
+        self.kill_group(self.kill_reason)
+        return True
+
+    def kill_group(self, reason: str) -> None:
+        if self.state is ChildState.EXITED:
+            return
+        self.kill_reason = self.kill_reason or reason
+        _killpg(self.pid)
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass  # already dead; the reaper will tell
+
+    # -- exit ----------------------------------------------------------------
+
+    def reap(self) -> ExitStatus | None:
+        """The exit status if the child has exited (reaping it), else None."""
+        if self.state is ChildState.EXITED:
+            return None
+        if _HAS_WAITID:
+            if not self._exited_unreaped():
+                return None
+            # The unreaped zombie still holds its pid, so the group id cannot
+            # have been reused: sweep whatever the child left in its group.
+            _killpg(self.pid)
+            returncode = self._popen.poll()
+        else:
+            returncode = self._popen.poll()
+            if returncode is not None:
+                _killpg(self.pid)
+        if returncode is None:
+            return None
+        self.state = ChildState.EXITED
+        return ExitStatus(returncode, self.kill_reason)
+
+    def _exited_unreaped(self) -> bool:
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # already reaped elsewhere: Popen.poll() copes
+        return info is not None
+
+    def close(self) -> None:
+        """Release our fds; call after the loop stopped watching them."""
+        self._control.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd turns readable when the child exits: prompt reaping on any event loop."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # group gone (PermissionError: macOS says so for a zombie-only group)

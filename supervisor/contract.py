@@ -1,0 +1,80 @@
+"""What children are started with: docs/PROTOCOL.md, "Process contract".
+
+The commands are data (`ChildCommands`) so tests can run the real supervisor
+with tiny stand-in children; the environment is built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ipc.child import SUPERVISOR_PID_ENV
+from ipc.control import CONTROL_FD_ENV
+from ipc.tokens import worker_token
+
+__all__ = [
+    "GENERATION_ENV",
+    "INSTANCE_KEY_ENV",
+    "LISTEN_FD_ENV",
+    "WORKER_TOKEN_ENV",
+    "ChildCommands",
+    "gateway_env",
+    "worker_env",
+]
+
+LISTEN_FD_ENV: Final = "COPROC_LISTEN_FD"
+INSTANCE_KEY_ENV: Final = "COPROC_INSTANCE_KEY"
+GENERATION_ENV: Final = "COPROC_GENERATION"
+WORKER_TOKEN_ENV: Final = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name)
+
+#: Never inherited from our own environment: the contract variables are set
+#: per child (a worker must not see the instance key), and only the supervisor
+#: may talk to systemd (a child sending READY=1 early would lie).
+_NOT_INHERITED: Final = frozenset({
+    CONTROL_FD_ENV, LISTEN_FD_ENV, INSTANCE_KEY_ENV, GENERATION_ENV, WORKER_TOKEN_ENV,
+    SUPERVISOR_PID_ENV, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+    "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCommands:
+    """argv of each kind of child (fresh interpreters, never a fork of us)."""
+
+    gateway: tuple[str, ...]
+    worker: tuple[str, ...]
+
+    @classmethod
+    def default(cls, config_path: Path) -> ChildCommands:
+        config = ("--config", str(config_path))
+        return cls(gateway=(sys.executable, "-m", "gateway", *config),
+                   worker=(sys.executable, "-m", "worker", *config))
+
+
+def _base_env(inherited: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in inherited.items() if k not in _NOT_INHERITED}
+    env[SUPERVISOR_PID_ENV] = str(os.getpid())
+    return env
+
+
+def gateway_env(listen_fd: int, instance_key: bytes,
+                inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The gateway's environment, except COPROC_CONTROL_FD (set at spawn)."""
+    env = _base_env(inherited)
+    env[LISTEN_FD_ENV] = str(listen_fd)
+    env[INSTANCE_KEY_ENV] = instance_key.hex()
+    return env
+
+
+def worker_env(generation: int, instance_key: bytes,
+               inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The worker's environment, except COPROC_CONTROL_FD (set at spawn)."""
+    env = _base_env(inherited)
+    env[GENERATION_ENV] = str(generation)
+    env[WORKER_TOKEN_ENV] = worker_token(instance_key, generation)
+    return env

@@ -1,0 +1,81 @@
+"""One `coproc serve` run, from taking the run directory to giving it back.
+
+Order matters: the lock comes first (so two instances never touch the same
+files), stale sockets go before any child starts, the listening socket lives
+as long as the supervisor, and clean-up runs however the loop ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from config.gateway import GatewayConfig
+from ipc.notify import Notifier
+from supervisor.contract import ChildCommands
+from supervisor.listener import bind_listener, bound_port
+from supervisor.lock import RunDirLock
+from supervisor.rundir import PORT_NAME, RunDir
+from supervisor.supervisor import Supervisor
+
+__all__ = ["run_loop", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
+          notifier: Notifier | None = None) -> int:
+    """Supervise until stopped; return the exit code.
+
+    Raises `LockedError`, `RunDirError` or `ListenError` before any child
+    starts.  `commands` replaces the gateway / worker argv (tests use tiny
+    stand-ins); the environment of the children is always the contract's.
+    """
+    run_dir = RunDir(cfg.run_dir, extra_sockets=_endpoint_socket(cfg))
+    run_dir.create()
+    lock = RunDirLock.acquire(cfg.run_dir)
+    notifier = notifier if notifier is not None else Notifier()
+    try:
+        run_dir.write_pid()
+        run_dir.remove_sockets()
+        run_dir.remove_shared_memory()
+        listener = bind_listener(cfg.listen_address, cfg.listen_port)
+        try:
+            port = bound_port(listener)
+            run_dir.write_port(port)
+            log.info("listening on %s:%d (port also in %s); run dir %s",
+                     cfg.listen_address or "*", port, run_dir.path / PORT_NAME, run_dir.path)
+            supervisor = Supervisor(cfg, listener, commands or ChildCommands.default(cfg.path),
+                                    notifier)
+            code = run_loop(supervisor.run())
+            log.info("stopped (exit code %d)", code)
+            return code
+        finally:
+            listener.close()
+    finally:
+        notifier.close()
+        run_dir.cleanup()
+        lock.release()
+        run_dir.remove_if_empty()
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on uvloop when it is installed, else on asyncio's own loop."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(main)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _endpoint_socket(cfg: GatewayConfig) -> tuple[Path, ...]:
+    endpoint = cfg.ipc.endpoint
+    return (Path(endpoint.removeprefix("ipc://")),) if endpoint.startswith("ipc://") else ()

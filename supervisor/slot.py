@@ -1,0 +1,72 @@
+"""One supervised role (the gateway, or the worker) and what we want of it.
+
+A slot holds at most one child, the role's restart policy and its state as
+reported to the gateway (`worker_state`) and in logs.  Generations number the
+children of a slot from 1 and are never reused, so a late message or token of
+a dead generation can always be told apart from its successor's.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from supervisor.child import ChildProcess, Role
+from supervisor.policy import RestartPolicy, Verdict
+
+__all__ = ["Slot", "SlotState"]
+
+
+class SlotState(enum.Enum):
+    # Values are the `worker_state` strings of docs/PROTOCOL.md.
+    STARTING = "starting"  # a child is booting
+    RUNNING = "running"  # the child said `ready`
+    RESTARTING = "restarting"  # the child exited; the next one starts at `restart_at`
+    FATAL = "fatal"  # flapping: no more restarts
+    STOPPING = "stopping"  # the supervisor is stopping
+    STOPPED = "stopped"  # stopping, and no child left
+
+
+class Slot:
+    def __init__(self, role: Role, policy: RestartPolicy) -> None:
+        self.role, self.policy = role, policy
+        self.state = SlotState.STARTING
+        self.child: ChildProcess | None = None
+        self.generation = 0
+        self.restart_at: float | None = 0.0  # start at once
+        self.last_exit = ""
+
+    def restart_due(self, now: float) -> bool:
+        return self.child is None and self.restart_at is not None and now >= self.restart_at
+
+    def next_generation(self) -> int:
+        # Counted before the spawn: a generation that failed to start is used up too.
+        self.generation += 1
+        return self.generation
+
+    def started(self, child: ChildProcess) -> None:
+        self.child, self.restart_at = child, None
+        self.state = SlotState.STARTING
+        self.policy.started()
+
+    def ready(self) -> None:
+        if self.state is SlotState.STARTING:
+            self.state = SlotState.RUNNING
+            self.policy.ready()
+
+    def exited(self, now: float, reason: str, boot_failure: bool) -> Verdict:
+        """The child is gone (or never started): decide on the next one."""
+        self.child, self.last_exit = None, reason
+        verdict = self.policy.exited(boot_failure)
+        if verdict.fatal:
+            self.state, self.restart_at = SlotState.FATAL, None
+        else:
+            self.state, self.restart_at = SlotState.RESTARTING, now + verdict.delay_s
+        return verdict
+
+    def stop(self) -> None:
+        """No more restarts; STOPPED once the child (if any) is reaped."""
+        self.restart_at = None
+        self.state = SlotState.STOPPING if self.child is not None else SlotState.STOPPED
+
+    def stopped(self) -> None:
+        self.child, self.state = None, SlotState.STOPPED

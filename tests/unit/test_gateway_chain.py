@@ -1,0 +1,379 @@
+"""The middleware chain in-process: a real echo upstream, a scripted fake hook client.
+
+The fake stands in for `gateway.hooks.HookClient` (the real worker is exercised by
+tests/integration); it merges replies with the real `merge_reply`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from config.apidef import HookDef, load_api_definitions
+from config.gateway import GatewayConfig, GatewayOptions
+from gateway.app import CHAIN, build_app
+from gateway.echo_upstream import make_app as make_echo
+from gateway.hooks import HookFailed, HookTimeout, NoWorker, WorkerLost, merge_reply
+
+Behaviour = Callable[[dict[str, Any]], dict[str, Any] | Exception]
+
+
+class FakeHooks:
+    """Runs `behaviours[hook name](object)`: a REPLY object, or an exception to raise."""
+
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.calls: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.stats = {"calls": 0}
+        self.ready = True
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def call(self, api_id: str, hook_type: str, hook: HookDef,
+                   obj: dict[str, Any]) -> dict[str, Any]:
+        self.stats["calls"] += 1
+        self.calls.append((api_id, hook_type, hook.name, obj))
+        result = self.behaviours.get(hook.name, lambda o: {})(obj)
+        if isinstance(result, Exception):
+            raise result
+        return merge_reply(obj, result)
+
+    def on_worker_exited(self, generation: int, reason: str) -> None:
+        pass
+
+    def on_worker_state(self, state: str, generation: int | None, detail: str) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running" if self.ready else "restarting", "generation": 1,
+                "pid": 1, "ready": self.ready, "plugins": {}}
+
+
+def hooks(*names: str, **extra: Any) -> list[dict[str, Any]]:
+    return [{"name": n, **extra} for n in names]
+
+
+def api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str, Any]:
+    proxy = {"listen_path": listen, "target_url": target, "strip_listen_path": True}
+    proxy.update(fields.pop("proxy", {}))
+    return {"api_id": api_id, "org_id": "org1", "use_keyless": True, "proxy": proxy,
+            "config_data": {"greeting": "hi"}, **fields}
+
+
+class Env:
+    def __init__(self, client: TestClient, fake: FakeHooks) -> None:
+        self.client, self.fake = client, fake
+
+    async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        async with self.client.request(method, path, **kw) as resp:
+            body = await resp.read()
+            try:
+                parsed: Any = json.loads(body)
+            except ValueError:
+                parsed = body
+            return resp.status, parsed, resp.headers
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.client.app[CHAIN].stats  # type: ignore[index]
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[str]:
+    server = TestServer(make_echo())
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, echo: str) -> AsyncIterator[Callable[..., Any]]:
+    clients: list[TestClient] = []
+
+    async def start(*apis: dict[str, Any], **opts: Any) -> Env:
+        apps = tmp_path / "apps"
+        apps.mkdir(exist_ok=True)
+        for definition in apis:
+            (apps / f"{definition['api_id']}.json").write_text(json.dumps(definition))
+        options = {"max_body_bytes": 4096, "upstream_timeout_ms": 400, **opts}
+        cfg = GatewayConfig(path=tmp_path / "coproc.json", app_path=apps,
+                            middleware_path=tmp_path, run_dir=tmp_path,
+                            gateway=GatewayOptions(**options))
+        fake = FakeHooks()
+        app = build_app(cfg, load_api_definitions(cfg), instance_key=b"k" * 32,
+                        hook_factory=lambda *_: fake)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return Env(client, fake)
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+# -- plain proxying -------------------------------------------------------------------
+
+async def test_keyless_api_streams_through(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a/", echo + "/base"))
+    body = bytes(range(256)) * 10
+    status, got, _ = await env.request(
+        "POST", "/a/x/y?q=1&q=2", data=body,
+        headers={"X-Request-Id": "rid-42", "X-Forwarded-For": "9.9.9.9",
+                 "Connection": "keep-alive, X-Private", "X-Private": "p"})
+    assert status == 200
+    assert got["path_qs"] == "/base/x/y?q=1&q=2"
+    assert got["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert got["headers"]["X-Request-ID"] == "rid-42"
+    assert got["headers"]["X-Forwarded-For"] == "9.9.9.9, 127.0.0.1"
+    assert "X-Private" not in got["headers"]
+    assert env.fake.calls == []
+
+
+async def test_request_id_is_generated(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo))
+    _, got, _ = await env.request("GET", "/a/x")
+    assert len(got["headers"]["X-Request-ID"]) == 32
+
+
+async def test_large_response_streams_intact(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo))
+    status, body, headers = await env.request("GET", "/a/bytes/300000")
+    assert status == 200 and len(body) == 300000 and body[:3] == b"\x00\x01\x02"
+    status, body, headers = await env.request("HEAD", "/a/bytes/300000")
+    assert status == 200 and body == b"" and headers["Content-Length"] == "300000"
+
+
+async def test_upstream_status_passes_through(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo))
+    assert (await env.request("GET", "/a/status/418"))[0] == 418
+    assert (await env.request("GET", "/a/status/204"))[0] == 204
+
+
+async def test_no_route_and_dot_segments(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo))
+    assert await _status_error(env, "GET", "/nothing") == (404, "No API is listening on this path")
+    # Sent as is: client libraries would resolve the dot segment themselves.
+    url = URL(str(env.client.make_url("/")) + "a/%2e%2e/admin", encoded=True)
+    async with env.client.session.get(url) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "Dot segments are not allowed in the path"
+
+
+async def _status_error(env: Env, method: str, path: str, **kw: Any) -> tuple[int, str]:
+    status, got, headers = await env.request(method, path, **kw)
+    assert headers["Content-Type"] == "application/json"
+    return status, got["error"]
+
+
+async def test_upstream_down_is_502_and_slow_is_504(gateway: Any, echo: str) -> None:
+    env = await gateway(api("down", "/down", "http://127.0.0.1:1"), api("a", "/a", echo))
+    assert (await _status_error(env, "GET", "/down/x"))[0] == 502
+    assert (await _status_error(env, "GET", "/a/slow/2000"))[0] == 504
+    assert env.stats["upstream_errors"] == 1 and env.stats["upstream_timeouts"] == 1
+
+
+async def test_body_limit_is_413_json(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo), api("h", "/h", echo, custom_middleware={
+        "pre": hooks("Pre")}))
+    big = b"x" * 5000
+    assert (await _status_error(env, "POST", "/a/x", data=big))[0] == 413
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"y" * 1000
+
+    assert (await _status_error(env, "POST", "/a/x", data=chunks()))[0] == 413
+    assert (await _status_error(env, "POST", "/h/x", data=big))[0] == 413
+    assert (await _status_error(env, "POST", "/h/x", data=chunks()))[0] == 413
+    assert env.fake.calls == []
+    status, got, _ = await env.request("POST", "/a/x", data=b"z" * 4096)
+    assert status == 200 and got["body_len"] == 4096
+
+
+async def test_oversized_header_is_400(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo), max_header_bytes=1024)
+    status, _, _ = await env.request("GET", "/a/x", headers={"X-Big": "b" * 2000})
+    assert status == 400
+
+
+# -- request hooks ----------------------------------------------------------------------
+
+async def test_pre_hook_rewrites_the_request(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo, custom_middleware={"pre": hooks("Pre")}))
+    env.fake.behaviours["Pre"] = lambda obj: {"request": {
+        "set_headers": {"X-Added": "1"}, "delete_headers": ["X-Remove"],
+        "add_params": {"p": "v"}, "delete_params": ["drop"],
+        "url": "/a/rewritten", "method": "PUT", "raw_body": b"new body!",
+    }}
+    status, got, _ = await env.request("POST", "/a/orig?keep=1&drop=2", data=b"old",
+                                       headers={"X-Remove": "r"})
+    assert status == 200
+    assert got["method"] == "PUT"
+    assert got["path_qs"] == "/rewritten?keep=1&p=v"
+    assert got["headers"]["X-Added"] == "1" and "X-Remove" not in got["headers"]
+    assert got["body"] == "new body!" and got["headers"]["Content-Length"] == "9"
+    _, hook_type, name, obj = env.fake.calls[0]
+    assert (hook_type, name) == ("pre", "Pre")
+    assert obj["request"]["raw_body"] == b"old" and obj["request"]["body"] == "old"
+    assert obj["request"]["url"] == "/a/orig?keep=1&drop=2"
+    assert obj["spec"] == {"APIID": "a", "OrgID": "org1", "bundle_hash": "",
+                           "config_data": '{"greeting": "hi"}'}
+
+
+async def test_each_hook_sees_the_previous_hooks_changes(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo, custom_middleware={
+        "pre": hooks("First", "Second"), "post": hooks("Third")}))
+    env.fake.behaviours["First"] = lambda obj: {"request": {"set_headers": {"X-Step": "1"}}}
+    env.fake.behaviours["Second"] = lambda obj: {"request": {"set_headers": {
+        "X-Step": obj["request"]["headers"]["X-Step"] + "2"}}}
+    status, got, _ = await env.request("GET", "/a/x")
+    assert status == 200 and got["headers"]["X-Step"] == "12"
+    third = env.fake.calls[2][3]
+    assert third["hook_type"] == "post" and third["request"]["headers"]["X-Step"] == "12"
+    assert third["request"]["set_headers"] == {}
+
+
+async def test_return_overrides_short_circuit(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo, custom_middleware={
+        "pre": hooks("Stop"), "post": hooks("Never")}))
+    env.fake.behaviours["Stop"] = lambda obj: {"request": {"return_overrides": {
+        "response_code": 200, "response_body": "from plugin", "headers": {"X-Foo": "Bar"}}}}
+    status, body, headers = await env.request("GET", "/a/x")
+    assert (status, body) == (200, b"from plugin")
+    assert headers["X-Foo"] == "Bar" and headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert [c[2] for c in env.fake.calls] == ["Stop"]
+
+    env.fake.behaviours["Stop"] = lambda obj: {"request": {"return_overrides": {
+        "response_code": 429, "response_error": "slow down", "headers": {"X-Foo": "Bar"}}}}
+    status, got, headers = await env.request("GET", "/a/x")
+    assert (status, got) == (429, {"error": "slow down"})
+    assert headers["X-Foo"] == "Bar" and headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize(("error", "status", "message"), [
+    (HookTimeout("slow"), 504, "Hook timed out"),
+    (NoWorker("none"), 503, "Plugin worker unavailable"),
+    (WorkerLost("died"), 500, "Middleware error"),
+    (HookFailed("hook_failed", "boom"), 500, "Middleware error"),
+])
+async def test_fail_closed(gateway: Any, echo: str, error: Exception, status: int,
+                           message: str) -> None:
+    env = await gateway(api("a", "/a", echo, custom_middleware={"pre": hooks("Pre")}))
+    env.fake.behaviours["Pre"] = lambda obj: error
+    got_status, got, headers = await env.request("GET", "/a/x")
+    assert (got_status, got) == (status, {"error": message})
+    assert headers.get("Retry-After") == ("1" if status == 503 else None)
+    assert env.stats["hooks_fail_closed"] == 1
+
+
+async def test_fail_open_skips_the_hook(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo, custom_middleware={
+        "pre": hooks("Broken", failure_policy="fail_open") + hooks("Fine")}))
+    env.fake.behaviours["Broken"] = lambda obj: HookTimeout("slow")
+    env.fake.behaviours["Fine"] = lambda obj: {"request": {"set_headers": {"X-Fine": "1"}}}
+    status, got, _ = await env.request("GET", "/a/x")
+    assert status == 200 and got["headers"]["X-Fine"] == "1"
+    assert env.stats["hooks_fail_open"] == 1
+
+
+# -- auth -------------------------------------------------------------------------------
+
+def auth_api(echo: str) -> dict[str, Any]:
+    return api("p", "/p", echo, use_keyless=False, enable_coprocess_auth=True,
+               custom_middleware={"auth_check": {"name": "Auth"},
+                                  "post_key_auth": hooks("AfterAuth"), "post": hooks("Post")})
+
+
+async def test_auth_plugin_success_carries_the_session(gateway: Any, echo: str) -> None:
+    env = await gateway(auth_api(echo))
+    env.fake.behaviours["Auth"] = lambda obj: {
+        "metadata": {"token": "tok"}, "session": {"rate": 10.0, "metadata": {"user": "u"}}}
+    status, _, _ = await env.request("GET", "/p/x", headers={"Authorization": "secret"})
+    assert status == 200
+    names = [(c[1], c[2]) for c in env.fake.calls]
+    assert names == [("auth_check", "Auth"), ("post_key_auth", "AfterAuth"), ("post", "Post")]
+    after = env.fake.calls[1][3]
+    assert after["session"]["rate"] == 10.0 and after["metadata"] == {"token": "tok"}
+
+
+@pytest.mark.parametrize(("reply", "status", "message"), [
+    ({}, 403, "Key not authorised"),
+    ({"request": {"return_overrides": {"response_error": "bad key"}}}, 403, "bad key"),
+    ({"request": {"return_overrides": {"response_code": 401}}}, 401, "Key not authorised"),
+    ({"request": {"return_overrides": {"response_code": 401, "response_error": "expired"}},
+      "metadata": {"token": "t"}}, 401, "expired"),
+    (HookTimeout("slow"), 403, "Key not authorised"),
+    (NoWorker("gone"), 403, "Key not authorised"),
+])
+async def test_auth_plugin_refusals(gateway: Any, echo: str, reply: Any, status: int,
+                                    message: str) -> None:
+    env = await gateway(auth_api(echo))
+    env.fake.behaviours["Auth"] = lambda obj: reply
+    assert await _status_error(env, "GET", "/p/x") == (status, message)
+    assert [c[2] for c in env.fake.calls] == ["Auth"]
+
+
+async def test_token_in_session_metadata_is_accepted(gateway: Any, echo: str) -> None:
+    env = await gateway(auth_api(echo))
+    env.fake.behaviours["Auth"] = lambda obj: {"session": {"metadata": {"token": "t"}}}
+    assert (await env.request("GET", "/p/x"))[0] == 200
+
+
+async def test_builtin_auth_stopgap_refuses(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo, use_keyless=False, custom_middleware={
+        "post_key_auth": hooks("Never")}))
+    assert await _status_error(env, "GET", "/k/x") == (401, "Authorization field missing")
+    assert await _status_error(env, "GET", "/k/x", headers={"Authorization": "key"}) == \
+        (403, "Access to this API has been disallowed")
+    assert env.fake.calls == []
+
+
+# -- response hooks -------------------------------------------------------------------------
+
+async def test_response_hook_rewrites_the_response(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo, custom_middleware={"response": hooks("Resp")}))
+
+    def change(obj: dict[str, Any]) -> dict[str, Any]:
+        echoed = json.loads(obj["response"]["body"])
+        headers = dict(obj["response"]["headers"], **{"X-Seen": echoed["method"]})
+        return {"response": {"status_code": 202, "raw_body": b"short", "headers": headers}}
+
+    env.fake.behaviours["Resp"] = change
+    status, body, headers = await env.request("GET", "/a/x")
+    assert (status, body) == (202, b"short")
+    assert headers["Content-Length"] == "5" and headers["X-Seen"] == "GET"
+    obj = env.fake.calls[0][3]
+    assert obj["hook_type"] == "response" and obj["response"]["status_code"] == 200
+
+
+async def test_response_hook_failing_closed(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/a", echo, custom_middleware={"response": hooks("Resp")}))
+    env.fake.behaviours["Resp"] = lambda obj: WorkerLost("died")
+    assert await _status_error(env, "GET", "/a/x") == (500, "Middleware error")
+
+
+# -- health -------------------------------------------------------------------------------
+
+async def test_hello(gateway: Any, echo: str) -> None:
+    env = await gateway(api("a", "/", echo))
+    status, got, _ = await env.request("GET", "/hello")
+    assert status == 200 and got["status"] == "pass" and got["worker"]["ready"]
+    env.fake.ready = False
+    status, got, _ = await env.request("GET", "/hello")
+    assert status == 503 and got["status"] == "fail"
+    # Other methods on /hello belong to the API on "/".
+    assert (await env.request("POST", "/hello"))[1]["path"] == "/hello"

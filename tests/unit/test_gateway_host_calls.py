@@ -1,0 +1,82 @@
+"""Plugin host calls: the KV store with TTL, log and trigger_event."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gateway.host_calls import KEY_PREFIX, HostCalls, MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_store_and_get_with_the_tyk_prefix() -> None:
+    store = MemoryStore()
+    host = HostCalls(store)
+    assert await host.host_call("api", {"op": "store_data", "key": "k", "value": b"v",
+                                        "ttl": 0}) == {}
+    assert await store.get(KEY_PREFIX + "k") == b"v"
+    assert await host.host_call("api", {"op": "get_data", "key": "k"}) == \
+        {"value": b"v", "found": True}
+    assert await host.host_call("api", {"op": "get_data", "key": "nope"}) == \
+        {"value": b"", "found": False}
+
+
+async def test_ttl_expires_lazily_on_read() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    await store.set("k", b"v", 10)
+    await store.set("forever", b"f", 0)
+    clock.now += 9.9
+    assert await store.get("k") == b"v"
+    clock.now += 0.2
+    assert await store.get("k") is None
+    assert len(store) == 1
+    clock.now += 1e9
+    assert await store.get("forever") == b"f"
+
+
+async def test_sweep_removes_expired_entries_nobody_reads() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for i in range(100):
+        await store.set(f"k{i}", b"v", 5 if i % 2 else 50)
+    await store.set("k1", b"rewritten", 100)  # its old deadline is stale now
+    clock.now += 6
+    assert store.sweep() == 49
+    assert len(store) == 51
+    assert await store.get("k1") == b"rewritten"
+    clock.now += 50
+    assert store.sweep() == 50
+    assert await store.get("k1") == b"rewritten"
+
+
+async def test_full_store_evicts_the_oldest_write() -> None:
+    store = MemoryStore(max_entries=3)
+    for key in ("a", "b", "c"):
+        await store.set(key, b"1", 0)
+    await store.set("a", b"2", 0)  # a rewrite counts as the newest
+    await store.set("d", b"1", 0)
+    assert await store.get("b") is None
+    assert [await store.get(k) for k in ("a", "c", "d")] == [b"2", b"1", b"1"]
+
+
+async def test_log_and_event(caplog: pytest.LogCaptureFixture) -> None:
+    host = HostCalls(MemoryStore())
+    with caplog.at_level(logging.DEBUG):
+        assert await host.host_call("api1", {"op": "log", "level": "warn",
+                                             "message": "careful"}) is None
+        assert await host.host_call("api1", {"op": "trigger_event", "name": "Quota",
+                                             "payload": "{}", "api_id": "api2"}) is None
+    plugin = [r for r in caplog.records if r.name == "coproc.plugin"]
+    assert plugin[0].levelno == logging.WARNING and plugin[0].getMessage() == "careful"
+    assert plugin[0].fields == {"api_id": "api1"}
+    event = [r for r in caplog.records if "Quota" in r.getMessage()]
+    assert event[0].levelno == logging.INFO and event[0].fields == {"api_id": "api2"}

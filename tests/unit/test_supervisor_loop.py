@@ -1,0 +1,121 @@
+"""The reconcile loop in-process, fed through its own event queue.
+
+Children are one-line Python programs, so these tests show restart decisions
+(backoff, flapping -> fatal) and the staged stop without a gateway or worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from config.gateway import GatewayConfig, SupervisorOptions, WorkerOptions
+from ipc.notify import Notifier
+from supervisor.contract import ChildCommands
+from supervisor.listener import bind_listener
+from supervisor.slot import SlotState
+from supervisor.supervisor import Phase, Supervisor
+
+SLEEPS = (sys.executable, "-c", "import time; time.sleep(60)")
+PLUGINS_FAIL = (sys.executable, "-c", "import sys; sys.exit(4)")
+CRASHES = (sys.executable, "-c", "import sys; sys.exit(1)")
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__(address="")
+        self.sent: list[dict[str, str | int]] = []
+
+    def send(self, **fields: str | int) -> bool:
+        self.sent.append(fields)
+        return True
+
+
+@pytest.fixture
+def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
+    listeners = []
+
+    def make(gateway: tuple[str, ...], worker: tuple[str, ...], flap_max_exits: int = 3,
+             notifier: Notifier | None = None) -> Supervisor:
+        cfg = GatewayConfig(
+            path=tmp_path / "coproc.json", run_dir=tmp_path,
+            supervisor=SupervisorOptions(restart_backoff_initial_ms=10,
+                                         restart_backoff_max_ms=20, stop_grace_ms=3000,
+                                         flap_window_s=60, flap_max_exits=flap_max_exits),
+            worker=WorkerOptions(boot_timeout_ms=30000))
+        listener = bind_listener("127.0.0.1", 0)
+        listeners.append(listener)
+        return Supervisor(cfg, listener, ChildCommands(gateway=gateway, worker=worker),
+                          notifier or RecordingNotifier())
+
+    try:
+        yield make
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+async def until(condition: Callable[[], bool], limit_s: float = 10.0) -> None:
+    async with asyncio.timeout(limit_s):
+        # The supervisor exposes states, not events: poll them, under a deadline.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def test_flapping_worker_goes_fatal_and_the_gateway_keeps_running(
+        make_supervisor: Callable[..., Supervisor]) -> None:
+    notifier = RecordingNotifier()
+    sup = make_supervisor(SLEEPS, PLUGINS_FAIL, flap_max_exits=3, notifier=notifier)
+
+    async def scenario() -> int:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.worker_state is SlotState.FATAL)
+        assert sup.worker_generation == 3  # 3 exits within the window, no 4th start
+        assert sup.gateway_state is SlotState.STARTING  # still up (it never says ready)
+        sup.post_signal(signal.SIGTERM)
+        return await asyncio.wait_for(running, 10)
+
+    assert asyncio.run(scenario()) == 0
+    assert sup.phase is Phase.STOPPED
+    assert {"status": "gateway starting; worker generation 3 fatal"} in notifier.sent
+    assert any(sent.get("stopping") == 1 for sent in notifier.sent)
+
+
+def test_flapping_gateway_stops_the_instance_with_exit_1(
+        make_supervisor: Callable[..., Supervisor]) -> None:
+    sup = make_supervisor(CRASHES, SLEEPS, flap_max_exits=2)
+    assert asyncio.run(asyncio.wait_for(sup.run(), 15)) == 1
+    assert sup.gateway_state is SlotState.STOPPED and sup.worker_state is SlotState.STOPPED
+
+
+IGNORES_TERM_THEN_READY = (sys.executable, "-c", """
+import os, signal, time
+from ipc.control import encode_control, inherited_control_socket
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+inherited_control_socket().send(encode_control({"type": "ready", "role": "gateway",
+                                                "pid": os.getpid()}))
+time.sleep(60)
+""")
+
+
+def test_second_stop_signal_kills_at_once(make_supervisor: Callable[..., Supervisor],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))  # children import ipc
+    sup = make_supervisor(IGNORES_TERM_THEN_READY, SLEEPS)
+
+    async def scenario() -> int:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.gateway_state is SlotState.RUNNING)
+        sup.post_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert not running.done()  # grace is 3 s and the gateway ignores SIGTERM
+        sup.post_signal(signal.SIGINT)
+        return await asyncio.wait_for(running, 2)
+
+    assert asyncio.run(scenario()) == 0
