@@ -8,6 +8,7 @@ options (`timeout_ms`, `failure_policy`) may also sit in each hook entry.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,13 @@ class APIDefinition:
     domain: str
     source: Path
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # Auth and events (Tyk field names): the header carrying the key, built-in
+    # token auth alongside a plugin, which auth method's session wins, and
+    # `event_handlers.events` as {event name: [handler objects]}.
+    auth_header_name: str = "Authorization"
+    use_standard_auth: bool = False
+    base_identity_provided_by: str = ""
+    event_handlers: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def has_plugins(self) -> bool:
@@ -159,7 +167,61 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
         domain=r.get("domain", str, ""),
         source=path,
         raw=raw,
+        auth_header_name=r.child("auth").get("auth_header_name", str, "") or "Authorization",
+        use_standard_auth=r.get("use_standard_auth", bool, False),
+        base_identity_provided_by=r.get("base_identity_provided_by", str, ""),
+        event_handlers=_event_handlers(r.child("event_handlers")),
     )
+
+
+_ID_SOURCES = ("header", "form", "body")
+_ID_METHODS = ("value", "regex", "xpath")
+_EVENT_HANDLERS = ("eh_log_handler", "eh_web_hook_handler", "cp_dynamic_handler")
+
+
+def _id_extractor(r: Reader) -> dict[str, Any]:
+    """Tyk's id_extractor object, validated; {} when not configured."""
+    # Exported Tyk definitions carry the object with empty strings: not configured.
+    if not (r.data.get("extract_from") or r.data.get("extract_with")):
+        return {}
+    source = r.choice("extract_from", _ID_SOURCES, "header")
+    method = r.choice("extract_with", _ID_METHODS, "value")
+    if source == "body" and method == "value":
+        raise r.error("extract_with", "\"value\" with extract_from \"body\" would use the "
+                      "whole body as the credential", "use regex or xpath to pick the "
+                      "credential out of the body, or extract from a header or form field")
+    ec = r.child("extractor_config")
+    needed = {"header": "header_name", "form": "form_param_name"}.get(source)
+    if needed and not ec.get(needed, str, ""):
+        raise ec.error(needed, f"is required to extract from a {source}",
+                       f"set extractor_config.{needed}")
+    if method == "regex":
+        expression = ec.get("regex_expression", str, "")
+        try:
+            re.compile(expression)
+        except re.error as exc:
+            raise ec.error("regex_expression", f"invalid regular expression: {exc}",
+                           "correct the expression") from None
+        if not expression:
+            raise ec.error("regex_expression", "is required with extract_with regex",
+                           "set extractor_config.regex_expression")
+        ec.number("regex_match_index", int, 0, 0)
+    if method == "xpath" and not ec.get("xpath_expression", str, ""):
+        raise ec.error("xpath_expression", "is required with extract_with xpath",
+                       "set extractor_config.xpath_expression")
+    return dict(r.data)
+
+
+def _event_handlers(r: Reader) -> dict[str, Any]:
+    events = r.child("events")
+    out: dict[str, Any] = {}
+    for name in events.data:
+        def handler(h: Reader) -> dict[str, Any]:
+            h.choice("handler_name", _EVENT_HANDLERS, "")
+            return {"handler_name": h.get("handler_name", str),
+                    "handler_meta": h.get("handler_meta", dict, {})}
+        out[name] = list(events.items(name, handler))
+    return out
 
 
 def _proxy(r: Reader) -> ProxyDef:
@@ -207,7 +269,7 @@ def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef) -> Cust
             _with_policy(hook(r.child("auth_check")), "fail_closed")
             if auth.get("name") else None
         ),
-        id_extractor=r.get("id_extractor", dict, {}),
+        id_extractor=_id_extractor(r.child("id_extractor")),
     )
 
 

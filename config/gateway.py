@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.reader import Reader, load_json
+from config.sandbox import SandboxOptions, parse_sandbox
 
 __all__ = [
     "FAILURE_POLICIES",
@@ -109,6 +110,7 @@ class GatewayConfig:
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     ipc: IpcOptions = field(default_factory=IpcOptions)
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
+    sandbox: SandboxOptions = field(default_factory=SandboxOptions)
 
     @property
     def hooks_endpoint(self) -> str:
@@ -150,6 +152,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         gateway=_gateway(coproc.child("gateway")),
         ipc=_ipc(coproc.child("ipc")),
         supervisor=_supervisor(coproc.child("supervisor")),
+        sandbox=parse_sandbox(coproc.child("sandbox"), base),
     )
 
 

@@ -21,14 +21,25 @@ from aiohttp import web
 
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
+from gateway.admin import add_key_routes
+from gateway.auth import Authenticator
 from gateway.chain import Chain, HookCaller
-from gateway.control import ControlChannel, WorkerEvents, dispatch, report_status
+from gateway.control import (
+    ControlChannel,
+    RouterSwitch,
+    WorkerEvents,
+    dispatch,
+    make_reload,
+    report_status,
+)
+from gateway.events import EventBus
 from gateway.health import make_hello
 from gateway.hooks import HookClient, HostCallHandler
-from gateway.host_calls import HostCalls, MemoryStore
-from gateway.plan import ApiPlan, build_router
+from gateway.host_calls import HostCalls
+from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.proxy import make_session
 from gateway.router import Router
+from gateway.storage import MemoryStorage, Storage, open_storage
 
 __all__ = [
     "CHAIN",
@@ -56,7 +67,8 @@ HookFactory = Callable[[GatewayConfig, bytes, HostCallHandler], HookService]
 CONFIG = web.AppKey("config", GatewayConfig)
 ROUTER = web.AppKey("router", Router[ApiPlan])
 CONTROL = web.AppKey("control", ControlChannel)
-STORE = web.AppKey("store", MemoryStore)
+STORE = web.AppKey("store", Storage)
+EVENTS = web.AppKey("events", EventBus)
 HOOKS = web.AppKey("hooks", HookService)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 CHAIN = web.AppKey("chain", Chain)
@@ -75,18 +87,34 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
                       "max_field_size": opts.max_header_bytes},
     )
     app[CONFIG] = cfg
+    apis = list(apis)
     app[ROUTER] = build_router(cfg, apis)
+    # Sessions, counters and plugin data: memory, or Redis shared by instances.
+    app[STORE] = open_storage(cfg.storage)
+    handlers = {api.api_id: api.event_handlers for api in apis if api.active}
+    app[EVENTS] = EventBus(lambda api_id: handlers.get(api_id, {}),
+                           specs={api.api_id: api_spec(api) for api in apis if api.active})
     app[CONTROL] = ControlChannel(control_sock)
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
-        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE]))
+        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
         await hooks.start()
         app[HOOKS] = hooks
-        yield
+        events = app[EVENTS]
+        events.send_event = getattr(hooks, "send_event", None)  # @Event handlers
+        watched = [a for a, h in handlers.items() if h.get("WorkerRestarted")]
+        async with _background(events.watch_worker(
+                lambda: hooks.health().get("generation"), watched)):
+            yield
         await hooks.close()
 
     app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx])
     app.router.add_get("/hello", make_hello(lambda: app[HOOKS]))
+    reload = make_reload(cfg.secret, app[CONTROL])
+    for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
+        app.router.add_get(path, reload, allow_head=False)
+        app.router.add_post(path, reload)
+    add_key_routes(app, cfg.secret, app[STORE])
     app.router.add_route("*", "/{tail:.*}", _serve_api)
     return app
 
@@ -96,22 +124,38 @@ async def _serve_api(request: web.Request) -> web.StreamResponse:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = app[STORE] = MemoryStore()
-    async with _background(store.sweep_forever()):
+    store, events = app[STORE], app[EVENTS]
+    if not isinstance(store, MemoryStorage):
+        where = getattr(store, "where", "")
+        if await store.ping():
+            log.info("storage: %s", where)
+        else:  # not fatal: requests that need it get 503 until it answers
+            log.error("storage %s is not reachable yet", where)
+    async with contextlib.AsyncExitStack() as stack:
+        # Webhook deliveries get their own client: upstream limits must not apply.
+        events.http = await stack.enter_async_context(aiohttp.ClientSession())
+        await stack.enter_async_context(_background(events.run()))
+        if isinstance(store, MemoryStorage):
+            await stack.enter_async_context(_background(store.sweep_forever()))
         yield
+    await store.close()
 
 
 async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
-    app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway)
+    auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit)
+    app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
     yield
     await session.close()
 
 
 async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     channel, hooks = app[CONTROL], app[HOOKS]
-    channel.start(lambda message: dispatch(message, hooks))
+    switch = RouterSwitch(app[CONFIG], app[CHAIN], lambda: hooks.health().get("generation"))
+    if isinstance(hooks, HookClient):
+        hooks.on_activate = switch.on_activated
+    channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis))
     async with _background(report_status(channel, hooks, app[CHAIN].stats)):
         yield
     channel.close()

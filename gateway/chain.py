@@ -1,6 +1,6 @@
 """The middleware chain: one API request from match to the response written.
 
-match -> pre hooks -> auth (keyless / auth_check hook / built-in stopgap)
+match -> pre hooks -> auth and session checks (gateway.auth)
 -> post_key_auth hooks -> post hooks -> upstream -> response hooks -> client.
 
 A request with no request-phase hook streams its body to the upstream; one
@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 
 from config.apidef import HookDef
 from config.gateway import GatewayOptions
+from gateway.auth import Authenticator, Denied
 from gateway.hooks import HookCallError, HookTimeout, NoWorker
 from gateway.plan import ApiPlan, AuthMode
 from gateway.proxy import (
@@ -109,13 +110,18 @@ class Chain:
     """Serves every API request; one instance per gateway process."""
 
     def __init__(self, router: Router[ApiPlan], hooks: HookCaller,
-                 session: aiohttp.ClientSession, opts: GatewayOptions) -> None:
+                 session: aiohttp.ClientSession, opts: GatewayOptions,
+                 auth: Authenticator | None = None) -> None:
         self.router = router
         self.hooks = hooks
+        if auth is None:  # embedded default: sessions in this process's memory
+            from gateway.storage import MemoryStorage
+
+            auth = Authenticator(MemoryStorage(), hooks)
+        self.auth = auth
         self.session = session
         self.max_body = opts.max_body_bytes  # 0: no limit
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
-        self._stopgap_logged: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.stats["requests"] += 1
@@ -153,10 +159,8 @@ class Chain:
             state.body = await self._read_body(request)
         if plan.pre:
             await self._hooks(plan, "pre", plan.pre, state, rid)
-        if plan.auth is AuthMode.PLUGIN:
-            await self._auth_plugin(plan, state, rid)
-        elif plan.auth is AuthMode.BUILTIN:
-            self._auth_stopgap(request, plan)
+        if plan.auth is not AuthMode.KEYLESS:
+            await self._authenticate(plan, state, rid)
         if plan.post_key_auth:
             await self._hooks(plan, "post_key_auth", plan.post_key_auth, state, rid)
         if plan.post:
@@ -208,46 +212,14 @@ class Chain:
 
     # -- auth ------------------------------------------------------------------
 
-    async def _auth_plugin(self, plan: ApiPlan, state: RequestState, rid: str) -> None:
-        hook = plan.auth_hook
-        assert hook is not None  # AuthMode.PLUGIN is only planned with a hook
-        obj = request_object(state, plan.spec, "auth_check", hook)
+    async def _authenticate(self, plan: ApiPlan, state: RequestState, rid: str) -> None:
         try:
-            got = await self.hooks.call(plan.api_id, "auth_check", hook, obj)
-        except HookCallError as exc:
-            # Auth fails closed whatever went wrong: never let a request in unchecked.
-            log.warning("auth_check hook %s failed: %s", hook.name, exc,
-                        extra={"fields": {**plan.log_fields, "request_id": rid}})
-            raise _Stop(self._denied(403, NOT_AUTHORISED)) from None
-        request = got.get("request") or {}
-        apply_request(state, obj["request"], request)
-        overrides = request.get("return_overrides") or {}
-        reply = overrides_reply(overrides, NOT_AUTHORISED)
-        if reply is not None:
-            raise _Stop(reply_response(reply))
-        session = got.get("session") or {}
-        metadata = got.get("metadata") or {}
-        # Tyk's Python auth plugins set metadata["token"]; accept the session's too.
-        token = metadata.get("token") or (session.get("metadata") or {}).get("token")
-        if not token:
-            raise _Stop(self._denied(403, overrides.get("response_error") or NOT_AUTHORISED))
-        state.session, state.metadata = session, metadata
-
-    def _auth_stopgap(self, request: web.Request, plan: ApiPlan) -> None:
-        # STOPGAP until built-in key auth (key storage, sessions) lands in a later
-        # issue: a protected API without an auth plugin lets nobody in, answering
-        # as Tyk does for a missing or an unknown key.
-        if plan.api_id not in self._stopgap_logged:
-            self._stopgap_logged.add(plan.api_id)
-            log.warning("API %s is protected (use_keyless false) but built-in key storage "
-                        "is not configured: every request is refused", plan.api_id)
-        if "Authorization" not in request.headers:
-            raise _Stop(self._denied(401, "Authorization field missing"))
-        raise _Stop(self._denied(403, "Access to this API has been disallowed"))
-
-    def _denied(self, status: int, message: str) -> web.Response:
-        self.stats["auth_denied"] += 1
-        return json_error(status, message)
+            await self.auth.check(plan, state, rid)
+        except Denied as denied:
+            self.stats["auth_denied"] += 1
+            response = (reply_response(denied.reply) if denied.reply is not None
+                        else json_error(denied.status, denied.message, denied.headers))
+            raise _Stop(response) from None
 
     # -- upstream and response ---------------------------------------------------
 

@@ -1,23 +1,34 @@
 """The gateway's end of the supervisor control channel.
 
 Datagrams in: `worker_state` and `worker_exited`, handed to the hook client
-(a worker's death must fail its in-flight calls at once).  Datagrams out:
-`ready` once HTTP is served, then `status` every second.  Without
+(a worker's death must fail its in-flight calls at once), and `reload_apis`
+(hot restart: re-read the API definitions, switch router when the new worker
+generation becomes active, so that every request is served by one consistent
+pair of routes and plugins).  Datagrams out: `ready` once HTTP is served,
+`status` every second, and `reload_request` for `POST /tyk/reload`.  Without
 `$COPROC_CONTROL_FD` (run by hand) the channel is inert.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from aiohttp import web
+
+from config import ConfigError, load_api_definitions
+from config.gateway import GatewayConfig
+from gateway.plan import ApiPlan, build_router
+from gateway.router import Router
 from ipc.control import MAX_DATAGRAM, decode_control, encode_control
 from ipc.schema import ProtocolError
 
-__all__ = ["ControlChannel", "WorkerEvents", "dispatch", "report_status", "status_message"]
+__all__ = ["ControlChannel", "RouterSwitch", "WorkerEvents", "dispatch", "make_reload",
+           "report_status", "status_message"]
 
 log = logging.getLogger("coproc.gateway.control")
 
@@ -108,10 +119,81 @@ class ControlChannel:
             self._loop.remove_reader(self._sock.fileno())
 
 
-def dispatch(message: Mapping[str, Any], events: WorkerEvents) -> None:
+class RouterTarget(Protocol):
+    """What holds the router requests are matched with (the chain)."""
+
+    router: Router[ApiPlan]
+
+
+class RouterSwitch:
+    """Swap in a router built from re-read API definitions, in step with the worker.
+
+    `reload_apis(N)` builds the new router at once (reading files off the
+    request path), but the chain keeps the old one until worker generation N
+    is active: routes and plugins change together.  A definition that no
+    longer loads keeps the old router (the supervisor checked the files before
+    the reload, so this is a race with an editor; it is logged).
+    """
+
+    def __init__(self, cfg: GatewayConfig, target: RouterTarget,
+                 active_generation: Callable[[], int | None]) -> None:
+        self._cfg, self._target, self._active = cfg, target, active_generation
+        self._pending: tuple[int, Router[ApiPlan]] | None = None
+
+    def on_reload_apis(self, generation: int) -> None:
+        try:
+            router = build_router(self._cfg, load_api_definitions(self._cfg))
+        except ConfigError as exc:
+            log.error("reload: API definitions not reloaded, keeping the current routes: %s",
+                      exc)
+            return
+        self._pending = (generation, router)
+        active = self._active()
+        if active is not None and active >= generation:
+            self.on_activated(active)
+
+    def on_activated(self, generation: int) -> None:
+        pending = self._pending
+        if pending is not None and generation >= pending[0]:
+            self._target.router, self._pending = pending[1], None
+            log.info("worker generation %d active: switched to the reloaded API definitions",
+                     generation)
+
+
+def make_reload(secret: str, channel: ControlChannel
+                ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET or POST /tyk/reload (and /tyk/reload/group): ask the supervisor for a
+    hot restart, as Tyk's admin call does.
+
+    Guarded by the config's `secret` in `X-Tyk-Authorization`, compared in
+    constant time; with no secret configured the endpoint is disabled.  The
+    reload is queued and the answer does not wait for its outcome (Tyk's
+    `block=true` is not supported; `coproc reload` waits).  One instance is
+    its own group, so `/group` reloads this instance only.
+    """
+
+    async def reload(request: web.Request) -> web.Response:
+        given = request.headers.get("X-Tyk-Authorization", "")
+        if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+            return web.json_response(
+                {"status": "error", "message": "Attempted administrative access with invalid "
+                 "or missing key!"}, status=403)
+        if not channel.send({"type": "reload_request", "reason": "POST /tyk/reload"}):
+            return web.json_response(
+                {"status": "error", "message": "no supervisor to reload the worker"},
+                status=503)
+        return web.json_response({"status": "ok", "message": ""})
+
+    return reload
+
+
+def dispatch(message: Mapping[str, Any], events: WorkerEvents,
+             on_reload_apis: Callable[[int], None] | None = None) -> None:
     """Deliver one validated supervisor message."""
     kind = message["type"]
-    if kind == "worker_exited":
+    if kind == "reload_apis" and on_reload_apis is not None:
+        on_reload_apis(message["generation"])
+    elif kind == "worker_exited":
         events.on_worker_exited(message["generation"], message["reason"])
     elif kind == "worker_state":
         events.on_worker_state(message["state"], message.get("generation"),

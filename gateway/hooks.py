@@ -12,6 +12,12 @@ per call and nothing else, which measured markedly cheaper per round trip.
 
 Every call has a deadline; a worker's death fails its calls at once (the
 supervisor tells us, see `on_worker_exited`), not at their deadline.
+
+Bodies of `shm_threshold_bytes` and more travel through the shared-memory
+arena (ipc/shm.py): `call` swaps them for references before sending and turns
+reply references back into bytes, so callers never see the arena.  A call's
+slots are freed once the worker answered it or is gone; until then (a timed
+out or cancelled call) they stay quarantined with the peer.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,7 +35,20 @@ import zmq
 
 from config.apidef import HookDef
 from config.gateway import GatewayConfig
+from gateway.latency import Histogram
+from gateway.sandbox_access import share_with_worker
+from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import ErrorCode, Limits, Message, MsgType, ProtocolError, decode, encode
+from ipc.shm import (
+    BODY_PARTS,
+    Arena,
+    ArenaFull,
+    Slot,
+    remove_stale_arenas,
+    resolve_bodies,
+    slot_capacity,
+)
+from ipc.shm_names import shm_prefix
 from ipc.tokens import verify_worker_token
 
 __all__ = [
@@ -93,12 +112,17 @@ class _Peer:
     draining: bool = False
     strikes: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+    # Arena slots of calls it has not answered yet although the caller gave up.
+    quarantine: dict[int, dict[str, Slot]] = field(default_factory=dict)
+    #: Its sandbox layers, as its HELLO reported them (docs/SECURITY.md).
+    sandbox: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Pending:
-    future: asyncio.Future[dict[str, Any]]
+    future: asyncio.Future[dict[str, Any]]  # resolves to the REPLY payload
     peer: _Peer
+    answered: bool = False  # the worker sent REPLY or ERROR: it no longer touches the slots
 
 
 def merge_reply(sent: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,9 +156,16 @@ class HookClient:
         self._fd = -1
         self._state, self._state_detail = "starting", ""
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Called with the generation that just became active (hot restart: the
+        #: gateway switches to reloaded API definitions at that moment).
+        self.on_activate: Callable[[int], None] | None = None
+        self._arena: Arena | None = None
+        self._threshold = cfg.ipc.shm_threshold_bytes
+        self.latency = Histogram()
         self.stats: dict[str, int] = dict.fromkeys(
             ("calls", "replies", "errors", "timeouts", "worker_lost", "no_worker",
-             "protocol_errors", "late_replies", "admitted", "rejected", "host_calls"), 0)
+             "protocol_errors", "late_replies", "admitted", "rejected", "host_calls",
+             "shm_bodies", "shm_reply_bodies", "shm_fallback"), 0)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -159,6 +190,29 @@ class HookClient:
         self._loop.add_reader(self._fd, self._drain)
         self._schedule_drain()
         log.info("hooks socket bound on %s", endpoint)
+        self._arena = self._create_arena()
+        tune_for_large_buffers()  # bodies: see ipc/memtune.py
+        share_with_worker(self._cfg, self._arena)  # a sandboxed worker runs as another uid
+
+    def _create_arena(self) -> Arena | None:
+        ipc = self._cfg.ipc
+        if ipc.shm_threshold_bytes <= 0 or ipc.shm_arena_bytes <= 0:
+            return None
+        prefix = shm_prefix(self._cfg.run_dir)
+        remove_stale_arenas(prefix)  # a killed predecessor's; its worker keeps its mapping
+        try:
+            arena = Arena.create(prefix, ipc.shm_arena_bytes)
+        except OSError as exc:
+            log.warning("no shared-memory arena (%s): every body travels inline", exc)
+            return None
+        log.info("shared-memory arena %s: %d bytes, bodies from %d bytes", arena.name,
+                 arena.size, self._threshold)
+        return arena
+
+    @property
+    def arena(self) -> Arena | None:
+        """The body arena (None: disabled); `arena.chown` hands it to a sandbox uid."""
+        return self._arena
 
     async def close(self) -> None:
         for pending in list(self._pending.values()):
@@ -173,6 +227,9 @@ class HookClient:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+        if self._arena is not None:
+            self._arena.close()
+            self._arena = None
 
     # -- calls -------------------------------------------------------------
 
@@ -183,17 +240,24 @@ class HookClient:
         assert self._loop is not None  # start() ran: a programming error otherwise
         call_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self._pending[call_id] = _Pending(future, peer)
+        pending = self._pending[call_id] = _Pending(future, peer)
         peer.inflight.add(call_id)
         expired = HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms")
         timer = self._loop.call_later(hook.timeout_ms / 1000, _fail, future, expired)
         self.stats["calls"] += 1
+        payload: dict[str, Any] = {
+            "api_id": api_id, "hook_type": hook_type, "hook_name": hook.name,
+            "timeout_ms": hook.timeout_ms, "object": obj,
+        }
+        slots = self._bodies_out(payload) if self._arena is not None else None
+        started = time.perf_counter_ns()
         try:
-            self._send(peer, MsgType.CALL, call_id, {
-                "api_id": api_id, "hook_type": hook_type, "hook_name": hook.name,
-                "timeout_ms": hook.timeout_ms, "object": obj,
-            })
+            self._send(peer, MsgType.CALL, call_id, payload)
             reply = await future
+            got = reply["object"]
+            if "bodies" in reply:
+                got = self._bodies_in(got, reply["bodies"], slots)
+            self.latency.record_ns(time.perf_counter_ns() - started)
         except HookTimeout:
             self.stats["timeouts"] += 1
             raise
@@ -201,7 +265,67 @@ class HookClient:
             timer.cancel()
             self._pending.pop(call_id, None)
             peer.inflight.discard(call_id)
-        return merge_reply(obj, reply)
+            if slots:
+                self._release(peer, call_id, slots, pending.answered)
+        return merge_reply(obj, got)
+
+    # -- shared-memory bodies ----------------------------------------------
+
+    def _bodies_out(self, payload: dict[str, Any]) -> dict[str, Slot]:
+        """Move large `raw_body`s of the CALL payload into arena slots (in place)."""
+        arena, obj = self._arena, payload["object"]
+        assert arena is not None  # checked by the caller
+        slots: dict[str, Slot] = {}
+        for part in BODY_PARTS:
+            record = obj.get(part)
+            raw = record.get("raw_body") if record else None
+            if raw is None or len(raw) < self._threshold:
+                continue
+            try:
+                slot = arena.alloc(slot_capacity(len(raw)))
+            except ArenaFull:
+                self.stats["shm_fallback"] += 1
+                continue
+            arena.write(slot.offset, raw)
+            slots[part] = slot
+            if payload["object"] is obj:
+                payload["object"] = dict(obj)  # the caller's object stays as it was
+            # `body` is the UTF-8 text of `raw_body` or "" (gateway.tyk_object): the
+            # worker rebuilds it from the slot instead of receiving it twice.
+            payload["object"][part] = {k: v for k, v in record.items()
+                                       if k != "raw_body" and k != "body"}
+            payload.setdefault("bodies", {})[part] = {
+                "offset": slot.offset, "length": len(raw), "capacity": slot.capacity,
+                "text": bool(record.get("body"))}
+            self.stats["shm_bodies"] += 1
+        return slots
+
+    def _bodies_in(self, got: dict[str, Any], refs: dict[str, Any],
+                   slots: dict[str, Slot] | None) -> dict[str, Any]:
+        if self._arena is None or not slots:
+            raise HookFailed(ErrorCode.PROTOCOL, "the reply references a body in shared "
+                                                 "memory this call did not send")
+        try:
+            resolved = resolve_bodies(got, refs, self._arena, slots)
+        except ProtocolError as exc:
+            self.stats["protocol_errors"] += 1
+            raise HookFailed(ErrorCode.PROTOCOL, str(exc)) from None
+        self.stats["shm_reply_bodies"] += len(refs)
+        return resolved
+
+    def _release(self, peer: _Peer, call_id: int, slots: dict[str, Slot],
+                 answered: bool) -> None:
+        if answered or self._peers.get(peer.identity) is not peer:
+            self._free(slots)
+        else:
+            # The worker may still write its answer into these slots: keep them
+            # until it answers this call (see _resolve) or is dropped.
+            peer.quarantine[call_id] = slots
+
+    def _free(self, slots: dict[str, Slot]) -> None:
+        if self._arena is not None:
+            for slot in slots.values():
+                self._arena.free(slot)
 
     async def _wait_for_worker(self) -> _Peer:
         wait_s = self._cfg.hooks.worker_wait_ms / 1000
@@ -244,9 +368,32 @@ class HookClient:
             "draining": sorted(p.generation for p in self._peers.values() if p.draining),
             "inflight": len(self._pending),
             "plugins": active.plugins if active else {},
+            "sandbox": active.sandbox if active else {},
+            "hook_latency_us": self.latency.summary(),
+            "shm": self._arena_health(),
         }
 
+    def _arena_health(self) -> dict[str, Any]:
+        arena = self._arena
+        return {"enabled": arena is not None, "size": arena.size if arena else 0,
+                "in_use": arena.in_use if arena else 0, "threshold": self._threshold,
+                "bodies": self.stats["shm_bodies"], "fallback": self.stats["shm_fallback"],
+                "quarantined": sum(len(p.quarantine) for p in self._peers.values())}
+
     # -- socket I/O --------------------------------------------------------
+
+    def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
+                   spec: Mapping[str, str]) -> bool:
+        """Ask the active worker to run an @Event handler; False when none is there."""
+        peer = self._active
+        if peer is None:
+            return False
+        try:
+            self._send(peer, MsgType.EVENT, 0, {"api_id": api_id, "handler": handler,
+                                                "event": dict(event), "spec": dict(spec)})
+        except WorkerLost:
+            return False
+        return True
 
     def _send(self, peer: _Peer, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> None:
         self._send_to(peer.identity, mtype, call_id, payload, peer)
@@ -305,7 +452,7 @@ class HookClient:
     def _dispatch(self, peer: _Peer, message: Message) -> None:
         mtype = message.type
         if mtype is MsgType.REPLY:
-            self._resolve(peer, message.call_id, message.payload["object"], None)
+            self._resolve(peer, message.call_id, message.payload, None)
         elif mtype is MsgType.ERROR:
             payload = message.payload
             error: HookCallError = HookFailed(payload["code"], payload["message"])
@@ -327,7 +474,11 @@ class HookClient:
         if pending is None or pending.peer is not peer:
             # Late (after its deadline) or forged: either way nobody waits for it.
             self.stats["late_replies"] += 1
+            slots = peer.quarantine.pop(call_id, None)
+            if slots:
+                self._free(slots)  # it answered: it no longer touches them
             return
+        pending.answered = True
         if pending.future.done():
             return
         if error is None:
@@ -357,20 +508,26 @@ class HookClient:
         peer = self._peers.get(identity)
         if peer is None:
             peer = _Peer(identity, generation, hello["pid"], hello.get("plugins", {}))
+            peer.sandbox = dict(hello.get("sandbox", {}))
             self._peers[identity] = peer
             self.stats["admitted"] += 1
             log.info("worker generation %d (pid %d) admitted", generation, peer.pid)
         previous = self._active
         if previous is None or generation >= previous.generation:
             self._activate(peer)
-        self._send_quietly(identity, MsgType.WELCOME, 0,
-                           {"generation": generation, "active": self._active is peer})
+        welcome: dict[str, Any] = {"generation": generation, "active": self._active is peer}
+        if self._arena is not None:
+            welcome["shm"] = {"name": self._arena.name, "size": self._arena.size,
+                              "threshold": self._threshold}
+        self._send_quietly(identity, MsgType.WELCOME, 0, welcome)
 
     def _activate(self, peer: _Peer) -> None:
         previous, self._active = self._active, peer
         peer.draining = False
         self._state, self._state_detail = "running", ""
         self._routable.set()
+        if self.on_activate is not None:
+            self.on_activate(peer.generation)
         if previous is not None and previous is not peer:
             previous.draining = True
             log.info("generation %d active; draining generation %d",
@@ -386,6 +543,9 @@ class HookClient:
                 self.stats["worker_lost"] += 1
                 pending.future.set_exception(WorkerLost(reason))
         peer.inflight.clear()
+        for slots in peer.quarantine.values():
+            self._free(slots)  # a dead worker writes nothing more
+        peer.quarantine.clear()
         if self._active is peer:
             self._active = None
             self._routable.clear()

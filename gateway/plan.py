@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from config.apidef import APIDefinition, HookDef
 from config.gateway import GatewayConfig
+from gateway.id_extractor import IdExtractor
 from gateway.proxy import Target
 from gateway.router import Router
 
-__all__ = ["ApiPlan", "AuthMode", "build_plan", "build_router", "bundle_hash"]
+__all__ = ["ApiPlan", "AuthMode", "api_spec", "build_plan", "build_router", "bundle_hash"]
 
 log = logging.getLogger("coproc.gateway.plan")
 
@@ -27,7 +28,8 @@ log = logging.getLogger("coproc.gateway.plan")
 class AuthMode(enum.Enum):
     KEYLESS = "keyless"
     PLUGIN = "plugin"  # the auth_check hook (enable_coprocess_auth)
-    BUILTIN = "builtin"  # Tyk's key auth: not implemented yet (see chain)
+    BUILTIN = "builtin"  # Tyk's key auth: the key in a header, its session in storage
+    BOTH = "both"  # key auth and the plugin; base_identity_provided_by picks the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,9 @@ class ApiPlan:
     # Why the API's plugins cannot run (an unusable bundle): Tyk answers such an
     # API's requests with 500 rather than letting them through unchecked.
     broken: str = ""
+    auth_header: str = "Authorization"
+    id_extractor: IdExtractor | None = None
+    base_identity: str = ""  # Tyk's base_identity_provided_by
 
     @property
     def api_id(self) -> str:
@@ -62,7 +67,8 @@ def bundle_hash(api: APIDefinition) -> str:
         return ""
 
 
-def _spec(api: APIDefinition) -> dict[str, str]:
+def api_spec(api: APIDefinition) -> dict[str, str]:
+    """The `spec` map hooks and event handlers receive."""
     spec = {"APIID": api.api_id, "OrgID": api.org_id, "bundle_hash": bundle_hash(api)}
     if not api.config_data_disabled:
         spec["config_data"] = json.dumps(api.config_data)
@@ -81,8 +87,10 @@ def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
         auth_hook = None
     if api.use_keyless:
         auth, auth_hook = AuthMode.KEYLESS, None
+    elif auth_hook:
+        auth = AuthMode.BOTH if api.use_standard_auth else AuthMode.PLUGIN
     else:
-        auth = AuthMode.PLUGIN if auth_hook else AuthMode.BUILTIN
+        auth = AuthMode.BUILTIN
 
     def phase(name: str) -> tuple[HookDef, ...]:
         return mw.phase(name) if coprocess else ()
@@ -93,7 +101,7 @@ def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
     return ApiPlan(
         api=api,
         target=Target.from_proxy(api.proxy),
-        spec=_spec(api),
+        spec=api_spec(api),
         auth=auth,
         auth_hook=auth_hook,
         pre=pre,
@@ -103,6 +111,9 @@ def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
         needs_body=bool(pre or auth_hook or post_key_auth or post),
         log_fields={"api_id": api.api_id},
         broken=api.bundle_error if coprocess else "",
+        auth_header=api.auth_header_name,
+        id_extractor=IdExtractor.from_config(mw.id_extractor) if auth_hook else None,
+        base_identity=api.base_identity_provided_by,
     )
 
 

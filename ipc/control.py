@@ -5,8 +5,9 @@ descriptor named by `$COPROC_CONTROL_FD`.  One datagram is one msgpack map with
 a `type` field.  Because the pair is private to one child, the supervisor
 always knows who sent what, without paths, credentials or tokens.
 
-child -> supervisor:  ready, heartbeat, status
-supervisor -> gateway: worker_state, worker_exited
+child -> supervisor:  ready, heartbeat, status, loaded (worker), reload_request (gateway)
+supervisor -> gateway: worker_state, worker_exited, reload_apis
+supervisor -> worker:  admit
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ CONTROL_MESSAGES: Final[Mapping[str, Shape]] = {
     ),
     # worker: sent from its event loop; a stuck loop stops sending it.
     "heartbeat": Record(
-        {"type": str, "generation": int, "inflight": int}, required=frozenset({"type"})
+        {"type": str, "generation": int, "inflight": int, "calls": int},
+        required=frozenset({"type"}),
     ),
     # gateway: counters for `coproc status` and the supervisor's recycling policy.
     "status": Record(
@@ -60,6 +62,21 @@ CONTROL_MESSAGES: Final[Mapping[str, Shape]] = {
         {"type": str, "generation": int, "reason": str},
         required=frozenset({"type", "generation", "reason"}),
     ),
+    # worker -> supervisor (only with $COPROC_ADMIT_GATE=1): plugins are loaded;
+    # the worker waits for `admit` before it says HELLO to the gateway.
+    "loaded": Record(
+        {"type": str, "generation": int, "pid": int, "plugins": PLUGIN_REPORT},
+        required=frozenset({"type", "generation", "pid"}),
+    ),
+    # supervisor -> worker: go ahead and HELLO the gateway.
+    "admit": Record({"type": str, "generation": int}, required=frozenset({"type", "generation"})),
+    # supervisor -> gateway: re-read the API definitions; switch to the new
+    # router when `generation` becomes the active worker.
+    "reload_apis": Record(
+        {"type": str, "generation": int}, required=frozenset({"type", "generation"})
+    ),
+    # gateway -> supervisor: hot-restart the worker (POST /tyk/reload).
+    "reload_request": Record({"type": str, "reason": str}, required=frozenset({"type"})),
 }
 
 

@@ -24,6 +24,7 @@ import msgpack
 
 from ipc.coprocess import OBJECT
 from ipc.schema import ListOf, MapOf, ProtocolError, Record, Shape, check
+from ipc.shm import BODY_REFS
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -57,6 +58,7 @@ class MsgType(enum.IntEnum):
     DRAIN_ACK = 10  # worker -> gateway: drained, exiting
     HOST_CALL = 11  # worker -> gateway: a plugin API call (store_data, get_data, ...)
     HOST_REPLY = 12  # gateway -> worker: the answer to a HOST_CALL
+    EVENT = 13  # gateway -> worker: run an @Event handler (no answer)
 
 
 class ErrorCode(enum.StrEnum):
@@ -99,6 +101,10 @@ PLUGIN_REPORT = MapOf(
     )
 )
 
+#: WELCOME `shm`: the gateway's body arena the worker should map (ipc/shm.py).
+_ARENA = Record({"name": str, "size": int, "threshold": int},
+                required=frozenset({"name", "size", "threshold"}))
+
 _ERROR = Record({"code": str, "message": str}, required=frozenset({"code", "message"}))
 
 PAYLOADS: Final[Mapping[MsgType, Shape]] = {
@@ -109,11 +115,13 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "token": str,
             "plugins": PLUGIN_REPORT,
             "threads": int,
+            # layer -> "active: ..." / "skipped: why" / "off" (worker/sandbox/launcher.py)
+            "sandbox": MapOf(str),
         },
         required=frozenset({"generation", "pid", "token"}),
     ),
     MsgType.WELCOME: Record(
-        {"generation": int, "active": bool}, required=frozenset({"generation"})
+        {"generation": int, "active": bool, "shm": _ARENA}, required=frozenset({"generation"})
     ),
     MsgType.REJECT: Record({"reason": str}, required=frozenset({"reason"})),
     MsgType.CALL: Record(
@@ -123,10 +131,12 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "hook_name": str,
             "timeout_ms": int,
             "object": OBJECT,
+            "bodies": BODY_REFS,
         },
         required=frozenset({"api_id", "hook_type", "hook_name", "object"}),
     ),
-    MsgType.REPLY: Record({"object": OBJECT}, required=frozenset({"object"})),
+    MsgType.REPLY: Record({"object": OBJECT, "bodies": BODY_REFS},
+                          required=frozenset({"object"})),
     MsgType.ERROR: _ERROR,
     MsgType.HEARTBEAT: Record(
         {"generation": int, "inflight": int, "rss": int}, required=frozenset({"generation"})
@@ -149,6 +159,11 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
         required=frozenset({"op"}),
     ),
     MsgType.HOST_REPLY: Record({"value": bytes, "found": bool}),
+    MsgType.EVENT: Record(
+        {"api_id": str, "handler": str, "event": MapOf(str), "spec": MapOf(str),
+         "timeout_ms": int},
+        required=frozenset({"api_id", "handler", "event"}),
+    ),
 }
 
 #: Host call operations a worker may ask for.

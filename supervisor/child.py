@@ -25,6 +25,7 @@ from ipc.control import (
     make_control_pair,
 )
 from ipc.schema import ProtocolError
+from supervisor.cgroups import WorkerCgroup
 from supervisor.exits import ExitStatus
 
 __all__ = ["ABORT_GRACE_S", "ChildProcess", "ChildState", "Role"]
@@ -65,23 +66,31 @@ class ChildProcess:
         self._control = control
         self._bad_datagrams = 0
         self.pidfd = _open_pidfd(popen.pid)
+        #: A worker's per-generation cgroup (supervisor/cgroups.py), if the host allows.
+        self.cgroup: WorkerCgroup | None = None
 
     @classmethod
     def spawn(cls, role: Role, generation: int, argv: Sequence[str], env: Mapping[str, str],
               started_at: float, pass_fds: Sequence[int] = ()) -> ChildProcess:
         """Start `argv` with its own control socketpair; raise OSError if it cannot run."""
         parent_end, child_end = make_control_pair()
+        cgroup = WorkerCgroup.create(generation) if role is Role.WORKER else None
         try:
             popen = subprocess.Popen(
-                list(argv), env={**env, CONTROL_FD_ENV: str(child_end.fileno())},
+                list(argv), env={**env, **(cgroup.env() if cgroup else {}),
+                                 CONTROL_FD_ENV: str(child_end.fileno())},
                 stdin=subprocess.DEVNULL, close_fds=True,
                 pass_fds=(child_end.fileno(), *pass_fds), start_new_session=True)
         except BaseException:
             parent_end.close()
+            if cgroup is not None:
+                cgroup.release()
             raise
         finally:
             child_end.close()  # only the child keeps its end
-        return cls(role, generation, popen, parent_end, started_at)
+        child = cls(role, generation, popen, parent_end, started_at)
+        child.cgroup = cgroup
+        return child
 
     @property
     def name(self) -> str:
@@ -153,6 +162,13 @@ class ChildProcess:
             self.state = ChildState.STOPPING
             self._signal(signal.SIGTERM)
 
+    def retire(self) -> None:
+        """Superseded by a newer generation, which the gateway told to DRAIN:
+        the exit that follows is expected.  No signal here: a SIGTERM on top
+        of DRAIN would make the worker stop at once."""
+        if self.state in (ChildState.STARTING, ChildState.READY):
+            self.state = ChildState.STOPPING
+
     def abort(self, now: float, reason: str) -> None:
         """Hung: SIGABRT now for a traceback dump, SIGKILL the group at `kill_at`."""
         if self.state in (ChildState.ABORTING, ChildState.EXITED):
@@ -174,6 +190,8 @@ class ChildProcess:
             return
         self.kill_reason = self.kill_reason or reason
         _killpg(self.pid)
+        if self.cgroup is not None:  # also children that left the process group
+            self.cgroup.kill()
 
     def _signal(self, signum: int) -> None:
         try:
@@ -201,7 +219,9 @@ class ChildProcess:
         if returncode is None:
             return None
         self.state = ChildState.EXITED
-        return ExitStatus(returncode, self.kill_reason)
+        # Read the OOM counter, kill what escaped the process group, remove the cgroup.
+        oom = self.cgroup.release() if self.cgroup is not None else False
+        return ExitStatus(returncode, self.kill_reason, oom=oom)
 
     def _exited_unreaped(self) -> bool:
         try:

@@ -4,11 +4,15 @@ Exit codes: 0 after a graceful stop; 78 (`ipc.exitcodes.CONFIG`) for an
 invalid config or API definition; 75 (`LOCKED`) when another instance holds
 the run directory; 1 when the run directory or the listening address cannot
 be used, or when the gateway keeps failing.
+
+`status`, `reload`, `restart-worker` and `stop` talk to a running `serve`
+(see ctl.py): 0 done, 1 failed (named on stderr), 69 no instance running.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +20,7 @@ from pathlib import Path
 from config import ConfigError, load_api_definitions, load_gateway_config
 from config.logs import setup_logging
 from ipc import exitcodes
-from supervisor import demo, runtime
+from supervisor import ctl, demo, runtime
 from supervisor.contract import ChildCommands
 from supervisor.listener import ListenError
 from supervisor.lock import LockedError
@@ -27,9 +31,18 @@ __all__ = ["build_parser", "main", "serve"]
 _EPILOG = """\
 signals (serve): SIGTERM/SIGINT stop gracefully (the gateway drains, then the
 worker; a second signal or the end of supervisor.stop_grace_ms kills them);
-SIGQUIT stops at once.  With listen_port 0 the bound port is logged and
-written to <run_dir>/http.port.
+SIGQUIT stops at once; SIGHUP hot-restarts the worker (API definitions and
+plugins re-read); SIGUSR1 logs a status summary.  With listen_port 0 the bound
+port is logged and written to <run_dir>/http.port.
 """
+
+_CONTROL = {
+    "status": "show the supervisor, gateway and worker state (--json for a machine)",
+    "reload": "re-read API definitions and hot-restart the worker; wait for the outcome",
+    "restart-worker": "hot-restart the worker (also clears FATAL); wait for the outcome",
+    "stop": "stop the instance gracefully",
+}
+
 
 
 def serve(config_path: Path, commands: ChildCommands | None = None) -> int:
@@ -76,13 +89,53 @@ def build_parser() -> argparse.ArgumentParser:
                        help="port the gateway listens on (default %(default)s)")
     quick.add_argument("--upstream-port", type=int, default=demo.DEFAULT_UPSTREAM_PORT,
                        help="port of the echo upstream (default %(default)s)")
+    for name, text in _CONTROL.items():
+        sub = commands.add_parser(name, help=text, description=text.capitalize() + ".")
+        sub.add_argument("--config", required=True, type=Path, metavar="FILE",
+                         help="the config file the instance was started with")
+        sub.add_argument("--json", action="store_true", help="print the answer as JSON")
     return parser
+
+
+def control(command: str, config_path: Path, as_json: bool) -> int:
+    """Send one command to the instance started with `config_path`."""
+    try:
+        cfg = load_gateway_config(config_path)
+    except ConfigError as exc:
+        print(f"coproc: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    wait_s = 10.0 if command in ("status", "stop") else cfg.worker.boot_timeout_ms / 1000 + 20
+    try:
+        answer = ctl.send_command(cfg.run_dir, command, wait_s)
+    except ctl.ControlError as exc:
+        print(f"coproc {command}: {exc}", file=sys.stderr)
+        return exc.code
+    ok = bool(answer.get("ok"))
+    if as_json:
+        print(json.dumps(answer.get("status", answer), indent=2, sort_keys=True))
+    elif command == "status" and ok:
+        print(ctl.format_status(answer["status"]))
+    elif ok and command != "stop":
+        print(f"coproc {command}: worker generation {answer.get('generation')} is active")
+    elif ok:
+        pid = answer.get("pid")
+        gone = isinstance(pid, int) and ctl.wait_exit(
+            pid, cfg.supervisor.stop_grace_ms / 1000 + 5)
+        print(f"coproc stop: supervisor pid {pid} " + ("stopped" if gone else "is stopping"))
+    if not ok:
+        print(f"coproc {command} failed: {answer.get('error') or 'unknown error'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return demo.run_demo(args.port, args.upstream_port, serve)
+    if args.command in _CONTROL:
+        return control(args.command, args.config, args.json)
     return serve(args.config)
 
 

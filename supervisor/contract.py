@@ -18,6 +18,7 @@ from ipc.control import CONTROL_FD_ENV
 from ipc.tokens import worker_token
 
 __all__ = [
+    "ADMIT_GATE_ENV",
     "GENERATION_ENV",
     "INSTANCE_KEY_ENV",
     "LISTEN_FD_ENV",
@@ -31,12 +32,15 @@ LISTEN_FD_ENV: Final = "COPROC_LISTEN_FD"
 INSTANCE_KEY_ENV: Final = "COPROC_INSTANCE_KEY"
 GENERATION_ENV: Final = "COPROC_GENERATION"
 WORKER_TOKEN_ENV: Final = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name)
+#: "1": the worker sends `loaded` and waits for `admit` before its HELLO.
+ADMIT_GATE_ENV: Final = "COPROC_ADMIT_GATE"
 
 #: Never inherited from our own environment: the contract variables are set
 #: per child (a worker must not see the instance key), and only the supervisor
 #: may talk to systemd (a child sending READY=1 early would lie).
 _NOT_INHERITED: Final = frozenset({
     CONTROL_FD_ENV, LISTEN_FD_ENV, INSTANCE_KEY_ENV, GENERATION_ENV, WORKER_TOKEN_ENV,
+    ADMIT_GATE_ENV,
     SUPERVISOR_PID_ENV, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
     "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
 })
@@ -77,4 +81,8 @@ def worker_env(generation: int, instance_key: bytes,
     env = _base_env(inherited)
     env[GENERATION_ENV] = str(generation)
     env[WORKER_TOKEN_ENV] = worker_token(instance_key, generation)
+    env[ADMIT_GATE_ENV] = "1"
+    # A plugin edited twice within one second keeps its size: a cached .pyc
+    # (keyed by mtime seconds and size) would then load the old code on reload.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env

@@ -1,6 +1,7 @@
 """What the reconcile loop reacts to; everything reaches it through one queue.
 
-Signal handlers, the control-socket readers and the pidfd readers only build
+Signal handlers, the control-socket readers, the control server (`coproc
+status|reload|...`, as `ControlRequest`) and the pidfd readers only build
 one of these and enqueue it: no decision is taken outside the loop.
 """
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from supervisor.child import ChildProcess
+from supervisor.control_server import ControlRequest
 
-__all__ = ["ControlEvent", "Event", "ReapEvent", "SignalEvent"]
+__all__ = ["ControlEvent", "ControlRequest", "Event", "ReapEvent", "SignalEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,4 +34,4 @@ class ReapEvent:
     """Some child may have exited (pidfd readable, SIGCHLD): reconcile now."""
 
 
-Event: TypeAlias = SignalEvent | ControlEvent | ReapEvent
+Event: TypeAlias = SignalEvent | ControlEvent | ReapEvent | ControlRequest

@@ -60,6 +60,11 @@ class RestartPolicy:
     def started(self) -> None:
         self._ready_at = None
 
+    def reset(self) -> None:
+        """The operator asked for a fresh start (`coproc reload` after FATAL)."""
+        self._next_delay, self._ready_at = self._initial, None
+        self._exits.clear()
+
     def ready(self) -> None:
         if self._ready_at is None:
             self._ready_at = self._clock()

@@ -16,6 +16,7 @@ from typing import Any
 from config.gateway import GatewayConfig
 from ipc.notify import Notifier
 from supervisor.contract import ChildCommands
+from supervisor.control_server import CONTROL_SOCKET_NAME
 from supervisor.listener import bind_listener, bound_port
 from supervisor.lock import RunDirLock
 from supervisor.rundir import PORT_NAME, RunDir
@@ -49,7 +50,7 @@ def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
             log.info("listening on %s:%d (port also in %s); run dir %s",
                      cfg.listen_address or "*", port, run_dir.path / PORT_NAME, run_dir.path)
             supervisor = Supervisor(cfg, listener, commands or ChildCommands.default(cfg.path),
-                                    notifier)
+                                    notifier, control_path=run_dir.path / CONTROL_SOCKET_NAME)
             code = run_loop(supervisor.run())
             log.info("stopped (exit code %d)", code)
             return code

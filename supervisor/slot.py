@@ -63,6 +63,17 @@ class Slot:
             self.state, self.restart_at = SlotState.RESTARTING, now + verdict.delay_s
         return verdict
 
+    def adopt(self, child: ChildProcess) -> None:
+        """A hot-restarted generation that is already ready takes the slot over."""
+        self.started(child)
+        self.ready()
+
+    def revive(self, now: float) -> None:
+        """Clear FATAL (operator's request): the policy starts over."""
+        self.policy.reset()
+        if self.state is SlotState.FATAL:
+            self.state = SlotState.RESTARTING
+
     def stop(self) -> None:
         """No more restarts; STOPPED once the child (if any) is reaped."""
         self.restart_at = None

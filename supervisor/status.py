@@ -1,7 +1,8 @@
 """What the supervisor tells systemd (or anything on $NOTIFY_SOCKET).
 
 READY=1 once, when the gateway serves and the first worker is routable;
-STATUS=<one line> whenever that line changes; WATCHDOG=1 at half of
+STATUS=<one line> whenever that line changes; RELOADING=1 when a hot restart
+begins and READY=1 when it ended; WATCHDOG=1 at half of
 $WATCHDOG_USEC, sent from the reconcile loop so that a stuck loop is noticed;
 STOPPING=1 when a stop begins.  Without $NOTIFY_SOCKET all of it is a no-op.
 """
@@ -33,6 +34,18 @@ class ServiceStatus:
             self._notifier.send(ready=1, status=line)
         elif line != self._line:
             self._line = line
+            self._notifier.send(status=line)
+
+    def reloading(self, why: str) -> None:
+        self._line = f"reloading: {why}"
+        self._notifier.send(reloading=1, status=self._line)
+
+    def reloaded(self, line: str) -> None:
+        """After RELOADING=1, READY=1 again (whatever the outcome: we still serve)."""
+        self._line = line
+        if self._ready_sent:
+            self._notifier.send(ready=1, status=line)
+        else:
             self._notifier.send(status=line)
 
     def stopping(self, why: str) -> None:

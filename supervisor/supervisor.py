@@ -5,30 +5,45 @@ exited") becomes an event on one queue; signal handlers only enqueue.  After
 each batch of events, and at least every TICK_S, `_reconcile` runs:
 
 1. reap and classify every exit (restart decisions, `worker_exited`);
-2. check the worker's liveness (boot timeout, heartbeats) -> SIGABRT, SIGKILL;
+2. check the worker's liveness (boot timeout, heartbeats) -> SIGABRT, SIGKILL,
+   and whether it is due for recycling (limits, watched files) -> hot restart;
 3. restore the wanted state (start what is due), or advance the staged stop;
 4. ping the systemd watchdog, from this loop so a stuck loop stops pinging.
+
+Hot restart (SIGHUP, `coproc reload`, POST /tyk/reload, recycling, watch):
+a *candidate* generation N+1 boots beside the active N (see `reload.py`);
+once it is ready it takes the worker slot and N is *retiring*: the gateway
+told it to DRAIN, and its exit 0 is expected (not a crash, no backoff).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
+import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Final
 
+from config import ConfigError, load_api_definitions
 from config.gateway import GatewayConfig
 from ipc.notify import Notifier
 from ipc.tokens import new_instance_key
 from supervisor.child import ChildProcess, ChildState, Role
 from supervisor.contract import ChildCommands, gateway_env, worker_env
+from supervisor.control_server import ControlRequest, ControlServer
 from supervisor.events import ControlEvent, Event, ReapEvent, SignalEvent
+from supervisor.exits import ExitHistory, ExitStatus
+from supervisor.handover import Handover
 from supervisor.liveness import hang_reason
 from supervisor.policy import RestartPolicy, Verdict
+from supervisor.recycle import WorkerWatch, rss_bytes
+from supervisor.reload import Reload, ReloadState, Waiter, regressions
 from supervisor.shutdown import FINAL_REAP_S, StopPlan
 from supervisor.slot import Slot, SlotState
 from supervisor.status import ServiceStatus
@@ -41,6 +56,11 @@ TICK_S: Final = 0.1
 ABANDON_WAIT_S: Final = 1.0
 #: Exit code when the gateway flaps: without it the instance serves nothing.
 GATEWAY_FATAL_EXIT: Final = 1
+#: A retiring generation gets drain_grace_ms plus this before SIGABRT/SIGKILL.
+RETIRE_MARGIN_S: Final = 2.0
+#: Exit reasons kept for `coproc status` (and `/hello` when FATAL).
+EXIT_HISTORY: Final = 10
+_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +73,8 @@ class Phase(enum.Enum):
 
 class Supervisor:
     def __init__(self, cfg: GatewayConfig, listener: socket.socket, commands: ChildCommands,
-                 notifier: Notifier, clock: Callable[[], float] = time.monotonic) -> None:
+                 notifier: Notifier, clock: Callable[[], float] = time.monotonic,
+                 control_path: Path | None = None) -> None:
         self._cfg, self._listener, self._commands = cfg, listener, commands
         self._status, self._clock = ServiceStatus(notifier), clock
         self._instance_key = new_instance_key()
@@ -66,6 +87,13 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._phase = Phase.RUNNING
         self._stop: StopPlan | None = None
+        self._control_path = control_path
+        self._started_at, self._started_wall = clock(), time.time()
+        self._handover = Handover(cfg.worker.drain_grace_ms / 1000 + RETIRE_MARGIN_S)
+        self._active: WorkerWatch | None = None  # the active worker generation
+        self._gateway_stats: dict[str, int] = {}
+        self._exits = ExitHistory(EXIT_HISTORY)
+        self._restarts = 0  # worker exits that were not asked for
 
     @property
     def phase(self) -> Phase:
@@ -87,10 +115,21 @@ class Supervisor:
         """Handle `signum` as if it had been received (the handlers' own path)."""
         self._events.put_nowait(SignalEvent(signum))
 
+    def post_command(self, command: str) -> asyncio.Future[dict[str, Any]]:
+        """Queue a control command (as the control socket does); its answer comes later."""
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._events.put_nowait(ControlRequest(command, reply))
+        return reply
+
     async def run(self) -> int:
         """Supervise until stopped; the exit code for `coproc serve`."""
         self._loop = asyncio.get_running_loop()
         self._install_signals(self._loop)
+        control = None
+        if self._control_path is not None:
+            control = ControlServer(self._control_path, self._events.put_nowait,
+                                    self._cfg.worker.boot_timeout_ms / 1000 + 15)
+            await control.start()
         try:
             while True:
                 self._reconcile(self._clock())
@@ -100,12 +139,14 @@ class Supervisor:
         finally:
             self._remove_signals(self._loop)
             self._abandon_children()
+            if control is not None:
+                await control.close()
         return self._stop.exit_code if self._stop else 0
 
     # -- events -------------------------------------------------------------------
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        for signum in _SIGNALS:
             loop.add_signal_handler(signum, self._events.put_nowait, SignalEvent(signum))
         try:
             loop.add_signal_handler(signal.SIGCHLD, self._events.put_nowait, ReapEvent())
@@ -113,8 +154,7 @@ class Supervisor:
             pass  # uvloop keeps SIGCHLD for itself; pidfds and the tick still reap
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                       signal.SIGCHLD):
+        for signum in (*_SIGNALS, signal.SIGCHLD):
             loop.remove_signal_handler(signum)
 
     async def _handle_events(self, wait_s: float) -> None:
@@ -131,6 +171,8 @@ class Supervisor:
             self._on_signal(event.signum, now)
         elif isinstance(event, ControlEvent):
             self._on_message(event.child, event.message, now)
+        elif isinstance(event, ControlRequest):
+            self._on_command(event, now)
         # ReapEvent: nothing to do but let `_reconcile` run.
 
     def _on_signal(self, signum: int, now: float) -> None:
@@ -141,23 +183,47 @@ class Supervisor:
         elif signum == signal.SIGQUIT:
             self._request_stop(now, f"{name} received", immediate=True)
         elif signum == signal.SIGHUP:
-            # Hot reload is not built yet; SIGHUP must still not kill us.
-            log.warning("SIGHUP received: reload is not supported yet; ignored")
+            self._request_reload(now, "SIGHUP")
+        elif signum == signal.SIGUSR1:
+            # Logs go to stderr (journald): nothing to reopen; say where we are instead.
+            log.info("status: %s", json.dumps(self.snapshot(now), sort_keys=True))
+
+    def _on_command(self, request: ControlRequest, now: float) -> None:
+        if request.command == "status":
+            _answer(request.reply, {"ok": True, "status": self.snapshot(now)})
+        elif request.command in ("reload", "restart-worker"):
+            self._request_reload(now, f"coproc {request.command}", request.reply)
+        else:  # stop
+            _answer(request.reply, {"ok": True, "pid": os.getpid()})
+            self._request_stop(now, "coproc stop")
 
     def _on_message(self, child: ChildProcess, message: dict[str, Any], now: float) -> None:
+        kind = message["type"]
+        if kind == "heartbeat":
+            child.last_heartbeat = now
+        if child is self._handover.candidate:
+            self._on_candidate_message(child, message, now)
+            return
         slot = self._slot_of(child)
         if slot is None:
-            return  # from a child reaped since it was queued
-        kind = message["type"]
+            return  # retiring, or reaped since it was queued
         if kind == "ready":
             if message["role"] != child.role.value:
                 log.warning("%s claims role %r; ignored", child.name, message["role"])
             elif child.mark_ready(now):
+                if slot is self._worker:
+                    self._active = WorkerWatch(self._cfg.worker, message.get("plugins", {}), now)
                 self._on_ready(slot, child)
+        elif kind == "loaded" and slot is self._worker:
+            self._admit(child)
         elif kind == "heartbeat":
-            child.last_heartbeat = now
+            if slot is self._worker and self._active is not None:
+                self._active.heartbeat = {k: message[k] for k in ("inflight", "calls")
+                                          if k in message}
         elif kind == "status" and child.role is Role.GATEWAY:
-            log.debug("gateway status: %s", message)
+            self._gateway_stats = dict(message.get("stats", {}))
+        elif kind == "reload_request" and child.role is Role.GATEWAY:
+            self._request_reload(now, message.get("reason", "the gateway asked"))
         else:
             log.warning("%s sent an unexpected %r message; ignored", child.name, kind)
 
@@ -178,10 +244,14 @@ class Supervisor:
 
     def _reconcile(self, now: float) -> None:
         self._reap(now)
+        self._reap_extra(now)
         if self._phase is Phase.RUNNING:
             self._check_worker(now)
+            self._check_handover(now)
             for slot in self._slots():
-                if slot.restart_due(now):
+                # A candidate booting for a reload takes the place of a restart.
+                if slot.restart_due(now) and not (slot is self._worker
+                                                  and self._handover.candidate):
                     self._start(slot, now)
         elif self._phase is Phase.STOPPING:
             self._advance_stop(now)
@@ -202,7 +272,16 @@ class Supervisor:
             if self._phase is not Phase.RUNNING:
                 slot.stopped()
                 log.info("%s %s after %.1f s (stopping)", child.name, reason, uptime)
+            elif slot is self._worker and status.clean and self._handover.reload is not None \
+                    and self._handover.reload.state is ReloadState.ADMITTING:
+                # The gateway admitted the candidate and drained this one before
+                # the candidate's `ready` reached us: expected, not a crash.
+                slot.child = None
+                log.info("%s drained and exited 0 (hot restart)", child.name)
             else:
+                self._exits.remember(child.role.value, child.generation, child.pid, reason)
+                if child.role is Role.WORKER:
+                    self._restarts += 1
                 verdict = slot.exited(now, reason, status.boot_failure)
                 self._log_exit(child.name, reason, uptime, verdict)
             if child.role is Role.WORKER:
@@ -229,14 +308,193 @@ class Supervisor:
         self._update_status()
 
     def _check_worker(self, now: float) -> None:
+        for child in (self._worker.child if self._worker else None, self._handover.candidate):
+            if child is None or child.state not in (ChildState.STARTING, ChildState.READY):
+                continue
+            reason = hang_reason(child.started_at, child.silent_for(now), now, self._cfg.worker)
+            if reason:
+                log.error("%s is hung (%s): SIGABRT for a traceback, SIGKILL in 1 s",
+                          child.name, reason)
+                child.abort(now, reason)
+
+    # -- hot restart (see handover.py) ---------------------------------------------------
+
+    def _check_handover(self, now: float) -> None:
+        """Retiring generations past their drain deadline; recycling; watched files."""
+        for old in self._handover.overdue(now):
+            log.error("%s did not drain within %d ms: SIGABRT, SIGKILL in 1 s",
+                      old.name, self._cfg.worker.drain_grace_ms)
+            old.abort(now, "did not finish draining")
         child = self._worker.child if self._worker else None
-        if child is None or child.state not in (ChildState.STARTING, ChildState.READY):
+        if child is None or child.state is not ChildState.READY or self._handover.reload \
+                or self._active is None:
             return
-        reason = hang_reason(child.started_at, child.silent_for(now), now, self._cfg.worker)
-        if reason:
-            log.error("%s is hung (%s): SIGABRT for a traceback, SIGKILL in 1 s",
-                      child.name, reason)
-            child.abort(now, reason)
+        why = self._active.restart_reason(now, child.pid)
+        if why:
+            self._request_reload(now, why)
+
+    def _request_reload(self, now: float, reason: str, waiter: Waiter | None = None) -> None:
+        """Start a hot restart of the worker (or queue one behind the running one)."""
+        if self._phase is not Phase.RUNNING or self._worker is None:
+            why = "stopping" if self._worker else "coprocess is disabled: there is no worker"
+            if waiter is not None:
+                _answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
+            return
+        if self._handover.reload is not None:
+            self._handover.follow(waiter)
+            log.info("reload requested (%s) while one runs: it follows", reason)
+            return
+        reload = Reload(reason, now, waiters=[waiter] if waiter is not None else [])
+        try:
+            # The gateway and the new worker read the files themselves; checked
+            # here first so that a broken definition fails the reload, not a boot.
+            load_api_definitions(self._cfg)
+        except ConfigError as exc:
+            self._finish_reload(reload, f"API definitions not reloaded: {exc}")
+            return
+        if self._worker.state is SlotState.FATAL:
+            log.info("%s: clearing FATAL; starting the worker afresh", reason)
+            reload.revived = True
+            self._worker.revive(now)
+            self._send_worker_state()
+        self._status.reloading(reason)
+        self._start_candidate(reload, now)
+
+    def _start_candidate(self, reload: Reload, now: float) -> None:
+        assert self._worker is not None
+        generation = reload.generation = self._worker.next_generation()
+        log.info("hot restart (%s): starting worker generation %d beside the active one",
+                 reload.reason, generation)
+        try:
+            child = ChildProcess.spawn(Role.WORKER, generation, self._commands.worker,
+                                       worker_env(generation, self._instance_key), now)
+        except OSError as exc:
+            self._finish_reload(reload, f"worker generation {generation} could not be "
+                                        f"started: {exc}")
+            return
+        self._handover.begin(reload, child)
+        self._watch(child)
+
+    def _on_candidate_message(self, child: ChildProcess, message: dict[str, Any],
+                              now: float) -> None:
+        reload, kind = self._handover.reload, message["type"]
+        if reload is None:
+            return
+        if kind == "loaded":
+            serving = self._active if self._worker and self._worker.child else None
+            worse = regressions(serving.report if serving else None,
+                                message.get("plugins", {}))
+            if worse:
+                error = "the new plugins failed to load: " + "; ".join(worse)
+                log.error("hot restart refused, generation %d killed, the active generation "
+                          "keeps serving: %s", child.generation, error)
+                child.kill_group("refused: plugins failed to load")
+                self._finish_reload(reload, error)
+            else:
+                reload.state = ReloadState.ADMITTING
+                self._admit(child)
+        elif kind == "ready" and message.get("role") == "worker" and child.mark_ready(now):
+            self._adopt(child, message.get("plugins", {}), now)
+            self._finish_reload(reload)
+
+    def _admit(self, child: ChildProcess) -> None:
+        # The gateway reads the definitions now and switches routes when
+        # this generation becomes active; then the worker may say HELLO.
+        self._tell_gateway({"type": "reload_apis", "generation": child.generation})
+        child.send({"type": "admit", "generation": child.generation})
+
+    def _adopt(self, child: ChildProcess, plugins: dict[str, Any], now: float) -> None:
+        """The candidate is active in the gateway: it takes the slot, the old one retires."""
+        assert self._worker is not None
+        old = self._worker.child
+        if old is not None:
+            self._handover.retire(old, now)
+            log.info("%s is retiring: draining its in-flight calls", old.name)
+        self._handover.adopted()
+        self._worker.adopt(child)
+        self._active = WorkerWatch(self._cfg.worker, plugins, now)
+        log.info("hot restart done: %s is active", child.name)
+        self._send_worker_state()
+
+    def _finish_reload(self, reload: Reload, error: str = "") -> None:
+        if reload.finished:
+            return
+        was_running = self._handover.reload is reload
+        followers = self._handover.finish(reload, error)
+        if error:
+            log.error("reload (%s) failed: %s", reload.reason, error)
+            worker = self._worker
+            if reload.revived and worker is not None and worker.child is None:
+                # Nothing serves and the fix did not work: back to FATAL, not a crash loop.
+                worker.state, worker.restart_at = SlotState.FATAL, None
+                self._send_worker_state()
+        if was_running:
+            self._status.reloaded(self._describe())
+        if followers is not None and self._phase is Phase.RUNNING:
+            self._request_reload(self._clock(), "a reload asked for during the last one")
+            current = self._handover.reload
+            for waiter in followers:
+                if current is not None:
+                    current.waiters.append(waiter)
+                else:
+                    _answer(waiter, self._handover.last or {"ok": False, "error": "not run"})
+
+    def _reap_extra(self, now: float) -> None:
+        """Reap the candidate and retiring generations (not in the slot)."""
+        reaped = self._handover.reap_candidate()
+        if reaped is not None:
+            candidate, status = reaped
+            reason = self._worker_gone(candidate, status)
+            self._exits.remember("worker", candidate.generation, candidate.pid, reason)
+            if self._handover.reload is not None:
+                self._finish_reload(self._handover.reload, f"worker generation "
+                                    f"{candidate.generation} {reason} before it was ready")
+            worker = self._worker
+            if worker is not None and worker.child is None and worker.restart_at is None \
+                    and worker.state is SlotState.RUNNING:
+                worker.restart_at = now  # the old one drained away meanwhile
+        for child, status in self._handover.reap_retiring():
+            reason = self._worker_gone(child, status)
+            (log.info if status.clean else log.warning)("%s (retired) %s", child.name, reason)
+
+    def _worker_gone(self, child: ChildProcess, status: ExitStatus) -> str:
+        self._forget(child)
+        reason = status.describe()
+        self._tell_gateway({"type": "worker_exited", "generation": child.generation,
+                            "reason": reason})
+        return reason
+
+    # -- status ---------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """What `coproc status` shows (JSON-ready)."""
+        gateway, worker = self._gateway.child, self._worker.child if self._worker else None
+        active, handover = self._active, self._handover
+        beat = active.heartbeat if active else {}
+        silent = worker.silent_for(now) if worker else None
+        return {
+            "pid": os.getpid(), "phase": self._phase.value,
+            "uptime_s": round(now - self._started_at, 3), "started_at": self._started_wall,
+            "gateway": {"state": self._gateway.state.value,
+                        "pid": gateway.pid if gateway else None,
+                        "stats": self._gateway_stats},
+            "worker": {
+                "state": self._worker.state.value if self._worker else "disabled",
+                "generation": worker.generation if worker else None,
+                "pid": worker.pid if worker else None,
+                "uptime_s": round(now - worker.started_at, 3) if worker else None,
+                "rss_bytes": rss_bytes(worker.pid) if worker else None,
+                "inflight": beat.get("inflight"), "calls": beat.get("calls"),
+                "heartbeat_age_s": round(silent, 3) if silent is not None else None,
+                "restarts": self._restarts, "hot_restarts": handover.count,
+                "candidate": handover.candidate.generation if handover.candidate else None,
+                "retiring": sorted(c.generation for c in handover.retiring),
+                "plugins": active.report if active else {},
+            },
+            "reload": {"running": handover.reload.outcome() if handover.reload else None,
+                       "last": handover.last},
+            "last_exits": self._exits.as_list(),
+        }
 
     def _start(self, slot: Slot, now: float) -> None:
         generation = slot.next_generation()
@@ -282,6 +540,11 @@ class Supervisor:
                  why, self._cfg.supervisor.stop_grace_ms)
         for slot in self._slots():
             slot.stop()
+        if self._handover.candidate is not None:
+            # A generation that never served has nothing to drain.
+            self._handover.candidate.kill_group("stopping")
+        if self._handover.reload is not None:
+            self._finish_reload(self._handover.reload, "the supervisor is stopping")
         self._send_worker_state()
         if self._gateway.child is not None:
             # The worker stays up meanwhile: draining requests still run hooks.
@@ -318,7 +581,8 @@ class Supervisor:
             yield self._worker
 
     def _children(self) -> Iterator[ChildProcess]:
-        return (slot.child for slot in self._slots() if slot.child is not None)
+        yield from (slot.child for slot in self._slots() if slot.child is not None)
+        yield from self._handover.children()
 
     def _slot_of(self, child: ChildProcess) -> Slot | None:
         return next((slot for slot in self._slots() if slot.child is child), None)
@@ -348,10 +612,7 @@ class Supervisor:
 
     def _abandon_children(self) -> None:
         """Only on an unexpected exit from `run`: no child may outlive us."""
-        for slot in self._slots():
-            child = slot.child
-            if child is None:
-                continue
+        for child in list(self._children()):
             child.kill_group("supervisor exiting")
             deadline = time.monotonic() + ABANDON_WAIT_S
             while child.reap() is None and time.monotonic() < deadline:
@@ -359,7 +620,10 @@ class Supervisor:
             if child.alive:
                 log.error("%s was killed but has not exited", child.name)
             self._forget(child)
-            slot.stopped()
+        for slot in self._slots():
+            if slot.child is not None:
+                slot.stopped()
+        self._handover.clear()
 
     def _tell_gateway(self, message: dict[str, Any]) -> None:
         gateway = self._gateway.child
@@ -371,7 +635,11 @@ class Supervisor:
         if worker is None or worker.generation == 0:
             return
         state = SlotState.STOPPING if worker.state is SlotState.STOPPED else worker.state
-        detail = worker.last_exit if state in (SlotState.RESTARTING, SlotState.FATAL) else ""
+        detail = worker.last_exit if state is SlotState.RESTARTING else ""
+        if state is SlotState.FATAL:
+            # The operator reading /hello needs the pattern, not only the last exit.
+            recent = self._exits.reasons("worker", 3)
+            detail = "last exits: " + "; ".join(recent or [worker.last_exit])
         self._tell_gateway({"type": "worker_state", "state": state.value,
                             "generation": worker.generation, "detail": detail})
 
@@ -390,3 +658,8 @@ class Supervisor:
         wakeups += [slot.restart_at - now for slot in self._slots() if slot.restart_at is not None]
         wakeups += [c.kill_at - now for c in self._children() if c.kill_at is not None]
         return max(0.0, min(wakeups))
+
+
+def _answer(waiter: Waiter, answer: dict[str, Any]) -> None:
+    if not waiter.done():  # the client may have given up (its deadline)
+        waiter.set_result(answer)

@@ -14,6 +14,7 @@ import pytest
 from integration.harness import (
     EchoUpstream,
     Instance,
+    RedisServer,
     new_base_dir,
     remove_base,
     start_instance,
@@ -80,3 +81,23 @@ def module_coproc_factory() -> Iterator[InstanceFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole session (fails, never skips, without one)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for one test: for tests that stop and restart it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

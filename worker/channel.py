@@ -6,18 +6,26 @@ reading) is dropped and reported as `False`.  The protocol is built for that:
 HELLO is resent until answered, heartbeats are periodic, and a gateway that
 lost a REPLY has already timed the call out.  Everything received goes through
 `ipc.protocol.decode`; invalid messages are logged and dropped.
+
+The socket is driven from the event loop directly, as the gateway's is
+(gateway/hooks.py): `add_reader` on ZMQ_FD, then non-blocking receives drained
+in a bounded loop, each message handed to the `listen` callback.  zmq.asyncio
+would create futures and reader registrations per message; this costs one
+readiness callback per batch.  ZMQ_FD is edge-triggered, so every send (which
+may consume the edge) schedules one more look at the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import zmq
-import zmq.asyncio
 
+from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import DEFAULT_LIMITS, Limits, Message, MsgType, ProtocolError, decode, encode
 
 __all__ = ["Channel"]
@@ -26,6 +34,10 @@ log = logging.getLogger("worker.channel")
 
 #: Outgoing messages ZeroMQ may queue for a slow gateway before sends fail.
 SEND_HWM = 100_000
+#: Messages handled per readiness callback before yielding to the loop.
+DRAIN_BATCH = 1000
+
+Handler = Callable[[Message], None]
 
 
 class Channel:
@@ -34,16 +46,30 @@ class Channel:
     def __init__(self, endpoint: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.endpoint = endpoint
         self.limits = limits
+        tune_for_large_buffers()  # messages and bodies of megabytes: see ipc/memtune.py
         # A fresh context per process: ZeroMQ contexts must not cross a fork.
-        self._ctx = zmq.asyncio.Context()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.connect(endpoint)
         self._sock = sock
+        self._fd = int(sock.getsockopt(zmq.FD))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handler: Handler | None = None
+        self._queue: collections.deque[Message] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._scheduled = False
         self.dropped = 0
         self.invalid = 0
+
+    def listen(self, handler: Handler) -> None:
+        """Hand every valid message to `handler` on the loop (instead of `recv`)."""
+        self._handler = handler
+        self._attach()
+        while self._queue:  # anything `recv` buffered before
+            handler(self._queue.popleft())
 
     def send(self, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bool:
         """Queue one message without waiting; False when it could not be queued."""
@@ -52,37 +78,80 @@ class Channel:
         except (TypeError, ValueError, OverflowError) as exc:
             log.error("cannot encode %s: %s", mtype.name, exc)
             return False
-        future = cast("asyncio.Future[Any]",
-                      self._sock.send_multipart(frames, flags=zmq.DONTWAIT))
-        if not future.done():  # only if a blocking send were queued; this class never does
-            future.add_done_callback(_consume)
-            return True
-        # With DONTWAIT the future is already resolved; read it so no error goes unseen.
-        error = future.exception()
-        if error is None:
-            return True
-        self.dropped += 1
-        if not isinstance(error, zmq.Again):
-            log.warning("sending %s failed: %s", mtype.name, error)
-        return False
+        try:
+            self._sock.send_multipart(frames, zmq.DONTWAIT)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        except zmq.ZMQError as exc:
+            self.dropped += 1
+            log.warning("sending %s failed: %s", mtype.name, exc)
+            return False
+        finally:
+            self._schedule()
+        return True
 
     async def recv(self) -> Message:
         """The next valid message from the gateway (invalid ones are dropped)."""
-        while True:
-            frames = await self._sock.recv_multipart()
+        loop = self._attach()
+        while not self._queue:  # each wake-up either queued a message or is spurious
+            self._waiter = loop.create_future()
             try:
-                return decode(frames, self.limits)
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; `linger_ms` lets already queued messages (DRAIN_ACK) go out first."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
+        self._sock.close(linger=linger_ms)
+        self._ctx.term()
+
+    # -- event-loop plumbing ------------------------------------------------------------
+
+    def _attach(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._fd, self._drain)
+            self._schedule()  # messages may have arrived before the reader existed
+        return self._loop
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        sock = self._sock
+        for _ in range(DRAIN_BATCH):
+            if sock.closed or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = decode(frames, self.limits)
             except ProtocolError as exc:
                 self.invalid += 1
                 log.warning("dropped an invalid message from the gateway (%s): %s",
                             self.endpoint, exc)
+                continue
+            self._deliver(message)
+        self._schedule()  # more may be waiting: look again on the next loop turn
 
-    def close(self, linger_ms: int = 0) -> None:
-        """Close; `linger_ms` lets already queued messages (DRAIN_ACK) go out first."""
-        self._sock.close(linger=linger_ms)
-        self._ctx.term()
-
-
-def _consume(future: Any) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("a queued send failed: %s", future.exception())
+    def _deliver(self, message: Message) -> None:
+        handler = self._handler
+        if handler is None:
+            self._queue.append(message)
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            return
+        try:
+            handler(message)
+        except Exception:  # one bad message must not stop the reader
+            log.exception("handling %s failed", message.type.name)

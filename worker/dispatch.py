@@ -7,6 +7,11 @@ answers ERROR and forgets the call (a queued thread-pool job is cancelled; a
 running one cannot be, and finishes in the background).  The gateway applies
 the same deadline on its side, so the answer is usually moot by then; what
 matters is that nothing waits forever.
+
+Bodies the gateway sent through the shared-memory arena (ipc/shm.py) are read
+from it before the hook runs; a body the hook changed goes back through the
+same slot when it is large and fits, else inline.  The slot is written only
+here, right before the REPLY leaves: never after a deadline answered the call.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ipc.protocol import ErrorCode, MsgType
+from ipc.schema import ProtocolError
+from ipc.shm import ArenaView, resolve_bodies
 from worker.invoke import HookFailed, Invocation, run_async, run_sync
 from worker.loader import HookTable, LookupFailed
 from worker.tyk_api import CURRENT_API
@@ -42,6 +49,29 @@ class Dispatcher:
         self.table = table
         self.pool = pool
         self.default_timeout_ms = default_timeout_ms
+        self.arena: ArenaView | None = None
+        self.shm_threshold = 0
+
+    def attach_arena(self, info: Mapping[str, Any] | None) -> None:
+        """Map the arena a WELCOME names (again only when it changed: a new gateway)."""
+        if info is None or (self.arena is not None and self.arena.name == info["name"]):
+            return
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
+        try:
+            self.arena = ArenaView.attach(info["name"], info["size"])
+        except (OSError, ValueError) as exc:
+            log.error("cannot map the gateway's shared-memory arena %s: %s; calls with "
+                      "large bodies will fail", info["name"], exc)
+            return
+        self.shm_threshold = info["threshold"]
+        log.info("mapped the shared-memory arena %s (%d bytes)", info["name"], info["size"])
+
+    def close(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
 
     async def call(self, payload: Mapping[str, Any]) -> Outcome:
         """Run the hook a (decoded, validated) CALL payload names."""
@@ -53,6 +83,15 @@ class Dispatcher:
             return error(exc.code, exc.message)
         timeout_ms = payload.get("timeout_ms") or self.default_timeout_ms
         wire = payload["object"]
+        refs = payload.get("bodies")
+        if refs:
+            if self.arena is None:
+                return error(ErrorCode.PROTOCOL, "a body is in shared memory, but this "
+                                                 "worker has no arena mapped")
+            try:
+                wire = resolve_bodies(wire, refs, self.arena)
+            except ProtocolError as exc:
+                return error(ErrorCode.PROTOCOL, str(exc))
         try:
             if entry.is_async:
                 invocation = Invocation(api_id, entry, hook_type, wire)
@@ -61,14 +100,33 @@ class Dispatcher:
                 loop = asyncio.get_running_loop()
                 job = loop.run_in_executor(self.pool, _prepare_and_run,
                                            api_id, entry, hook_type, wire)
-                result = await asyncio.wait_for(job, timeout_ms / 1000)
+                result = await _within(job, timeout_ms / 1000)
         except HookFailed as exc:
             return error(exc.code, exc.message)
         except TimeoutError:  # hook exceptions arrive as HookFailed, so this is ours
             log.warning("API %s: hook %s did not finish within %d ms", api_id, name, timeout_ms)
             return error(ErrorCode.DEADLINE,
                          f"hook {name} did not finish within {timeout_ms} ms")
-        return MsgType.REPLY, {"object": result}
+        reply: dict[str, Any] = {"object": result}
+        if refs:
+            self._bodies_back(reply, refs)
+        return MsgType.REPLY, reply
+
+    def _bodies_back(self, reply: dict[str, Any], refs: Mapping[str, Any]) -> None:
+        """Send changed large bodies back through the slots they came in."""
+        arena, result = self.arena, reply["object"]
+        assert arena is not None  # refs were resolved through it
+        for part, ref in refs.items():
+            record = result.get(part)
+            raw = record.get("raw_body") if record else None
+            if raw is None or len(raw) < self.shm_threshold:
+                continue  # unchanged (not in the reply at all), or small: inline
+            if len(raw) > ref.get("capacity", ref["length"]):
+                continue  # grew past its slot: inline (bounded by the message limit)
+            arena.write(ref["offset"], raw)
+            result[part] = {k: v for k, v in record.items() if k != "raw_body"}
+            reply.setdefault("bodies", {})[part] = {"offset": ref["offset"],
+                                                    "length": len(raw)}
 
     async def event(self, api_id: str, name: str, event: Mapping[str, Any],
                     spec: Mapping[str, str], timeout_ms: int | None = None) -> None:
@@ -98,6 +156,30 @@ class Dispatcher:
             raise
         except BaseException:  # a handler's SystemExit must not stop the worker either
             log.exception("API %s: event handler %s failed", api_id, name)
+
+
+async def _within(job: asyncio.Future[Any], timeout_s: float) -> Any:
+    """`await job`, cancelled past `timeout_s` (TimeoutError), like `asyncio.wait_for`.
+
+    On the hot path of every plain hook: one timer handle instead of the
+    extra future, callbacks and task switch `wait_for` costs on 3.11.
+    """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        job.cancel()  # a queued pool job never starts; a running one finishes unheard
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        return await job
+    except asyncio.CancelledError:
+        if expired:
+            raise TimeoutError from None
+        raise  # the worker is stopping
+    finally:
+        timer.cancel()
 
 
 def _prepare_and_run(api_id: str, entry: Any, hook_type: str,

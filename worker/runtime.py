@@ -25,7 +25,7 @@ import os
 import resource
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ipc import exitcodes
@@ -42,6 +42,8 @@ log = logging.getLogger("worker.runtime")
 HELLO_INTERVAL_S = 0.2
 #: Retry delay while no connection to the gateway exists yet.
 HELLO_RETRY_S = 0.01
+#: Backstop for the admission gate; the supervisor's boot timeout normally acts first.
+ADMIT_WAIT_S = 300.0
 #: Exit code when the worker's own machinery breaks (not a reserved code: respawn).
 INTERNAL_ERROR = 1
 
@@ -61,6 +63,8 @@ class Identity:
     token: str
     pid: int
     threads: int
+    #: The sandbox's layers as reported in HELLO (worker.sandbox.SandboxReport.summary).
+    sandbox: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,9 @@ class Worker:
         self._admitted = asyncio.Event()
         self._exit: asyncio.Future[int] | None = None
         self._ready_sent = False
+        self._gate_passed = False
+        #: Calls received by this worker, for the supervisor's max_requests recycling.
+        self.calls_total = 0
 
     @property
     def inflight(self) -> int:
@@ -99,7 +106,9 @@ class Worker:
         self.hostcalls.bind(loop, self.channel.send)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        self._spawn(self._read_loop(), "reader")
+        # Messages are handled straight from the socket's readiness callback
+        # (worker/channel.py): no reader task, no future per message.
+        self.channel.listen(self._on_message)
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._admission(), "admission")
         try:
@@ -112,6 +121,7 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            self.dispatcher.close()  # unmap the arena: nothing reads it any more
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -128,6 +138,15 @@ class Worker:
 
     async def _admission(self) -> None:
         """HELLO every HELLO_INTERVAL_S until WELCOME (or REJECT ends the worker)."""
+        if not self._gate_passed:
+            # The supervisor vets the load report first (hot restart): see supervisor_link.
+            if not await self.link.wait_admitted(self.identity.pid, self.identity.generation,
+                                                 self.report, ADMIT_WAIT_S):
+                log.error("the supervisor did not admit this worker within %.0f s",
+                          ADMIT_WAIT_S)
+                self._finish(exitcodes.BOOT_FAILED)
+                return
+            self._gate_passed = True
         attempts, started = 0, asyncio.get_running_loop().time()
         while self.state is State.CONNECTING:
             queued = self.channel.send(MsgType.HELLO, 0, self._hello())
@@ -147,19 +166,11 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         generation = self.identity.generation
         while True:
-            self.link.heartbeat(generation, self.inflight)
+            self.link.heartbeat(generation, self.inflight, self.calls_total)
             if self.state in (State.RUNNING, State.DRAINING):
                 self.channel.send(MsgType.HEARTBEAT, 0, {
                     "generation": generation, "inflight": self.inflight, "rss": current_rss()})
             await asyncio.sleep(self.timing.heartbeat_s)
-
-    async def _read_loop(self) -> None:
-        while True:
-            message = await self.channel.recv()
-            try:
-                self._on_message(message)
-            except Exception:  # one bad message must not end the conversation
-                log.exception("handling %s failed", message.type.name)
 
     # --- messages ------------------------------------------------------------------------
 
@@ -184,6 +195,11 @@ class Worker:
         elif kind is MsgType.DRAIN:
             grace = message.payload.get("grace_ms", self.timing.drain_grace_ms)
             self._begin_drain(grace, "the gateway asked")
+        elif kind is MsgType.EVENT:
+            p = message.payload  # dispatcher.event logs handler failures, never raises
+            self._spawn(self.dispatcher.event(p["api_id"], p["handler"], p["event"],
+                                              p.get("spec", {}), p.get("timeout_ms")),
+                        f"event {p['handler']}")
         else:
             log.warning("unexpected %s from the gateway, ignored", kind.name)
 
@@ -191,6 +207,8 @@ class Worker:
         if payload["generation"] != self.identity.generation:
             log.warning("WELCOME names generation %s, this is %s", payload["generation"],
                         self.identity.generation)
+        # Before the state check: a restarted gateway has a new arena (RESYNC, HELLO).
+        self.dispatcher.attach_arena(payload.get("shm"))
         if self.state is not State.CONNECTING:
             return  # a duplicate answer to an earlier HELLO
         self.state = State.RUNNING
@@ -214,6 +232,7 @@ class Worker:
             self.channel.send(MsgType.ERROR, message.call_id, {
                 "code": str(ErrorCode.DRAINING), "message": "the worker is draining"})
             return
+        self.calls_total += 1
         task = asyncio.create_task(self._serve(message))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
@@ -264,7 +283,7 @@ class Worker:
     def _hello(self) -> dict[str, Any]:
         return {"generation": self.identity.generation, "pid": self.identity.pid,
                 "token": self.identity.token, "plugins": self.report,
-                "threads": self.identity.threads}
+                "threads": self.identity.threads, "sandbox": dict(self.identity.sandbox)}
 
 
 def current_rss() -> int:

@@ -5,16 +5,27 @@ supervisor (`ipc.control`).  Sends never block and never raise: a full
 buffer or a supervisor that is gone loses the datagram; the next heartbeat
 follows, and `die_with_parent` handles a vanished supervisor.  When the
 worker is run by hand there is no control socket and nothing is sent.
+
+Admission gate: when the supervisor sets `$COPROC_ADMIT_GATE=1`, the worker
+first sends `loaded` (its plugin load report) and waits for `admit` before
+it says HELLO to the gateway, so that a hot restart whose new plugins fail to
+load is refused before the gateway ever routes to it (docs/PROTOCOL.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
-from ipc.control import encode_control
+from ipc.control import MAX_DATAGRAM, decode_control, encode_control
+from ipc.schema import ProtocolError
+
+#: Set to "1" by the supervisor: wait for `admit` before saying HELLO.
+ADMIT_GATE_ENV: Final = "COPROC_ADMIT_GATE"
 
 __all__ = ["SupervisorLink"]
 
@@ -22,9 +33,12 @@ log = logging.getLogger("worker.control")
 
 
 class SupervisorLink:
-    def __init__(self, sock: socket.socket | None) -> None:
+    def __init__(self, sock: socket.socket | None, gated: bool | None = None) -> None:
         self._sock = sock
         self._failing = False
+        if gated is None:
+            gated = os.environ.get(ADMIT_GATE_ENV) == "1"
+        self.gated = gated and sock is not None
 
     @property
     def connected(self) -> bool:
@@ -34,8 +48,38 @@ class SupervisorLink:
         self._send({"type": "ready", "role": "worker", "pid": pid,
                     "generation": generation, "plugins": dict(plugins)})
 
-    def heartbeat(self, generation: int, inflight: int) -> None:
-        self._send({"type": "heartbeat", "generation": generation, "inflight": inflight})
+    def heartbeat(self, generation: int, inflight: int, calls: int = 0) -> None:
+        self._send({"type": "heartbeat", "generation": generation, "inflight": inflight,
+                    "calls": calls})
+
+    async def wait_admitted(self, pid: int, generation: int,
+                            plugins: Mapping[str, Any], timeout_s: float) -> bool:
+        """Send `loaded`, then wait for `admit`; True at once when not gated.
+
+        False when no `admit` came within `timeout_s` (the supervisor kills a
+        worker it refuses, so this is only a backstop).
+        """
+        sock = self._sock
+        if not self.gated or sock is None:
+            return True
+        self._send({"type": "loaded", "pid": pid, "generation": generation,
+                    "plugins": dict(plugins)})
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:  # bounded by the timeout
+                    datagram = await loop.sock_recv(sock, MAX_DATAGRAM + 1)
+                    if not datagram:
+                        return False
+                    try:
+                        message = decode_control(datagram)
+                    except ProtocolError as exc:
+                        log.warning("dropped a control datagram: %s", exc)
+                        continue
+                    if message["type"] == "admit" and message["generation"] == generation:
+                        return True
+        except TimeoutError:
+            return False
 
     def close(self) -> None:
         if self._sock is not None:

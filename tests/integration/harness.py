@@ -469,3 +469,70 @@ def launch(base: Path, config_path: Path, *, wait: bool = True) -> Instance:
 def remove_base(base: Path) -> None:
     if not os.environ.get("COPROC_KEEP_TMP"):
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A real `redis-server` on a free loopback port, no persistence, stopped by pid.
+
+    `stop()` then `start()` again keeps the port: tests use it to take Redis
+    away from running gateways and give it back.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH: Redis-backed features are required "
+                               "and tested against a real server (apt-get install redis-server; "
+                               ".ci/run installs it)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly",
+             "no", "--dir", str(self.base), "--logfile", str(self.base / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        poll("redis-server PING", self.ping, timeout)
+        return self
+
+    def ping(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
+                               f"{(self.base / 'redis.log').read_text(errors='replace')[-2000:]}")
+        return self.command("PING") == b"+PONG\r\n"
+
+    def command(self, *args: str) -> bytes:
+        """One command in RESP, its raw reply ("" when Redis is not answering)."""
+        import socket
+
+        payload = f"*{len(args)}\r\n".encode() + b"".join(
+            f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
+        try:
+            with socket.create_connection((HOST, self.port), timeout=2) as s:
+                s.sendall(payload)
+                return s.recv(65536)
+        except OSError:
+            return b""
+
+    def settings(self) -> dict[str, Any]:
+        """The gateway config's `storage` section for this server."""
+        return {"storage": {"type": "redis", "host": HOST, "port": self.port,
+                            "timeout_ms": 500}}
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_process(self.proc, 10)
+            self.proc = None

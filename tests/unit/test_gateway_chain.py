@@ -307,11 +307,13 @@ async def test_auth_plugin_success_carries_the_session(gateway: Any, echo: str) 
     names = [(c[1], c[2]) for c in env.fake.calls]
     assert names == [("auth_check", "Auth"), ("post_key_auth", "AfterAuth"), ("post", "Post")]
     after = env.fake.calls[1][3]
-    assert after["session"]["rate"] == 10.0 and after["metadata"] == {"token": "tok"}
+    # The object's metadata joins the session's, and Object.metadata mirrors it (Tyk).
+    assert after["session"]["rate"] == 10.0
+    assert after["metadata"] == after["session"]["metadata"] == {"user": "u", "token": "tok"}
 
 
 @pytest.mark.parametrize(("reply", "status", "message"), [
-    ({}, 403, "Key not authorised"),
+    ({}, 403, "Forbidden"),  # no token: Tyk answers with the status text
     ({"request": {"return_overrides": {"response_error": "bad key"}}}, 403, "bad key"),
     ({"request": {"return_overrides": {"response_code": 401}}}, 401, "Key not authorised"),
     ({"request": {"return_overrides": {"response_code": 401, "response_error": "expired"}},

@@ -119,3 +119,37 @@ def test_second_stop_signal_kills_at_once(make_supervisor: Callable[..., Supervi
         return await asyncio.wait_for(running, 2)
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_reload_whose_worker_never_loads_fails_and_keeps_the_old_one(
+        tmp_path: Path) -> None:
+    """1. Gateway and worker are stand-ins that sleep (the worker never says `loaded`).
+    2. `reload`: the candidate misses the boot timeout, is killed, and the reload
+       fails naming the timeout (no candidate is left).
+    3. `status` reports the failed reload; `stop` stops everything.
+    """
+    (tmp_path / "apps").mkdir()
+    cfg = GatewayConfig(
+        path=tmp_path / "coproc.json", run_dir=tmp_path, app_path=tmp_path / "apps",
+        supervisor=SupervisorOptions(stop_grace_ms=3000),
+        worker=WorkerOptions(boot_timeout_ms=300))
+    listener = bind_listener("127.0.0.1", 0)
+    sup = Supervisor(cfg, listener, ChildCommands(gateway=SLEEPS, worker=SLEEPS),
+                     RecordingNotifier())
+
+    async def scenario() -> int:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.worker_generation == 1)
+        outcome = await asyncio.wait_for(sup.post_command("reload"), 10)
+        assert outcome["ok"] is False
+        assert "not ready within 300 ms" in outcome["error"], outcome
+        status = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]
+        assert status["reload"]["last"]["ok"] is False
+        assert status["worker"]["candidate"] is None
+        assert (await asyncio.wait_for(sup.post_command("stop"), 5))["ok"] is True
+        return await asyncio.wait_for(running, 10)
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        listener.close()

@@ -1,0 +1,50 @@
+"""The storage interface every backend implements, and its error.
+
+Keys are plain strings chosen by the callers (`apikey-…`, `rate-…`,
+`quota-…`, `coprocess-data:…`); values are bytes.  TTLs are seconds, <= 0
+meaning no expiry.  The two counters are atomic in every backend: no
+read-modify-write race can let an extra request through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Hit", "Storage", "StorageUnavailable"]
+
+
+class StorageUnavailable(Exception):
+    """The backend cannot be reached (or did not answer in time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """The outcome of counting one request against a limit."""
+
+    allowed: bool
+    remaining: int  # what is left after this hit (0 when refused)
+    reset: float  # seconds until the window frees a slot / the quota renews (0: unknown)
+
+
+class Storage(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float = 0) -> None: ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`; True when it existed."""
+        ...
+
+    async def rate_hit(self, key: str, limit: int, per: float) -> Hit:
+        """Sliding window: allow when fewer than `limit` hits were allowed in `per` s."""
+        ...
+
+    async def quota_hit(self, key: str, quota_max: int, renewal_s: int) -> Hit:
+        """Count one use of a quota of `quota_max` that renews every `renewal_s` s
+        (<= 0: never); the window starts at the first use."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,123 @@
+"""The Redis backend: state shared by every gateway instance using the same server.
+
+redis-py's asyncio client with a bounded connection pool; every call runs
+under `storage.timeout_ms`.  The counters are Lua scripts, so each hit is one
+atomic step on the server (exact under any concurrency, across instances),
+and they read the server's clock, so instances with skewed clocks agree.
+A connection or timeout error becomes `StorageUnavailable`; the pool
+reconnects by itself on the next call once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from config.gateway import StorageConfig
+from gateway.storage.base import Hit, StorageUnavailable
+
+__all__ = ["RedisStorage"]
+
+T = TypeVar("T")
+
+# Sliding log: a sorted set of the allowed hits' times (microseconds).
+_RATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local per = tonumber(ARGV[2])
+local limit = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per)
+local n = redis.call('ZCARD', KEYS[1])
+if n < limit then
+  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(per / 1000) + 1)
+  return {1, limit - n - 1, per}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, 0, tonumber(oldest[2]) + per - now}
+"""
+
+# Fixed quota window starting at the first use; refused uses are not counted.
+_QUOTA = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local ttl = redis.call('PTTL', KEYS[1])
+if used >= tonumber(ARGV[1]) then return {0, 0, ttl} end
+used = redis.call('INCR', KEYS[1])
+if used == 1 and tonumber(ARGV[2]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {1, tonumber(ARGV[1]) - used, ttl}
+"""
+
+
+class RedisStorage:
+    """`Storage` on a Redis server (one pool per gateway process)."""
+
+    def __init__(self, cfg: StorageConfig) -> None:
+        self.cfg = cfg
+        self._timeout = cfg.timeout_ms / 1000
+        self._client = aioredis.Redis(
+            host=cfg.host, port=cfg.port, db=cfg.database,
+            username=cfg.username or None, password=cfg.password or None,
+            socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
+            max_connections=cfg.max_connections,
+            # One immediate retry: a pooled connection that died with a restarted
+            # server is replaced at once instead of failing a request.
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._rate = self._client.register_script(_RATE)
+        self._quota = self._client.register_script(_QUOTA)
+        self._member = os.urandom(4).hex()  # makes log members unique across instances
+        self._seq = 0
+
+    @property
+    def where(self) -> str:
+        return f"redis://{self.cfg.host}:{self.cfg.port}/{self.cfg.database}"
+
+    async def _run(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StorageUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from None
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._run(self._client.get(key))
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
+        px = max(1, int(ttl * 1000)) if ttl > 0 else None
+        await self._run(self._client.set(key, value, px=px))
+
+    async def delete(self, key: str) -> bool:
+        removed: int = await self._run(self._client.delete(key))
+        return removed > 0
+
+    async def rate_hit(self, key: str, limit: int, per: float) -> Hit:
+        self._seq += 1
+        per_us = max(1, int(per * 1_000_000))
+        got: list[Any] = await self._run(
+            self._rate(keys=[key], args=[limit, per_us, f"{self._member}:{self._seq}"]))
+        return Hit(bool(got[0]), int(got[1]), max(0, int(got[2])) / 1_000_000)
+
+    async def quota_hit(self, key: str, quota_max: int, renewal_s: int) -> Hit:
+        got: list[Any] = await self._run(
+            self._quota(keys=[key], args=[quota_max, max(0, renewal_s) * 1000]))
+        return Hit(bool(got[0]), int(got[1]), max(0, int(got[2])) / 1000)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._run(self._client.ping()))
+        except StorageUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()

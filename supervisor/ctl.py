@@ -1,0 +1,130 @@
+"""The client side of the control socket: `coproc status|reload|restart-worker|stop`.
+
+Each command finds the instance the way `serve` does (the config file names
+the run directory), sends one JSON line and prints the answer.  Exit codes:
+0 done; 1 the command failed (e.g. the new worker generation did not load);
+69 (EX_UNAVAILABLE) no instance runs for that config; 78 invalid config.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+from supervisor.control_server import CONTROL_SOCKET_NAME
+
+__all__ = ["NOT_RUNNING", "ControlError", "format_status", "send_command", "wait_exit"]
+
+#: sysexits EX_UNAVAILABLE: nothing to talk to.
+NOT_RUNNING: Final = 69
+CONNECT_TIMEOUT_S: Final = 5.0
+MAX_ANSWER_BYTES: Final = 1 << 20
+
+
+class ControlError(Exception):
+    """No answer from an instance; `code` is the exit code to use."""
+
+    def __init__(self, message: str, code: int = NOT_RUNNING) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def send_command(run_dir: Path, command: str, timeout_s: float) -> dict[str, Any]:
+    """One request/response on `<run_dir>/control.sock`, within `timeout_s`."""
+    path = run_dir / CONTROL_SOCKET_NAME
+    hint = f"no coproc instance is running with this config (no control socket at {path})"
+    if not path.exists():
+        raise ControlError(hint)
+    deadline = time.monotonic() + timeout_s
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise ControlError(f"{hint.split(' (')[0]} (stale control socket {path})") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: run as the instance's user",
+                               1) from None
+        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n") and len(data) < MAX_ANSWER_BYTES:  # bounded
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ControlError(f"no answer from the instance within {timeout_s:.0f} s", 1)
+            sock.settimeout(remaining)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise ControlError("the instance closed the connection without an answer", 1) from None
+    if not isinstance(answer, dict):
+        raise ControlError("the instance sent an invalid answer", 1)
+    return answer
+
+
+def wait_exit(pid: int, timeout_s: float) -> bool:
+    """Wait (polling, bounded) until process `pid` is gone; False at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True  # exited; its parent (a shell, a test) has not reaped it yet
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            pass
+        time.sleep(0.05)  # a CLI waiting for another process: nothing to await
+    return False
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """`coproc status` for humans."""
+    gw, wk = status.get("gateway", {}), status.get("worker", {})
+    rss = wk.get("rss_bytes")
+    lines = [
+        f"supervisor  pid {status.get('pid')}  {status.get('phase')}  "
+        f"up {_duration(status.get('uptime_s'))}",
+        f"gateway     pid {gw.get('pid')}  {gw.get('state')}",
+        f"worker      pid {wk.get('pid')}  generation {wk.get('generation')}  "
+        f"{str(wk.get('state')).upper()}  up {_duration(wk.get('uptime_s'))}",
+        f"            rss {f'{rss / 1048576:.1f} MiB' if rss else '-'}  "
+        f"in flight {_dash(wk.get('inflight'))}  calls {_dash(wk.get('calls'))}  "
+        f"heartbeat {_dash(wk.get('heartbeat_age_s'))} s ago",
+        f"            restarts {wk.get('restarts')}  hot restarts {wk.get('hot_restarts')}",
+    ]
+    last = (status.get("reload") or {}).get("last")
+    if last:
+        outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"
+        lines.append(f"last reload generation {last.get('generation')} ({last.get('reason')}): "
+                     f"{outcome}")
+    exits = status.get("last_exits") or []
+    if exits:
+        lines.append("last exits:")
+        for ex in exits[-5:]:
+            when = time.strftime("%H:%M:%S", time.localtime(ex.get("time", 0)))
+            lines.append(f"  {when} {ex.get('child')} generation {ex.get('generation')} "
+                         f"(pid {ex.get('pid')}): {ex.get('reason')}")
+    return "\n".join(lines)
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,200 @@
+"""The supervisor as a system service: sd_notify, gateway kill -9, hangs, leaks, /tyk/reload.
+
+Real processes, real signals, a real datagram socket standing in for systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ipc.notify import parse_notify
+from tests.conftest import InstanceFactory
+from tests.integration.harness import (
+    EchoUpstream,
+    api_def,
+    hook,
+    http_request,
+    poll,
+)
+from tests.integration.test_supervisor_reload import STAMP, stamp_api, status
+
+
+def test_notify_socket_gets_ready_watchdog_and_stopping(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. Bind a datagram socket; start coproc with NOTIFY_SOCKET and WATCHDOG_USEC.
+    2. READY=1 arrives once the worker is ready (after it, /hello is 200).
+    3. WATCHDOG=1 arrives periodically; SIGHUP gives RELOADING=1 then READY=1.
+    4. SIGTERM: STOPPING=1.
+    """
+    path = Path(tempfile.mkdtemp(prefix="cp-")) / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    received: list[dict[str, str]] = []
+
+    def collect() -> list[dict[str, str]]:
+        for _ in range(100):  # bounded: drain what is queued
+            try:
+                received.append(parse_notify(sock.recv(4096)))
+            except TimeoutError:
+                break
+        return received
+
+    try:
+        inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
+        poll("READY=1", lambda: any(m.get("READY") == "1" for m in collect()), 20)
+        assert inst.hello().status == 200
+        ready_at = next(i for i, m in enumerate(received) if m.get("READY") == "1")
+        poll("3 watchdog pings",
+             lambda: sum(m.get("WATCHDOG") == "1" for m in collect()[ready_at:]) >= 3, 10)
+        os.kill(inst.pid, signal.SIGHUP)
+        poll("RELOADING=1", lambda: any(m.get("RELOADING") == "1" for m in collect()), 20)
+        reloading = next(i for i, m in enumerate(received) if m.get("RELOADING") == "1")
+        poll("READY=1 after the reload",
+             lambda: any(m.get("READY") == "1" for m in collect()[reloading:]), 20)
+        os.kill(inst.pid, signal.SIGTERM)
+        poll("STOPPING=1", lambda: any(m.get("STOPPING") == "1" for m in collect()), 20)
+        inst.proc.wait(20)
+        assert inst.proc.returncode == 0
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+
+
+def test_gateway_sigkill_connections_wait_in_the_backlog(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream) -> None:
+    """1. SIGKILL the gateway process.
+    2. At once, send requests: they wait in the supervisor's listen backlog.
+    3. A new gateway serves within 2 s and every request gets 200.
+    """
+    inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
+    gateway_pid = status(inst)["gateway"]["pid"]
+    results: list[int | str] = []
+
+    def one() -> None:
+        try:
+            results.append(http_request(inst.port, "GET", "/v/x", timeout=20).status)
+        except OSError as exc:
+            results.append(repr(exc))
+
+    killed = time.monotonic()
+    os.kill(gateway_pid, signal.SIGKILL)
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    poll("a new gateway", lambda: status(inst)["gateway"]["pid"] not in (None, gateway_pid)
+         and inst.hello().status == 200, 10, interval=0.05)
+    took = time.monotonic() - killed
+    for t in threads:
+        t.join(30)
+    print(f"\nnew gateway serving {took:.2f} s after SIGKILL")
+    assert results == [200] * 10, f"{results}\n{inst.logs()}"
+    assert took < 2.0
+
+
+HANG = '''
+import ctypes
+from tyk.decorators import *
+
+@Hook
+def Pre(request, session, spec):
+    if request.get_header("X-Hang"):
+        ctypes.PyDLL(None).sleep(30)   # C call that keeps the GIL: the event loop stops
+    request.add_header("X-Pid", str(__import__("os").getpid()))
+    return request, session
+'''
+
+
+def test_hook_stuck_in_c_holding_the_gil_is_killed(coproc_factory: InstanceFactory,
+                                                   echo_upstream: EchoUpstream) -> None:
+    """1. A hook calls sleep(30) through ctypes.PyDLL: the GIL is held, heartbeats stop.
+    2. Within the heartbeat timeout (1 s) + 1 s the worker is SIGABRTed (traceback
+       of every thread in the log) and its group SIGKILLed; the hung call fails.
+    3. The next requests are served by a new generation.
+    """
+    api = api_def("h", "/h/", echo_upstream.url, pre=[hook("Pre", "h/mw.py", timeout_ms=30000)])
+    inst = coproc_factory({"h": api}, {"h/mw.py": HANG}, {"coproc": {"worker": {
+        "heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 1000}}})
+    before = status(inst)["worker"]
+    started = time.monotonic()
+    hung = http_request(inst.port, "GET", "/h/x", {"X-Hang": "1"}, timeout=30)
+    took = time.monotonic() - started
+    assert hung.status == 500, hung.body
+    print(f"\nhung call failed after {took:.2f} s (heartbeat timeout 1 s + SIGABRT grace 1 s)")
+    assert took < 5.0, f"the hung call took {took:.1f} s"
+    poll("a new generation", lambda: status(inst)["worker"]["generation"]
+         not in (None, before["generation"]) and inst.hello().status == 200, 20)
+    resp = inst.expect(inst.get("/h/x"), 200)
+    assert resp.json()["headers"]["X-Pid"] != str(before["pid"])
+    logs = inst.logs(20000)
+    assert "Fatal Python error: Aborted" in logs or "Current thread" in logs, logs
+    assert "no heartbeat" in logs
+    assert not psutil.pid_exists(before["pid"]) or \
+        psutil.Process(before["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+LEAK = '''
+from tyk.decorators import *
+HOARD = []
+VERSION = "1"
+
+@Hook
+def Pre(request, session, spec):
+    HOARD.append(bytearray(4 * 1024 * 1024))   # 4 MiB per call, never freed
+    request.add_header("X-Pid", str(__import__("os").getpid()))
+    return request, session
+'''
+
+
+def test_leaking_plugin_is_recycled_without_a_failed_request(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream) -> None:
+    """1. max_rss_mb 120; a hook that keeps 4 MiB per call.
+    2. Send requests one after the other until the worker pid changes.
+    3. No request failed; the log names the RSS limit as the reason.
+    """
+    api = api_def("l", "/l/", echo_upstream.url, pre=[hook("Pre", "l/mw.py")])
+    inst = coproc_factory({"l": api}, {"l/mw.py": LEAK},
+                          {"coproc": {"worker": {"max_rss_mb": 120}}})
+    pids, failures = set(), []
+    for _ in range(400):  # bounded; ~30 calls reach the limit
+        resp = inst.get("/l/x")
+        if resp.status != 200:
+            failures.append(resp.status)
+            continue
+        pids.add(resp.json()["headers"]["X-Pid"])
+        if len(pids) > 1:
+            break
+    assert not failures, f"{failures}\n{inst.logs()}"
+    assert len(pids) > 1, f"never recycled\n{inst.logs()}"
+    assert "recycling: RSS" in inst.logs(20000)
+
+
+def test_post_tyk_reload_needs_the_secret_and_hot_restarts(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream) -> None:
+    """1. POST /tyk/reload without the secret, or a wrong one: 403.
+    2. Tyk's GET /tyk/reload/group with it: 200 and a new generation serves.
+    """
+    inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)},
+                          {"secret": "s3cret"})
+    generation = status(inst)["worker"]["generation"]
+    assert inst.request("POST", "/tyk/reload").status == 403
+    assert inst.request("POST", "/tyk/reload", {"X-Tyk-Authorization": "nope"}).status == 403
+    (inst.base / "middleware" / "v" / "mw.py").write_text(STAMP.format(version=2))
+    ok = inst.request("GET", "/tyk/reload/group", {"X-Tyk-Authorization": "s3cret"})
+    assert ok.status == 200 and ok.json()["status"] == "ok"
+    poll("a new generation", lambda: status(inst)["worker"]["generation"] > generation, 20)
+    assert inst.get("/v/x").header("X-Response-Version") == "2"
+

@@ -1,0 +1,449 @@
+"""Auth, sessions, limits, the keys API and events, in-process over real HTTP.
+
+The gateway app runs on a loopback port with a scripted fake hook client (the
+real worker is exercised by tests/integration/test_auth*.py) and an echo
+upstream; storage is the memory backend unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from integration.harness import free_port
+
+from config.apidef import HookDef, load_api_definitions
+from config.gateway import GatewayConfig, StorageConfig
+from config.reader import ConfigError
+from gateway.app import CHAIN, EVENTS, build_app
+from gateway.echo_upstream import make_app as make_echo
+from gateway.hooks import HookTimeout, merge_reply
+
+SECRET = "admin-secret"
+ADMIN = {"X-Tyk-Authorization": SECRET}
+
+
+class FakeHooks:
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.stats = {"calls": 0}
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def call(self, api_id: str, hook_type: str, hook: HookDef,
+                   obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((hook_type, hook.name, obj))
+        result = self.behaviours.get(hook.name, lambda o: {})(obj)
+        if isinstance(result, Exception):
+            raise result
+        return merge_reply(obj, result)
+
+    def on_worker_exited(self, generation: int, reason: str) -> None:
+        pass
+
+    def on_worker_state(self, state: str, generation: int | None, detail: str) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running", "generation": 1, "pid": 1, "ready": True, "plugins": {}}
+
+
+class Env:
+    def __init__(self, client: TestClient, fake: FakeHooks) -> None:
+        self.client, self.fake = client, fake
+
+    async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        async with self.client.request(method, path, **kw) as resp:
+            body = await resp.read()
+            try:
+                parsed: Any = json.loads(body)
+            except ValueError:
+                parsed = body
+            return resp.status, parsed, resp.headers
+
+    async def put_key(self, key: str, session: dict[str, Any]) -> None:
+        status, body, _ = await self.request("POST", f"/tyk/keys/{key}", json=session,
+                                             headers=ADMIN)
+        assert status == 200 and body["action"] == "added", body
+
+    def calls(self, name: str) -> int:
+        return sum(1 for c in self.fake.calls if c[1] == name)
+
+
+def api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str, Any]:
+    return {"api_id": api_id, "org_id": "org1", "use_keyless": False,
+            "proxy": {"listen_path": listen, "target_url": target, "strip_listen_path": True},
+            **fields}
+
+
+def plugin_api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str, Any]:
+    mw = {"auth_check": {"name": "Auth"}, "post": [{"name": "Post"}],
+          **fields.pop("custom_middleware", {})}
+    return api(api_id, listen, target, enable_coprocess_auth=True, custom_middleware=mw,
+               **fields)
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[str]:
+    server = TestServer(make_echo())
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    clients: list[TestClient] = []
+
+    async def start(*apis: dict[str, Any], secret: str = SECRET,
+                    storage: StorageConfig | None = None) -> Env:
+        apps = tmp_path / "apps"
+        apps.mkdir(exist_ok=True)
+        for definition in apis:
+            (apps / f"{definition['api_id']}.json").write_text(json.dumps(definition))
+        cfg = GatewayConfig(path=tmp_path / "coproc.json", app_path=apps, secret=secret,
+                            middleware_path=tmp_path, run_dir=tmp_path,
+                            storage=storage or StorageConfig())
+        fake = FakeHooks()
+        app = build_app(cfg, load_api_definitions(cfg), instance_key=b"k" * 32,
+                        hook_factory=lambda *_: fake)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return Env(client, fake)
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+# -- built-in token auth and the keys API -------------------------------------------------
+
+async def test_token_auth_and_keys_api(gateway: Any, echo: str) -> None:
+    """1. no key: 401; 2. unknown key: 403; 3. the admin API adds it: 200;
+    4. GET returns it; 5. DELETE answers "deleted"; 6. the key is refused again."""
+    env = await gateway(api("k", "/k", echo))
+    assert (await env.request("GET", "/k/x"))[:2] == \
+        (401, {"error": "Authorization field missing"})
+    assert (await env.request("GET", "/k/x", headers={"Authorization": "abc"}))[:2] == \
+        (403, {"error": "Access to this API has been disallowed"})
+    await env.put_key("abc", {"rate": 100, "per": 1, "meta_data": {"user": "u1"}})
+    status, body, _ = await env.request("GET", "/k/x", headers={"Authorization": "Bearer abc"})
+    assert status == 200 and body["path"] == "/x"
+    status, body, _ = await env.request("GET", "/tyk/keys/abc", headers=ADMIN)
+    assert status == 200 and body["meta_data"] == {"user": "u1"}
+    status, body, _ = await env.request("DELETE", "/tyk/keys/abc", headers=ADMIN)
+    assert status == 200 and body["action"] == "deleted" and body["key"] == "abc"
+    assert (await env.request("GET", "/k/x", headers={"Authorization": "abc"}))[0] == 403
+    assert (await env.request("DELETE", "/tyk/keys/abc", headers=ADMIN))[0] == 404
+
+
+async def test_configurable_auth_header(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo, auth={"auth_header_name": "X-Api-Key"}))
+    await env.put_key("key1", {})
+    assert (await env.request("GET", "/k/", headers={"Authorization": "key1"}))[0] == 401
+    assert (await env.request("GET", "/k/", headers={"X-Api-Key": "key1"}))[0] == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Tyk-Authorization": "wrong"},
+                                     {"X-Tyk-Authorization": SECRET + "x"}])
+async def test_keys_api_refuses_a_wrong_secret(gateway: Any, echo: str,
+                                               headers: dict[str, str]) -> None:
+    env = await gateway(api("k", "/k", echo))
+    await env.put_key("kept", {})
+    for method, path in [("POST", "/tyk/keys/new"), ("DELETE", "/tyk/keys/kept"),
+                         ("GET", "/tyk/keys/kept"), ("POST", "/tyk/keys/create")]:
+        assert (await env.request(method, path, json={}, headers=headers))[0] == 403
+    assert (await env.request("GET", "/k/", headers={"Authorization": "kept"}))[0] == 200
+    assert (await env.request("GET", "/k/", headers={"Authorization": "new"}))[0] == 403
+
+
+async def test_keys_api_disabled_without_secret(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo), secret="")
+    status, _, _ = await env.request("POST", "/tyk/keys/x", json={},
+                                     headers={"X-Tyk-Authorization": ""})
+    assert status == 403
+
+
+async def test_create_generates_a_key(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    status, body, _ = await env.request("POST", "/tyk/keys/create", json={}, headers=ADMIN)
+    assert status == 200 and body["action"] == "added" and len(body["key"]) >= 16
+    assert (await env.request("GET", "/k/", headers={"Authorization": body["key"]}))[0] == 200
+
+
+async def test_put_needs_an_existing_key(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    assert (await env.request("PUT", "/tyk/keys/nope", json={}, headers=ADMIN))[0] == 404
+    await env.put_key("yes", {})
+    status, body, _ = await env.request("PUT", "/tyk/keys/yes", json={"is_inactive": True},
+                                        headers=ADMIN)
+    assert status == 200 and body["action"] == "modified"
+    assert (await env.request("GET", "/k/", headers={"Authorization": "yes"}))[0] == 403
+
+
+# -- session checks ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("session", "status", "message"), [
+    ({"expires": 1}, 401, "Key has expired, please renew"),
+    ({"is_inactive": True}, 403, "Key is inactive, please renew"),
+    ({"access_rights": {"other": {"api_id": "other"}}}, 403,
+     "Access to this API has been disallowed"),
+])
+async def test_session_checks_refuse(gateway: Any, echo: str, session: dict[str, Any],
+                                     status: int, message: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    await env.put_key("s", session)
+    assert (await env.request("GET", "/k/", headers={"Authorization": "s"}))[:2] == \
+        (status, {"error": message})
+
+
+async def test_session_checks_pass(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    await env.put_key("s", {"expires": int(time.time()) + 3600,
+                            "access_rights": {"k": {"api_id": "k", "versions": ["Default"]}}})
+    assert (await env.request("GET", "/k/", headers={"Authorization": "s"}))[0] == 200
+
+
+async def test_rate_limit_429_with_headers(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    await env.put_key("r", {"rate": 3, "per": 60})
+    got = [await env.request("GET", "/k/", headers={"Authorization": "r"}) for _ in range(4)]
+    assert [g[0] for g in got] == [200, 200, 200, 429]
+    assert got[3][1] == {"error": "Rate Limit Exceeded"}
+    headers = got[3][2]
+    assert headers["X-RateLimit-Limit"] == "3" and headers["X-RateLimit-Remaining"] == "0"
+    assert int(headers["X-RateLimit-Reset"]) > time.time()
+
+
+async def test_rate_limit_exact_under_concurrency(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    await env.put_key("c", {"rate": 10, "per": 60})
+    got = await asyncio.gather(*(env.request("GET", "/k/", headers={"Authorization": "c"})
+                                 for _ in range(50)))
+    assert sorted(g[0] for g in got) == [200] * 10 + [429] * 40
+
+
+async def test_quota_403_and_admin_reset(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    await env.put_key("q", {"quota_max": 2, "quota_renewal_rate": 3600})
+    got = [await env.request("GET", "/k/", headers={"Authorization": "q"}) for _ in range(3)]
+    assert [g[0] for g in got] == [200, 200, 403]
+    assert got[2][1] == {"error": "Quota exceeded"}
+    await env.put_key("q", {"quota_max": 2, "quota_renewal_rate": 3600})  # resets the quota
+    assert (await env.request("GET", "/k/", headers={"Authorization": "q"}))[0] == 200
+
+
+# -- the auth_check plugin ---------------------------------------------------------------
+
+def valid_token_plugin(obj: dict[str, Any]) -> dict[str, Any]:
+    """Tyk's acceptance plugin: valid_token gets a session with quota_max 1."""
+    if obj["request"]["headers"].get("Authorization") != "valid_token":
+        return {}
+    return {"session": {"rate": 1000.0, "per": 1.0, "quota_max": 1,
+                        "quota_renewal_rate": 60},
+            "metadata": {"token": "valid_token"}}
+
+
+async def test_plugin_auth_acceptance(gateway: Any, echo: str) -> None:
+    """valid -> 200, invalid -> 403, valid again with quota_max 1 -> 403 (the quota
+    is carried over although the plugin returns a fresh session), DELETE -> deleted."""
+    env = await gateway(plugin_api("p", "/p", echo))
+    env.fake.behaviours["Auth"] = valid_token_plugin
+    assert (await env.request("GET", "/p/", headers={"Authorization": "valid_token"}))[0] == 200
+    post = next(c for c in env.fake.calls if c[1] == "Post")[2]
+    assert post["metadata"] == post["session"]["metadata"] == {"token": "valid_token"}
+    assert post["session"]["quota_remaining"] == 0
+    assert (await env.request("GET", "/p/", headers={"Authorization": "bad"}))[:2] == \
+        (403, {"error": "Forbidden"})
+    assert (await env.request("GET", "/p/", headers={"Authorization": "valid_token"}))[:2] == \
+        (403, {"error": "Quota exceeded"})
+    status, body, _ = await env.request("DELETE", "/tyk/keys/valid_token", headers=ADMIN)
+    assert status == 200 and body["action"] == "deleted"
+    assert (await env.request("GET", "/p/", headers={"Authorization": "valid_token"}))[0] == 200
+
+
+async def test_plugin_gets_an_empty_session_and_errors_fail_closed(gateway: Any,
+                                                                   echo: str) -> None:
+    env = await gateway(plugin_api("p", "/p", echo))
+    env.fake.behaviours["Auth"] = lambda obj: HookTimeout("slow")
+    assert (await env.request("GET", "/p/"))[:2] == (403, {"error": "Key not authorised"})
+    assert env.fake.calls[0][2]["session"] == {}
+    assert env.calls("Post") == 0
+
+
+async def test_nested_metadata_reaches_post_hook_as_json(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo, custom_middleware={"post": [{"name": "Post"}]}))
+    await env.put_key("m", {"meta_data": {"testkey": {"nestedkey": "nestedvalue"},
+                                          "stringkey": "testvalue"}})
+    assert (await env.request("GET", "/k/", headers={"Authorization": "m"}))[0] == 200
+    obj = next(c for c in env.fake.calls if c[1] == "Post")[2]
+    meta = obj["session"]["metadata"]
+    assert json.loads(meta["testkey"]) == {"nestedkey": "nestedvalue"}
+    assert meta["stringkey"] == "testvalue"
+    assert obj["metadata"] == meta
+
+
+@pytest.mark.parametrize(("base", "winner"), [("auth_token", "token-user"),
+                                              ("custom_auth", "plugin-user")])
+async def test_base_identity_provided_by(gateway: Any, echo: str, base: str,
+                                         winner: str) -> None:
+    env = await gateway(plugin_api("b", "/b", echo, use_standard_auth=True,
+                                   base_identity_provided_by=base))
+    env.fake.behaviours["Auth"] = lambda obj: {"metadata": {"token": "ptok",
+                                                            "user": "plugin-user"}}
+    await env.put_key("tkey", {"meta_data": {"user": "token-user"}})
+    assert (await env.request("GET", "/b/"))[0] == 401  # key auth runs too
+    assert (await env.request("GET", "/b/", headers={"Authorization": "tkey"}))[0] == 200
+    post = next(c for c in env.fake.calls if c[1] == "Post")[2]
+    assert post["session"]["metadata"]["user"] == winner
+
+
+# -- id extractor ------------------------------------------------------------------------
+
+def first_two_plugin() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    seen = {"n": 0}
+
+    def auth(obj: dict[str, Any]) -> dict[str, Any]:
+        seen["n"] += 1
+        if seen["n"] > 2:
+            return {}
+        return {"session": {"id_extractor_deadline": int(time.time()) + 60},
+                "metadata": {"token": f"t{seen['n']}"}}
+    return auth
+
+
+@pytest.mark.parametrize(("extractor", "request_kw", "other_kw"), [
+    ({"extract_from": "header", "extract_with": "value",
+      "extractor_config": {"header_name": "Authorization"}},
+     {"headers": {"Authorization": "cred-a"}}, {"headers": {"Authorization": "cred-b"}}),
+    ({"extract_from": "form", "extract_with": "value",
+      "extractor_config": {"form_param_name": "user"}},
+     {"data": {"user": "alice", "x": "1"}}, {"data": {"user": "bob"}}),
+    ({"extract_from": "header", "extract_with": "regex",
+      "extractor_config": {"header_name": "Authorization", "regex_expression": "[0-9]+",
+                           "regex_match_index": 1}},
+     {"headers": {"Authorization": "id 12 key 34"}},
+     {"headers": {"Authorization": "id 12 key 56"}}),
+])
+async def test_id_extractor_caches_the_session(gateway: Any, echo: str, extractor: Any,
+                                              request_kw: Any, other_kw: Any) -> None:
+    env = await gateway(plugin_api("i", "/i", echo,
+                                   custom_middleware={"id_extractor": extractor}))
+    env.fake.behaviours["Auth"] = first_two_plugin()
+    for _ in range(3):
+        status, body, _ = await env.request("POST", "/i/", **request_kw)
+        assert status == 200, body
+    assert env.calls("Auth") == 1
+    if "data" in request_kw:  # the form is still whole for the plugin and the upstream
+        assert "user=alice" in env.fake.calls[0][2]["request"]["body"]
+        assert "x=1" in body["body"]
+    assert (await env.request("POST", "/i/", **other_kw))[0] == 200
+    assert env.calls("Auth") == 2
+
+
+async def test_id_extractor_missing_credential_is_400(gateway: Any, echo: str) -> None:
+    env = await gateway(plugin_api("i", "/i", echo, custom_middleware={"id_extractor": {
+        "extract_from": "header", "extract_with": "value",
+        "extractor_config": {"header_name": "X-Id"}}}))
+    assert (await env.request("GET", "/i/"))[:2] == \
+        (400, {"error": "Authorization field missing"})
+    assert env.calls("Auth") == 0
+
+
+async def test_id_extractor_value_with_body_is_refused_at_load(gateway: Any,
+                                                               echo: str) -> None:
+    with pytest.raises(ConfigError, match="extract_with"):
+        await gateway(plugin_api("i", "/i", echo, custom_middleware={"id_extractor": {
+            "extract_from": "body", "extract_with": "value"}}))
+
+
+# -- storage down, events ------------------------------------------------------------------
+
+async def test_redis_down_is_503(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo), storage=StorageConfig(
+        type="redis", port=free_port(), timeout_ms=200))
+    status, body, headers = await env.request("GET", "/k/", headers={"Authorization": "x"})
+    assert (status, body) == (503, {"error": "Storage unavailable"})
+    assert headers["Retry-After"] == "1"
+    status, body, _ = await env.request("GET", "/tyk/keys/x", headers=ADMIN)
+    assert status == 503
+
+
+async def test_events_reach_webhook_without_delaying_requests(gateway: Any,
+                                                              echo: str) -> None:
+    received: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        arrived.set()
+        return web.Response(text="ok")
+
+    sink_app = web.Application()
+    sink_app.router.add_post("/events", hook)
+    sink = TestServer(sink_app)
+    await sink.start_server()
+    try:
+        handlers = {"events": {"AuthFailure": [
+            {"handler_name": "eh_web_hook_handler",
+             "handler_meta": {"target_path": str(sink.make_url("/events")), "method": "POST"}},
+            {"handler_name": "eh_log_handler", "handler_meta": {"prefix": "audit"}}]}}
+        env = await gateway(api("k", "/k", echo, event_handlers=handlers))
+        assert (await env.request("GET", "/k/", headers={"Authorization": "nope"}))[0] == 403
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert received[0]["event"] == "AuthFailure" and received[0]["api_id"] == "k"
+        assert received[0]["message"] == "Access to this API has been disallowed"
+        events = env.client.app[EVENTS]  # type: ignore[index]
+        assert events.stats["dropped"] == 0
+    finally:
+        await sink.close()
+
+
+async def test_auth_denials_are_counted(gateway: Any, echo: str) -> None:
+    env = await gateway(api("k", "/k", echo))
+    await env.request("GET", "/k/")
+    assert env.client.app[CHAIN].stats["auth_denied"] == 1  # type: ignore[index]
+
+
+async def test_worker_restarted_event_and_full_queue() -> None:
+    from gateway.events import EventBus
+
+    handlers = {"WorkerRestarted": [{"handler_name": "cp_dynamic_handler",
+                                     "handler_meta": {"name": "OnRestart"}}]}
+    bus = EventBus(lambda api_id: handlers, max_queued=2, specs={"a": {"APIID": "a"}})
+    sent: list[tuple[str, str, Any, Any]] = []
+    bus.send_event = lambda *args: sent.append(args) or True
+    generation = [1]
+    runner = asyncio.ensure_future(bus.run())
+    watcher = asyncio.ensure_future(bus.watch_worker(lambda: generation[0], ["a"], 0.01))
+    try:
+        await asyncio.sleep(0.05)  # let the watcher read generation 1 first
+        generation[0] = 2
+        for _ in range(200):  # bounded wait for the delivery task
+            if sent:
+                break
+            await asyncio.sleep(0.01)
+        api_id, name, event, spec = sent[0]
+        assert (api_id, name, spec) == ("a", "OnRestart", {"APIID": "a"})
+        assert event["event"] == "WorkerRestarted" and event["generation"] == "2"
+    finally:
+        watcher.cancel()
+        runner.cancel()
+    for _ in range(5):  # nothing delivers now: the queue holds 2, the rest are dropped
+        bus.emit("a", "WorkerRestarted", {})
+    assert bus.stats["dropped"] == 3

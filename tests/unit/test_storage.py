@@ -1,0 +1,119 @@
+"""Storage backends behind one interface: memory, and a real redis-server.
+
+Every behaviour runs against both; the counters are hammered concurrently to
+show they are exact (no read-modify-write race).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from integration.harness import free_port
+
+from config.gateway import StorageConfig
+from gateway.storage import MemoryStorage, Storage, StorageUnavailable, open_storage
+from gateway.storage.redis import RedisStorage
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def storage(request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
+    if request.param == "memory":
+        yield MemoryStorage()
+        return
+    server = request.getfixturevalue("redis_server")
+    store = open_storage(StorageConfig(type="redis", port=server.port, timeout_ms=2000))
+    assert isinstance(store, RedisStorage)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def key() -> str:
+    return f"t-{uuid.uuid4().hex}"
+
+
+async def test_get_set_delete(storage: Storage) -> None:
+    k = key()
+    assert await storage.get(k) is None
+    await storage.set(k, b"v1")
+    assert await storage.get(k) == b"v1"
+    assert await storage.delete(k) is True
+    assert await storage.delete(k) is False
+    assert await storage.get(k) is None
+
+
+async def test_ttl_expires(storage: Storage) -> None:
+    k = key()
+    await storage.set(k, b"short", ttl=0.05)
+    await storage.set(k + "x", b"long", ttl=60)
+    await asyncio.sleep(0.15)  # the TTL under test, not a readiness wait
+    assert await storage.get(k) is None
+    assert await storage.get(k + "x") == b"long"
+
+
+async def test_rate_limit_is_exact_under_concurrency(storage: Storage) -> None:
+    k = key()
+    hits = await asyncio.gather(*(storage.rate_hit(k, 10, 60) for _ in range(50)))
+    assert sum(h.allowed for h in hits) == 10
+    assert sorted(h.remaining for h in hits if h.allowed) == list(range(10))
+    refused = [h for h in hits if not h.allowed]
+    assert all(h.remaining == 0 and 0 < h.reset <= 60.001 for h in refused)
+
+
+async def test_rate_limit_window_slides(storage: Storage) -> None:
+    k = key()
+    assert [(await storage.rate_hit(k, 2, 0.2)).allowed for _ in range(3)] == \
+        [True, True, False]
+    await asyncio.sleep(0.3)  # let the window pass
+    assert (await storage.rate_hit(k, 2, 0.2)).allowed
+
+
+async def test_quota_is_exact_under_concurrency(storage: Storage) -> None:
+    k = key()
+    hits = await asyncio.gather(*(storage.quota_hit(k, 7, 3600) for _ in range(30)))
+    assert sum(h.allowed for h in hits) == 7
+    assert all(0 < h.reset <= 3600.001 for h in hits)  # float arithmetic on the clock
+    assert await storage.delete(k)  # deleting the counter resets the quota
+    assert (await storage.quota_hit(k, 7, 3600)).remaining == 6
+
+
+async def test_quota_renews() -> None:
+    now = [1000.0]
+    store = MemoryStorage(clock=lambda: now[0])
+    assert (await store.quota_hit("q", 1, 60)).allowed
+    assert not (await store.quota_hit("q", 1, 60)).allowed
+    now[0] += 61
+    assert (await store.quota_hit("q", 1, 60)).allowed
+
+
+async def test_redis_quota_renews(redis_server: Any) -> None:
+    store = RedisStorage(StorageConfig(type="redis", port=redis_server.port))
+    try:
+        k = key()
+        assert (await store.quota_hit(k, 1, 1)).allowed
+        assert not (await store.quota_hit(k, 1, 1)).allowed
+        await asyncio.sleep(1.1)  # the renewal period under test
+        assert (await store.quota_hit(k, 1, 1)).allowed
+    finally:
+        await store.close()
+
+
+async def test_unreachable_redis_is_storage_unavailable() -> None:
+    store = RedisStorage(StorageConfig(type="redis", port=free_port(), timeout_ms=300))
+    try:
+        with pytest.raises(StorageUnavailable, match=r"redis://127\.0\.0\.1"):
+            await store.get("k")
+        with pytest.raises(StorageUnavailable):
+            await store.rate_hit("k", 1, 1)
+        assert await store.ping() is False
+    finally:
+        await store.close()
+
+
+def test_memory_is_the_default() -> None:
+    assert isinstance(open_storage(StorageConfig()), MemoryStorage)
