@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from config.apidef import HookDef
 from config.gateway import GatewayOptions
 from gateway.auth import Authenticator, Denied
-from gateway.hooks import HookCallError, HookTimeout, NoWorker
+from gateway.hooks import BackendUnavailable, HookCallError, HookTimeout, NoWorker
 from gateway.plan import ApiPlan, AuthMode
 from gateway.proxy import (
     HOP_BY_HOP,
@@ -103,6 +103,8 @@ def _fail_closed(exc: HookCallError) -> web.Response:
         return json_error(504, "Hook timed out")
     if isinstance(exc, NoWorker):
         return json_error(503, "Plugin worker unavailable", {"Retry-After": "1"})
+    if isinstance(exc, BackendUnavailable):
+        return json_error(503, "Storage unavailable", {"Retry-After": "1"})
     return json_error(500, MIDDLEWARE_ERROR)
 
 

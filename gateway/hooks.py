@@ -37,6 +37,7 @@ from config.apidef import HookDef
 from config.gateway import GatewayConfig
 from gateway.latency import Histogram
 from gateway.sandbox_access import share_with_worker
+from gateway.storage.base import StorageUnavailable
 from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import ErrorCode, Limits, Message, MsgType, ProtocolError, decode, encode
 from ipc.shm import (
@@ -52,6 +53,7 @@ from ipc.shm_names import shm_prefix
 from ipc.tokens import verify_worker_token
 
 __all__ = [
+    "BackendUnavailable",
     "HookCallError",
     "HookClient",
     "HookFailed",
@@ -85,6 +87,12 @@ class WorkerLost(HookCallError):
 
 
 class NoWorker(HookCallError):
+    status = 503
+
+
+class BackendUnavailable(HookCallError):
+    """The hook needed the storage (a host call) while it was down."""
+
     status = 503
 
 
@@ -459,6 +467,8 @@ class HookClient:
             if payload["code"] == ErrorCode.DEADLINE:
                 # The worker's clock ran out first: the same outcome as ours running out.
                 error = HookTimeout(payload["message"])
+            elif payload["code"] == ErrorCode.UNAVAILABLE:
+                error = BackendUnavailable(payload["message"])
             self._resolve(peer, message.call_id, None, error)
         elif mtype is MsgType.HOST_CALL:
             self._start_host_call(peer, message)
@@ -563,14 +573,21 @@ class HookClient:
         payload = message.payload
         try:
             result = await self._host.host_call(payload.get("api_id", ""), payload)
+        except StorageUnavailable as exc:
+            # Expected while Redis is down: the storage layer already logs it.
+            self._answer_host_error(peer, message, ErrorCode.UNAVAILABLE, str(exc))
+            return
         except Exception as exc:
             log.exception("host call %s failed", payload["op"])
-            if message.call_id:
-                self._send_quietly(peer.identity, MsgType.ERROR, message.call_id,
-                                   {"code": ErrorCode.HOST_CALL_FAILED, "message": str(exc)})
+            self._answer_host_error(peer, message, ErrorCode.HOST_CALL_FAILED, str(exc))
             return
         if message.call_id:
             self._send_quietly(peer.identity, MsgType.HOST_REPLY, message.call_id, result or {})
+
+    def _answer_host_error(self, peer: _Peer, message: Message, code: str, text: str) -> None:
+        if message.call_id:
+            self._send_quietly(peer.identity, MsgType.ERROR, message.call_id,
+                               {"code": code, "message": text or code})
 
     # -- errors ------------------------------------------------------------
 

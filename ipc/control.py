@@ -35,11 +35,14 @@ CONTROL_FD_ENV: Final = "COPROC_CONTROL_FD"
 MAX_DATAGRAM: Final = 256 * 1024
 
 _ANY_STATS = MapOf(int)
+#: worker: sandbox layer -> "active: detail" / "skipped: why" / "off" (as in HELLO).
+_SANDBOX = MapOf(str, max_items=64)
 
 CONTROL_MESSAGES: Final[Mapping[str, Shape]] = {
     # worker: plugins loaded and the gateway accepted it; gateway: serving HTTP.
     "ready": Record(
-        {"type": str, "role": str, "generation": int, "pid": int, "plugins": PLUGIN_REPORT},
+        {"type": str, "role": str, "generation": int, "pid": int, "plugins": PLUGIN_REPORT,
+         "sandbox": _SANDBOX},
         required=frozenset({"type", "role", "pid"}),
     ),
     # worker: sent from its event loop; a stuck loop stops sending it.
@@ -65,7 +68,8 @@ CONTROL_MESSAGES: Final[Mapping[str, Shape]] = {
     # worker -> supervisor (only with $COPROC_ADMIT_GATE=1): plugins are loaded;
     # the worker waits for `admit` before it says HELLO to the gateway.
     "loaded": Record(
-        {"type": str, "generation": int, "pid": int, "plugins": PLUGIN_REPORT},
+        {"type": str, "generation": int, "pid": int, "plugins": PLUGIN_REPORT,
+         "sandbox": _SANDBOX},
         required=frozenset({"type", "generation", "pid"}),
     ),
     # supervisor -> worker: go ahead and HELLO the gateway.

@@ -71,6 +71,7 @@ class ErrorCode(enum.StrEnum):
     DRAINING = "draining"  # the worker is draining and refuses new calls
     OVERLOADED = "overloaded"  # the worker's call queue is full
     DEADLINE = "deadline"  # the hook did not finish within the call's timeout_ms
+    UNAVAILABLE = "unavailable"  # a backend the call needed (storage) is down
     PROTOCOL = "protocol"  # the message received was invalid
     HOST_CALL_FAILED = "host_call_failed"  # a host call could not be served
 

@@ -10,6 +10,12 @@ stages (docs/OPERATIONS.md).  Module map:
     ctl        the control commands' client side (control socket, output)
     runtime    one `serve` run: run dir, lock, listener, event loop, clean-up
     supervisor the reconcile loop (events -> reap -> liveness -> restore/stop)
+    core       the loop's state and shared helpers (the parts below are mixins over it)
+    dispatch   signals, control datagrams and control commands -> handlers
+    lifecycle  the slots' children: start, reap and classify, liveness
+    hot_restart  candidate, admission, adoption, retiring generations
+    stopping   the staged stop sequence
+    snapshot   the `coproc status` snapshot
     events     what the loop reacts to (signals, control messages, exits)
     control_server  the control socket <run_dir>/control.sock
     reload     one hot restart: states, outcome, load-report comparison

@@ -11,10 +11,12 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from ipc.control import (
@@ -26,6 +28,7 @@ from ipc.control import (
 )
 from ipc.schema import ProtocolError
 from supervisor.cgroups import WorkerCgroup
+from supervisor.contract import SCRATCH_DIR_ENV, scratch_dir
 from supervisor.exits import ExitStatus
 
 __all__ = ["ABORT_GRACE_S", "ChildProcess", "ChildState", "Role"]
@@ -68,6 +71,8 @@ class ChildProcess:
         self.pidfd = _open_pidfd(popen.pid)
         #: A worker's per-generation cgroup (supervisor/cgroups.py), if the host allows.
         self.cgroup: WorkerCgroup | None = None
+        #: A worker's scratch directory (it makes it); removed when it is reaped.
+        self.scratch: Path | None = None
 
     @classmethod
     def spawn(cls, role: Role, generation: int, argv: Sequence[str], env: Mapping[str, str],
@@ -75,9 +80,11 @@ class ChildProcess:
         """Start `argv` with its own control socketpair; raise OSError if it cannot run."""
         parent_end, child_end = make_control_pair()
         cgroup = WorkerCgroup.create(generation) if role is Role.WORKER else None
+        scratch = scratch_dir(generation) if role is Role.WORKER else None
+        extra = {SCRATCH_DIR_ENV: str(scratch)} if scratch is not None else {}
         try:
             popen = subprocess.Popen(
-                list(argv), env={**env, **(cgroup.env() if cgroup else {}),
+                list(argv), env={**env, **(cgroup.env() if cgroup else {}), **extra,
                                  CONTROL_FD_ENV: str(child_end.fileno())},
                 stdin=subprocess.DEVNULL, close_fds=True,
                 pass_fds=(child_end.fileno(), *pass_fds), start_new_session=True)
@@ -89,7 +96,7 @@ class ChildProcess:
         finally:
             child_end.close()  # only the child keeps its end
         child = cls(role, generation, popen, parent_end, started_at)
-        child.cgroup = cgroup
+        child.cgroup, child.scratch = cgroup, scratch
         return child
 
     @property
@@ -221,6 +228,9 @@ class ChildProcess:
         self.state = ChildState.EXITED
         # Read the OOM counter, kill what escaped the process group, remove the cgroup.
         oom = self.cgroup.release() if self.cgroup is not None else False
+        if self.scratch is not None:
+            # A killed worker cannot clean up after itself (a drained one already has).
+            shutil.rmtree(self.scratch, ignore_errors=True)
         return ExitStatus(returncode, self.kill_reason, oom=oom)
 
     def _exited_unreaped(self) -> bool:

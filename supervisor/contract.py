@@ -7,7 +7,9 @@ with tiny stand-in children; the environment is built here and nowhere else.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,11 @@ __all__ = [
     "GENERATION_ENV",
     "INSTANCE_KEY_ENV",
     "LISTEN_FD_ENV",
+    "SCRATCH_DIR_ENV",
     "WORKER_TOKEN_ENV",
     "ChildCommands",
     "gateway_env",
+    "scratch_dir",
     "worker_env",
 ]
 
@@ -34,13 +38,16 @@ GENERATION_ENV: Final = "COPROC_GENERATION"
 WORKER_TOKEN_ENV: Final = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name)
 #: "1": the worker sends `loaded` and waits for `admit` before its HELLO.
 ADMIT_GATE_ENV: Final = "COPROC_ADMIT_GATE"
+#: Read by `worker.sandbox.launcher` (same name): where to make the scratch
+#: directory, so that the supervisor can remove it when it reaps the worker.
+SCRATCH_DIR_ENV: Final = "COPROC_SCRATCH_DIR"
 
 #: Never inherited from our own environment: the contract variables are set
 #: per child (a worker must not see the instance key), and only the supervisor
 #: may talk to systemd (a child sending READY=1 early would lie).
 _NOT_INHERITED: Final = frozenset({
     CONTROL_FD_ENV, LISTEN_FD_ENV, INSTANCE_KEY_ENV, GENERATION_ENV, WORKER_TOKEN_ENV,
-    ADMIT_GATE_ENV,
+    ADMIT_GATE_ENV, SCRATCH_DIR_ENV,
     SUPERVISOR_PID_ENV, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
     "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
 })
@@ -86,3 +93,13 @@ def worker_env(generation: int, instance_key: bytes,
     # (keyed by mtime seconds and size) would then load the old code on reload.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+def scratch_dir(generation: int) -> Path:
+    """A fresh path for one worker generation's scratch directory (the worker makes it).
+
+    Unguessable, so that no other user can plant it first; the worker falls back
+    to a directory of its own choice if the path exists anyway.
+    """
+    name = f"coproc-scratch-{os.getpid()}-w{generation}-{secrets.token_hex(6)}"
+    return Path(tempfile.gettempdir()) / name

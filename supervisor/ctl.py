@@ -103,6 +103,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"heartbeat {_dash(wk.get('heartbeat_age_s'))} s ago",
         f"            restarts {wk.get('restarts')}  hot restarts {wk.get('hot_restarts')}",
     ]
+    sandbox = wk.get("sandbox")
+    if sandbox:
+        lines.append(f"            sandbox {_layers(sandbox)}")
     last = (status.get("reload") or {}).get("last")
     if last:
         outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"
@@ -116,6 +119,15 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  {when} {ex.get('child')} generation {ex.get('generation')} "
                          f"(pid {ex.get('pid')}): {ex.get('reason')}")
     return "\n".join(lines)
+
+
+def _layers(sandbox: dict[str, str]) -> str:
+    """Active layers first (issue 6: the operator asks which ones protect them)."""
+    def named(state: str) -> list[str]:
+        return [layer for layer, v in sandbox.items() if str(v).split(":")[0] == state]
+    active, skipped = named("active"), named("skipped")
+    return (f"active [{', '.join(active) or 'none'}]"
+            + (f"  skipped [{', '.join(skipped)}]" if skipped else ""))
 
 
 def _dash(value: Any) -> str:

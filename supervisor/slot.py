@@ -34,6 +34,8 @@ class Slot:
         self.generation = 0
         self.restart_at: float | None = 0.0  # start at once
         self.last_exit = ""
+        #: The child's sandbox layers, from its `loaded`/`ready` (worker only).
+        self.sandbox: dict[str, str] = {}
 
     def restart_due(self, now: float) -> bool:
         return self.child is None and self.restart_at is not None and now >= self.restart_at
@@ -46,6 +48,7 @@ class Slot:
     def started(self, child: ChildProcess) -> None:
         self.child, self.restart_at = child, None
         self.state = SlotState.STARTING
+        self.sandbox = {}
         self.policy.started()
 
     def ready(self) -> None:

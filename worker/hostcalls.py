@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ipc.protocol import MsgType
+from ipc.protocol import ErrorCode, MsgType
 
 __all__ = ["DEFAULT_TIMEOUT_S", "HostCallError", "HostCalls", "SendFn"]
 
@@ -34,6 +34,10 @@ SendFn = Callable[[MsgType, int, Mapping[str, Any]], bool]
 
 class HostCallError(RuntimeError):
     """A host call could not be served: no gateway, no answer in time, or refused."""
+
+    def __init__(self, message: str, code: str = ErrorCode.HOST_CALL_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class HostCalls:
@@ -123,12 +127,12 @@ class HostCalls:
         future.set_result(payload)
         return True
 
-    def fail(self, call_id: int, message: str) -> bool:
+    def fail(self, call_id: int, message: str, code: str = ErrorCode.HOST_CALL_FAILED) -> bool:
         """An ERROR answering one of our HOST_CALLs arrived."""
         future = self._pending.get(call_id)
         if future is None or future.done():
             return False
-        future.set_exception(HostCallError(message))
+        future.set_exception(HostCallError(message, code))
         return True
 
     def fail_all(self, reason: str) -> None:

@@ -36,6 +36,7 @@ from typing import Any, cast
 from ipc.coprocess import OBJECT
 from ipc.protocol import ErrorCode
 from ipc.schema import ProtocolError, check
+from worker.hostcalls import HostCallError
 from worker.loader import HookEntry
 from worker.objects import (
     Message,
@@ -212,7 +213,23 @@ def _finish(invocation: Invocation, result: Any) -> dict[str, Any]:
 
 
 def _hook_failed(invocation: Invocation, exc: BaseException) -> HookFailed:
+    if _caused_by_unavailable_backend(exc):
+        # Not the plugin's fault: the gateway answers 503 as for any request that
+        # needs the storage while it is down.
+        log.warning("API %s: hook %s failed: %s", invocation.api_id, invocation.entry.name, exc)
+        return HookFailed(ErrorCode.UNAVAILABLE, f"{type(exc).__name__}: {exc}")
     log.error("API %s: hook %s raised", invocation.api_id, invocation.entry.name,
               exc_info=(type(exc), exc, exc.__traceback__),
               extra={"fields": {"api_id": invocation.api_id, "hook": invocation.entry.name}})
     return HookFailed(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
+
+
+def _caused_by_unavailable_backend(exc: BaseException | None) -> bool:
+    """True when a host call failed because the gateway's storage is down."""
+    for _ in range(8):  # the plugin may have wrapped it; follow a bounded chain
+        if exc is None:
+            return False
+        if isinstance(exc, HostCallError) and exc.code == ErrorCode.UNAVAILABLE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

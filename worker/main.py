@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
                  hostcalls: HostCalls, pool: ThreadPoolExecutor) -> int:
     channel = Channel(cfg.hooks_endpoint, Limits(max_message_bytes=cfg.ipc.max_message_bytes))
-    link = SupervisorLink(inherited_control_socket())
+    link = SupervisorLink(inherited_control_socket(), sandbox=identity.sandbox)
     worker = Worker(
         identity, channel, Dispatcher(table, pool, cfg.hooks.timeout_ms), hostcalls, link,
         table.report(),

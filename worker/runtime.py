@@ -183,7 +183,7 @@ class Worker:
                 log.debug("late or unknown HOST_REPLY %d", message.call_id)
         elif kind is MsgType.ERROR:
             text = f"{message.payload['code']}: {message.payload['message']}"
-            if not self.hostcalls.fail(message.call_id, text):
+            if not self.hostcalls.fail(message.call_id, text, message.payload["code"]):
                 log.warning("gateway reported an error for call %d: %s", message.call_id, text)
         elif kind is MsgType.WELCOME:
             self._on_welcome(message.payload)

@@ -33,8 +33,11 @@ log = logging.getLogger("worker.control")
 
 
 class SupervisorLink:
-    def __init__(self, sock: socket.socket | None, gated: bool | None = None) -> None:
+    def __init__(self, sock: socket.socket | None, gated: bool | None = None,
+                 sandbox: Mapping[str, str] | None = None) -> None:
         self._sock = sock
+        # Sent with `loaded` and `ready` so that `coproc status` lists the layers.
+        self._sandbox = dict(sandbox or {})
         self._failing = False
         if gated is None:
             gated = os.environ.get(ADMIT_GATE_ENV) == "1"
@@ -46,7 +49,8 @@ class SupervisorLink:
 
     def ready(self, pid: int, generation: int, plugins: Mapping[str, Any]) -> None:
         self._send({"type": "ready", "role": "worker", "pid": pid,
-                    "generation": generation, "plugins": dict(plugins)})
+                    "generation": generation, "plugins": dict(plugins),
+                    "sandbox": self._sandbox})
 
     def heartbeat(self, generation: int, inflight: int, calls: int = 0) -> None:
         self._send({"type": "heartbeat", "generation": generation, "inflight": inflight,
@@ -63,7 +67,7 @@ class SupervisorLink:
         if not self.gated or sock is None:
             return True
         self._send({"type": "loaded", "pid": pid, "generation": generation,
-                    "plugins": dict(plugins)})
+                    "plugins": dict(plugins), "sandbox": self._sandbox})
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):

@@ -175,6 +175,12 @@ def test_failed_reload_keeps_the_old_generation_and_names_the_error(
     assert before["worker"]["state"] == "running"
     assert before["worker"]["rss_bytes"] > 0
     assert "last_exits" in before
+    # Issue 6: the worker's sandbox layers, as the worker reported them.
+    layers = before["worker"]["sandbox"]
+    assert layers and all(isinstance(v, str) for v in layers.values()), layers
+    assert any(v.startswith("active") for v in layers.values()), layers
+    text = ctl(inst, "status")
+    assert text.returncode == 0 and "sandbox active [" in text.stdout, text
 
     write_plugin(inst, "v/mw.py", "import no_such_module_xyz\n" + STAMP.format(version=9))
     done = ctl(inst, "reload")

@@ -41,6 +41,16 @@ IGNORES_SIGABRT = textwrap.dedent("""
 """)
 
 
+MAKES_SCRATCH = textwrap.dedent("""
+    import os, sys, time
+    from worker.sandbox.launcher import _make_scratch
+    scratch = _make_scratch(None)
+    (scratch / "left-behind.txt").write_text("x")
+    os.write(int(sys.argv[1]), f"{scratch}\\n".encode())
+    time.sleep(30)
+""")
+
+
 @pytest.fixture
 def children() -> Iterator[list[ChildProcess]]:
     made: list[ChildProcess] = []
@@ -157,3 +167,17 @@ def test_a_missing_program_raises_oserror_and_leaks_no_fd() -> None:
         ChildProcess.spawn(Role.GATEWAY, 1, ["/nonexistent/coproc-gateway"], {}, 0.0)
     if before is not None:
         assert len(os.listdir(fds)) == before
+
+
+def test_a_killed_workers_scratch_dir_is_removed_when_it_is_reaped(
+        children: list[ChildProcess]) -> None:
+    """1. A worker makes its scratch dir where the supervisor said, and writes to it.
+    2. The supervisor kills its group: the worker cannot clean up.
+    3. Reaping it removes the directory.
+    """
+    child, line = spawn_and_read_line(children, MAKES_SCRATCH)
+    assert child.scratch is not None and line == str(child.scratch)
+    assert (child.scratch / "left-behind.txt").exists()
+    child.kill_group("hung")
+    assert wait_exit(child) is not None
+    assert not child.scratch.exists()

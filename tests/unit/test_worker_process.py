@@ -228,7 +228,8 @@ def test_admission_call_host_call_and_drain(worker: WorkerProcess) -> None:
         assert report["api1"]["ok"] is True and report["api1"]["hooks"] == ["AddGreeting", "Hang"]
         ready = gateway.control_message("ready")
         assert ready == {"type": "ready", "role": "worker", "pid": hello.payload["pid"],
-                         "generation": GENERATION, "plugins": report}
+                         "generation": GENERATION, "plugins": report,
+                         "sandbox": hello.payload["sandbox"]}  # the layers, as in HELLO
         beat = gateway.control_message("heartbeat")
         assert beat["generation"] == GENERATION and beat["inflight"] == 0
         heartbeat = gateway.recv(skip=(MsgType.HELLO,))

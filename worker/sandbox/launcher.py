@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from worker.sandbox import cgroup, identity, landlock, netns, prctl, rlimits, seccomp
 from worker.sandbox.errors import LayerUnavailable
@@ -31,6 +32,8 @@ from worker.sandbox.policy import Layer, Policy
 __all__ = ["LayerState", "SandboxError", "SandboxReport", "apply_sandbox"]
 
 log = logging.getLogger("worker.sandbox")
+#: Set by the supervisor (supervisor/contract.py, same name): the scratch path.
+SCRATCH_DIR_ENV: Final = "COPROC_SCRATCH_DIR"
 
 
 class LayerState(enum.Enum):
@@ -194,10 +197,26 @@ def _drop(policy: Policy) -> str:
 
 
 def _make_scratch(ids: tuple[int, int] | None) -> Path:
-    """The one writable directory of a Landlocked worker; TMPDIR points at it."""
-    scratch = Path(tempfile.mkdtemp(prefix="coproc-scratch-"))
+    """The one writable directory of a Landlocked worker; TMPDIR points at it.
+
+    At the path the supervisor chose (it removes it when it reaps a killed
+    worker), else, run by hand or if that path exists already, a fresh one.
+    """
+    scratch = _chosen_scratch() or Path(tempfile.mkdtemp(prefix="coproc-scratch-"))
     if ids is not None and os.geteuid() == 0:
         os.chown(scratch, *ids)
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = str(scratch)
     return scratch
+
+
+def _chosen_scratch() -> Path | None:
+    raw = os.environ.get(SCRATCH_DIR_ENV)
+    if not raw:
+        return None
+    try:
+        os.mkdir(raw, 0o700)  # never an existing one: it could be someone else's
+    except OSError as exc:
+        log.warning("scratch directory %s not made (%s); using a fresh one", raw, exc)
+        return None
+    return Path(raw)
