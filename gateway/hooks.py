@@ -38,6 +38,7 @@ from config.gateway import GatewayConfig
 from gateway.latency import Histogram
 from gateway.sandbox_access import share_with_worker
 from gateway.storage.base import StorageUnavailable
+from ipc.loop_reader import LoopReader
 from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import ErrorCode, Limits, Message, MsgType, ProtocolError, decode, encode
 from ipc.shm import (
@@ -160,8 +161,7 @@ class HookClient:
         self._routable = asyncio.Event()
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
-        self._drain_scheduled = False
-        self._fd = -1
+        self._reader: LoopReader | None = None
         self._state, self._state_detail = "starting", ""
         self._tasks: set[asyncio.Task[None]] = set()
         #: Called with the generation that just became active (hot restart: the
@@ -194,9 +194,8 @@ class HookClient:
         if endpoint.startswith("ipc://"):
             os.chmod(endpoint[len("ipc://"):], 0o600)
         self._sock = sock
-        self._fd = int(sock.getsockopt(zmq.FD))
-        self._loop.add_reader(self._fd, self._drain)
-        self._schedule_drain()
+        self._reader = LoopReader(sock, self._handle_frames)
+        self._reader.attach(self._loop)
         log.info("hooks socket bound on %s", endpoint)
         self._arena = self._create_arena()
         tune_for_large_buffers()  # bodies: see ipc/memtune.py
@@ -228,8 +227,9 @@ class HookClient:
         self._pending.clear()
         for task in list(self._tasks):
             task.cancel()
-        if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._fd)
+        if self._sock is not None:
+            if self._reader is not None:
+                self._reader.detach()
             self._sock.close(linger=0)
             self._sock = None
         if self._ctx is not None:
@@ -418,27 +418,8 @@ class HookClient:
                 self._drop_peer(peer, "worker disconnected")
             raise WorkerLost(f"cannot reach the worker: {exc.strerror}") from None
         finally:
-            # A send can consume the FD's edge: look for input we would otherwise miss.
-            self._schedule_drain()
-
-    def _schedule_drain(self) -> None:
-        if not self._drain_scheduled and self._loop is not None:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        self._drain_scheduled = False
-        sock = self._sock
-        # Bounded so one flood cannot starve the event loop; the rest comes next turn.
-        for _ in range(1000):
-            if sock is None or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                return
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._handle_frames(frames)
-        self._schedule_drain()
+            if self._reader is not None:
+                self._reader.poke()  # a send can consume ZMQ_FD's edge
 
     def _handle_frames(self, frames: list[bytes]) -> None:
         identity, body = frames[0], frames[1:]

@@ -7,12 +7,8 @@ HELLO is resent until answered, heartbeats are periodic, and a gateway that
 lost a REPLY has already timed the call out.  Everything received goes through
 `ipc.protocol.decode`; invalid messages are logged and dropped.
 
-The socket is driven from the event loop directly, as the gateway's is
-(gateway/hooks.py): `add_reader` on ZMQ_FD, then non-blocking receives drained
-in a bounded loop, each message handed to the `listen` callback.  zmq.asyncio
-would create futures and reader registrations per message; this costs one
-readiness callback per batch.  ZMQ_FD is edge-triggered, so every send (which
-may consume the edge) schedules one more look at the socket.
+The socket is driven from the event loop directly, as the gateway's is, by
+`ipc.loop_reader.LoopReader`; each valid message goes to the `listen` callback.
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ from typing import Any
 
 import zmq
 
+from ipc.loop_reader import LoopReader
 from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import DEFAULT_LIMITS, Limits, Message, MsgType, ProtocolError, decode, encode
 
@@ -34,8 +31,6 @@ log = logging.getLogger("worker.channel")
 
 #: Outgoing messages ZeroMQ may queue for a slow gateway before sends fail.
 SEND_HWM = 100_000
-#: Messages handled per readiness callback before yielding to the loop.
-DRAIN_BATCH = 1000
 
 Handler = Callable[[Message], None]
 
@@ -55,12 +50,10 @@ class Channel:
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.connect(endpoint)
         self._sock = sock
-        self._fd = int(sock.getsockopt(zmq.FD))
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader = LoopReader(sock, self._on_frames)
         self._handler: Handler | None = None
         self._queue: collections.deque[Message] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._scheduled = False
         self.dropped = 0
         self.invalid = 0
 
@@ -88,7 +81,7 @@ class Channel:
             log.warning("sending %s failed: %s", mtype.name, exc)
             return False
         finally:
-            self._schedule()
+            self._reader.poke()  # a send can consume ZMQ_FD's edge
         return True
 
     async def recv(self) -> Message:
@@ -104,45 +97,27 @@ class Channel:
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; `linger_ms` lets already queued messages (DRAIN_ACK) go out first."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
-        self._loop = None
+        self._reader.detach()
         self._sock.close(linger=linger_ms)
         self._ctx.term()
 
     # -- event-loop plumbing ------------------------------------------------------------
 
     def _attach(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(self._fd, self._drain)
-            self._schedule()  # messages may have arrived before the reader existed
-        return self._loop
+        loop = asyncio.get_running_loop()
+        if not self._reader.attached:
+            self._reader.attach(loop)
+        return loop
 
-    def _schedule(self) -> None:
-        if not self._scheduled and self._loop is not None:
-            self._scheduled = True
-            self._loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        self._scheduled = False
-        sock = self._sock
-        for _ in range(DRAIN_BATCH):
-            if sock.closed or not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                return
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                message = decode(frames, self.limits)
-            except ProtocolError as exc:
-                self.invalid += 1
-                log.warning("dropped an invalid message from the gateway (%s): %s",
-                            self.endpoint, exc)
-                continue
-            self._deliver(message)
-        self._schedule()  # more may be waiting: look again on the next loop turn
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            message = decode(frames, self.limits)
+        except ProtocolError as exc:
+            self.invalid += 1
+            log.warning("dropped an invalid message from the gateway (%s): %s",
+                        self.endpoint, exc)
+            return
+        self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
         handler = self._handler

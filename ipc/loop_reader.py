@@ -1,0 +1,68 @@
+"""Drive a ZeroMQ socket's receive side from an asyncio event loop.
+
+Both ends of the hooks socket use this instead of `zmq.asyncio`, which makes a
+future and a reader registration per message: here one readiness callback
+drains every waiting message (bounded per turn so a flood cannot starve the
+loop).  ZMQ_FD is edge-triggered and a *send* may consume the edge, so the
+owner calls `poke()` after every send: one more look at the socket on the
+next loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+import zmq
+
+__all__ = ["LoopReader"]
+
+#: Messages handled per loop turn before yielding.
+DRAIN_BATCH: Final = 1000
+
+
+class LoopReader:
+    """Calls `on_frames(frames)` on the loop for every message `sock` receives."""
+
+    def __init__(self, sock: zmq.Socket[bytes], on_frames: Callable[[list[bytes]], None]) -> None:
+        self._sock = sock
+        self._on_frames = on_frames
+        self._fd = int(sock.getsockopt(zmq.FD))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+
+    @property
+    def attached(self) -> bool:
+        return self._loop is not None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self._fd, self._drain)
+        self.poke()  # messages may have arrived before the reader existed
+
+    def detach(self) -> None:
+        """Stop reading; call before closing the socket."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
+
+    def poke(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        sock = self._sock
+        for _ in range(DRAIN_BATCH):
+            if self._loop is None or sock.closed:
+                return
+            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_frames(frames)
+        self.poke()  # more may be waiting: look again on the next loop turn
