@@ -32,18 +32,26 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"status": "error", "message": message}, status=status)
 
 
+def admin_denied(request: web.Request, secret: str) -> web.Response | None:
+    """Tyk's 403 unless `X-Tyk-Authorization` is the configured secret (constant time).
+
+    With no secret configured every admin endpoint is refused.
+    """
+    given = request.headers.get("X-Tyk-Authorization", "").encode()
+    if secret and hmac.compare_digest(given, secret.encode()):
+        return None
+    return _error(403, _DENIED)
+
+
 class KeysApi:
     def __init__(self, secret: str, storage: Storage) -> None:
-        self.secret = secret.encode()
+        self.secret = secret
         self.storage = storage
 
-    def _allowed(self, request: web.Request) -> bool:
-        given = request.headers.get("X-Tyk-Authorization", "").encode()
-        return bool(self.secret) and hmac.compare_digest(given, self.secret)
-
     async def handle(self, request: web.Request) -> web.Response:
-        if not self._allowed(request):
-            return _error(403, _DENIED)
+        denied = admin_denied(request, self.secret)
+        if denied is not None:
+            return denied
         key = request.match_info.get("key", "")
         try:
             if request.method == "POST" and request.path.rstrip("/") == "/tyk/keys/create":

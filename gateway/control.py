@@ -12,7 +12,6 @@ pair of routes and plugins).  Datagrams out: `ready` once HTTP is served,
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +21,7 @@ from aiohttp import web
 
 from config import ConfigError, load_api_definitions
 from config.gateway import GatewayConfig
+from gateway.admin import admin_denied
 from gateway.plan import ApiPlan, build_router
 from gateway.router import Router
 from ipc.control import MAX_DATAGRAM, decode_control, encode_control
@@ -173,11 +173,9 @@ def make_reload(secret: str, channel: ControlChannel
     """
 
     async def reload(request: web.Request) -> web.Response:
-        given = request.headers.get("X-Tyk-Authorization", "")
-        if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
-            return web.json_response(
-                {"status": "error", "message": "Attempted administrative access with invalid "
-                 "or missing key!"}, status=403)
+        denied = admin_denied(request, secret)
+        if denied is not None:
+            return denied
         if not channel.send({"type": "reload_request", "reason": "POST /tyk/reload"}):
             return web.json_response(
                 {"status": "error", "message": "no supervisor to reload the worker"},
