@@ -250,8 +250,7 @@ class HookClient:
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         pending = self._pending[call_id] = _Pending(future, peer)
         peer.inflight.add(call_id)
-        expired = HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms")
-        timer = self._loop.call_later(hook.timeout_ms / 1000, _fail, future, expired)
+        timer = self._loop.call_later(hook.timeout_ms / 1000, _expire, future, hook)
         self.stats["calls"] += 1
         payload: dict[str, Any] = {
             "api_id": api_id, "hook_type": hook_type, "hook_name": hook.name,
@@ -595,6 +594,11 @@ class HookClient:
         if peer.strikes >= _MAX_PROTOCOL_STRIKES:
             self._drop_peer(peer, f"worker generation {peer.generation} dropped: "
                                   f"{peer.strikes} protocol errors")
+
+
+def _expire(future: asyncio.Future[Any], hook: HookDef) -> None:
+    # The error is built only when a call does time out: not on every call's path.
+    _fail(future, HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms"))
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
