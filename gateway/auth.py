@@ -106,6 +106,7 @@ class Authenticator:
                 self.emit(plan.api_id, limited.event, {"message": limited.message, "key": key},
                           plan.api.event_handlers)
                 raise Denied(limited.status, limited.message, limited.headers)
+            state.response_headers.update(headers)
             if fresh:  # a session the plugin just made, with the quota counts
                 await save_session(self.storage, key, session)
         except StorageUnavailable as exc:

@@ -240,7 +240,7 @@ class Chain:
         try:
             if plan.response:
                 return await self._response_phase(request, plan, state, resp, rid)
-            return await relay(request, resp)
+            return await relay(request, resp, state.response_headers)
         except UpstreamError as exc:
             return self._upstream_failed(plan, exc, rid)
         finally:
@@ -281,6 +281,7 @@ class Chain:
             out.headers.extend(resp.headers)  # the upstream's Content-Length stands
         else:
             copy_end_to_end(resp.headers, out.headers, _FRAMING)
+        out.headers.update(state.response_headers)
         return out
 
 

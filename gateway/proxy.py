@@ -9,7 +9,7 @@ redirects or keeps cookies, so the upstream's bytes reach the client as sent.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -225,16 +225,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def relay(request: web.Request, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+async def relay(request: web.Request, resp: aiohttp.ClientResponse,
+                extra_headers: Mapping[str, str]) -> web.StreamResponse:
     """Write the upstream response to the client, streaming large or unsized bodies."""
     length = resp.content_length
     if length is not None and length <= _BUFFER_RESPONSE_MAX:
         body = await read_limited(resp, 0)
         out = web.Response(status=resp.status, reason=resp.reason, body=body)
         copy_end_to_end(resp.headers, out.headers)
+        out.headers.update(extra_headers)
         return out
     stream = web.StreamResponse(status=resp.status, reason=resp.reason)
     copy_end_to_end(resp.headers, stream.headers)
+    stream.headers.update(extra_headers)
     await stream.prepare(request)
     try:
         async for chunk in resp.content.iter_any():

@@ -228,6 +228,9 @@ async def test_rate_limit_429_with_headers(gateway: Any, echo: str) -> None:
     headers = got[3][2]
     assert headers["X-RateLimit-Limit"] == "3" and headers["X-RateLimit-Remaining"] == "0"
     assert int(headers["X-RateLimit-Reset"]) > time.time()
+    # Admitted responses carry the counts too (Tyk's behaviour), counting down.
+    assert [g[2]["X-RateLimit-Remaining"] for g in got[:3]] == ["2", "1", "0"]
+    assert all(g[2]["X-RateLimit-Limit"] == "3" for g in got[:3])
 
 
 async def test_rate_limit_exact_under_concurrency(gateway: Any, echo: str) -> None:
