@@ -62,6 +62,9 @@ class WorkerOptions:
     max_age_s: int = 0
     max_rss_mb: int = 0
     watch: bool = False
+    # One socket per hook thread, so a plain hook's call skips the worker's event
+    # loop (worker/lanes.py).  Off: every call goes through the loop and the pool.
+    lanes: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,7 @@ def _worker(r: Reader) -> WorkerOptions:
         max_age_s=r.number("max_age_s", int, d.max_age_s, 0),
         max_rss_mb=r.number("max_rss_mb", int, d.max_rss_mb, 0),
         watch=r.get("watch", bool, d.watch),
+        lanes=r.get("lanes", bool, d.lanes),
     )
 
 

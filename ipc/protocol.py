@@ -97,7 +97,8 @@ class Message:
 
 PLUGIN_REPORT = MapOf(
     Record(
-        {"ok": bool, "hooks": ListOf(str), "error": str, "source": str},
+        {"ok": bool, "hooks": ListOf(str), "error": str, "source": str,
+         "async": ListOf(str)},
         required=frozenset({"ok"}),
     )
 )
@@ -116,6 +117,7 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "token": str,
             "plugins": PLUGIN_REPORT,
             "threads": int,
+            "lane": int,
             # layer -> "active: ..." / "skipped: why" / "off" (worker/sandbox/launcher.py)
             "sandbox": MapOf(str),
         },
@@ -143,7 +145,9 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
         {"generation": int, "inflight": int, "rss": int}, required=frozenset({"generation"})
     ),
     MsgType.RESYNC: Record({}),
-    MsgType.DRAIN: Record({"grace_ms": int}),
+    # calls: the CALLs sent to this worker and not answered yet when it was told to
+    # drain; with lanes they may still be on their way on other sockets.
+    MsgType.DRAIN: Record({"grace_ms": int, "calls": ListOf(int)}),
     MsgType.DRAIN_ACK: Record({"inflight": int}),
     MsgType.HOST_CALL: Record(
         {

@@ -21,13 +21,14 @@ import logging
 import types
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from ipc.protocol import ErrorCode, MsgType
 from ipc.schema import ProtocolError
 from ipc.shm import ArenaView, resolve_bodies
 from worker.invoke import HookFailed, Invocation, run_async, run_sync
-from worker.loader import HookTable, LookupFailed
+from worker.loader import HookEntry, HookTable, LookupFailed
 from worker.tyk_api import CURRENT_API
 
 __all__ = ["Dispatcher", "Outcome", "error"]
@@ -40,6 +41,18 @@ Outcome = tuple[MsgType, dict[str, Any]]
 
 def error(code: ErrorCode, message: str) -> Outcome:
     return MsgType.ERROR, {"code": str(code), "message": message}
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A CALL ready to run: its hook and its object, bodies already resolved."""
+
+    api_id: str
+    entry: HookEntry
+    hook_type: str
+    wire: Mapping[str, Any]
+    refs: Mapping[str, Any] | None
+    timeout_ms: int
 
 
 class Dispatcher:
@@ -73,15 +86,13 @@ class Dispatcher:
             self.arena.close()
             self.arena = None
 
-    async def call(self, payload: Mapping[str, Any]) -> Outcome:
-        """Run the hook a (decoded, validated) CALL payload names."""
-        api_id, name = payload["api_id"], payload["hook_name"]
-        hook_type = payload["hook_type"]
+    def _prepare(self, payload: Mapping[str, Any]) -> _Call | Outcome:
+        """The hook and its object (bodies read from the arena), or an ERROR outcome."""
+        api_id = payload["api_id"]
         try:
-            entry = self.table.find(api_id, name)
+            entry = self.table.find(api_id, payload["hook_name"])
         except LookupFailed as exc:
             return error(exc.code, exc.message)
-        timeout_ms = payload.get("timeout_ms") or self.default_timeout_ms
         wire = payload["object"]
         refs = payload.get("bodies")
         if refs:
@@ -92,25 +103,58 @@ class Dispatcher:
                 wire = resolve_bodies(wire, refs, self.arena)
             except ProtocolError as exc:
                 return error(ErrorCode.PROTOCOL, str(exc))
+        return _Call(api_id, entry, payload["hook_type"], wire, refs,
+                     payload.get("timeout_ms") or self.default_timeout_ms)
+
+    def _reply(self, call: _Call, result: dict[str, Any]) -> Outcome:
+        reply: dict[str, Any] = {"object": result}
+        if call.refs:
+            self._bodies_back(reply, call.refs)
+        return MsgType.REPLY, reply
+
+    async def call(self, payload: Mapping[str, Any]) -> Outcome:
+        """Run the hook a (decoded, validated) CALL payload names."""
+        call = self._prepare(payload)
+        if not isinstance(call, _Call):
+            return call
+        name, timeout_ms = call.entry.name, call.timeout_ms
         try:
-            if entry.is_async:
-                invocation = Invocation(api_id, entry, hook_type, wire)
+            if call.entry.is_async:
+                invocation = Invocation(call.api_id, call.entry, call.hook_type, call.wire)
                 result = await asyncio.wait_for(run_async(invocation), timeout_ms / 1000)
             else:
                 loop = asyncio.get_running_loop()
-                job = loop.run_in_executor(self.pool, _prepare_and_run,
-                                           api_id, entry, hook_type, wire)
+                job = loop.run_in_executor(self.pool, _prepare_and_run, call.api_id,
+                                           call.entry, call.hook_type, call.wire)
                 result = await _within(job, timeout_ms / 1000)
         except HookFailed as exc:
             return error(exc.code, exc.message)
         except TimeoutError:  # hook exceptions arrive as HookFailed, so this is ours
-            log.warning("API %s: hook %s did not finish within %d ms", api_id, name, timeout_ms)
+            log.warning("API %s: hook %s did not finish within %d ms", call.api_id, name,
+                        timeout_ms)
             return error(ErrorCode.DEADLINE,
                          f"hook {name} did not finish within {timeout_ms} ms")
-        reply: dict[str, Any] = {"object": result}
-        if refs:
-            self._bodies_back(reply, refs)
-        return MsgType.REPLY, reply
+        return self._reply(call, result)
+
+    def call_on_lane(self, payload: Mapping[str, Any],
+                     loop: asyncio.AbstractEventLoop) -> Outcome:
+        """Run a CALL on the calling lane thread (worker/lanes.py): no pool, no loop hop.
+
+        A plain hook cannot be interrupted anyway, so there is no worker-side
+        deadline here: the gateway's answers the caller, and the lane stays busy
+        (unused by the gateway) until the hook returns.  An `async def` hook still
+        runs on the event loop, with its deadline.
+        """
+        call = self._prepare(payload)
+        if not isinstance(call, _Call):
+            return call
+        if call.entry.is_async:
+            return asyncio.run_coroutine_threadsafe(self.call(payload), loop).result()
+        try:
+            result = _prepare_and_run(call.api_id, call.entry, call.hook_type, call.wire)
+        except HookFailed as exc:
+            return error(exc.code, exc.message)
+        return self._reply(call, result)
 
     def _bodies_back(self, reply: dict[str, Any], refs: Mapping[str, Any]) -> None:
         """Send changed large bodies back through the slots they came in."""

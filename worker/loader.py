@@ -98,8 +98,14 @@ class ApiPlugins:
         error = self.load_error or "; ".join(self.problems)
         if len(error) > MAX_REPORT_ERROR:
             error = error[:MAX_REPORT_ERROR] + "\n[truncated]"
-        return {"ok": self.ok, "hooks": sorted(self.hooks), "error": error,
-                "source": self.source}
+        report: dict[str, Any] = {"ok": self.ok, "hooks": sorted(self.hooks), "error": error,
+                                  "source": self.source}
+        asynchronous = sorted(name for name, entry in self.hooks.items() if entry.is_async)
+        if asynchronous:
+            # The gateway sends these on the main connection: they run on the loop,
+            # and a lane would only hand them over to it (worker/lanes.py).
+            report["async"] = asynchronous
+        return report
 
 
 class HookTable:

@@ -45,6 +45,7 @@ from ipc.protocol import Limits
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
+from worker.lanes import CallLedger, Lanes
 from worker.loader import HookTable, load_plugins
 from worker.runtime import Identity, Timing, Worker
 from worker.sandbox import SandboxError, SandboxReport, apply_sandbox, resolve_policy
@@ -104,13 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
                  hostcalls: HostCalls, pool: ThreadPoolExecutor) -> int:
-    channel = Channel(cfg.hooks_endpoint, Limits(max_message_bytes=cfg.ipc.max_message_bytes))
+    limits = Limits(max_message_bytes=cfg.ipc.max_message_bytes)
+    channel = Channel(cfg.hooks_endpoint, limits)
     link = SupervisorLink(inherited_control_socket(), sandbox=identity.sandbox)
+    dispatcher = Dispatcher(table, pool, cfg.hooks.timeout_ms)
+    ledger = CallLedger()
+    lanes = Lanes(cfg.hooks_endpoint, limits, cfg.worker.threads, dispatcher,
+                  lambda: worker.hello_payload(), ledger) if cfg.worker.lanes else None
     worker = Worker(
-        identity, channel, Dispatcher(table, pool, cfg.hooks.timeout_ms), hostcalls, link,
-        table.report(),
+        identity, channel, dispatcher, hostcalls, link, table.report(),
         Timing(heartbeat_s=cfg.worker.heartbeat_interval_ms / 1000,
                drain_grace_ms=cfg.worker.drain_grace_ms),
+        lanes, ledger,
     )
     try:
         return await worker.run()

@@ -24,7 +24,8 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from ipc.protocol import ErrorCode, Message, MsgType
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
+from worker.lanes import CallLedger, Lanes
 from worker.supervisor_link import SupervisorLink
 
 __all__ = ["HELLO_INTERVAL_S", "Identity", "State", "Timing", "Worker", "current_rss"]
@@ -42,6 +44,8 @@ log = logging.getLogger("worker.runtime")
 HELLO_INTERVAL_S = 0.2
 #: Retry delay while no connection to the gateway exists yet.
 HELLO_RETRY_S = 0.01
+#: How often a drain looks whether the lanes finished their calls.
+LANE_DRAIN_POLL_S = 0.01
 #: Backstop for the admission gate; the supervisor's boot timeout normally acts first.
 ADMIT_WAIT_S = 300.0
 #: Exit code when the worker's own machinery breaks (not a reserved code: respawn).
@@ -78,7 +82,8 @@ class Worker:
 
     def __init__(self, identity: Identity, channel: Channel, dispatcher: Dispatcher,
                  hostcalls: HostCalls, link: SupervisorLink, report: Mapping[str, Any],
-                 timing: Timing) -> None:
+                 timing: Timing, lanes: Lanes | None = None,
+                 ledger: CallLedger | None = None) -> None:
         self.identity = identity
         self.channel = channel
         self.dispatcher = dispatcher
@@ -86,6 +91,8 @@ class Worker:
         self.link = link
         self.report = dict(report)
         self.timing = timing
+        self.lanes = lanes
+        self.ledger = ledger or CallLedger()
         self.state = State.CONNECTING
         self._calls: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -93,12 +100,17 @@ class Worker:
         self._exit: asyncio.Future[int] | None = None
         self._ready_sent = False
         self._gate_passed = False
-        #: Calls received by this worker, for the supervisor's max_requests recycling.
-        self.calls_total = 0
+        #: Calls received on the main connection (lanes count their own).
+        self._main_calls = 0
 
     @property
     def inflight(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + (self.lanes.inflight if self.lanes else 0)
+
+    @property
+    def calls_total(self) -> int:
+        """Calls received by this worker, for the supervisor's max_requests recycling."""
+        return self._main_calls + (self.lanes.calls if self.lanes else 0)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -121,6 +133,8 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if self.lanes is not None:
+                self.lanes.stop()
             self.dispatcher.close()  # unmap the arena: nothing reads it any more
 
     # --- tasks ---------------------------------------------------------------------------
@@ -194,7 +208,7 @@ class Worker:
             self._on_resync()
         elif kind is MsgType.DRAIN:
             grace = message.payload.get("grace_ms", self.timing.drain_grace_ms)
-            self._begin_drain(grace, "the gateway asked")
+            self._begin_drain(grace, "the gateway asked", message.payload.get("calls", ()))
         elif kind is MsgType.EVENT:
             p = message.payload  # dispatcher.event logs handler failures, never raises
             self._spawn(self.dispatcher.event(p["api_id"], p["handler"], p["event"],
@@ -218,11 +232,15 @@ class Worker:
         if not self._ready_sent:
             self._ready_sent = True
             self.link.ready(self.identity.pid, self.identity.generation, self.report)
+        if self.lanes is not None and not self.lanes.started:
+            self.lanes.start(asyncio.get_running_loop())
 
     def _on_resync(self) -> None:
         if self.state is not State.RUNNING:
             return  # already saying HELLO, or on the way out
         log.info("the gateway does not know this worker (it restarted): saying HELLO again")
+        if self.lanes is not None:
+            self.lanes.resync()
         self.state = State.CONNECTING
         self._admitted.clear()
         self._spawn(self._admission(), "admission")
@@ -232,7 +250,7 @@ class Worker:
             self.channel.send(MsgType.ERROR, message.call_id, {
                 "code": str(ErrorCode.DRAINING), "message": "the worker is draining"})
             return
-        self.calls_total += 1
+        self._main_calls += 1
         task = asyncio.create_task(self._serve(message))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
@@ -246,6 +264,7 @@ class Worker:
                                              "message": f"{type(exc).__name__}: {exc}"}
         if not self.channel.send(mtype, message.call_id, payload):
             log.warning("answer to CALL %d could not be sent", message.call_id)
+        self.ledger.answered(message.call_id)
 
     # --- stopping ------------------------------------------------------------------------
 
@@ -256,17 +275,23 @@ class Worker:
             return
         self._begin_drain(self.timing.drain_grace_ms, signal.Signals(signum).name)
 
-    def _begin_drain(self, grace_ms: int, reason: str) -> None:
+    def _begin_drain(self, grace_ms: int, reason: str,
+                     awaited: Iterable[int] = ()) -> None:
         if self.state in (State.DRAINING, State.STOPPED):
             return
         log.info("draining (%s): %d call(s) in flight, grace %d ms", reason, self.inflight,
                  grace_ms)
         self.state = State.DRAINING
-        self._spawn(self._drain(grace_ms), "drain")
+        self._spawn(self._drain(grace_ms, set(awaited)), "drain")
 
-    async def _drain(self, grace_ms: int) -> None:
+    async def _drain(self, grace_ms: int, awaited: set[int]) -> None:
+        deadline = time.monotonic() + grace_ms / 1000
         if self._calls:
             await asyncio.wait(set(self._calls), timeout=grace_ms / 1000)
+        # Lanes answer on their own threads, and a listed call may still be on its
+        # way to one: poll (bounded) until every listed call is answered here.
+        while (self.inflight or self.ledger.missing(awaited)) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(LANE_DRAIN_POLL_S)
         self._ack_and_exit()
 
     def _ack_and_exit(self) -> None:
@@ -279,6 +304,9 @@ class Worker:
         self.state = State.STOPPED
         if self._exit is not None and not self._exit.done():
             self._exit.set_result(code)
+
+    def hello_payload(self) -> dict[str, Any]:
+        return self._hello()
 
     def _hello(self) -> dict[str, Any]:
         return {"generation": self.identity.generation, "pid": self.identity.pid,

@@ -219,3 +219,83 @@ def test_merge_reply_replaces_record_fields_only() -> None:
     assert merge_reply(sent, {"request": {"b": 3}, "metadata": {}}) == {
         "request": {"a": 1, "b": 3}, "metadata": {}}
     assert sent["request"] == {"a": 1, "b": 2}
+
+
+# -- lanes (worker/lanes.py): one more DEALER per hook thread --------------------------------
+
+
+async def _lane(ctx: zmq.asyncio.Context, endpoint: str, generation: int,
+                number: int) -> tuple[FakeWorker, Any]:
+    lane = FakeWorker(ctx, endpoint, generation)
+    await lane.send(MsgType.HELLO, 0, {"generation": generation, "pid": 4242,
+                                       "token": worker_token(KEY, generation), "lane": number})
+    return lane, await lane.recv()
+
+
+async def test_lanes_take_calls_one_at_a_time_and_async_hooks_stay_on_main(env: Any) -> None:
+    """1. A lane saying HELLO before its worker is admitted is told to RESYNC.
+    2. Once admitted, calls go to the idle lane; while it runs one, the next goes
+       to the main connection; once it answered, it is used again.
+    3. A hook the worker reported as `async def` always goes to main.
+    """
+    client, ctx, endpoint, _ = env
+    early, answer = await _lane(ctx, endpoint, 1, 1)
+    assert answer.type is MsgType.RESYNC
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.send(MsgType.HELLO, 0, {
+        "generation": 1, "pid": 4242, "token": worker_token(KEY, 1),
+        "plugins": {"x": {"ok": True, "hooks": ["MyHook", "Later"], "async": ["Later"]}}})
+    assert (await worker.recv()).type is MsgType.WELCOME
+    lane, answer = await _lane(ctx, endpoint, 1, 1)
+    assert answer.type is MsgType.WELCOME
+
+    first = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    on_lane = await lane.recv()
+    second = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    await _serve_one(worker, {"metadata": {"via": "main"}})  # the lane is busy
+    assert (await second)["metadata"] == {"via": "main"}
+    await lane.send(MsgType.REPLY, on_lane.call_id, {"object": {"metadata": {"via": "lane"}}})
+    assert (await first)["metadata"] == {"via": "lane"}
+
+    third = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    await _serve_one(lane, {"metadata": {"via": "lane again"}})
+    assert (await third)["metadata"] == {"via": "lane again"}
+    fourth = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, name="Later"), {}))
+    await _serve_one(worker, {})
+    await fourth
+    early.sock.close()
+
+
+async def test_a_timed_out_lane_is_not_reused_until_it_answers(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    lane, _ = await _lane(ctx, endpoint, 1, 1)
+    with pytest.raises(HookTimeout):
+        await client.call("x", "pre", replace(HOOK, timeout_ms=50), {})
+    stuck = await lane.recv()
+    nxt = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    await _serve_one(worker, {})  # not the stuck lane
+    await nxt
+    await lane.send(MsgType.REPLY, stuck.call_id, {"object": {}})  # late: lane free again
+    for _ in range(200):  # until the gateway has read it (bounded: 2 s)
+        if client.stats["late_replies"]:
+            break
+        await asyncio.sleep(0.01)
+    assert client.stats["late_replies"] == 1
+    later = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    await _serve_one(lane, {})
+    await later
+
+
+async def test_drain_lists_the_calls_still_in_flight(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    old = FakeWorker(ctx, endpoint, 1)
+    await old.hello()
+    pending = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    call = await old.recv()
+    await FakeWorker(ctx, endpoint, 2).hello()
+    drain = await old.recv()
+    assert drain.type is MsgType.DRAIN and drain.payload["calls"] == [call.call_id]
+    await old.send(MsgType.REPLY, call.call_id, {"object": {}})
+    await pending
