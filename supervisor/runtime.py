@@ -74,7 +74,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop
+    # Typed whether or not uvloop (an optional extra) is installed where mypy runs.
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _endpoint_socket(cfg: GatewayConfig) -> tuple[Path, ...]:
