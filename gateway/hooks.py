@@ -35,22 +35,14 @@ import zmq
 
 from config.apidef import HookDef
 from config.gateway import GatewayConfig
+from gateway.bodies import Bodies, Slots
 from gateway.latency import Histogram
 from gateway.sandbox_access import share_with_worker
 from gateway.storage.base import StorageUnavailable
 from ipc.loop_reader import LoopReader
 from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import ErrorCode, Limits, Message, MsgType, ProtocolError, decode, encode
-from ipc.shm import (
-    BODY_PARTS,
-    Arena,
-    ArenaFull,
-    Slot,
-    remove_stale_arenas,
-    resolve_bodies,
-    slot_capacity,
-)
-from ipc.shm_names import shm_prefix
+from ipc.shm import Arena
 from ipc.tokens import verify_worker_token
 
 __all__ = [
@@ -122,7 +114,7 @@ class _Peer:
     strikes: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     # Arena slots of calls it has not answered yet although the caller gave up.
-    quarantine: dict[int, dict[str, Slot]] = field(default_factory=dict)
+    quarantine: dict[int, Slots] = field(default_factory=dict)
     #: Its sandbox layers, as its HELLO reported them (docs/SECURITY.md).
     sandbox: dict[str, str] = field(default_factory=dict)
     #: Its lanes (worker/lanes.py): every lane's routing id, and those not running a call.
@@ -185,8 +177,7 @@ class HookClient:
         #: Called with the generation that just became active (hot restart: the
         #: gateway switches to reloaded API definitions at that moment).
         self.on_activate: Callable[[int], None] | None = None
-        self._arena: Arena | None = None
-        self._threshold = cfg.ipc.shm_threshold_bytes
+        self._bodies: Bodies | None = None
         self.latency = Histogram()
         self.stats: dict[str, int] = dict.fromkeys(
             ("calls", "replies", "errors", "timeouts", "worker_lost", "no_worker",
@@ -215,29 +206,14 @@ class HookClient:
         self._reader = LoopReader(sock, self._handle_frames)
         self._reader.attach(self._loop)
         log.info("hooks socket bound on %s", endpoint)
-        self._arena = self._create_arena()
+        self._bodies = Bodies.create(self._cfg, self.stats)
         tune_for_large_buffers()  # bodies: see ipc/memtune.py
-        share_with_worker(self._cfg, self._arena)  # a sandboxed worker runs as another uid
-
-    def _create_arena(self) -> Arena | None:
-        ipc = self._cfg.ipc
-        if ipc.shm_threshold_bytes <= 0 or ipc.shm_arena_bytes <= 0:
-            return None
-        prefix = shm_prefix(self._cfg.run_dir)
-        remove_stale_arenas(prefix)  # a killed predecessor's; its worker keeps its mapping
-        try:
-            arena = Arena.create(prefix, ipc.shm_arena_bytes)
-        except OSError as exc:
-            log.warning("no shared-memory arena (%s): every body travels inline", exc)
-            return None
-        log.info("shared-memory arena %s: %d bytes, bodies from %d bytes", arena.name,
-                 arena.size, self._threshold)
-        return arena
+        share_with_worker(self._cfg, self.arena)  # a sandboxed worker runs as another uid
 
     @property
     def arena(self) -> Arena | None:
         """The body arena (None: disabled); `arena.chown` hands it to a sandbox uid."""
-        return self._arena
+        return self._bodies.arena if self._bodies is not None else None
 
     async def close(self) -> None:
         for pending in list(self._pending.values()):
@@ -253,9 +229,9 @@ class HookClient:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-        if self._arena is not None:
-            self._arena.close()
-            self._arena = None
+        if self._bodies is not None:
+            self._bodies.close()
+            self._bodies = None
 
     # -- calls -------------------------------------------------------------
 
@@ -274,7 +250,7 @@ class HookClient:
             "api_id": api_id, "hook_type": hook_type, "hook_name": hook.name,
             "timeout_ms": hook.timeout_ms, "object": obj,
         }
-        slots = self._bodies_out(payload) if self._arena is not None else None
+        slots = self._bodies.send_side(payload) if self._bodies is not None else None
         started = time.perf_counter_ns()
         try:
             self._send_call(peer, call_id, payload)
@@ -296,50 +272,18 @@ class HookClient:
 
     # -- shared-memory bodies ----------------------------------------------
 
-    def _bodies_out(self, payload: dict[str, Any]) -> dict[str, Slot]:
-        """Move large `raw_body`s of the CALL payload into arena slots (in place)."""
-        arena, obj = self._arena, payload["object"]
-        assert arena is not None  # checked by the caller
-        slots: dict[str, Slot] = {}
-        for part in BODY_PARTS:
-            record = obj.get(part)
-            raw = record.get("raw_body") if record else None
-            if raw is None or len(raw) < self._threshold:
-                continue
-            try:
-                slot = arena.alloc(slot_capacity(len(raw)))
-            except ArenaFull:
-                self.stats["shm_fallback"] += 1
-                continue
-            arena.write(slot.offset, raw)
-            slots[part] = slot
-            if payload["object"] is obj:
-                payload["object"] = dict(obj)  # the caller's object stays as it was
-            # `body` is the UTF-8 text of `raw_body` or "" (gateway.tyk_object): the
-            # worker rebuilds it from the slot instead of receiving it twice.
-            payload["object"][part] = {k: v for k, v in record.items()
-                                       if k != "raw_body" and k != "body"}
-            payload.setdefault("bodies", {})[part] = {
-                "offset": slot.offset, "length": len(raw), "capacity": slot.capacity,
-                "text": bool(record.get("body"))}
-            self.stats["shm_bodies"] += 1
-        return slots
-
     def _bodies_in(self, got: dict[str, Any], refs: dict[str, Any],
-                   slots: dict[str, Slot] | None) -> dict[str, Any]:
-        if self._arena is None or not slots:
-            raise HookFailed(ErrorCode.PROTOCOL, "the reply references a body in shared "
-                                                 "memory this call did not send")
+                   slots: Slots | None) -> dict[str, Any]:
+        if self._bodies is None:
+            raise HookFailed(ErrorCode.PROTOCOL, "the reply references shared memory, but "
+                                                 "this gateway has no arena")
         try:
-            resolved = resolve_bodies(got, refs, self._arena, slots)
+            return self._bodies.reply_side(got, refs, slots)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
             raise HookFailed(ErrorCode.PROTOCOL, str(exc)) from None
-        self.stats["shm_reply_bodies"] += len(refs)
-        return resolved
 
-    def _release(self, peer: _Peer, call_id: int, slots: dict[str, Slot],
-                 answered: bool) -> None:
+    def _release(self, peer: _Peer, call_id: int, slots: Slots, answered: bool) -> None:
         if answered or self._peers.get(peer.identity) is not peer:
             self._free(slots)
         else:
@@ -347,10 +291,9 @@ class HookClient:
             # until it answers this call (see _resolve) or is dropped.
             peer.quarantine[call_id] = slots
 
-    def _free(self, slots: dict[str, Slot]) -> None:
-        if self._arena is not None:
-            for slot in slots.values():
-                self._arena.free(slot)
+    def _free(self, slots: Slots) -> None:
+        if self._bodies is not None:
+            self._bodies.free(slots)
 
     async def _wait_for_worker(self) -> _Peer:
         wait_s = self._cfg.hooks.worker_wait_ms / 1000
@@ -403,9 +346,11 @@ class HookClient:
         }
 
     def _arena_health(self) -> dict[str, Any]:
-        arena = self._arena
-        return {"enabled": arena is not None, "size": arena.size if arena else 0,
-                "in_use": arena.in_use if arena else 0, "threshold": self._threshold,
+        bodies = self._bodies
+        return {"enabled": bodies is not None,
+                "size": bodies.arena.size if bodies else 0,
+                "in_use": bodies.arena.in_use if bodies else 0,
+                "threshold": self._cfg.ipc.shm_threshold_bytes,
                 "bodies": self.stats["shm_bodies"], "fallback": self.stats["shm_fallback"],
                 "quarantined": sum(len(p.quarantine) for p in self._workers())}
 
@@ -547,9 +492,8 @@ class HookClient:
         if previous is None or generation >= previous.generation:
             self._activate(peer)
         welcome: dict[str, Any] = {"generation": generation, "active": self._active is peer}
-        if self._arena is not None:
-            welcome["shm"] = {"name": self._arena.name, "size": self._arena.size,
-                              "threshold": self._threshold}
+        if self._bodies is not None:
+            welcome["shm"] = self._bodies.welcome()
         self._send_quietly(identity, MsgType.WELCOME, 0, welcome)
 
     def _on_lane_hello(self, identity: bytes, generation: int) -> None:

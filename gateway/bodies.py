@@ -1,0 +1,109 @@
+"""Large bodies through the shared-memory arena, on the gateway's side of a call.
+
+`HookClient.call` hands each CALL payload to `Bodies.send_side`, which swaps
+every `raw_body` of `shm_threshold_bytes` or more for a reference to an arena
+slot (ipc/shm.py), and turns the references of a REPLY back into bytes with
+`reply_side`.  Callers of the hook client never see the arena.  Which slots a
+call may free, and when, is the hook client's business (a worker that has not
+answered may still write into them).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from config.gateway import GatewayConfig
+from ipc.protocol import ProtocolError
+from ipc.shm import (
+    BODY_PARTS,
+    Arena,
+    ArenaFull,
+    Slot,
+    remove_stale_arenas,
+    resolve_bodies,
+    slot_capacity,
+)
+from ipc.shm_names import shm_prefix
+
+__all__ = ["Bodies", "Slots"]
+
+log = logging.getLogger("coproc.hooks")
+
+#: The slots one call's bodies occupy, by object part ("request", "response").
+Slots = dict[str, Slot]
+
+
+class Bodies:
+    """The gateway's arena; counts into the hook client's `stats` (shm_* keys)."""
+
+    def __init__(self, arena: Arena, threshold: int, stats: dict[str, int]) -> None:
+        self.arena = arena
+        self.threshold = threshold
+        self.stats = stats
+
+    @classmethod
+    def create(cls, cfg: GatewayConfig, stats: dict[str, int]) -> Bodies | None:
+        """The arena for this gateway, or None (disabled, or shared memory unusable)."""
+        ipc = cfg.ipc
+        if ipc.shm_threshold_bytes <= 0 or ipc.shm_arena_bytes <= 0:
+            return None
+        prefix = shm_prefix(cfg.run_dir)
+        remove_stale_arenas(prefix)  # a killed predecessor's; its worker keeps its mapping
+        try:
+            arena = Arena.create(prefix, ipc.shm_arena_bytes)
+        except OSError as exc:
+            log.warning("no shared-memory arena (%s): every body travels inline", exc)
+            return None
+        log.info("shared-memory arena %s: %d bytes, bodies from %d bytes", arena.name,
+                 arena.size, ipc.shm_threshold_bytes)
+        return cls(arena, ipc.shm_threshold_bytes, stats)
+
+    def send_side(self, payload: dict[str, Any]) -> Slots:
+        """Move large `raw_body`s of the CALL payload into arena slots (in place)."""
+        arena, obj = self.arena, payload["object"]
+        slots: Slots = {}
+        for part in BODY_PARTS:
+            record = obj.get(part)
+            raw = record.get("raw_body") if record else None
+            if raw is None or len(raw) < self.threshold:
+                continue
+            try:
+                slot = arena.alloc(slot_capacity(len(raw)))
+            except ArenaFull:
+                self.stats["shm_fallback"] += 1
+                continue
+            arena.write(slot.offset, raw)
+            slots[part] = slot
+            if payload["object"] is obj:
+                payload["object"] = dict(obj)  # the caller's object stays as it was
+            # `body` is the UTF-8 text of `raw_body` or "" (gateway.tyk_object): the
+            # worker rebuilds it from the slot instead of receiving it twice.
+            payload["object"][part] = {k: v for k, v in record.items()
+                                       if k != "raw_body" and k != "body"}
+            payload.setdefault("bodies", {})[part] = {
+                "offset": slot.offset, "length": len(raw), "capacity": slot.capacity,
+                "text": bool(record.get("body"))}
+            self.stats["shm_bodies"] += 1
+        return slots
+
+    def reply_side(self, got: dict[str, Any], refs: dict[str, Any],
+                   slots: Slots | None) -> dict[str, Any]:
+        """The REPLY object with its body references read back; raise ProtocolError."""
+        if not slots:
+            raise ProtocolError("the reply references a body in shared memory this call "
+                                "did not send")
+        resolved = resolve_bodies(got, refs, self.arena, slots)
+        self.stats["shm_reply_bodies"] += len(refs)
+        return resolved
+
+    def free(self, slots: Slots) -> None:
+        for slot in slots.values():
+            self.arena.free(slot)
+
+    def welcome(self) -> dict[str, Any]:
+        """What a worker needs to map the arena (WELCOME's `shm`)."""
+        return {"name": self.arena.name, "size": self.arena.size, "threshold": self.threshold}
+
+    def close(self) -> None:
+        self.arena.close()
