@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from integration.harness import free_port
+from unit import inprocess
 
-from config.apidef import HookDef, load_api_definitions
-from config.gateway import GatewayConfig, StorageConfig
+from config.apidef import HookDef
+from config.gateway import StorageConfig
 from config.reader import ConfigError
-from gateway.app import CHAIN, EVENTS, build_app
-from gateway.echo_upstream import make_app as make_echo
+from gateway.app import CHAIN, EVENTS
 from gateway.hooks import HookTimeout, merge_reply
 
 SECRET = "admin-secret"
@@ -60,19 +60,7 @@ class FakeHooks:
         return {"state": "running", "generation": 1, "pid": 1, "ready": True, "plugins": {}}
 
 
-class Env:
-    def __init__(self, client: TestClient, fake: FakeHooks) -> None:
-        self.client, self.fake = client, fake
-
-    async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
-        async with self.client.request(method, path, **kw) as resp:
-            body = await resp.read()
-            try:
-                parsed: Any = json.loads(body)
-            except ValueError:
-                parsed = body
-            return resp.status, parsed, resp.headers
-
+class Env(inprocess.Env):
     async def put_key(self, key: str, session: dict[str, Any]) -> None:
         status, body, _ = await self.request("POST", f"/tyk/keys/{key}", json=session,
                                              headers=ADMIN)
@@ -97,38 +85,20 @@ def plugin_api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str
 
 @pytest.fixture
 async def echo() -> AsyncIterator[str]:
-    server = TestServer(make_echo())
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with inprocess.echo_server() as url:
+        yield url
 
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[TestClient] = []
-
     async def start(*apis: dict[str, Any], secret: str = SECRET,
                     storage: StorageConfig | None = None) -> Env:
-        apps = tmp_path / "apps"
-        apps.mkdir(exist_ok=True)
-        for definition in apis:
-            (apps / f"{definition['api_id']}.json").write_text(json.dumps(definition))
-        cfg = GatewayConfig(path=tmp_path / "coproc.json", app_path=apps, secret=secret,
-                            middleware_path=tmp_path, run_dir=tmp_path,
-                            storage=storage or StorageConfig())
-        fake = FakeHooks()
-        app = build_app(cfg, load_api_definitions(cfg), instance_key=b"k" * 32,
-                        hook_factory=lambda *_: fake)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return Env(client, fake)
+        env = await starter(*apis, secret=secret, storage=storage or StorageConfig())
+        assert isinstance(env, Env)
+        return env
 
-    yield start
-    for client in clients:
-        await client.close()
+    async with inprocess.gateway_factory(tmp_path, FakeHooks, Env) as starter:
+        yield start
 
 
 # -- built-in token auth and the keys API -------------------------------------------------

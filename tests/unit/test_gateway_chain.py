@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from unit import inprocess
 from yarl import URL
 
-from config.apidef import HookDef, load_api_definitions
-from config.gateway import GatewayConfig, GatewayOptions
-from gateway.app import CHAIN, build_app
-from gateway.echo_upstream import make_app as make_echo
+from config.apidef import HookDef
+from config.gateway import GatewayOptions
+from gateway.app import CHAIN
 from gateway.hooks import HookFailed, HookTimeout, NoWorker, WorkerLost, merge_reply
 
 Behaviour = Callable[[dict[str, Any]], dict[str, Any] | Exception]
@@ -71,19 +70,7 @@ def api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str, Any]:
             "config_data": {"greeting": "hi"}, **fields}
 
 
-class Env:
-    def __init__(self, client: TestClient, fake: FakeHooks) -> None:
-        self.client, self.fake = client, fake
-
-    async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
-        async with self.client.request(method, path, **kw) as resp:
-            body = await resp.read()
-            try:
-                parsed: Any = json.loads(body)
-            except ValueError:
-                parsed = body
-            return resp.status, parsed, resp.headers
-
+class Env(inprocess.Env):
     @property
     def stats(self) -> dict[str, int]:
         return self.client.app[CHAIN].stats  # type: ignore[index]
@@ -91,38 +78,20 @@ class Env:
 
 @pytest.fixture
 async def echo() -> AsyncIterator[str]:
-    server = TestServer(make_echo())
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with inprocess.echo_server() as url:
+        yield url
 
 
 @pytest.fixture
 async def gateway(tmp_path: Path, echo: str) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[TestClient] = []
-
     async def start(*apis: dict[str, Any], **opts: Any) -> Env:
-        apps = tmp_path / "apps"
-        apps.mkdir(exist_ok=True)
-        for definition in apis:
-            (apps / f"{definition['api_id']}.json").write_text(json.dumps(definition))
         options = {"max_body_bytes": 4096, "upstream_timeout_ms": 400, **opts}
-        cfg = GatewayConfig(path=tmp_path / "coproc.json", app_path=apps,
-                            middleware_path=tmp_path, run_dir=tmp_path,
-                            gateway=GatewayOptions(**options))
-        fake = FakeHooks()
-        app = build_app(cfg, load_api_definitions(cfg), instance_key=b"k" * 32,
-                        hook_factory=lambda *_: fake)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return Env(client, fake)
+        env = await starter(*apis, gateway=GatewayOptions(**options))
+        assert isinstance(env, Env)
+        return env
 
-    yield start
-    for client in clients:
-        await client.close()
+    async with inprocess.gateway_factory(tmp_path, FakeHooks, Env) as starter:
+        yield start
 
 
 # -- plain proxying -------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""A gateway app served in-process by aiohttp's test server, with a fake hook client.
+
+For unit tests of the chain (tests/unit/test_gateway_chain.py, test_auth_inprocess.py):
+the real app, router, proxy and echo upstream, without processes or ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from config.apidef import load_api_definitions
+from config.gateway import GatewayConfig
+from gateway.app import build_app
+from gateway.echo_upstream import make_app as make_echo
+
+__all__ = ["Env", "echo_server", "gateway_factory"]
+
+
+class Env:
+    """One in-process gateway: its test client and the fake hook client it uses."""
+
+    def __init__(self, client: TestClient[Any, Any], fake: Any) -> None:
+        self.client, self.fake = client, fake
+
+    async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        async with self.client.request(method, path, **kw) as resp:
+            body = await resp.read()
+            try:
+                parsed: Any = json.loads(body)
+            except ValueError:
+                parsed = body
+            return resp.status, parsed, resp.headers
+
+
+@asynccontextmanager
+async def echo_server() -> AsyncIterator[str]:
+    """The echo upstream on an ephemeral port; yields its base URL."""
+    server = TestServer(make_echo())
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def gateway_factory(tmp_path: Path, make_fake: Callable[[], Any],
+                          env_class: type[Env] = Env) -> AsyncIterator[Callable[..., Any]]:
+    """Yields `start(*api_defs, **config_fields) -> Env`; closes every client after."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(*apis: dict[str, Any], **fields: Any) -> Env:
+        apps = tmp_path / "apps"
+        apps.mkdir(exist_ok=True)
+        for definition in apis:
+            (apps / f"{definition['api_id']}.json").write_text(json.dumps(definition))
+        cfg = replace(GatewayConfig(path=tmp_path / "coproc.json", app_path=apps,
+                                    middleware_path=tmp_path, run_dir=tmp_path), **fields)
+        fake = make_fake()
+        app = build_app(cfg, load_api_definitions(cfg), instance_key=b"k" * 32,
+                        hook_factory=lambda *_: fake)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return env_class(client, fake)
+
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.close()
