@@ -23,6 +23,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ipc import eventloop
+
 _HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                   "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
 _OK = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
@@ -138,16 +140,6 @@ async def _proxy(host: str, port: int, target: str, middleware: bool) -> None:
         await runner.cleanup()
 
 
-def _run(coro: Any) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
     parser.add_argument("role", choices=("upstream", "proxy"))
@@ -158,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.role == "upstream":
-            _run(_upstream(args.host, args.port))
+            eventloop.run(_upstream(args.host, args.port))
         else:
-            _run(_proxy(args.host, args.port, args.target, args.middleware))
+            eventloop.run(_proxy(args.host, args.port, args.target, args.middleware))
     except KeyboardInterrupt:
         pass
     return 0

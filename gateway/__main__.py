@@ -14,8 +14,6 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 import zmq
 
@@ -23,7 +21,7 @@ from config import ConfigError, load_api_definitions, load_gateway_config
 from config.gateway import GatewayConfig
 from config.logs import setup_logging
 from gateway.app import serve
-from ipc import exitcodes
+from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
 from ipc.control import inherited_control_socket
 from ipc.tokens import new_instance_key
@@ -65,16 +63,6 @@ def instance_key() -> bytes:
     return new_instance_key()
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
-
-
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = _parse_args(argv)
@@ -94,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return exitcodes.BOOT_FAILED
     try:
-        _run(serve(cfg, apis, sock, instance_key=key, control_sock=control))
+        eventloop.run(serve(cfg, apis, sock, instance_key=key, control_sock=control))
     except asyncio.CancelledError:
         pass  # a second signal: stop now
     except (OSError, zmq.ZMQError) as exc:

@@ -7,13 +7,11 @@ as long as the supervisor, and clean-up runs however the loop ended.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 from config.gateway import GatewayConfig
+from ipc import eventloop
 from ipc.notify import Notifier
 from supervisor.contract import ChildCommands
 from supervisor.control_server import CONTROL_SOCKET_NAME
@@ -22,7 +20,7 @@ from supervisor.lock import RunDirLock
 from supervisor.rundir import PORT_NAME, RunDir
 from supervisor.supervisor import Supervisor
 
-__all__ = ["run_loop", "serve"]
+__all__ = ["serve"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
                      cfg.listen_address or "*", port, run_dir.path / PORT_NAME, run_dir.path)
             supervisor = Supervisor(cfg, listener, commands or ChildCommands.default(cfg.path),
                                     notifier, control_path=run_dir.path / CONTROL_SOCKET_NAME)
-            code = run_loop(supervisor.run())
+            code = eventloop.run(supervisor.run())
             log.info("stopped (exit code %d)", code)
             return code
         finally:
@@ -61,22 +59,6 @@ def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
         run_dir.cleanup()
         lock.release()
         run_dir.remove_if_empty()
-
-
-def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run `main` on uvloop when it is installed, else on asyncio's own loop."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(main)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    # Typed whether or not uvloop (an optional extra) is installed where mypy runs.
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def _endpoint_socket(cfg: GatewayConfig) -> tuple[Path, ...]:

@@ -21,7 +21,6 @@ COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when run by hand).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import faulthandler
 import logging
@@ -29,16 +28,15 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from config import ConfigError, load_api_definitions, load_gateway_config
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from config.logs import setup_logging
-from ipc import exitcodes
+from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
 from ipc.control import inherited_control_socket
 from ipc.protocol import Limits
@@ -95,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f" ({', '.join(failed)})" if failed else "")
     pool = ThreadPoolExecutor(cfg.worker.threads, thread_name_prefix=HOOK_THREAD_PREFIX)
     try:
-        code = _run_loop(_serve(cfg, identity, table, hostcalls, pool))
+        code = eventloop.run(_serve(cfg, identity, table, hostcalls, pool))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         sandbox.cleanup()
@@ -124,16 +122,6 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
         # Give DRAIN_ACK a bounded moment to leave before the socket goes.
         channel.close(linger_ms=1000)
         link.close()
-
-
-def _run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop when installed: it halves the cost of a hook's thread-pool hop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
 
 
 def _identity(cfg: GatewayConfig) -> Identity | None:

@@ -15,12 +15,51 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from config.apidef import load_api_definitions
+from config.apidef import HookDef, load_api_definitions
 from config.gateway import GatewayConfig
 from gateway.app import build_app
 from gateway.echo_upstream import make_app as make_echo
+from gateway.hooks import merge_reply
 
-__all__ = ["Env", "echo_server", "gateway_factory"]
+__all__ = ["Env", "FakeHooks", "echo_server", "gateway_factory"]
+
+#: What a fake hook does with the object: a REPLY object, or an exception to raise.
+Behaviour = Callable[[dict[str, Any]], dict[str, Any] | Exception]
+
+
+class FakeHooks:
+    """Runs `behaviours[hook name](object)`: a REPLY object, or an exception to raise."""
+
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.calls: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.stats = {"calls": 0}
+        self.ready = True
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def call(self, api_id: str, hook_type: str, hook: HookDef,
+                   obj: dict[str, Any]) -> dict[str, Any]:
+        self.stats["calls"] += 1
+        self.calls.append((api_id, hook_type, hook.name, obj))
+        result = self.behaviours.get(hook.name, _unchanged)(obj)
+        if isinstance(result, Exception):
+            raise result
+        return merge_reply(obj, result)
+
+    def on_worker_exited(self, generation: int, reason: str) -> None:
+        pass
+
+    def on_worker_state(self, state: str, generation: int | None, detail: str) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running" if self.ready else "restarting", "generation": 1,
+                "pid": 1, "ready": self.ready, "plugins": {}}
 
 
 class Env:
@@ -76,3 +115,7 @@ async def gateway_factory(tmp_path: Path, make_fake: Callable[[], Any],
     finally:
         for client in clients:
             await client.close()
+
+
+def _unchanged(obj: dict[str, Any]) -> dict[str, Any]:
+    return {}

@@ -20,44 +20,13 @@ from aiohttp.test_utils import TestServer
 from integration.harness import free_port
 from unit import inprocess
 
-from config.apidef import HookDef
 from config.gateway import StorageConfig
 from config.reader import ConfigError
 from gateway.app import CHAIN, EVENTS
-from gateway.hooks import HookTimeout, merge_reply
+from gateway.hooks import HookTimeout
 
 SECRET = "admin-secret"
 ADMIN = {"X-Tyk-Authorization": SECRET}
-
-
-class FakeHooks:
-    def __init__(self) -> None:
-        self.behaviours: dict[str, Callable[[dict[str, Any]], Any]] = {}
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-        self.stats = {"calls": 0}
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def call(self, api_id: str, hook_type: str, hook: HookDef,
-                   obj: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append((hook_type, hook.name, obj))
-        result = self.behaviours.get(hook.name, lambda o: {})(obj)
-        if isinstance(result, Exception):
-            raise result
-        return merge_reply(obj, result)
-
-    def on_worker_exited(self, generation: int, reason: str) -> None:
-        pass
-
-    def on_worker_state(self, state: str, generation: int | None, detail: str) -> None:
-        pass
-
-    def health(self) -> dict[str, Any]:
-        return {"state": "running", "generation": 1, "pid": 1, "ready": True, "plugins": {}}
 
 
 class Env(inprocess.Env):
@@ -67,7 +36,7 @@ class Env(inprocess.Env):
         assert status == 200 and body["action"] == "added", body
 
     def calls(self, name: str) -> int:
-        return sum(1 for c in self.fake.calls if c[1] == name)
+        return sum(1 for c in self.fake.calls if c[2] == name)
 
 
 def api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str, Any]:
@@ -97,7 +66,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         assert isinstance(env, Env)
         return env
 
-    async with inprocess.gateway_factory(tmp_path, FakeHooks, Env) as starter:
+    async with inprocess.gateway_factory(tmp_path, inprocess.FakeHooks, Env) as starter:
         yield start
 
 
@@ -238,7 +207,7 @@ async def test_plugin_auth_acceptance(gateway: Any, echo: str) -> None:
     env = await gateway(plugin_api("p", "/p", echo))
     env.fake.behaviours["Auth"] = valid_token_plugin
     assert (await env.request("GET", "/p/", headers={"Authorization": "valid_token"}))[0] == 200
-    post = next(c for c in env.fake.calls if c[1] == "Post")[2]
+    post = next(c for c in env.fake.calls if c[2] == "Post")[3]
     assert post["metadata"] == post["session"]["metadata"] == {"token": "valid_token"}
     assert post["session"]["quota_remaining"] == 0
     assert (await env.request("GET", "/p/", headers={"Authorization": "bad"}))[:2] == \
@@ -255,7 +224,7 @@ async def test_plugin_gets_an_empty_session_and_errors_fail_closed(gateway: Any,
     env = await gateway(plugin_api("p", "/p", echo))
     env.fake.behaviours["Auth"] = lambda obj: HookTimeout("slow")
     assert (await env.request("GET", "/p/"))[:2] == (403, {"error": "Key not authorised"})
-    assert env.fake.calls[0][2]["session"] == {}
+    assert env.fake.calls[0][3]["session"] == {}
     assert env.calls("Post") == 0
 
 
@@ -264,7 +233,7 @@ async def test_nested_metadata_reaches_post_hook_as_json(gateway: Any, echo: str
     await env.put_key("m", {"meta_data": {"testkey": {"nestedkey": "nestedvalue"},
                                           "stringkey": "testvalue"}})
     assert (await env.request("GET", "/k/", headers={"Authorization": "m"}))[0] == 200
-    obj = next(c for c in env.fake.calls if c[1] == "Post")[2]
+    obj = next(c for c in env.fake.calls if c[2] == "Post")[3]
     meta = obj["session"]["metadata"]
     assert json.loads(meta["testkey"]) == {"nestedkey": "nestedvalue"}
     assert meta["stringkey"] == "testvalue"
@@ -282,7 +251,7 @@ async def test_base_identity_provided_by(gateway: Any, echo: str, base: str,
     await env.put_key("tkey", {"meta_data": {"user": "token-user"}})
     assert (await env.request("GET", "/b/"))[0] == 401  # key auth runs too
     assert (await env.request("GET", "/b/", headers={"Authorization": "tkey"}))[0] == 200
-    post = next(c for c in env.fake.calls if c[1] == "Post")[2]
+    post = next(c for c in env.fake.calls if c[2] == "Post")[3]
     assert post["session"]["metadata"]["user"] == winner
 
 
@@ -323,7 +292,7 @@ async def test_id_extractor_caches_the_session(gateway: Any, echo: str, extracto
         assert status == 200, body
     assert env.calls("Auth") == 1
     if "data" in request_kw:  # the form is still whole for the plugin and the upstream
-        assert "user=alice" in env.fake.calls[0][2]["request"]["body"]
+        assert "user=alice" in env.fake.calls[0][3]["request"]["body"]
         assert "x=1" in body["body"]
     assert (await env.request("POST", "/i/", **other_kw))[0] == 200
     assert env.calls("Auth") == 2

@@ -16,47 +16,9 @@ import pytest
 from unit import inprocess
 from yarl import URL
 
-from config.apidef import HookDef
 from config.gateway import GatewayOptions
 from gateway.app import CHAIN
-from gateway.hooks import HookFailed, HookTimeout, NoWorker, WorkerLost, merge_reply
-
-Behaviour = Callable[[dict[str, Any]], dict[str, Any] | Exception]
-
-
-class FakeHooks:
-    """Runs `behaviours[hook name](object)`: a REPLY object, or an exception to raise."""
-
-    def __init__(self) -> None:
-        self.behaviours: dict[str, Behaviour] = {}
-        self.calls: list[tuple[str, str, str, dict[str, Any]]] = []
-        self.stats = {"calls": 0}
-        self.ready = True
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def call(self, api_id: str, hook_type: str, hook: HookDef,
-                   obj: dict[str, Any]) -> dict[str, Any]:
-        self.stats["calls"] += 1
-        self.calls.append((api_id, hook_type, hook.name, obj))
-        result = self.behaviours.get(hook.name, lambda o: {})(obj)
-        if isinstance(result, Exception):
-            raise result
-        return merge_reply(obj, result)
-
-    def on_worker_exited(self, generation: int, reason: str) -> None:
-        pass
-
-    def on_worker_state(self, state: str, generation: int | None, detail: str) -> None:
-        pass
-
-    def health(self) -> dict[str, Any]:
-        return {"state": "running" if self.ready else "restarting", "generation": 1,
-                "pid": 1, "ready": self.ready, "plugins": {}}
+from gateway.hooks import HookFailed, HookTimeout, NoWorker, WorkerLost
 
 
 def hooks(*names: str, **extra: Any) -> list[dict[str, Any]]:
@@ -90,7 +52,7 @@ async def gateway(tmp_path: Path, echo: str) -> AsyncIterator[Callable[..., Any]
         assert isinstance(env, Env)
         return env
 
-    async with inprocess.gateway_factory(tmp_path, FakeHooks, Env) as starter:
+    async with inprocess.gateway_factory(tmp_path, inprocess.FakeHooks, Env) as starter:
         yield start
 
 
