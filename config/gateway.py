@@ -62,9 +62,9 @@ class WorkerOptions:
     max_age_s: int = 0
     max_rss_mb: int = 0
     watch: bool = False
-    # One socket per hook thread, so a plain hook's call skips the worker's event
-    # loop (worker/lanes.py).  Off: every call goes through the loop and the pool.
-    lanes: bool = True
+    # How long a plain hook may run on the thread that reads the hooks socket
+    # before another thread takes over the reading (worker/callthreads.py).
+    handoff_ms: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +198,7 @@ def _worker(r: Reader) -> WorkerOptions:
         max_age_s=r.number("max_age_s", int, d.max_age_s, 0),
         max_rss_mb=r.number("max_rss_mb", int, d.max_rss_mb, 0),
         watch=r.get("watch", bool, d.watch),
-        lanes=r.get("lanes", bool, d.lanes),
+        handoff_ms=r.number("handoff_ms", int, d.handoff_ms, 1, 60_000),
     )
 
 

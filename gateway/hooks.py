@@ -44,6 +44,7 @@ from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import ErrorCode, Limits, Message, MsgType, ProtocolError, decode, encode
 from ipc.shm import Arena
 from ipc.tokens import verify_worker_token
+from ipc.zmqio import send_frames
 
 __all__ = [
     "BackendUnavailable",
@@ -117,24 +118,6 @@ class _Peer:
     quarantine: dict[int, Slots] = field(default_factory=dict)
     #: Its sandbox layers, as its HELLO reported them (docs/SECURITY.md).
     sandbox: dict[str, str] = field(default_factory=dict)
-    #: Its lanes (worker/lanes.py): every lane's routing id, and those not running a call.
-    lanes: set[bytes] = field(default_factory=set)
-    idle_lanes: list[bytes] = field(default_factory=list)
-
-    #: (api_id, hook name) of its `async def` hooks: they run on the worker's loop.
-    async_hooks: frozenset[tuple[str, str]] = frozenset()
-
-    def take_route(self, api_id: str, hook_name: str) -> bytes:
-        """An idle lane if there is one (it runs a plain hook in place), else main."""
-        if self.idle_lanes and (api_id, hook_name) not in self.async_hooks:
-            return self.idle_lanes.pop()
-        return self.identity
-
-    def lane_answered(self, identity: bytes) -> None:
-        # A lane is busy from the CALL it gets until it answers, even after the
-        # caller gave up on it: a lane is never handed a second call at once.
-        if identity in self.lanes and identity not in self.idle_lanes:
-            self.idle_lanes.append(identity)
 
 
 @dataclass(slots=True)
@@ -253,7 +236,7 @@ class HookClient:
         slots = self._bodies.send_side(payload) if self._bodies is not None else None
         started = time.perf_counter_ns()
         try:
-            self._send_call(peer, call_id, payload)
+            self._send(peer, MsgType.CALL, call_id, payload)
             reply = await future
             got = reply["object"]
             if "bodies" in reply:
@@ -319,8 +302,7 @@ class HookClient:
             self._state = "restarting"
 
     def _workers(self) -> list[_Peer]:
-        """Each admitted worker once (its lanes map to it too)."""
-        return list({id(p): p for p in self._peers.values()}.values())
+        return list(self._peers.values())
 
     def on_worker_state(self, state: str, generation: int | None, detail: str) -> None:
         self._state, self._state_detail = state, detail
@@ -369,18 +351,6 @@ class HookClient:
             return False
         return True
 
-    def _send_call(self, peer: _Peer, call_id: int, payload: Mapping[str, Any]) -> None:
-        route = peer.take_route(payload["api_id"], payload["hook_name"])
-        if route != peer.identity:
-            try:
-                self._send_to(route, MsgType.CALL, call_id, payload)
-                return
-            except WorkerLost:
-                # That lane's socket is gone (its thread ended): forget it, use main.
-                peer.lanes.discard(route)
-                self._peers.pop(route, None)
-        self._send(peer, MsgType.CALL, call_id, payload)
-
     def _send(self, peer: _Peer, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> None:
         self._send_to(peer.identity, mtype, call_id, payload, peer)
 
@@ -390,14 +360,14 @@ class HookClient:
         if sock is None:
             raise WorkerLost("the hooks socket is closed")
         try:
-            sock.send_multipart([identity, *encode(mtype, call_id, payload)], zmq.NOBLOCK)
+            send_frames(sock, identity, *encode(mtype, call_id, payload))
         except zmq.ZMQError as exc:
             if peer is not None and exc.errno == zmq.EHOSTUNREACH:
                 self._drop_peer(peer, "worker disconnected")
             raise WorkerLost(f"cannot reach the worker: {exc.strerror}") from None
         finally:
             if self._reader is not None:
-                self._reader.poke()  # a send can consume ZMQ_FD's edge
+                self._reader.after_send()
 
     def _handle_frames(self, frames: list[bytes]) -> None:
         identity, body = frames[0], frames[1:]
@@ -414,8 +384,6 @@ class HookClient:
             self._send_quietly(identity, MsgType.RESYNC, 0, {})
         else:
             peer.last_seen = time.monotonic()
-            if message.type is MsgType.REPLY or message.type is MsgType.ERROR:
-                peer.lane_answered(identity)
             self._dispatch(peer, message)
 
     def _dispatch(self, peer: _Peer, message: Message) -> None:
@@ -467,9 +435,6 @@ class HookClient:
         hello = message.payload
         generation, token = hello["generation"], hello["token"]
         reason = ""
-        if "lane" in hello and verify_worker_token(self._key, generation, token):
-            self._on_lane_hello(identity, generation)
-            return
         if not verify_worker_token(self._key, generation, token):
             reason = "invalid token"
         elif self._active is not None and generation < self._active.generation:
@@ -483,8 +448,6 @@ class HookClient:
         if peer is None:
             peer = _Peer(identity, generation, hello["pid"], hello.get("plugins", {}))
             peer.sandbox = dict(hello.get("sandbox", {}))
-            peer.async_hooks = frozenset((api_id, name) for api_id, entry in peer.plugins.items()
-                                         for name in entry.get("async", ()))
             self._peers[identity] = peer
             self.stats["admitted"] += 1
             log.info("worker generation %d (pid %d) admitted", generation, peer.pid)
@@ -495,21 +458,6 @@ class HookClient:
         if self._bodies is not None:
             welcome["shm"] = self._bodies.welcome()
         self._send_quietly(identity, MsgType.WELCOME, 0, welcome)
-
-    def _on_lane_hello(self, identity: bytes, generation: int) -> None:
-        """A lane of an admitted generation: one more route to that worker."""
-        peer = next((p for p in self._peers.values()
-                     if p.generation == generation and p.identity != identity), None)
-        if peer is None:
-            # Its main connection is not admitted (yet, or any more): try again later.
-            self._send_quietly(identity, MsgType.RESYNC, 0, {})
-            return
-        if identity not in peer.lanes:
-            peer.lanes.add(identity)
-            peer.idle_lanes.append(identity)
-            self._peers[identity] = peer
-        self._send_quietly(identity, MsgType.WELCOME, 0,
-                           {"generation": generation, "active": self._active is peer})
 
     def _activate(self, peer: _Peer) -> None:
         previous, self._active = self._active, peer
@@ -528,12 +476,8 @@ class HookClient:
 
     def _drop_peer(self, peer: _Peer, reason: str) -> None:
         if self._peers.get(peer.identity) is not peer:
-            return  # dropped already (a lane's message and the supervisor both said so)
+            return  # dropped already (the socket and the supervisor both said so)
         self._peers.pop(peer.identity, None)
-        for lane in peer.lanes:
-            self._peers.pop(lane, None)
-        peer.lanes.clear()
-        peer.idle_lanes.clear()
         for call_id in list(peer.inflight):
             pending = self._pending.get(call_id)
             if pending is not None and not pending.future.done():
@@ -594,10 +538,9 @@ class HookClient:
             self._send_quietly(identity, MsgType.REJECT, 0, {"reason": f"protocol error: {exc}"})
             return
         # Fail the call the bad message was meant to answer, instead of letting it time out.
-        if body is not None and len(body) == 4 and len(body[2]) == 8:
-            call_id = int.from_bytes(body[2], "big")
+        if body is not None and len(body) == 1 and len(body[0]) >= 10:
+            call_id = int.from_bytes(body[0][2:10], "big")  # the header's call_id
             self._resolve(peer, call_id, None, HookFailed(ErrorCode.PROTOCOL, str(exc)))
-        peer.lane_answered(identity)  # whatever it sent, that lane is done with its call
         peer.strikes += 1
         if peer.strikes >= _MAX_PROTOCOL_STRIKES:
             self._drop_peer(peer, f"worker generation {peer.generation} dropped: "

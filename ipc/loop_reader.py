@@ -4,8 +4,8 @@ Both ends of the hooks socket use this instead of `zmq.asyncio`, which makes a
 future and a reader registration per message: here one readiness callback
 drains every waiting message (bounded per turn so a flood cannot starve the
 loop).  ZMQ_FD is edge-triggered and a *send* may consume the edge, so the
-owner calls `poke()` after every send: one more look at the socket on the
-next loop turn.
+owner calls `after_send()` after every send: it looks at ZMQ_EVENTS and, if a
+message is waiting, drains on the next loop turn.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Final
 
 import zmq
+
+from ipc.zmqio import readable, recv_frames
 
 __all__ = ["LoopReader"]
 
@@ -48,9 +50,15 @@ class LoopReader:
         self._loop = None
 
     def poke(self) -> None:
+        """Drain on the next loop turn."""
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._drain)
+
+    def after_send(self) -> None:
+        """A send may have consumed ZMQ_FD's edge: drain if a message is waiting."""
+        if not self._scheduled and self._loop is not None and readable(self._sock):
+            self.poke()
 
     def _drain(self) -> None:
         self._scheduled = False
@@ -58,11 +66,9 @@ class LoopReader:
         for _ in range(DRAIN_BATCH):
             if self._loop is None or sock.closed:
                 return
-            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
-                return
+                return  # nothing waiting; ZMQ_FD signals the next message
             self._on_frames(frames)
         self.poke()  # more may be waiting: look again on the next loop turn

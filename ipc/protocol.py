@@ -1,9 +1,13 @@
 """The hooks wire protocol between the gateway (ROUTER) and a worker (DEALER).
 
-A message is four ZeroMQ frames (the ROUTER side sees the peer's routing id
-in front of them):
+A message is one ZeroMQ frame (the ROUTER side sees the peer's routing id
+in a frame in front of it):
 
     [version: 1 byte][type: 1 byte][call_id: 8 bytes, big endian][payload: msgpack map]
+
+One frame, not four: with pyzmq every frame costs a Python-level send and
+receive, and on the hook round trip those were a measurable share of the
+gateway's time (README, Performance).
 
 `encode` builds the frames, `decode` is the single validating entry point for
 everything read from the socket: version, type, sizes and the payload's shape
@@ -38,9 +42,9 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 1
-_VERSION_FRAME: Final = bytes([PROTOCOL_VERSION])
-_CALL_ID = struct.Struct(">Q")
+PROTOCOL_VERSION: Final = 2
+#: version, type, call_id
+_HEADER: Final = struct.Struct(">BBQ")
 
 
 class MsgType(enum.IntEnum):
@@ -117,7 +121,6 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "token": str,
             "plugins": PLUGIN_REPORT,
             "threads": int,
-            "lane": int,
             # layer -> "active: ..." / "skipped: why" / "off" (worker/sandbox/launcher.py)
             "sandbox": MapOf(str),
         },
@@ -146,7 +149,7 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
     ),
     MsgType.RESYNC: Record({}),
     # calls: the CALLs sent to this worker and not answered yet when it was told to
-    # drain; with lanes they may still be on their way on other sockets.
+    # drain; the worker acknowledges once it answered each of them (or the grace ends).
     MsgType.DRAIN: Record({"grace_ms": int, "calls": ListOf(int)}),
     MsgType.DRAIN_ACK: Record({"inflight": int}),
     MsgType.HOST_CALL: Record(
@@ -176,40 +179,38 @@ HOST_OPS: Final = frozenset({"log", "store_data", "get_data", "trigger_event"})
 
 
 def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> list[bytes]:
-    """Frames for one message (without the ROUTER's routing id)."""
-    return [
-        _VERSION_FRAME,
-        bytes((mtype,)),
-        _CALL_ID.pack(call_id),
-        msgpack.packb(payload, use_bin_type=True),
-    ]
+    """The frames of one message (one frame; without the ROUTER's routing id)."""
+    return [_HEADER.pack(PROTOCOL_VERSION, mtype, call_id)
+            + msgpack.packb(payload, use_bin_type=True)]
 
 
 def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Validate and decode the four protocol frames; raise `ProtocolError`."""
-    if len(frames) != 4:
-        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
-    version, mtype_frame, call_id_frame, body = (bytes(f) for f in frames)
-    if version != _VERSION_FRAME:
-        raise ProtocolError(f"unsupported protocol version {version!r}")
-    if len(mtype_frame) != 1:
-        raise ProtocolError("type frame must be one byte")
-    try:
-        mtype = MsgType(mtype_frame[0])
-    except ValueError:
-        raise ProtocolError(f"unknown message type {mtype_frame[0]}") from None
-    if len(call_id_frame) != _CALL_ID.size:
-        raise ProtocolError("call id frame must be 8 bytes")
-    if len(body) > limits.max_message_bytes:
-        raise ProtocolError(f"payload of {len(body)} bytes exceeds {limits.max_message_bytes}")
-    payload = _unpack(body, limits)
+    """Validate and decode one message's frames; raise `ProtocolError`."""
+    if len(frames) != 1:
+        raise ProtocolError(f"expected 1 frame, got {len(frames)}")
+    frame = frames[0]
+    if len(frame) < _HEADER.size:
+        raise ProtocolError(f"a message is at least {_HEADER.size} bytes, got {len(frame)}")
+    version, type_code, call_id = _HEADER.unpack_from(frame)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    mtype = _TYPES.get(type_code)
+    if mtype is None:
+        raise ProtocolError(f"unknown message type {type_code}")
+    if len(frame) - _HEADER.size > limits.max_message_bytes:
+        raise ProtocolError(f"payload of {len(frame) - _HEADER.size} bytes exceeds "
+                            f"{limits.max_message_bytes}")
+    payload = _unpack(memoryview(frame)[_HEADER.size:], limits)
     check(payload, PAYLOADS[mtype], mtype.name)
     if mtype is MsgType.HOST_CALL and payload["op"] not in HOST_OPS:
         raise ProtocolError(f"HOST_CALL: unknown op {payload['op']!r}")
-    return Message(mtype, _CALL_ID.unpack(call_id_frame)[0], payload)
+    return Message(mtype, call_id, payload)
 
 
-def _unpack(body: bytes, limits: Limits) -> Any:
+_TYPES: Final = {int(t): t for t in MsgType}
+
+
+def _unpack(body: bytes | memoryview, limits: Limits) -> Any:
     try:
         return msgpack.unpackb(
             body,

@@ -1,4 +1,16 @@
-"""The worker's end of the hooks socket: a ZeroMQ DEALER driven by the event loop.
+"""The worker's end of the hooks socket: one ZeroMQ DEALER shared by the worker's threads.
+
+ZeroMQ sockets are not thread-safe, but they may be used from several threads
+one at a time; here every `send` and every receive happens under one lock.
+Reading is the job of exactly one thread at a time, the *reader* (the leading
+call thread, worker/callthreads.py): it drains what is waiting, and when
+nothing is, it blocks in `poll` on the socket's ZMQ_FD and on a wake-up
+eventfd, without holding the lock.
+
+ZMQ_FD is edge-triggered and any socket operation can consume its edge, so
+a send from a thread other than the reader pokes the eventfd: the reader then
+drains again instead of sleeping on an edge that already passed.  The
+reader's own sends need no poke, since it always drains before it blocks.
 
 Sends never block: with `IMMEDIATE` set, a message is only queued for a
 connected gateway, and one that cannot be queued (gateway gone, or not
@@ -6,37 +18,35 @@ reading) is dropped and reported as `False`.  The protocol is built for that:
 HELLO is resent until answered, heartbeats are periodic, and a gateway that
 lost a REPLY has already timed the call out.  Everything received goes through
 `ipc.protocol.decode`; invalid messages are logged and dropped.
-
-The socket is driven from the event loop directly, as the gateway's is, by
-`ipc.loop_reader.LoopReader`; each valid message goes to the `listen` callback.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+import os
+import select
+import threading
+from collections.abc import Mapping
+from typing import Any, Final, cast
 
 import zmq
 
-from ipc.loop_reader import LoopReader
 from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import DEFAULT_LIMITS, Limits, Message, MsgType, ProtocolError, decode, encode
+from ipc.zmqio import recv_frames, send_frames
 
 __all__ = ["Channel"]
 
 log = logging.getLogger("worker.channel")
 
 #: Outgoing messages ZeroMQ may queue for a slow gateway before sends fail.
-SEND_HWM = 100_000
-
-Handler = Callable[[Message], None]
+SEND_HWM: Final = 100_000
+#: Messages taken off the socket per drain; the rest wait for the next one.
+MAX_BATCH: Final = 256
 
 
 class Channel:
-    """One DEALER connected to the gateway's ROUTER; loop thread only."""
+    """One DEALER connected to the gateway's ROUTER; `send` from any thread."""
 
     def __init__(self, endpoint: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.endpoint = endpoint
@@ -50,19 +60,16 @@ class Channel:
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.connect(endpoint)
         self._sock = sock
-        self._reader = LoopReader(sock, self._on_frames)
-        self._handler: Handler | None = None
-        self._queue: collections.deque[Message] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._lock = threading.Lock()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(cast(int, sock.getsockopt(zmq.FD)), select.POLLIN)
+        self._poll.register(self._wake, select.POLLIN)
+        self._closed = False
+        #: `threading.get_ident()` of the thread that reads now (None: nobody).
+        self.reader: int | None = None
         self.dropped = 0
         self.invalid = 0
-
-    def listen(self, handler: Handler) -> None:
-        """Hand every valid message to `handler` on the loop (instead of `recv`)."""
-        self._handler = handler
-        self._attach()
-        while self._queue:  # anything `recv` buffered before
-            handler(self._queue.popleft())
 
     def send(self, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bool:
         """Queue one message without waiting; False when it could not be queued."""
@@ -71,62 +78,74 @@ class Channel:
         except (TypeError, ValueError, OverflowError) as exc:
             log.error("cannot encode %s: %s", mtype.name, exc)
             return False
-        try:
-            self._sock.send_multipart(frames, zmq.DONTWAIT)
-        except zmq.Again:
-            self.dropped += 1
-            return False
-        except zmq.ZMQError as exc:
-            self.dropped += 1
-            log.warning("sending %s failed: %s", mtype.name, exc)
-            return False
-        finally:
-            self._reader.poke()  # a send can consume ZMQ_FD's edge
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                send_frames(self._sock, *frames)
+            except zmq.Again:
+                self.dropped += 1
+                return False
+            except zmq.ZMQError as exc:
+                self.dropped += 1
+                log.warning("sending %s failed: %s", mtype.name, exc)
+                return False
+        if threading.get_ident() != self.reader:
+            self.poke()  # the send may have consumed ZMQ_FD's edge: the reader looks again
         return True
 
-    async def recv(self) -> Message:
-        """The next valid message from the gateway (invalid ones are dropped)."""
-        loop = self._attach()
-        while not self._queue:  # each wake-up either queued a message or is spurious
-            self._waiter = loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._queue.popleft()
+    def receive(self, timeout_s: float) -> list[Message]:
+        """Valid messages waiting now, else those arriving within `timeout_s` (reader only).
+
+        Returns early, possibly with nothing, when poked.
+        """
+        messages = self._drain()
+        if messages or self._closed:
+            return messages
+        self._poll.poll(int(timeout_s * 1000))
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass  # not poked: the socket is readable, or the poll timed out
+        return self._drain()
+
+    def poke(self) -> None:
+        """Wake the reader out of `receive` (it drains the socket again)."""
+        if self._closed:
+            return
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass  # closed: nobody reads any more
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; `linger_ms` lets already queued messages (DRAIN_ACK) go out first."""
-        self._reader.detach()
-        self._sock.close(linger=linger_ms)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._sock.close(linger=linger_ms)
+        self.poke()
         self._ctx.term()
+        os.close(self._wake)
 
-    # -- event-loop plumbing ------------------------------------------------------------
-
-    def _attach(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if not self._reader.attached:
-            self._reader.attach(loop)
-        return loop
-
-    def _on_frames(self, frames: list[bytes]) -> None:
-        try:
-            message = decode(frames, self.limits)
-        except ProtocolError as exc:
-            self.invalid += 1
-            log.warning("dropped an invalid message from the gateway (%s): %s",
-                        self.endpoint, exc)
-            return
-        self._deliver(message)
-
-    def _deliver(self, message: Message) -> None:
-        handler = self._handler
-        if handler is None:
-            self._queue.append(message)
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
-            return
-        try:
-            handler(message)
-        except Exception:  # one bad message must not stop the reader
-            log.exception("handling %s failed", message.type.name)
+    def _drain(self) -> list[Message]:
+        batch: list[list[bytes]] = []
+        with self._lock:
+            if self._closed:
+                return []
+            sock = self._sock
+            try:
+                while len(batch) < MAX_BATCH:
+                    batch.append(recv_frames(sock))
+            except zmq.Again:
+                pass
+        messages = []
+        for frames in batch:
+            try:
+                messages.append(decode(frames, self.limits))
+            except ProtocolError as exc:
+                self.invalid += 1
+                log.warning("dropped an invalid message from the gateway (%s): %s",
+                            self.endpoint, exc)
+        return messages

@@ -1,10 +1,12 @@
 """Plugin -> gateway calls (HOST_CALL / HOST_REPLY), from any thread, with deadlines.
 
-Hooks run on a thread pool but the ZeroMQ socket belongs to the event loop
-thread (ZeroMQ sockets are not thread-safe), so every host call is marshalled
-onto the loop: fire-and-forget ops (`log`, `trigger_event`) with
-`call_soon_threadsafe`, request/reply ops (`store_data`, `get_data`) with
-`run_coroutine_threadsafe(...).result(deadline)`.  A reply is matched by the
+Hooks run on call threads (worker/callthreads.py) while replies are matched
+on the event loop.  Fire-and-forget ops (`log`, `trigger_event`) are sent
+right from the hook's thread (the channel's `send` is thread-safe), so they
+leave before the hook's REPLY; request/reply ops (`store_data`, `get_data`)
+go through the loop with `run_coroutine_threadsafe(...).result(deadline)`.  Before a hook thread
+blocks on a reply it calls `before_blocking`, so that another call thread
+reads the socket (the reply among the rest) meanwhile.  A reply is matched by the
 `call_id` this module picked; one that never comes fails the plugin's call
 with `HostCallError` at the deadline instead of blocking its thread forever.
 """
@@ -28,7 +30,7 @@ log = logging.getLogger("worker.hostcalls")
 #: Deadline of a request/reply host call when the caller gives none.
 DEFAULT_TIMEOUT_S = 2.0
 
-#: Sends one message; called on the loop thread only; False when it could not be queued.
+#: Sends one message from any thread; False when it could not be queued.
 SendFn = Callable[[MsgType, int, Mapping[str, Any]], bool]
 
 
@@ -50,6 +52,8 @@ class HostCalls:
         self._loop_thread: int | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        #: Called on the hook's thread right before it waits for a reply.
+        self.before_blocking: Callable[[], None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop, send: SendFn | None = None) -> None:
         """Called on the loop thread once the channel (`send`) exists."""
@@ -70,15 +74,8 @@ class HostCalls:
 
     def notify(self, op: str, fields: Mapping[str, Any]) -> None:
         """Fire-and-forget (`call_id` 0); raises HostCallError when there is no loop."""
-        loop = self._require_loop()
-        payload = {"op": op, **fields}
-        if threading.get_ident() == self._loop_thread:
-            self._send_notify(payload)
-            return
-        try:
-            loop.call_soon_threadsafe(self._send_notify, payload)
-        except RuntimeError:  # the loop closed under us: the worker is exiting
-            raise HostCallError(f"{op}: the worker is stopping") from None
+        self._require_loop()
+        self._send_notify({"op": op, **fields})
 
     def request(self, op: str, fields: Mapping[str, Any],
                 timeout_s: float | None = None) -> dict[str, Any]:
@@ -90,6 +87,8 @@ class HostCalls:
                 f"{op}: a blocking host call from the event loop (an async hook?) would "
                 f"deadlock; use `await TykGateway.{op}_async(...)` in async hooks")
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        if self.before_blocking is not None:
+            self.before_blocking()
         future = asyncio.run_coroutine_threadsafe(self.arequest(op, fields, timeout), loop)
         try:
             # arequest has its own deadline; the margin covers a busy loop.

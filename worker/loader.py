@@ -102,8 +102,8 @@ class ApiPlugins:
                                   "source": self.source}
         asynchronous = sorted(name for name, entry in self.hooks.items() if entry.is_async)
         if asynchronous:
-            # The gateway sends these on the main connection: they run on the loop,
-            # and a lane would only hand them over to it (worker/lanes.py).
+            # Informational (GET /hello): these run on the worker's event loop,
+            # the others on its call threads (worker/callthreads.py).
             report["async"] = asynchronous
         return report
 

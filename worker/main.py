@@ -40,10 +40,10 @@ from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
 from ipc.control import inherited_control_socket
 from ipc.protocol import Limits
+from worker.callthreads import CallLedger, CallThreads
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
-from worker.lanes import CallLedger, Lanes
 from worker.loader import HookTable, load_plugins
 from worker.runtime import Identity, Timing, Worker
 from worker.sandbox import SandboxError, SandboxReport, apply_sandbox, resolve_policy
@@ -108,13 +108,14 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
     link = SupervisorLink(inherited_control_socket(), sandbox=identity.sandbox)
     dispatcher = Dispatcher(table, pool, cfg.hooks.timeout_ms)
     ledger = CallLedger()
-    lanes = Lanes(cfg.hooks_endpoint, limits, cfg.worker.threads, dispatcher,
-                  lambda: worker.hello_payload(), ledger) if cfg.worker.lanes else None
+    calls = CallThreads(channel, dispatcher, ledger, cfg.worker.threads,
+                        cfg.worker.handoff_ms / 1000)
+    hostcalls.before_blocking = calls.before_blocking
     worker = Worker(
         identity, channel, dispatcher, hostcalls, link, table.report(),
         Timing(heartbeat_s=cfg.worker.heartbeat_interval_ms / 1000,
                drain_grace_ms=cfg.worker.drain_grace_ms),
-        lanes, ledger,
+        calls, ledger,
     )
     try:
         return await worker.run()

@@ -9,8 +9,10 @@ States (one at a time, changed only on the event loop):
 * CONNECTING: HELLO every 200 ms until WELCOME or REJECT.  How long to wait
   is the supervisor's call (`boot_timeout_ms`): a gateway that is restarting
   will answer eventually.
-* RUNNING: CALLs run concurrently; HEARTBEAT (zmq) and `heartbeat` (control)
-  go out from the event loop itself, so a stuck loop stops them.
+* RUNNING: plain hooks run on the call threads that read them
+  (worker/callthreads.py), `async def` hooks on the loop; HEARTBEAT (zmq) and
+  `heartbeat` (control) go out from the event loop itself, so a stuck loop
+  stops them.
 * DRAINING: new CALLs get ERROR `draining`; in-flight ones get `grace_ms`;
   then DRAIN_ACK and exit 0.  SIGTERM/SIGINT drain the same way (the ACK
   tells the gateway to stop routing here); a second signal stops at once.
@@ -31,10 +33,10 @@ from typing import Any
 
 from ipc import exitcodes
 from ipc.protocol import ErrorCode, Message, MsgType
+from worker.callthreads import CallLedger, CallThreads
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
-from worker.lanes import CallLedger, Lanes
 from worker.supervisor_link import SupervisorLink
 
 __all__ = ["HELLO_INTERVAL_S", "Identity", "State", "Timing", "Worker", "current_rss"]
@@ -44,8 +46,8 @@ log = logging.getLogger("worker.runtime")
 HELLO_INTERVAL_S = 0.2
 #: Retry delay while no connection to the gateway exists yet.
 HELLO_RETRY_S = 0.01
-#: How often a drain looks whether the lanes finished their calls.
-LANE_DRAIN_POLL_S = 0.01
+#: How often a drain looks whether the call threads finished their calls.
+CALL_DRAIN_POLL_S = 0.01
 #: Backstop for the admission gate; the supervisor's boot timeout normally acts first.
 ADMIT_WAIT_S = 300.0
 #: Exit code when the worker's own machinery breaks (not a reserved code: respawn).
@@ -82,8 +84,7 @@ class Worker:
 
     def __init__(self, identity: Identity, channel: Channel, dispatcher: Dispatcher,
                  hostcalls: HostCalls, link: SupervisorLink, report: Mapping[str, Any],
-                 timing: Timing, lanes: Lanes | None = None,
-                 ledger: CallLedger | None = None) -> None:
+                 timing: Timing, calls: CallThreads, ledger: CallLedger) -> None:
         self.identity = identity
         self.channel = channel
         self.dispatcher = dispatcher
@@ -91,8 +92,8 @@ class Worker:
         self.link = link
         self.report = dict(report)
         self.timing = timing
-        self.lanes = lanes
-        self.ledger = ledger or CallLedger()
+        self.calls = calls
+        self.ledger = ledger
         self.state = State.CONNECTING
         self._calls: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,17 +101,17 @@ class Worker:
         self._exit: asyncio.Future[int] | None = None
         self._ready_sent = False
         self._gate_passed = False
-        #: Calls received on the main connection (lanes count their own).
-        self._main_calls = 0
+        #: Calls run on the event loop (`async def` hooks); the call threads count theirs.
+        self._loop_calls = 0
 
     @property
     def inflight(self) -> int:
-        return len(self._calls) + (self.lanes.inflight if self.lanes else 0)
+        return len(self._calls) + self.calls.inflight
 
     @property
     def calls_total(self) -> int:
         """Calls received by this worker, for the supervisor's max_requests recycling."""
-        return self._main_calls + (self.lanes.calls if self.lanes else 0)
+        return self._loop_calls + self.calls.calls
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -118,9 +119,8 @@ class Worker:
         self.hostcalls.bind(loop, self.channel.send)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        # Messages are handled straight from the socket's readiness callback
-        # (worker/channel.py): no reader task, no future per message.
-        self.channel.listen(self._on_message)
+        # The call threads read the socket; what is not theirs comes here, in order.
+        self.calls.start(loop, self._on_message)
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._admission(), "admission")
         try:
@@ -133,8 +133,7 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            if self.lanes is not None:
-                self.lanes.stop()
+            self.calls.stop()
             self.dispatcher.close()  # unmap the arena: nothing reads it any more
 
     # --- tasks ---------------------------------------------------------------------------
@@ -232,15 +231,11 @@ class Worker:
         if not self._ready_sent:
             self._ready_sent = True
             self.link.ready(self.identity.pid, self.identity.generation, self.report)
-        if self.lanes is not None and not self.lanes.started:
-            self.lanes.start(asyncio.get_running_loop())
 
     def _on_resync(self) -> None:
         if self.state is not State.RUNNING:
             return  # already saying HELLO, or on the way out
         log.info("the gateway does not know this worker (it restarted): saying HELLO again")
-        if self.lanes is not None:
-            self.lanes.resync()
         self.state = State.CONNECTING
         self._admitted.clear()
         self._spawn(self._admission(), "admission")
@@ -250,7 +245,7 @@ class Worker:
             self.channel.send(MsgType.ERROR, message.call_id, {
                 "code": str(ErrorCode.DRAINING), "message": "the worker is draining"})
             return
-        self._main_calls += 1
+        self._loop_calls += 1
         task = asyncio.create_task(self._serve(message))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
@@ -282,16 +277,17 @@ class Worker:
         log.info("draining (%s): %d call(s) in flight, grace %d ms", reason, self.inflight,
                  grace_ms)
         self.state = State.DRAINING
+        self.calls.accepting = False
         self._spawn(self._drain(grace_ms, set(awaited)), "drain")
 
     async def _drain(self, grace_ms: int, awaited: set[int]) -> None:
         deadline = time.monotonic() + grace_ms / 1000
         if self._calls:
             await asyncio.wait(set(self._calls), timeout=grace_ms / 1000)
-        # Lanes answer on their own threads, and a listed call may still be on its
-        # way to one: poll (bounded) until every listed call is answered here.
+        # Call threads answer on their own, and a listed call may still be queued
+        # for one: poll (bounded) until every listed call is answered here.
         while (self.inflight or self.ledger.missing(awaited)) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(LANE_DRAIN_POLL_S)
+            await asyncio.sleep(CALL_DRAIN_POLL_S)
         self._ack_and_exit()
 
     def _ack_and_exit(self) -> None:

@@ -34,16 +34,18 @@ def test_round_trip_keeps_every_field() -> None:
 @pytest.mark.parametrize(
     ("frames", "error"),
     [
-        ([b"\x01", b"\x04", b"\0" * 8], "expected 4 frames"),
-        ([b"\x02", b"\x04", b"\0" * 8, b"\x80"], "version"),
-        ([b"\x01", b"\x63", b"\0" * 8, b"\x80"], "unknown message type"),
-        ([b"\x01", b"\x04", b"\0" * 7, b"\x80"], "8 bytes"),
-        ([b"\x01", b"\x07", b"\0" * 8, b"\xc1"], "msgpack"),
-        ([b"\x01", b"\x07", b"\0" * 8, msgpack.packb([1])], "expected a map"),
-        ([b"\x01", b"\x07", b"\0" * 8, msgpack.packb({"generation": True})], "expected int"),
-        ([b"\x01", b"\x07", b"\0" * 8, msgpack.packb({"generation": 1, "x": 1})], "unknown field"),
-        ([b"\x01", b"\x01", b"\0" * 8, msgpack.packb({"generation": 1})], "missing field"),
-        ([b"\x01", b"\x0b", b"\0" * 8, msgpack.packb({"op": "exec"})], "unknown op"),
+        ([b"\x02\x04" + b"\0" * 8 + b"\x80", b""], "expected 1 frame"),
+        ([b"\x02\x04", b"\0" * 8, b"\x80"], "expected 1 frame"),
+        ([b"\x01\x04" + b"\0" * 8 + b"\x80"], "version"),
+        ([b"\x02\x63" + b"\0" * 8 + b"\x80"], "unknown message type"),
+        ([b"\x02\x04" + b"\0" * 7], "at least 10 bytes"),
+        ([b"\x02\x07" + b"\0" * 8 + b"\xc1"], "msgpack"),
+        ([b"\x02\x07" + b"\0" * 8 + msgpack.packb([1])], "expected a map"),
+        ([b"\x02\x07" + b"\0" * 8 + msgpack.packb({"generation": True})], "expected int"),
+        ([b"\x02\x07" + b"\0" * 8 + msgpack.packb({"generation": 1, "x": 1})],
+         "unknown field"),
+        ([b"\x02\x01" + b"\0" * 8 + msgpack.packb({"generation": 1})], "missing field"),
+        ([b"\x02\x0b" + b"\0" * 8 + msgpack.packb({"op": "exec"})], "unknown op"),
     ],
 )
 def test_invalid_messages_are_refused(frames: list[bytes], error: str) -> None:
@@ -60,7 +62,7 @@ def test_nested_object_fields_are_checked_with_their_path() -> None:
 def test_size_limit_applies_before_unpacking() -> None:
     frames = encode(MsgType.HEARTBEAT, 0, {"generation": 1})
     with pytest.raises(ProtocolError, match="exceeds"):
-        decode(frames, Limits(max_message_bytes=len(frames[3]) - 1))
+        decode(frames, Limits(max_message_bytes=len(frames[0]) - 10 - 1))
 
 
 @settings(max_examples=300, deadline=None)

@@ -325,7 +325,7 @@ def test_hung_hook_times_out_and_does_not_keep_the_worker_alive(
         ack = gateway.recv(skip=(MsgType.HEARTBEAT, MsgType.HELLO))
         assert ack.type is MsgType.DRAIN_ACK and ack.payload == {"inflight": 0}
         assert worker.wait() == 0, worker.output()
-        assert "threads still running at exit" in worker.output()
+        assert "still inside a hook at exit (coproc-call-1)" in worker.output()
     except AssertionError:
         print(worker.output())
         raise

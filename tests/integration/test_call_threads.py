@@ -1,0 +1,75 @@
+"""Plain hooks run on the call thread that read them; a blocked hook hands the reading on."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import textwrap
+import time
+from typing import Any
+
+from integration.harness import api_def, echo_header, hook
+
+PLUGIN = "from tyk.decorators import *\n" + textwrap.dedent('''
+    import threading
+
+    released = threading.Event()
+
+    @Hook
+    def WhichThread(request, session, spec):
+        request.add_header("X-Thread", threading.current_thread().name)
+        return request, session
+
+    @Hook
+    async def WhichThreadAsync(request, session, spec):
+        request.add_header("X-Thread", threading.current_thread().name)
+        return request, session
+
+    @Hook
+    def BlockOrRelease(request, session, spec):
+        if request.object.url.endswith("/release"):
+            released.set()
+        else:
+            # A plain wait (no host call): only the watchdog's hand-off lets another
+            # thread read the call that ends it.
+            request.add_header("X-Released", str(released.wait(20)))
+        return request, session
+''')
+
+
+def _instance(coproc_factory: Any, echo_upstream: Any) -> Any:
+    hooks = {"which": "WhichThread", "which_async": "WhichThreadAsync",
+             "block": "BlockOrRelease"}
+    apis = {name: api_def(name, f"/{name}/", echo_upstream.url,
+                          pre=[hook(func, "t/middleware.py", timeout_ms=30_000)])
+            for name, func in hooks.items()}
+    return coproc_factory(apis, {"t/middleware.py": PLUGIN})
+
+
+def test_hooks_run_on_call_threads_and_async_hooks_on_the_loop(coproc_factory: Any,
+                                                               echo_upstream: Any) -> None:
+    """1. A plain pre hook reports the thread it runs on: a call thread.
+    2. The same as `async def`: the worker's main thread (its event loop)."""
+    gw = _instance(coproc_factory, echo_upstream)
+    plain = {echo_header(gw.expect(gw.get("/which/"), 200).json(), "X-Thread")
+             for _ in range(10)}
+    assert plain and all(name.startswith("coproc-call-") for name in plain), plain
+    on_loop = echo_header(gw.expect(gw.get("/which_async/"), 200).json(), "X-Thread")
+    assert on_loop == "MainThread"
+
+
+def test_a_blocked_hook_does_not_stop_other_calls(coproc_factory: Any,
+                                                  echo_upstream: Any) -> None:
+    """1. Request A's hook blocks until request B's call of the same hook releases it.
+    2. B is sent while A's hook blocks; A then completes, released by B (not by
+       its own 20 s timeout): B's call was read and run by another thread."""
+    gw = _instance(coproc_factory, echo_upstream)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        blocked = pool.submit(gw.get, "/block/", None, 40.0)
+        deadline = time.monotonic() + 10
+        while gw.hello().json().get("worker", {}).get("inflight", 0) < 1:  # A is in its hook
+            assert time.monotonic() < deadline, gw.logs()
+            time.sleep(0.02)
+        release = pool.submit(gw.get, "/block/release", None, 40.0)
+        gw.expect(release.result(40), 200)
+        first = gw.expect(blocked.result(40), 200)
+    assert echo_header(first.json(), "X-Released") == "True"
