@@ -6,6 +6,13 @@ slot (ipc/shm.py), and turns the references of a REPLY back into bytes with
 `reply_side`.  Callers of the hook client never see the arena.  Which slots a
 call may free, and when, is the hook client's business (a worker that has not
 answered may still write into them).
+
+The `body` text of a record may still be a `PendingText` (the chain defers it
+when the hook client has an arena, see `defers_text`): `send_side` decodes it
+only for a body that stays inline; a body in the arena is sent as bytes alone
+with `text: true`, and the worker decodes it if the plugin reads `body`.  The
+bytes themselves are written into the slot once; the gateway keeps its own
+`bytes` for the upstream, so a body the hook did not change is never read back.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 from typing import Any
 
 from config.gateway import GatewayConfig
+from gateway.tyk_object import PendingText
 from ipc.protocol import ProtocolError
 from ipc.shm import (
     BODY_PARTS,
@@ -26,12 +34,21 @@ from ipc.shm import (
 )
 from ipc.shm_names import shm_prefix
 
-__all__ = ["Bodies", "Slots"]
+__all__ = ["Bodies", "Slots", "defers_text"]
 
 log = logging.getLogger("coproc.hooks")
 
 #: The slots one call's bodies occupy, by object part ("request", "response").
 Slots = dict[str, Slot]
+
+
+def defers_text(hooks: object) -> bool:
+    """Whether `hooks` may be given objects whose `body` is a `PendingText`.
+
+    True for a hook client with a body arena (`gateway.hooks.HookClient.arena`):
+    it hands every CALL to `Bodies.send_side`, which resolves them.
+    """
+    return getattr(hooks, "arena", None) is not None
 
 
 class Bodies:
@@ -60,31 +77,37 @@ class Bodies:
         return cls(arena, ipc.shm_threshold_bytes, stats)
 
     def send_side(self, payload: dict[str, Any]) -> Slots:
-        """Move large `raw_body`s of the CALL payload into arena slots (in place)."""
+        """Move large `raw_body`s of the CALL payload into arena slots; resolve texts.
+
+        The caller's object is left as it was: changed records are copies in a
+        copy of `payload["object"]`.
+        """
         arena, obj = self.arena, payload["object"]
         slots: Slots = {}
         for part in BODY_PARTS:
             record = obj.get(part)
-            raw = record.get("raw_body") if record else None
-            if raw is None or len(raw) < self.threshold:
+            if not record:
                 continue
-            try:
-                slot = arena.alloc(slot_capacity(len(raw)))
-            except ArenaFull:
-                self.stats["shm_fallback"] += 1
-                continue
-            arena.write(slot.offset, raw)
-            slots[part] = slot
-            if payload["object"] is obj:
-                payload["object"] = dict(obj)  # the caller's object stays as it was
-            # `body` is the UTF-8 text of `raw_body` or "" (gateway.tyk_object): the
-            # worker rebuilds it from the slot instead of receiving it twice.
-            payload["object"][part] = {k: v for k, v in record.items()
-                                       if k != "raw_body" and k != "body"}
-            payload.setdefault("bodies", {})[part] = {
-                "offset": slot.offset, "length": len(raw), "capacity": slot.capacity,
-                "text": bool(record.get("body"))}
-            self.stats["shm_bodies"] += 1
+            raw = record.get("raw_body")
+            text = record.get("body")
+            if raw is not None and len(raw) >= self.threshold:
+                try:
+                    slot = arena.alloc(slot_capacity(len(raw)))
+                except ArenaFull:
+                    self.stats["shm_fallback"] += 1
+                else:
+                    arena.write(slot.offset, raw)
+                    slots[part] = slot
+                    # The worker makes `body` from the slot's bytes: neither goes twice.
+                    _replace(payload, obj, part, {k: v for k, v in record.items()
+                                                  if k != "raw_body" and k != "body"})
+                    payload.setdefault("bodies", {})[part] = {
+                        "offset": slot.offset, "length": len(raw), "capacity": slot.capacity,
+                        "text": type(text) is PendingText or bool(text)}
+                    self.stats["shm_bodies"] += 1
+                    continue
+            if type(text) is PendingText:
+                _replace(payload, obj, part, {**record, "body": text.text()})
         return slots
 
     def reply_side(self, got: dict[str, Any], refs: dict[str, Any],
@@ -107,3 +130,11 @@ class Bodies:
 
     def close(self) -> None:
         self.arena.close()
+
+
+def _replace(payload: dict[str, Any], sent: dict[str, Any], part: str,
+             record: dict[str, Any]) -> None:
+    """Put `record` in the payload's object, copying the object the caller passed first."""
+    if payload["object"] is sent:
+        payload["object"] = dict(sent)
+    payload["object"][part] = record

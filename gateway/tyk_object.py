@@ -10,6 +10,10 @@ them (see docs/PROTOCOL.md for the wire shape):
   `add_params` (a key is replaced, not appended).  A changed `url` moves the
   request to that path; its query is always the rebuilt one.
 * Only `raw_body` reaches the upstream (`body` is a text view for plugins).
+  With `defer_text` the object carries a `PendingText` instead of that text:
+  the hook client decodes it only for a body that travels inline; one that
+  goes through shared memory is never decoded here (the worker does it, if
+  the plugin reads `body`).
 * `return_overrides.response_code` > 0 answers the client instead of proxying.
 
 Each hook sees the request as left by the previous one: state is updated after
@@ -29,9 +33,11 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.apidef import HookDef
+from ipc.shm import utf8_text
 
 __all__ = [
     "Headers",
+    "PendingText",
     "Reply",
     "RequestState",
     "ResponseState",
@@ -89,14 +95,6 @@ def multivalue_headers(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any
     for name, value in headers:
         groups.setdefault(canonical_header(name), []).append(value)
     return [{"key": key, "values": values} for key, values in groups.items()]
-
-
-def utf8_text(data: bytes) -> str:
-    """The body as text when it is valid UTF-8, else "" (Tyk's `body`)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
 
 
 def _valid_header(name: object, value: object) -> bool:
@@ -161,13 +159,53 @@ class RequestState:
         return self.headers
 
 
+class PendingText:
+    """Tyk's `body` of `raw`, not decoded yet (see `request_object`'s `defer_text`).
+
+    Whoever sends the object resolves it (gateway/bodies.py): `text()` for a
+    body that travels inline, nothing for one that goes through shared memory.
+    It is never sent as such: msgpack refuses it.
+    """
+
+    __slots__ = ("_state", "raw")
+
+    def __init__(self, raw: bytes, state: RequestState | None = None) -> None:
+        self.raw = raw
+        self._state = state
+
+    def text(self) -> str:
+        """The UTF-8 text of the bytes, or "" when they are not UTF-8."""
+        state = self._state
+        if state is not None and state.body is self.raw:
+            return state.body_text()  # decoded once per body, whatever the hooks
+        return utf8_text(self.raw)
+
+    def __repr__(self) -> str:
+        return f"PendingText({len(self.raw)} bytes)"
+
+
+def _text_field(raw: bytes, raw_body_only: bool, defer: bool,
+                state: RequestState | None = None) -> str | PendingText:
+    if raw_body_only or not raw:
+        return ""
+    if defer:
+        return PendingText(raw, state)
+    return state.body_text() if state is not None else utf8_text(raw)
+
+
 def request_object(state: RequestState, spec: dict[str, str], hook_type: str,
-                   hook: HookDef) -> dict[str, Any]:
-    """The whole coprocess object for one request-phase hook call."""
+                   hook: HookDef, *, defer_text: bool = False) -> dict[str, Any]:
+    """The whole coprocess object for one request-phase hook call.
+
+    `defer_text`: `request.body` is a `PendingText`, for a hook client that
+    resolves it when it sends the object (one with a body arena, see
+    gateway/bodies.py); decoding 1 MiB costs about as much as copying it.
+    """
     return {
         "hook_type": hook_type,
         "hook_name": hook.name,
-        "request": _request_record(state, hook.raw_body_only, with_body=True),
+        "request": _request_record(state, hook.raw_body_only, with_body=True,
+                                   defer_text=defer_text),
         "session": state.session,
         "metadata": state.metadata,
         "spec": spec,
@@ -175,7 +213,7 @@ def request_object(state: RequestState, spec: dict[str, str], hook_type: str,
 
 
 def _request_record(state: RequestState, raw_body_only: bool, *,
-                    with_body: bool) -> dict[str, Any]:
+                    with_body: bool, defer_text: bool = False) -> dict[str, Any]:
     record: dict[str, Any] = {
         "headers": state.header_view(),
         "set_headers": {},
@@ -191,8 +229,8 @@ def _request_record(state: RequestState, raw_body_only: bool, *,
         "scheme": state.scheme,
     }
     if with_body:
-        record["raw_body"] = state.body or b""
-        record["body"] = "" if raw_body_only else state.body_text()
+        raw = record["raw_body"] = state.body or b""
+        record["body"] = _text_field(raw, raw_body_only, defer_text, state)
     return record
 
 
@@ -308,8 +346,11 @@ class ResponseState:
 
 
 def response_object(req: RequestState, resp: ResponseState, spec: dict[str, str],
-                    hook: HookDef) -> dict[str, Any]:
-    """The coprocess object for one response hook (the request without its body)."""
+                    hook: HookDef, *, defer_text: bool = False) -> dict[str, Any]:
+    """The coprocess object for one response hook (the request without its body).
+
+    `defer_text` as for `request_object`, for `response.body`.
+    """
     items = list(resp.headers.items())
     return {
         "hook_type": "response",
@@ -318,7 +359,7 @@ def response_object(req: RequestState, resp: ResponseState, spec: dict[str, str]
         "response": {
             "status_code": resp.status,
             "raw_body": resp.body,
-            "body": "" if hook.raw_body_only else utf8_text(resp.body),
+            "body": _text_field(resp.body, hook.raw_body_only, defer_text),
             "headers": header_map(items),
             "multivalue_headers": multivalue_headers(items),
         },

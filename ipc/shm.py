@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +51,7 @@ __all__ = [
     "remove_stale_arenas",
     "resolve_bodies",
     "slot_capacity",
+    "utf8_text",
 ]
 
 #: Allocation unit: slots start on page boundaries, so a body never shares a page.
@@ -256,13 +257,26 @@ class Arena(_Mapping):
             pass
 
 
+def utf8_text(data: bytes) -> str:
+    """Tyk's `body`: the UTF-8 text of the bytes, or "" when they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
 def resolve_bodies(obj: dict[str, Any], refs: Mapping[str, Any], view: _Mapping,
-                   allowed: Mapping[str, Slot] | None = None) -> dict[str, Any]:
+                   allowed: Mapping[str, Slot] | None = None, *,
+                   text: Callable[[bytes], Any] = utf8_text) -> dict[str, Any]:
     """`obj` with each referenced `raw_body` (and its `body` text) read from the arena.
 
     `allowed` (gateway side) limits references to the slots this call owns,
     so a worker cannot make the gateway read another call's body.  Raises
     `ProtocolError` for a reference outside the arena or the call's slots.
+    `text(raw_body)` makes `body` where the reference says it is text: the
+    decoded text by default; the worker passes a lazy one (worker/objects.py).
+    Each body is read once, into a private `bytes` (plugins and aiohttp want
+    `bytes`, and the slot is not the caller's once the call is answered).
     """
     out = dict(obj)
     for part, raw in refs.items():
@@ -275,9 +289,6 @@ def resolve_bodies(obj: dict[str, Any], refs: Mapping[str, Any], view: _Mapping,
         record = dict(out.get(part) or {})
         record["raw_body"] = data
         if ref.text:
-            try:
-                record["body"] = data.decode("utf-8")
-            except UnicodeDecodeError:
-                record["body"] = ""  # Tyk's `body` is empty for a body that is not text
+            record["body"] = text(data)
         out[part] = record
     return out

@@ -99,8 +99,14 @@ class Dispatcher:
             if self.arena is None:
                 return error(ErrorCode.PROTOCOL, "a body is in shared memory, but this "
                                                  "worker has no arena mapped")
+            # Imported here to keep this change inside the body handling.
+            from worker.objects import LazyText
+
             try:
-                wire = resolve_bodies(wire, refs, self.arena)
+                # raw_body is copied out now: the slot is not ours once the call is
+                # answered, and a deadline can answer it while the hook still runs.
+                # `body` is decoded only if the hook reads it (LazyText).
+                wire = resolve_bodies(wire, refs, self.arena, text=LazyText)
             except ProtocolError as exc:
                 return error(ErrorCode.PROTOCOL, str(exc))
         return _Call(api_id, entry, payload["hook_type"], wire, refs,

@@ -21,7 +21,9 @@ Deliberate differences from protobuf, each in the plugin's favour:
 
 Objects are built lazily from the decoded CALL payload: a field that a hook
 never touches is never converted, and `changed_fields` can tell it apart from
-one that was replaced, which keeps REPLY small (see docs/PROTOCOL.md).
+one that was replaced, which keeps REPLY small (see docs/PROTOCOL.md).  The
+`body` text of a body that came through shared memory is not even decoded
+until a plugin reads it (`LazyText`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "BasicAuthData",
     "Header",
     "JWTData",
+    "LazyText",
     "Message",
     "MessageList",
     "MessageMap",
@@ -57,6 +60,43 @@ __all__ = [
 ]
 
 _MISSING: Any = object()
+
+
+class LazyText:
+    """A `body` field not decoded yet: the UTF-8 text of `raw`, or "" when it is not UTF-8.
+
+    A body that came through the shared-memory arena arrives without its text
+    (docs/PROTOCOL.md); decoding a large body costs about as much as copying
+    it, and most hooks never read `body`.  The wire map holds this object;
+    the first read of the field replaces it with the text (`Field.__get__`),
+    and whatever looks at raw wire values (`changed_fields`, `to_wire`,
+    `HasField`) resolves it the same way, so plugins only ever see a `str`.
+    """
+
+    __slots__ = ("_raw", "_text")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._text: str | None = None
+
+    def text(self) -> str:
+        """The text, decoded on first use (the same `str` object every time)."""
+        text = self._text
+        if text is None:
+            try:
+                text = self._raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""  # Tyk's `body` is empty for a body that is not text
+            self._text = text  # two threads racing here both store an equal text
+        return text
+
+    def __repr__(self) -> str:
+        return f"LazyText({len(self._raw)} bytes)"
+
+
+def _resolved(value: Any) -> Any:
+    """A wire value with a `LazyText` turned into its text."""
+    return value.text() if type(value) is LazyText else value
 
 
 class Kind(enum.Enum):
@@ -119,6 +159,9 @@ class Field:
         if self.kind is Kind.SCALAR:
             if value is _MISSING:
                 return self.default
+            if type(value) is LazyText:
+                value = values[self.name] = value.text()
+                return value
             if self.item is float and type(value) is int:
                 return float(value)
             return value
@@ -225,6 +268,7 @@ class Message:
         fields = self._fields
         out = {}
         for name, value in self._values.items():
+            value = _resolved(value)
             if not fields[name].is_default(value):
                 out[name] = _plain(value)
         return out
@@ -242,7 +286,7 @@ class Message:
         field = self._field(name)
         if field.kind in (Kind.MAP, Kind.REPEATED):
             raise ValueError(f'Protocol message has no singular "{name}" field.')
-        value = self._values.get(name, _MISSING)
+        value = _resolved(self._values.get(name, _MISSING))
         if field.kind is Kind.MESSAGE and type(value) is dict:
             return bool(value)
         return not field.is_default(value)
@@ -297,7 +341,9 @@ def changed_fields(message: Message, sent: Mapping[str, Any]) -> dict[str, Any]:
 
     A field the hook never touched is still the very object that came off the
     wire: it is skipped without a comparison, so an untouched `raw_body` costs
-    nothing.  A touched one is compared with what was sent.
+    nothing.  A touched one is compared with what was sent.  A `LazyText` the
+    hook read was replaced by its (cached) text, so it is skipped the same way;
+    one it did not read is never decoded.
     """
     fields = message._fields
     values = message._values
@@ -310,6 +356,10 @@ def changed_fields(message: Message, sent: Mapping[str, Any]) -> dict[str, Any]:
         before = sent.get(name, _MISSING)
         if now is before:
             continue
+        if type(before) is LazyText or type(now) is LazyText:
+            now, before = _resolved(now), _resolved(before)
+            if now is before:
+                continue
         new = field.empty_wire() if now is _MISSING else _plain(now)
         if before is _MISSING:
             old = field.empty_wire()
