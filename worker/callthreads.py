@@ -52,6 +52,10 @@ log = logging.getLogger("worker.calls")
 
 #: How long the leader sleeps in `receive` at most (it is poked for anything sooner).
 RECEIVE_TIMEOUT_S: Final = 1.0
+#: Replies the leader holds back at most, and for how long at most, so that one
+#: wake-up of the ZeroMQ I/O thread carries a batch (see `_hold`).
+OUTBOX_MAX: Final = 32
+OUTBOX_HOLD_S: Final = 0.0005
 #: Consecutive watchdog checks without a running hook before the watchdog parks.
 PARK_AFTER_IDLE_CHECKS: Final = 200
 #: How long `stop` waits for the call threads to leave.
@@ -115,6 +119,8 @@ class CallThreads:
         self._threads: list[threading.Thread] = []
         self._leader: int | None = None  # thread ident
         self._running: dict[int, _Running] = {}  # by thread ident
+        self._outbox: list[tuple[int, Outcome]] = []  # the leader's replies not sent yet
+        self._outbox_since = 0.0
         self._idle = 0  # followers waiting to lead
         self._stopping = False
         self._watch_parked = False
@@ -148,6 +154,8 @@ class CallThreads:
         with self._lock:
             self._stopping = True
             self._followers.notify_all()
+        log.info("call threads: %d call(s), %d hand-off(s), %d thread(s)", self.calls,
+                 self.handoffs, len(self._threads))
         self._watch_wake.set()
         self._channel.poke()
         deadline = time.monotonic() + JOIN_S
@@ -186,6 +194,8 @@ class CallThreads:
                     self._idle -= 1
                     continue
                 if self._queue:
+                    if self._outbox and time.monotonic() - self._outbox_since > OUTBOX_HOLD_S:
+                        self._flush()
                     message = self._queue.popleft()
                     running = self._running[me] = self._track(message)
                     lock.release()
@@ -196,9 +206,14 @@ class CallThreads:
                         del self._running[me]
                     if not running.answered:  # else the watchdog answered at the deadline
                         running.answered = True
-                        self.inflight -= 1
-                        self._answer(message.call_id, outcome)
+                        if self._leader == me:
+                            self._hold(message.call_id, outcome)
+                        else:  # handed off meanwhile: the new leader has its own batch
+                            self.inflight -= 1
+                            self._answer(message.call_id, outcome)
                     continue
+                if self._outbox:
+                    self._flush()  # nothing more to run: send before sleeping
                 lock.release()
                 try:
                     messages = self._channel.receive(RECEIVE_TIMEOUT_S)
@@ -261,6 +276,31 @@ class CallThreads:
             log.exception("CALL %d failed inside the worker", message.call_id)
             return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
 
+    def _hold(self, call_id: int, outcome: Outcome) -> None:
+        """Keep the leader's reply for one send of the batch (lock held).
+
+        Each send that finds the ZeroMQ I/O thread asleep wakes it, and that
+        wake-up cost more than a no-op hook (README, Performance); replies of
+        CALLs read together therefore leave together.  A reply waits at most
+        OUTBOX_HOLD_S plus one hook, or until a hand-off sends it.
+        """
+        if not self._outbox:
+            self._outbox_since = time.monotonic()
+        self._outbox.append((call_id, outcome))
+        if len(self._outbox) >= OUTBOX_MAX:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the held replies (lock held)."""
+        batch, self._outbox = self._outbox, []
+        sent = self._channel.send_many([(mtype, call_id, payload)
+                                        for call_id, (mtype, payload) in batch])
+        if sent < len(batch):
+            log.warning("%d answer(s) could not be sent", len(batch) - sent)
+        self.inflight -= len(batch)
+        for call_id, _ in batch:
+            self._ledger.answered(call_id)
+
     def _answer(self, call_id: int, outcome: Outcome) -> None:
         mtype, payload = outcome
         if not self._channel.send(mtype, call_id, payload):
@@ -271,6 +311,8 @@ class CallThreads:
 
     def _hand_off(self) -> None:
         """The leader is stuck in a hook: another thread reads (lock held)."""
+        if self._outbox:
+            self._flush()  # the stuck leader's finished calls must not wait for it
         self._leader = None
         self._channel.reader = None
         self.handoffs += 1

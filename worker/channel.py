@@ -94,6 +94,30 @@ class Channel:
             self.poke()  # the send may have consumed ZMQ_FD's edge: the reader looks again
         return True
 
+    def send_many(self, messages: list[tuple[MsgType, int, Mapping[str, Any]]]) -> int:
+        """`send` for a batch, under one lock; returns how many were queued."""
+        encoded = []
+        for mtype, call_id, payload in messages:
+            try:
+                encoded.append(encode(mtype, call_id, payload))
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error("cannot encode %s: %s", mtype.name, exc)
+        sent = 0
+        with self._lock:
+            if self._closed:
+                return 0
+            for frames in encoded:
+                try:
+                    send_frames(self._sock, *frames)
+                except zmq.ZMQError as exc:
+                    self.dropped += len(encoded) - sent
+                    log.warning("sending a batch of %d failed: %s", len(encoded), exc)
+                    break
+                sent += 1
+        if threading.get_ident() != self.reader:
+            self.poke()
+        return sent
+
     def receive(self, timeout_s: float) -> list[Message]:
         """Valid messages waiting now, else those arriving within `timeout_s` (reader only).
 
