@@ -40,6 +40,7 @@ from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.proxy import make_session
 from gateway.router import Router
 from gateway.storage import MemoryStorage, Storage, open_storage
+from ipc import gctune
 
 __all__ = [
     "CHAIN",
@@ -184,6 +185,7 @@ async def serve(cfg: GatewayConfig, apis: list[APIDefinition], sock: socket.sock
         site = web.SockSite(runner, sock)
         await site.start()
         log.info("serving %d API(s) on %s", sum(1 for a in apis if a.active), site.name)
+        gctune.settle()  # start-up is over: see ipc/gctune.py
         app[CONTROL].send({"type": "ready", "role": "gateway", "pid": os.getpid()})
         await _stop_requested()
         log.info("stopping: draining in-flight requests (up to %d ms)",

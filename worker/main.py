@@ -36,7 +36,7 @@ from config import ConfigError, load_api_definitions, load_gateway_config
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from config.logs import setup_logging
-from ipc import eventloop, exitcodes
+from ipc import eventloop, exitcodes, gctune
 from ipc.child import die_with_parent
 from ipc.control import inherited_control_socket
 from ipc.protocol import Limits
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("worker generation %d: %d API(s) with plugins, %d with problems%s",
              identity.generation, len(table.apis), len(failed),
              f" ({', '.join(failed)})" if failed else "")
+    gctune.settle()  # plugins are loaded: see ipc/gctune.py
     pool = ThreadPoolExecutor(cfg.worker.threads, thread_name_prefix=HOOK_THREAD_PREFIX)
     try:
         code = eventloop.run(_serve(cfg, identity, table, hostcalls, pool))
