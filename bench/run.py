@@ -38,6 +38,7 @@ from typing import Any
 
 import psutil
 
+from bench.floor import round_trip_floor_us
 from bench.load import Result, generator_name, run_load
 from bench.procs import Coproc, Server
 
@@ -229,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             "hook_latency_us", {}) for name, inst in (("pre_noop", pre), ("body_shm", shm),
                                                       ("body_inline", inline))})
         shm_stats = shm.hello().get("worker", {}).get("shm", {})
-    report = _report(scenarios, latency, shm_stats, args, started)
+    print("round-trip floor of this machine (two blocking processes)", flush=True)
+    floor = round_trip_floor_us()
+    report = _report(scenarios, latency, shm_stats, floor, args, started)
     print(_table(report))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[str, Any],
-            args: argparse.Namespace, started: datetime.datetime) -> dict[str, Any]:
+            floor: dict[str, float], args: argparse.Namespace,
+            started: datetime.datetime) -> dict[str, Any]:
     by = {s.key: s for s in scenarios}
     pairs = {
         "no_hooks_vs_bare_proxy": ("no_hooks", "bare_proxy"),
@@ -267,6 +271,7 @@ def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[
         "ratios": ratios,
         "ratios_per_round": per_round,
         "hook_latency_us": latency,
+        "round_trip_floor_us": floor,
         "shm": shm_stats,
     }
 
@@ -310,6 +315,9 @@ def _table(report: dict[str, Any]) -> str:
         if summary:
             lines.append(f"  {name:<30} p50 {summary['p50']:>6}  p90 {summary['p90']:>6}  "
                          f"p99 {summary['p99']:>6}  ({summary['count']} calls)")
+    floor = report["round_trip_floor_us"]
+    lines.append(f"  floor: ZeroMQ ipc echo p50 {floor['zmq_ipc']:.0f}, Unix socketpair echo p50 "
+                 f"{floor['unix_socketpair']:.0f} (two blocking processes, no Coproc code)")
     shm = report["shm"]
     if shm:
         lines.append(f"shm arena: {shm.get('bodies', 0)} bodies via shared memory, "
