@@ -43,7 +43,7 @@ from typing import Any, Final
 
 from ipc.protocol import ErrorCode, Message, MsgType
 from worker.channel import Channel
-from worker.dispatch import Dispatcher, Outcome, error
+from worker.dispatch import Dispatcher, Outcome, Ran, error
 from worker.loader import LookupFailed
 
 __all__ = ["CallLedger", "CallThreads"]
@@ -200,12 +200,13 @@ class CallThreads:
                     running = self._running[me] = self._track(message)
                     lock.release()
                     try:
-                        outcome = self._run_hook(message)
+                        ran = self._run_hook(message)
                     finally:
                         lock.acquire()
                         del self._running[me]
                     if not running.answered:  # else the watchdog answered at the deadline
                         running.answered = True
+                        outcome = self._finish(message, ran)
                         if self._leader == me:
                             self._hold(message.call_id, outcome)
                         else:  # handed off meanwhile: the new leader has its own batch
@@ -268,11 +269,20 @@ class CallThreads:
                         payload.get("timeout_ms") or self._dispatcher.default_timeout_ms,
                         time.monotonic())
 
-    def _run_hook(self, message: Message) -> Outcome:
+    def _run_hook(self, message: Message) -> Ran | Outcome:
         assert self._loop is not None  # set by start()
         try:
-            return self._dispatcher.call_on_lane(message.payload, self._loop)
+            return self._dispatcher.run_here(message.payload, self._loop)
         except Exception as exc:  # the dispatcher turns hook errors into ERRORs already
+            log.exception("CALL %d failed inside the worker", message.call_id)
+            return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, message: Message, ran: Ran | Outcome) -> Outcome:
+        """The answer to a call still unanswered (lock held: the watchdog cannot answer it
+        meanwhile, so a changed body written to its arena slot is still the call's)."""
+        try:
+            return self._dispatcher.finish(ran)
+        except Exception as exc:
             log.exception("CALL %d failed inside the worker", message.call_id)
             return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
 

@@ -29,9 +29,10 @@ from ipc.schema import ProtocolError
 from ipc.shm import ArenaView, resolve_bodies
 from worker.invoke import HookFailed, Invocation, run_async, run_sync
 from worker.loader import HookEntry, HookTable, LookupFailed
+from worker.objects import LazyText
 from worker.tyk_api import CURRENT_API
 
-__all__ = ["Dispatcher", "Outcome", "error"]
+__all__ = ["Dispatcher", "Outcome", "Ran", "error"]
 
 log = logging.getLogger("worker.dispatch")
 
@@ -53,6 +54,14 @@ class _Call:
     wire: Mapping[str, Any]
     refs: Mapping[str, Any] | None
     timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """A plain hook that returned, its REPLY not built yet (see `Dispatcher.finish`)."""
+
+    call: _Call
+    result: dict[str, Any]
 
 
 class Dispatcher:
@@ -99,9 +108,6 @@ class Dispatcher:
             if self.arena is None:
                 return error(ErrorCode.PROTOCOL, "a body is in shared memory, but this "
                                                  "worker has no arena mapped")
-            # Imported here to keep this change inside the body handling.
-            from worker.objects import LazyText
-
             try:
                 # raw_body is copied out now: the slot is not ours once the call is
                 # answered, and a deadline can answer it while the hook still runs.
@@ -142,14 +148,17 @@ class Dispatcher:
                          f"hook {name} did not finish within {timeout_ms} ms")
         return self._reply(call, result)
 
-    def call_on_lane(self, payload: Mapping[str, Any],
-                     loop: asyncio.AbstractEventLoop) -> Outcome:
-        """Run a CALL on the calling lane thread (worker/lanes.py): no pool, no loop hop.
+    def run_here(self, payload: Mapping[str, Any],
+                 loop: asyncio.AbstractEventLoop) -> Ran | Outcome:
+        """Run a plain hook's CALL on the calling thread (worker/callthreads.py).
 
-        A plain hook cannot be interrupted anyway, so there is no worker-side
-        deadline here: the gateway's answers the caller, and the lane stays busy
-        (unused by the gateway) until the hook returns.  An `async def` hook still
-        runs on the event loop, with its deadline.
+        No pool, no loop hop, and no deadline here (a plain hook cannot be
+        interrupted; the call threads' watchdog answers a late call).  The REPLY
+        is built by `finish`, which the caller runs only if the call is still
+        unanswered: a changed large body is written into the call's arena slot
+        there, and once a deadline answered the call the gateway may have given
+        that slot to another call.  An `async def` hook (the call threads send
+        those to the loop) runs on the loop with its deadline.
         """
         call = self._prepare(payload)
         if not isinstance(call, _Call):
@@ -160,7 +169,13 @@ class Dispatcher:
             result = _prepare_and_run(call.api_id, call.entry, call.hook_type, call.wire)
         except HookFailed as exc:
             return error(exc.code, exc.message)
-        return self._reply(call, result)
+        return Ran(call, result)
+
+    def finish(self, ran: Ran | Outcome) -> Outcome:
+        """The REPLY (or ERROR) for what `run_here` returned."""
+        if isinstance(ran, Ran):
+            return self._reply(ran.call, ran.result)
+        return ran
 
     def _bodies_back(self, reply: dict[str, Any], refs: Mapping[str, Any]) -> None:
         """Send changed large bodies back through the slots they came in."""

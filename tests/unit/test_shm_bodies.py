@@ -10,6 +10,7 @@ shared memory, and the worker decodes it only when a plugin reads it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -317,3 +318,29 @@ def test_a_mapped_view_gives_lazy_texts(arena: Arena) -> None:
     assert out["request"]["raw_body"] == data
     assert isinstance(out["request"]["body"], LazyText)
     assert out["request"]["body"].text() == data.decode()
+
+
+def test_a_changed_body_reaches_its_slot_only_when_the_reply_is_built(side: Side) -> None:
+    """Call threads run a hook with `run_here` and build its REPLY with `finish` only
+    if no deadline answered the call meanwhile: the slot may belong to another call
+    by then, so `run_here` alone must leave the arena untouched."""
+    body = _binary(MIB)
+    state = RequestState("POST", "/x", "", "/x", "http",
+                         CIMultiDictProxy(CIMultiDict({"X-Change": "reverse"})))
+    state.body = body
+    obj = request_object(state, SPEC, "pre", SEE)
+    payload = {"api_id": "api", "hook_type": "pre", "hook_name": SEE.name,
+               "timeout_ms": 2000, "object": obj}
+    slots = side.bodies.send_side(payload)
+    slot = slots["request"]
+    call = decode(encode(MsgType.CALL, 1, payload)).payload
+    loop = asyncio.new_event_loop()  # only for async hooks: not used by this one
+    try:
+        ran = side.dispatcher.run_here(call, loop)
+    finally:
+        loop.close()
+    assert side.bodies.arena.read(slot.offset, len(body)) == body  # untouched
+    mtype, answer = side.dispatcher.finish(ran)
+    assert mtype is MsgType.REPLY and "bodies" in answer
+    assert side.bodies.arena.read(slot.offset, len(body)) == body[::-1]
+    side.bodies.free(slots)
