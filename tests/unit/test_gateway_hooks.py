@@ -232,3 +232,20 @@ async def test_drain_lists_the_calls_still_in_flight(env: Any) -> None:
     assert drain.type is MsgType.DRAIN and drain.payload["calls"] == [call.call_id]
     await old.send(MsgType.REPLY, call.call_id, {"object": {}})
     await pending
+
+
+async def test_calls_sent_in_one_loop_turn_leave_before_any_later_message(env: Any) -> None:
+    """CALLs wait for the end of the loop turn (one I/O-thread wake for the turn's calls);
+    a message sent meanwhile (here an EVENT; on a hot restart, DRAIN) must not overtake
+    them: the worker refuses CALLs that arrive after its DRAIN."""
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    calls = [asyncio.ensure_future(client.call("x", "pre", HOOK, {})) for _ in range(3)]
+    await asyncio.sleep(0)  # the calls are queued, not sent yet
+    assert client.send_event("x", "OnEvent", {"type": "t"}, {})
+    received = [await worker.recv() for _ in range(4)]
+    assert [m.type for m in received] == [MsgType.CALL] * 3 + [MsgType.EVENT]
+    for message in received[:3]:
+        await worker.send(MsgType.REPLY, message.call_id, {"object": {}})
+    await asyncio.gather(*calls)
