@@ -53,12 +53,6 @@ def plugin_api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str
 
 
 @pytest.fixture
-async def echo() -> AsyncIterator[str]:
-    async with inprocess.echo_server() as url:
-        yield url
-
-
-@pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     async def start(*apis: dict[str, Any], secret: str = SECRET,
                     storage: StorageConfig | None = None) -> Env:

@@ -39,12 +39,6 @@ class Env(inprocess.Env):
 
 
 @pytest.fixture
-async def echo() -> AsyncIterator[str]:
-    async with inprocess.echo_server() as url:
-        yield url
-
-
-@pytest.fixture
 async def gateway(tmp_path: Path, echo: str) -> AsyncIterator[Callable[..., Any]]:
     async def start(*apis: dict[str, Any], **opts: Any) -> Env:
         options = {"max_body_bytes": 4096, "upstream_timeout_ms": 400, **opts}

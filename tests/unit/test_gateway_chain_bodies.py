@@ -47,12 +47,6 @@ class ArenaHooks(inprocess.FakeHooks):
 
 
 @pytest.fixture
-async def echo() -> AsyncIterator[str]:
-    async with inprocess.echo_server() as url:
-        yield url
-
-
-@pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     fakes: list[type] = [inprocess.FakeHooks]
 

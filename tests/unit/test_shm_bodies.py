@@ -108,13 +108,17 @@ class Side:
         self.pool.shutdown(wait=True)
 
 
-@pytest.fixture
-def arena() -> Iterator[Arena]:
-    arena = Arena.create(f"coproc-test{uuid.uuid4().hex[:8]}", 64 * MIB)
+def _arena(size: int) -> Iterator[Arena]:
+    arena = Arena.create(f"coproc-test{uuid.uuid4().hex[:8]}", size)
     try:
         yield arena
     finally:
         arena.close()
+
+
+@pytest.fixture
+def arena() -> Iterator[Arena]:
+    yield from _arena(64 * MIB)
 
 
 @pytest.fixture
@@ -249,11 +253,7 @@ def test_a_full_arena_falls_back_to_inline_with_the_text(prefix_arena: Arena) ->
 
 @pytest.fixture
 def prefix_arena() -> Iterator[Arena]:
-    arena = Arena.create(f"coproc-test{uuid.uuid4().hex[:8]}", 4 * GRANULE)
-    try:
-        yield arena
-    finally:
-        arena.close()
+    yield from _arena(4 * GRANULE)
 
 
 def test_pending_text_reuses_the_states_decoded_text() -> None:
