@@ -64,6 +64,9 @@ log = logging.getLogger("coproc.hooks")
 _MERGED_RECORDS = frozenset({"request", "session", "response"})
 #: An admitted peer that sends this many invalid messages is dropped.
 _MAX_PROTOCOL_STRIKES = 10
+#: After the supervisor reports a worker's exit, how long its answers already on
+#: their way through the socket may still arrive before its calls fail.
+EXIT_GRACE_S = 0.05
 
 
 class HookCallError(Exception):
@@ -299,8 +302,23 @@ class HookClient:
     # -- supervisor notifications -----------------------------------------
 
     def on_worker_exited(self, generation: int, reason: str) -> None:
+        """The supervisor saw the worker exit: route nothing more to it, fail its calls.
+
+        The exit report travels on another channel than the worker's last
+        answers, and may overtake them: the socket is read first, and calls still
+        unanswered get EXIT_GRACE_S for answers still in transit.
+        """
+        if self._reader is not None:
+            self._reader.drain_now()
+        text = f"worker generation {generation} exited: {reason}"
         for peer in [p for p in self._workers() if p.generation == generation]:
-            self._drop_peer(peer, f"worker generation {generation} exited: {reason}")
+            if self._active is peer:
+                self._active = None
+                self._routable.clear()
+            if not peer.inflight or self._loop is None:
+                self._drop_peer(peer, text)
+            else:
+                self._loop.call_later(EXIT_GRACE_S, self._drop_peer, peer, text)
         if self._active is None:
             self._state = "restarting"
 

@@ -60,6 +60,11 @@ class LoopReader:
         if not self._scheduled and self._loop is not None and readable(self._sock):
             self.poke()
 
+    def drain_now(self) -> None:
+        """Handle every message waiting right now, before what the caller does next."""
+        if self._loop is not None:
+            self._drain()
+
     def _drain(self) -> None:
         self._scheduled = False
         sock = self._sock

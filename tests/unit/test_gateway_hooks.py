@@ -249,3 +249,19 @@ async def test_calls_sent_in_one_loop_turn_leave_before_any_later_message(env: A
     for message in received[:3]:
         await worker.send(MsgType.REPLY, message.call_id, {"object": {}})
     await asyncio.gather(*calls)
+
+
+async def test_answers_sent_before_the_exit_report_still_count(env: Any) -> None:
+    """A worker answers its last call and exits; the supervisor's exit report (another
+    channel) reaches the gateway before the answer was read: the call still succeeds,
+    and no new call is routed to the gone worker."""
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    task = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
+    call = await worker.recv()
+    await worker.send(MsgType.REPLY, call.call_id, {"object": {"metadata": {"last": "1"}}})
+    client.on_worker_exited(1, "exit code 0")  # before the loop read the REPLY
+    assert (await task)["metadata"] == {"last": "1"}
+    with pytest.raises(NoWorker):
+        await client.call("x", "pre", HOOK, {})
