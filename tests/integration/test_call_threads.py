@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import textwrap
-import time
 from typing import Any
 
-from integration.harness import api_def, echo_header, hook
+from integration.harness import api_def, echo_header, hook, poll
 
 PLUGIN = "from tyk.decorators import *\n" + textwrap.dedent('''
     import threading
@@ -65,10 +64,8 @@ def test_a_blocked_hook_does_not_stop_other_calls(coproc_factory: Any,
     gw = _instance(coproc_factory, echo_upstream)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         blocked = pool.submit(gw.get, "/block/", None, 40.0)
-        deadline = time.monotonic() + 10
-        while gw.hello().json().get("worker", {}).get("inflight", 0) < 1:  # A is in its hook
-            assert time.monotonic() < deadline, gw.logs()
-            time.sleep(0.02)
+        poll("request A's hook to be running",
+             lambda: gw.hello().json().get("worker", {}).get("inflight", 0) >= 1, 10)
         release = pool.submit(gw.get, "/block/release", None, 40.0)
         gw.expect(release.result(40), 200)
         first = gw.expect(blocked.result(40), 200)
