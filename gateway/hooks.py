@@ -121,6 +121,8 @@ class _Peer:
     quarantine: dict[int, Slots] = field(default_factory=dict)
     #: Its sandbox layers, as its HELLO reported them (docs/SECURITY.md).
     sandbox: dict[str, str] = field(default_factory=dict)
+    #: Its call threads' counters, as its last HEARTBEAT reported them.
+    call_threads: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -344,6 +346,7 @@ class HookClient:
             "inflight": len(self._pending),
             "plugins": active.plugins if active else {},
             "sandbox": active.sandbox if active else {},
+            "call_threads": active.call_threads if active else {},
             "hook_latency_us": self.latency.summary(),
             "shm": self._arena_health(),
         }
@@ -462,7 +465,9 @@ class HookClient:
             self._start_host_call(peer, message)
         elif mtype is MsgType.DRAIN_ACK:
             log.info("worker generation %d drained", peer.generation)
-        elif mtype is not MsgType.HEARTBEAT:
+        elif mtype is MsgType.HEARTBEAT:
+            peer.call_threads = message.payload.get("calls", peer.call_threads)
+        else:
             self._protocol_error(peer.identity, peer, None,
                                  ProtocolError(f"{mtype.name} is not sent by workers"))
 

@@ -145,7 +145,9 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
                           required=frozenset({"object"})),
     MsgType.ERROR: _ERROR,
     MsgType.HEARTBEAT: Record(
-        {"generation": int, "inflight": int, "rss": int}, required=frozenset({"generation"})
+        # calls: the call threads' counters (worker/callthreads.py `CallThreads.counters`)
+        {"generation": int, "inflight": int, "rss": int, "calls": MapOf(int)},
+        required=frozenset({"generation"}),
     ),
     MsgType.RESYNC: Record({}),
     # calls: the CALLs sent to this worker and not answered yet when it was told to

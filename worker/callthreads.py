@@ -132,6 +132,7 @@ class CallThreads:
         self.inflight = 0  # CALLs read and not answered yet
         self.calls = 0  # CALLs read, in total
         self.handoffs = 0
+        self.deadlines = 0  # calls the watchdog answered with ERROR `deadline`
 
     @property
     def started(self) -> bool:
@@ -140,6 +141,11 @@ class CallThreads:
     @property
     def threads(self) -> int:
         return len(self._threads)
+
+    def counters(self) -> dict[str, int]:
+        """For HEARTBEAT, and from there `GET /hello` (`worker.call_threads`)."""
+        return {"calls": self.calls, "inflight": self.inflight, "threads": len(self._threads),
+                "handoffs": self.handoffs, "deadlines": self.deadlines}
 
     def start(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
         """Start leading; `deliver` gets every other message on `loop`."""
@@ -358,6 +364,7 @@ class CallThreads:
             if not running.answered and now - running.started >= running.timeout_ms / 1000:
                 running.answered = True
                 self.inflight -= 1
+                self.deadlines += 1
                 log.warning("API %s: hook %s did not finish within %d ms", running.api_id,
                             running.hook_name, running.timeout_ms)
                 self._answer(running.call_id, error(

@@ -182,7 +182,8 @@ class Worker:
             self.link.heartbeat(generation, self.inflight, self.calls_total)
             if self.state in (State.RUNNING, State.DRAINING):
                 self.channel.send(MsgType.HEARTBEAT, 0, {
-                    "generation": generation, "inflight": self.inflight, "rss": current_rss()})
+                    "generation": generation, "inflight": self.inflight, "rss": current_rss(),
+                    "calls": self.calls.counters()})
             await asyncio.sleep(self.timing.heartbeat_s)
 
     # --- messages ------------------------------------------------------------------------

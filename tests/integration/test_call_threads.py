@@ -70,3 +70,8 @@ def test_a_blocked_hook_does_not_stop_other_calls(coproc_factory: Any,
         gw.expect(release.result(40), 200)
         first = gw.expect(blocked.result(40), 200)
     assert echo_header(first.json(), "X-Released") == "True"
+    # The hand-off shows on /hello (from the worker's heartbeats).
+    counters = poll("the hand-off in /hello", lambda: (
+        c := gw.hello().json()["worker"].get("call_threads", {})).get("handoffs", 0) >= 1
+        and c, 10)
+    assert counters["threads"] >= 2 and counters["calls"] >= 2 and counters["deadlines"] == 0
