@@ -73,29 +73,11 @@ class Channel:
 
     def send(self, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bool:
         """Queue one message without waiting; False when it could not be queued."""
-        try:
-            frames = encode(mtype, call_id, payload)
-        except (TypeError, ValueError, OverflowError) as exc:
-            log.error("cannot encode %s: %s", mtype.name, exc)
-            return False
-        with self._lock:
-            if self._closed:
-                return False
-            try:
-                send_frames(self._sock, *frames)
-            except zmq.Again:
-                self.dropped += 1
-                return False
-            except zmq.ZMQError as exc:
-                self.dropped += 1
-                log.warning("sending %s failed: %s", mtype.name, exc)
-                return False
-        if threading.get_ident() != self.reader:
-            self.poke()  # the send may have consumed ZMQ_FD's edge: the reader looks again
-        return True
+        return self.send_many([(mtype, call_id, payload)]) == 1
 
     def send_many(self, messages: list[tuple[MsgType, int, Mapping[str, Any]]]) -> int:
-        """`send` for a batch, under one lock; returns how many were queued."""
+        """Queue messages in order under one lock; how many were queued (a full or
+        gone gateway stops the batch: the rest count as dropped)."""
         encoded = []
         for mtype, call_id, payload in messages:
             try:
@@ -109,13 +91,16 @@ class Channel:
             for frames in encoded:
                 try:
                     send_frames(self._sock, *frames)
+                except zmq.Again:
+                    self.dropped += len(encoded) - sent  # the gateway is not reading
+                    break
                 except zmq.ZMQError as exc:
                     self.dropped += len(encoded) - sent
-                    log.warning("sending a batch of %d failed: %s", len(encoded), exc)
+                    log.warning("sending %d message(s) failed: %s", len(encoded) - sent, exc)
                     break
                 sent += 1
         if threading.get_ident() != self.reader:
-            self.poke()
+            self.poke()  # the send may have consumed ZMQ_FD's edge: the reader looks again
         return sent
 
     def receive(self, timeout_s: float) -> list[Message]:

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -449,12 +449,16 @@ def start_instance(apis: Mapping[str, Mapping[str, Any]], plugins: Mapping[str, 
     return launch(base, config_path, wait=wait)
 
 
-def launch(base: Path, config_path: Path, *, wait: bool = True) -> Instance:
+def launch(base: Path, config_path: Path, *, wait: bool = True,
+           command: Sequence[str] | None = None, **popen: Any) -> Instance:
+    """`coproc serve` on `config_path` (`command`: another way to run it; `popen`:
+    more Popen arguments, e.g. env or user)."""
     log_path = base / "coproc.log"
     log_file = open(log_path, "ab")
-    proc = subprocess.Popen([*coproc_command(), "serve", "--config", str(config_path)],
+    proc = subprocess.Popen([*(command or coproc_command()), "serve", "--config",
+                             str(config_path)],
                             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, **popen)
     inst = Instance(base=base, config_path=config_path, proc=proc, log_path=log_path,
                     _log_file=log_file)
     if wait:

@@ -26,6 +26,7 @@ from tests.integration import test_sandbox as probes
 from tests.integration.harness import (
     REPO_ROOT,
     Instance,
+    launch,
     new_base_dir,
     poll,
     remove_base,
@@ -80,23 +81,10 @@ def interpreter(test_user: pwd.struct_passwd) -> tuple[str, dict[str, str]]:
 
 def _launch(base: Path, python: str, env: dict[str, str],
             user: pwd.struct_passwd | None = None) -> Instance:
-    config_path = base / "coproc.json"
-    log_path = base / "coproc.log"
-    log_file = open(log_path, "ab")
     ids: dict[str, Any] = ({"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
                            if user else {})
-    proc = subprocess.Popen([python, "-m", "supervisor.cli", "serve", "--config",
-                             str(config_path)], cwd=REPO_ROOT, env=env,
-                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True, **ids)
-    inst = Instance(base=base, config_path=config_path, proc=proc, log_path=log_path,
-                    _log_file=log_file)
-    try:
-        inst.wait_ready()
-    except BaseException:
-        inst.cleanup()
-        raise
-    return inst
+    return launch(base, base / "coproc.json", command=[python, "-m", "supervisor.cli"],
+                  env=env, **ids)
 
 
 @pytest.fixture

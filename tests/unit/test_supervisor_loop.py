@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from unit.recording import RecordingNotifier
 
 from config.gateway import GatewayConfig, SupervisorOptions, WorkerOptions
 from ipc.notify import Notifier
@@ -25,16 +26,6 @@ from supervisor.supervisor import Phase, Supervisor
 SLEEPS = (sys.executable, "-c", "import time; time.sleep(60)")
 PLUGINS_FAIL = (sys.executable, "-c", "import sys; sys.exit(4)")
 CRASHES = (sys.executable, "-c", "import sys; sys.exit(1)")
-
-
-class RecordingNotifier(Notifier):
-    def __init__(self) -> None:
-        super().__init__(address="")
-        self.sent: list[dict[str, str | int]] = []
-
-    def send(self, **fields: str | int) -> bool:
-        self.sent.append(fields)
-        return True
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from unit.recording import RecordingNotifier
 
 from config.gateway import GatewayConfig, GatewayOptions, SupervisorOptions, WorkerOptions
-from ipc.notify import Notifier
 from supervisor.liveness import hang_reason
 from supervisor.shutdown import FINAL_REAP_S, StopPlan
 from supervisor.status import ServiceStatus
@@ -51,15 +51,7 @@ def test_kill_at_the_deadline_or_now_then_give_up() -> None:
     assert plan.exit_code == 1
 
 
-class Recorder(Notifier):
-    def __init__(self) -> None:
-        super().__init__(address="")
-        self.sent: list[dict[str, str | int]] = []
-
-    def send(self, **fields: str | int) -> bool:
-        self.sent.append(fields)
-        return True
-
+class Recorder(RecordingNotifier):
     def watchdog_interval(self) -> float | None:
         return 5.0
 
