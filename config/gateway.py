@@ -136,8 +136,8 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     path = Path(path).resolve()
     r = Reader(load_json(path), path)
     base = path.parent
-    coproc = r.child("coproc")
-    return GatewayConfig(
+    coproc = r.child("coproc", strict=True)
+    cfg = GatewayConfig(
         path=path,
         listen_address=r.get("listen_address", str, ""),
         listen_port=r.number("listen_port", int, 8080, 0, 65535),
@@ -157,6 +157,8 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         supervisor=_supervisor(coproc.child("supervisor")),
         sandbox=parse_sandbox(coproc.child("sandbox"), base),
     )
+    coproc.reject_unknown()
+    return cfg
 
 
 def _resolve(base: Path, value: str) -> Path:

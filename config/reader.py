@@ -1,12 +1,15 @@
 """Typed access to a parsed JSON document, with errors that say how to fix it.
 
 Every accessor names the file and the dotted field in its error, states what
-was expected and what was found.  Unknown fields are left alone: Tyk API
-definitions carry hundreds of fields Coproc does not use.
+was expected and what was found.  Unknown fields are left alone by default: Tyk
+API definitions carry hundreds of fields Coproc does not use.  Coproc's own
+blocks are read strictly instead (`child(key, strict=True)`, then
+`reject_unknown()`): a typo there would otherwise silently mean "default".
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -50,8 +53,13 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 class Reader:
     """Reads fields of one JSON object (or a nested part of it)."""
 
-    def __init__(self, data: dict[str, Any], file: Path | str, prefix: str = "") -> None:
-        self.data, self.file, self.prefix = data, file, prefix
+    def __init__(self, data: dict[str, Any], file: Path | str, prefix: str = "",
+                 strict: bool = False) -> None:
+        self.data, self.file, self.prefix, self.strict = data, file, prefix, strict
+        # Every key a parser asked about is a valid key (asked = valid, whether
+        # or not the file has it), which is what `reject_unknown` compares with.
+        self._asked: set[str] = set()
+        self._children: list[Reader] = []
 
     def name(self, key: str) -> str:
         return f"{self.prefix}{key}"
@@ -60,10 +68,12 @@ class Reader:
         return ConfigError(self.file, self.name(key), problem, fix)
 
     def has(self, key: str) -> bool:
+        self._asked.add(key)
         return key in self.data and self.data[key] is not None
 
     def get(self, key: str, kind: type[T], default: T = _MISSING) -> T:
         """The field's value; `default` when absent (or null); required otherwise."""
+        self._asked.add(key)
         value = self.data.get(key, _MISSING)
         if value is _MISSING or value is None:
             if default is _MISSING:
@@ -93,9 +103,35 @@ class Reader:
                              f"set \"{key}\" to one of {', '.join(choices)}")
         return value
 
-    def child(self, key: str) -> Reader:
-        """A reader for a nested object (an empty one when absent)."""
-        return Reader(self.get(key, dict, {}), self.file, f"{self.prefix}{key}.")
+    def child(self, key: str, strict: bool | None = None) -> Reader:
+        """A reader for a nested object (an empty one when absent).
+
+        A strict reader's children are strict unless told otherwise.
+        """
+        child = Reader(self.get(key, dict, {}), self.file, f"{self.prefix}{key}.",
+                       self.strict if strict is None else strict)
+        self._children.append(child)
+        return child
+
+    def reject_unknown(self) -> None:
+        """Raise `ConfigError` for the first key of a strict reader no parser asked for.
+
+        Call it after parsing: the message names the key and the nearest valid one.
+        """
+        for reader in self._strict_readers():
+            unknown = sorted(set(reader.data) - reader._asked)
+            if unknown:
+                key = unknown[0]
+                near = difflib.get_close_matches(key, sorted(reader._asked), n=1)
+                fix = (f"did you mean \"{near[0]}\"? " if near else "") + \
+                    "remove it or correct its name (see the README's configuration reference)"
+                raise reader.error(key, "unknown setting", fix)
+
+    def _strict_readers(self) -> list[Reader]:
+        found = [self] if self.strict else []
+        for child in self._children:
+            found.extend(child._strict_readers())
+        return found
 
     def items(self, key: str, parse: Callable[[Reader], T]) -> tuple[T, ...]:
         """Parse an array of objects with `parse`."""

@@ -1,4 +1,4 @@
-"""ruff and mypy (strict on ipc/ and supervisor/, see pyproject.toml) over the whole tree."""
+"""ruff and mypy (strict on the whole product tree, see pyproject.toml) over the whole tree."""
 
 from __future__ import annotations
 
