@@ -2,6 +2,11 @@
 
 Relative paths are resolved against the config file's directory, so the same
 file works whatever the current directory of the process that reads it.
+
+A few secrets and connection settings may also come from the environment under
+Tyk's own names (`TYK_GW_SECRET`, `TYK_GW_STORAGE_PASSWORD`, ...; see
+`ENV_OVERRIDES`), so that a container platform can hand them over from a secret
+store instead of a file; the environment wins over the file.
 """
 
 from __future__ import annotations
@@ -9,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.reader import Reader, load_json
+from config.reader import ConfigError, Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
 
 __all__ = [
@@ -24,11 +30,24 @@ __all__ = [
     "StorageConfig",
     "SupervisorOptions",
     "WorkerOptions",
+    "ENV_OVERRIDES",
     "default_run_dir",
     "load_gateway_config",
 ]
 
 FAILURE_POLICIES = ("fail_closed", "fail_open")
+
+#: Environment variable (Tyk's envconfig name) -> (path in the config file, type).
+ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
+    "TYK_GW_SECRET": (("secret",), str),
+    "TYK_GW_LISTENPORT": (("listen_port",), int),
+    "TYK_GW_STORAGE_TYPE": (("storage", "type"), str),
+    "TYK_GW_STORAGE_HOST": (("storage", "host"), str),
+    "TYK_GW_STORAGE_PORT": (("storage", "port"), int),
+    "TYK_GW_STORAGE_USERNAME": (("storage", "username"), str),
+    "TYK_GW_STORAGE_PASSWORD": (("storage", "password"), str),
+    "TYK_GW_STORAGE_DATABASE": (("storage", "database"), int),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +150,12 @@ def default_run_dir(config_path: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"coproc-{os.geteuid()}" / digest
 
 
-def load_gateway_config(path: Path | str) -> GatewayConfig:
+def load_gateway_config(path: Path | str,
+                        environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read and validate the gateway config file; raise `ConfigError`."""
     path = Path(path).resolve()
-    r = Reader(load_json(path), path)
+    doc = _apply_env(load_json(path), path, os.environ if environ is None else environ)
+    r = Reader(doc, path)
     base = path.parent
     coproc = r.child("coproc", strict=True)
     cfg = GatewayConfig(
@@ -159,6 +180,32 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     )
     coproc.reject_unknown()
     return cfg
+
+
+def _apply_env(doc: dict[str, object], path: Path,
+               environ: Mapping[str, str]) -> dict[str, object]:
+    """`doc` with the fields named by set `ENV_OVERRIDES` variables replaced."""
+    for name, (keys, kind) in ENV_OVERRIDES.items():
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        value: object = raw
+        if kind is int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(path, ".".join(keys), f"environment variable {name} must be "
+                                  f"an integer, got {raw!r}", f"set {name} to a number or "
+                                  "unset it") from None
+        node = doc
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return doc
 
 
 def _resolve(base: Path, value: str) -> Path:

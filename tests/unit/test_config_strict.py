@@ -54,3 +54,21 @@ def test_tyk_fields_outside_the_coproc_block_stay_lenient(tmp_path: Path) -> Non
 def test_every_shipped_coproc_key_is_known() -> None:
     shipped = Path(__file__).resolve().parents[2] / "config" / "coproc.json"
     load_gateway_config(shipped)  # raises on any unknown key
+
+
+def test_tyk_environment_names_override_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"secret": "in-file", "storage": {"type": "redis", "port": 6379}})
+    cfg = load_gateway_config(path, environ={
+        "TYK_GW_SECRET": "from-env", "TYK_GW_STORAGE_PASSWORD": "pw",
+        "TYK_GW_STORAGE_PORT": "6390", "TYK_GW_STORAGE_HOST": "redis.internal"})
+    assert cfg.secret == "from-env"
+    assert (cfg.storage.password, cfg.storage.port, cfg.storage.host) == (
+        "pw", 6390, "redis.internal")
+    assert load_gateway_config(path, environ={}).secret == "in-file"
+
+
+def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(_write(tmp_path, {}), environ={"TYK_GW_STORAGE_PORT": "abc"})
+    assert "TYK_GW_STORAGE_PORT" in str(info.value)
+    assert info.value.field == "storage.port"
