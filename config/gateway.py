@@ -22,6 +22,7 @@ from config.reader import ConfigError, Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
 
 __all__ = [
+    "ENV_OVERRIDES",
     "FAILURE_POLICIES",
     "GatewayConfig",
     "GatewayOptions",
@@ -30,7 +31,6 @@ __all__ = [
     "StorageConfig",
     "SupervisorOptions",
     "WorkerOptions",
-    "ENV_OVERRIDES",
     "default_run_dir",
     "load_gateway_config",
 ]

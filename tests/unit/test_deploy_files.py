@@ -42,7 +42,8 @@ def _container() -> dict[str, Any]:
 def test_manifests_hold_what_a_deployment_needs() -> None:
     docs = _documents()
     assert {"Deployment/coproc", "Service/coproc", "PodDisruptionBudget/coproc",
-            "ConfigMap/coproc-config", "ConfigMap/coproc-apis", "Secret/coproc-secrets"} <= set(docs)
+            "ConfigMap/coproc-config", "ConfigMap/coproc-apis",
+            "Secret/coproc-secrets"} <= set(docs)
     container = _container()
     assert container["livenessProbe"]["httpGet"]["path"] == "/hello"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
