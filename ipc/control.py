@@ -19,11 +19,11 @@ from typing import Any, Final
 
 import msgpack
 
+from ipc.contract import CONTROL_FD_ENV
 from ipc.protocol import PLUGIN_REPORT
 from ipc.schema import MapOf, ProtocolError, Record, Shape, check
 
 __all__ = [
-    "CONTROL_FD_ENV",
     "MAX_DATAGRAM",
     "decode_control",
     "encode_control",
@@ -31,7 +31,6 @@ __all__ = [
     "make_control_pair",
 ]
 
-CONTROL_FD_ENV: Final = "COPROC_CONTROL_FD"
 MAX_DATAGRAM: Final = 256 * 1024
 
 _ANY_STATS = MapOf(int)

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from ipc.contract import CONTROL_FD_ENV, SCRATCH_DIR_ENV
 from ipc.control import (
-    CONTROL_FD_ENV,
     MAX_DATAGRAM,
     decode_control,
     encode_control,
@@ -28,7 +28,7 @@ from ipc.control import (
 )
 from ipc.schema import ProtocolError
 from supervisor.cgroups import WorkerCgroup
-from supervisor.contract import SCRATCH_DIR_ENV, scratch_dir
+from supervisor.contract import scratch_dir
 from supervisor.exits import ExitStatus
 
 __all__ = ["ABORT_GRACE_S", "ChildProcess", "ChildState", "Role"]

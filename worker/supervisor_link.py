@@ -19,13 +19,11 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
+from ipc.contract import ADMIT_GATE_ENV
 from ipc.control import MAX_DATAGRAM, decode_control, encode_control
 from ipc.schema import ProtocolError
-
-#: Set to "1" by the supervisor: wait for `admit` before saying HELLO.
-ADMIT_GATE_ENV: Final = "COPROC_ADMIT_GATE"
 
 __all__ = ["SupervisorLink"]
 
