@@ -34,8 +34,6 @@ class Slot:
         self.generation = 0
         self.restart_at: float | None = 0.0  # start at once
         self.last_exit = ""
-        #: The child's sandbox layers, from its `loaded`/`ready` (worker only).
-        self.sandbox: dict[str, str] = {}
 
     def restart_due(self, now: float) -> bool:
         return self.child is None and self.restart_at is not None and now >= self.restart_at
@@ -48,7 +46,6 @@ class Slot:
     def started(self, child: ChildProcess) -> None:
         self.child, self.restart_at = child, None
         self.state = SlotState.STARTING
-        self.sandbox = {}
         self.policy.started()
 
     def ready(self) -> None:
@@ -70,6 +67,23 @@ class Slot:
         """A hot-restarted generation that is already ready takes the slot over."""
         self.started(child)
         self.ready()
+
+    def release(self) -> ChildProcess | None:
+        """Hand the child over (a hot restart retires it): vacant, no restart due."""
+        child, self.child = self.child, None
+        self.restart_at = None
+        return child
+
+    def reinstate(self, child: ChildProcess | None, now: float, fatal: bool) -> None:
+        """A hot restart failed after `release`: the child serves on; if it left
+        meanwhile, FATAL again (`fatal`, the reload was to revive it) or a fresh start."""
+        if child is not None and child.alive:
+            self.child = child
+        elif self.child is None and self.state not in (SlotState.STOPPING, SlotState.STOPPED):
+            if fatal:
+                self.state, self.restart_at = SlotState.FATAL, None
+            elif self.restart_at is None:
+                self.restart_at = now
 
     def revive(self, now: float) -> None:
         """Clear FATAL (operator's request): the policy starts over."""

@@ -18,10 +18,10 @@ from unit.recording import RecordingNotifier
 
 from config.gateway import GatewayConfig, SupervisorOptions, WorkerOptions
 from ipc.notify import Notifier
+from supervisor.arbiter import Arbiter, Phase
 from supervisor.contract import ChildCommands
 from supervisor.listener import bind_listener
 from supervisor.slot import SlotState
-from supervisor.supervisor import Phase, Supervisor
 
 SLEEPS = (sys.executable, "-c", "import time; time.sleep(60)")
 PLUGINS_FAIL = (sys.executable, "-c", "import sys; sys.exit(4)")
@@ -29,11 +29,11 @@ CRASHES = (sys.executable, "-c", "import sys; sys.exit(1)")
 
 
 @pytest.fixture
-def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
+def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Arbiter]]:
     listeners = []
 
     def make(gateway: tuple[str, ...], worker: tuple[str, ...], flap_max_exits: int = 3,
-             notifier: Notifier | None = None) -> Supervisor:
+             notifier: Notifier | None = None) -> Arbiter:
         cfg = GatewayConfig(
             path=tmp_path / "coproc.json", run_dir=tmp_path,
             supervisor=SupervisorOptions(restart_backoff_initial_ms=10,
@@ -42,7 +42,7 @@ def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
             worker=WorkerOptions(boot_timeout_ms=30000))
         listener = bind_listener("127.0.0.1", 0)
         listeners.append(listener)
-        return Supervisor(cfg, listener, ChildCommands(gateway=gateway, worker=worker),
+        return Arbiter(cfg, listener, ChildCommands(gateway=gateway, worker=worker),
                           notifier or RecordingNotifier())
 
     try:
@@ -60,7 +60,7 @@ async def until(condition: Callable[[], bool], limit_s: float = 10.0) -> None:
 
 
 def test_flapping_worker_goes_fatal_and_the_gateway_keeps_running(
-        make_supervisor: Callable[..., Supervisor]) -> None:
+        make_supervisor: Callable[..., Arbiter]) -> None:
     notifier = RecordingNotifier()
     sup = make_supervisor(SLEEPS, PLUGINS_FAIL, flap_max_exits=3, notifier=notifier)
 
@@ -79,7 +79,7 @@ def test_flapping_worker_goes_fatal_and_the_gateway_keeps_running(
 
 
 def test_flapping_gateway_stops_the_instance_with_exit_1(
-        make_supervisor: Callable[..., Supervisor]) -> None:
+        make_supervisor: Callable[..., Arbiter]) -> None:
     sup = make_supervisor(CRASHES, SLEEPS, flap_max_exits=2)
     assert asyncio.run(asyncio.wait_for(sup.run(), 15)) == 1
     assert sup.gateway_state is SlotState.STOPPED and sup.worker_state is SlotState.STOPPED
@@ -95,7 +95,7 @@ time.sleep(60)
 """)
 
 
-def test_second_stop_signal_kills_at_once(make_supervisor: Callable[..., Supervisor],
+def test_second_stop_signal_kills_at_once(make_supervisor: Callable[..., Arbiter],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))  # children import ipc
     sup = make_supervisor(IGNORES_TERM_THEN_READY, SLEEPS)
@@ -125,7 +125,7 @@ def test_a_reload_whose_worker_never_loads_fails_and_keeps_the_old_one(
         supervisor=SupervisorOptions(stop_grace_ms=3000),
         worker=WorkerOptions(boot_timeout_ms=300))
     listener = bind_listener("127.0.0.1", 0)
-    sup = Supervisor(cfg, listener, ChildCommands(gateway=SLEEPS, worker=SLEEPS),
+    sup = Arbiter(cfg, listener, ChildCommands(gateway=SLEEPS, worker=SLEEPS),
                      RecordingNotifier())
 
     async def scenario() -> int:
