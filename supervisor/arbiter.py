@@ -28,7 +28,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -95,6 +95,8 @@ class Arbiter:
                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                                WorkerReporter(self._link), window, liveness=cfg.worker) \
             if cfg.enable_coprocess else None
+        #: Every role's watcher, the gateway's first.
+        self._roles = (self._gateway,) if self._worker is None else (self._gateway, self._worker)
         self._hot = HotRestart(cfg, self._worker, self._link, self._readers, self._status,
                                self._describe, clock) if self._worker is not None else None
         self._shutdown = Shutdown(cfg, self._status, self._gateway, self._worker, self._hot,
@@ -141,7 +143,7 @@ class Arbiter:
                 self._reconcile(self._clock())
                 if self._phase is Phase.STOPPED:
                     break
-                await self._handle_events(_next_wakeup(self._clock(), self._watchers(),
+                await self._handle_events(_next_wakeup(self._clock(), self._roles,
                                                        self._children()))
         finally:
             remove_signals(loop)
@@ -165,18 +167,18 @@ class Arbiter:
         }
 
     def _reconcile(self, now: float) -> None:
-        for watcher in self._watchers():
+        for watcher in self._roles:
             watcher.reap(now)
         if self._hot is not None:
             self._hot.reap()
         if self._phase is Phase.RUNNING and self._gateway.state is SlotState.FATAL:
             self._stop(now, "the gateway keeps failing", exit_code=GATEWAY_FATAL_EXIT)
         if self._phase is Phase.RUNNING:
-            for watcher in self._watchers():
+            for watcher in self._roles:
                 watcher.check_liveness(now)
             if self._hot is not None:
                 self._hot.check(now)
-            for watcher in self._watchers():
+            for watcher in self._roles:
                 # A candidate booting for a reload takes the place of a restart.
                 if watcher is not self._worker or self._hot is None or not self._hot.replacing:
                     watcher.start_if_due(now)
@@ -233,7 +235,7 @@ class Arbiter:
         if self._hot is not None and self._hot.owns(child):
             self._hot.on_message(child, message, now)
             return
-        watcher = next((w for w in self._watchers() if w.child is child), None)
+        watcher = next((w for w in self._roles if w.child is child), None)
         if watcher is None:
             return  # reaped since it was queued
         if kind not in _EXPECTED[child.role]:
@@ -270,7 +272,7 @@ class Arbiter:
         READY=1 once every role runs, and the watchdog."""
         line = self._describe()
         if self._phase is Phase.RUNNING and not (self._hot is not None and self._hot.replacing):
-            up = all(w.state is SlotState.RUNNING for w in self._watchers())
+            up = all(w.state is SlotState.RUNNING for w in self._roles)
             if up and not self._status.ready_sent:
                 log.info("coproc is up: %s", line)
             self._status.update(line, ready=up)
@@ -283,13 +285,8 @@ class Arbiter:
                          f"{self._worker.state.value}")
         return "; ".join(parts)
 
-    def _watchers(self) -> Iterator[Watcher]:
-        yield self._gateway
-        if self._worker is not None:
-            yield self._worker
-
     def _children(self) -> Iterator[ChildProcess]:
-        yield from (w.child for w in self._watchers() if w.child is not None)
+        yield from (w.child for w in self._roles if w.child is not None)
         if self._hot is not None:
             yield from self._hot.children()
 
@@ -303,13 +300,13 @@ class Arbiter:
             if child.alive:
                 log.error("%s was killed but has not exited", child.name)
             self._readers.forget(child)
-        for watcher in self._watchers():
+        for watcher in self._roles:
             watcher.abandoned()
         if self._hot is not None:
             self._hot.abandoned()
 
 
-def _next_wakeup(now: float, watchers: Iterator[Watcher], children: Iterator[ChildProcess]
+def _next_wakeup(now: float, watchers: Iterable[Watcher], children: Iterable[ChildProcess]
                  ) -> float:
     wakeups = [TICK_S]
     wakeups += [w.restart_at - now for w in watchers if w.restart_at is not None]

@@ -27,7 +27,7 @@ from ipc.contract import CGROUPS_ENV
 
 __all__ = ["WorkerCgroup"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("coproc.supervisor.cgroups")
 
 _V1_CONTROLLERS: Final = ("memory", "pids")
 #: How long `release` waits for killed members to leave before rmdir gives up.
