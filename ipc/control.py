@@ -31,6 +31,7 @@ import msgpack
 
 from ipc.contract import CONTROL_FD_ENV
 from ipc.protocol import PAYLOADS, PLUGIN_REPORT, MsgType
+from ipc.ratelog import Throttle
 from ipc.schema import MapOf, ProtocolError, Record, check
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
 MAX_DATAGRAM: Final = 256 * 1024
 #: Datagrams read per wake-up: a flooding peer cannot starve an event loop.
 READ_BATCH: Final = 64
+#: At most one line per this many seconds about a peer's invalid datagrams.
+BAD_DATAGRAM_LOG_S: Final = 10.0
 
 log = logging.getLogger("coproc.ipc.control")
 
@@ -171,15 +174,15 @@ class ControlEndpoint:
     Sends never block and never raise: a full buffer or a vanished peer loses
     the datagram (logged once per failing streak); the peer's liveness is
     judged elsewhere (reaping, heartbeats, PR_SET_PDEATHSIG).  Invalid
-    datagrams are dropped and logged (a sample of them: a broken peer could
-    send thousands per second).
+    datagrams are dropped and logged once per BAD_DATAGRAM_LOG_S with a count
+    (a broken peer could send thousands per second).
     """
 
     def __init__(self, sock: socket.socket, name: str = "control channel") -> None:
         sock.setblocking(False)  # a stuck peer must never block an event loop
         self._sock, self.name = sock, name
         self._failing = False
-        self._bad = 0
+        self._bad = Throttle(BAD_DATAGRAM_LOG_S)
         #: The peer closed its end or the socket failed: nothing more will come.
         self.closed = False
 
@@ -245,9 +248,10 @@ class ControlEndpoint:
         try:
             into.append(_message(datagram))
         except ProtocolError as exc:
-            self._bad += 1
-            if self._bad <= 10 or self._bad % 1000 == 0:
-                log.warning("%s: dropped control datagram #%d: %s", self.name, self._bad, exc)
+            held = self._bad.due()
+            if held is not None:
+                log.warning("%s: dropped an invalid control datagram: %s%s", self.name, exc,
+                            f" ({held} more since the last report)" if held else "")
 
 
 def make_control_pair() -> tuple[socket.socket, socket.socket]:

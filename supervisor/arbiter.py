@@ -315,10 +315,11 @@ def _next_wakeup(now: float, watchers: Iterable[Watcher], children: Iterable[Chi
 
 
 _WORKER_KEYS: Final = ("state", "generation", "pid", "uptime_s", "rss_bytes",
-                       "heartbeat_age_s", "restarts", "sandbox")
+                       "heartbeat_age_s", "restarts", "retry_in_s", "sandbox")
 _NO_WORKER: Final[dict[str, Any]] = {
     "state": "disabled", "generation": None, "pid": None, "uptime_s": None,
-    "rss_bytes": None, "heartbeat_age_s": None, "restarts": 0, "sandbox": {},
+    "rss_bytes": None, "heartbeat_age_s": None, "restarts": 0, "retry_in_s": None,
+    "sandbox": {},
     "last_exits": [],
 }
 _NO_HOT: Final[dict[str, Any]] = {"inflight": None, "calls": None, "hot_restarts": 0,

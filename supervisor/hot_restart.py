@@ -208,7 +208,7 @@ class HotRestart:
         old = self._handover.adopted(now)
         if old is not None:
             log.info("%s is retiring: draining its in-flight calls", old.name)
-        self._worker.adopt(child, ready)
+        self._worker.adopt(child, ready, now)
         self._watch = WorkerWatch(self._cfg.worker, ready.get("plugins", {}), now)
         log.info("hot restart done: %s is active", child.name)
 

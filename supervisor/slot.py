@@ -21,7 +21,7 @@ class SlotState(enum.Enum):
     STARTING = "starting"  # a child is booting
     RUNNING = "running"  # the child said `ready`
     RESTARTING = "restarting"  # the child exited; the next one starts at `restart_at`
-    FATAL = "fatal"  # flapping: no more restarts
+    FATAL = "fatal"  # flapping: the next try only after a cool-off, at `restart_at`
     STOPPING = "stopping"  # the supervisor is stopping
     STOPPED = "stopped"  # stopping, and no child left
 
@@ -57,10 +57,8 @@ class Slot:
         """The child is gone (or never started): decide on the next one."""
         self.child, self.last_exit = None, reason
         verdict = self.policy.exited(boot_failure)
-        if verdict.fatal:
-            self.state, self.restart_at = SlotState.FATAL, None
-        else:
-            self.state, self.restart_at = SlotState.RESTARTING, now + verdict.delay_s
+        self.state = SlotState.FATAL if verdict.fatal else SlotState.RESTARTING
+        self.restart_at = now + verdict.delay_s
         return verdict
 
     def adopt(self, child: ChildProcess) -> None:
@@ -81,15 +79,16 @@ class Slot:
             self.child = child
         elif self.child is None and self.state not in (SlotState.STOPPING, SlotState.STOPPED):
             if fatal:
-                self.state, self.restart_at = SlotState.FATAL, None
+                self.state = SlotState.FATAL
+                self.restart_at = now + self.policy.cooloff()
             elif self.restart_at is None:
                 self.restart_at = now
 
     def revive(self, now: float) -> None:
-        """Clear FATAL (operator's request): the policy starts over."""
+        """Clear FATAL (operator's request, a hot restart follows): the policy starts over."""
         self.policy.reset()
         if self.state is SlotState.FATAL:
-            self.state = SlotState.RESTARTING
+            self.state, self.restart_at = SlotState.RESTARTING, None
 
     def stop(self) -> None:
         """No more restarts; STOPPED once the child (if any) is reaped."""

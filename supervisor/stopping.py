@@ -43,13 +43,13 @@ class Shutdown:
         self._plan = StopPlan.starting_at(now, self._cfg, exit_code)
         # The worker stays up meanwhile: draining requests still run hooks.
         if self._worker is not None:
-            self._worker.stop(terminate=False)
+            self._worker.stop(now, terminate=False)
         if self._hot is not None:
             self._hot.abandon("stopping")
         self._status.stopping(why)
         log.info("stopping (%s): gateway drains first, then the worker; grace %d ms",
                  why, self._cfg.supervisor.stop_grace_ms)
-        self._gateway.stop(terminate=True)
+        self._gateway.stop(now, terminate=True)
 
     def advance(self, now: float) -> bool:
         """Do what is due; True once nothing is left to wait for."""
@@ -57,7 +57,7 @@ class Shutdown:
         assert plan is not None  # begun before the first advance; not wire input
         if self._worker is not None and plan.worker_term_due(
                 now, self._gateway.child is not None):
-            self._worker.stop(terminate=True)
+            self._worker.stop(now, terminate=True)
         alive = list(self._children())
         if not alive:
             return True

@@ -70,6 +70,8 @@ class Watcher:
         slot = self._slot
         if not slot.restart_due(now):
             return
+        if slot.state is SlotState.FATAL:
+            log.warning("%s: FATAL cool-off over; trying again", slot.role.value)
         generation = slot.next_generation()
         try:
             child = self._spec.spawn(generation, now)
@@ -78,14 +80,14 @@ class Watcher:
             verdict = slot.exited(now, f"could not be started ({exc})", boot_failure=True)
             self._log_exit(f"{slot.role.value} generation {generation}", slot.last_exit, None,
                            verdict)
-            self._report()
+            self._report(now)
             return
         slot.started(child)
         self._sandbox = {}
         self._readers.watch(child)
         log.info("started %s", child.name)
         self._reporter.started(child)
-        self._report()
+        self._report(now)
 
     def spawn_candidate(self, now: float) -> ChildProcess:
         """The next generation, beside the current child (a hot restart); OSError if
@@ -110,7 +112,7 @@ class Watcher:
         log.info("%s is ready after %.2f s", child.name, now - child.started_at)
         if self._slot.state is SlotState.STARTING:
             self._slot.ready()
-            self._report()
+            self._report(now)
         return True
 
     def reap(self, now: float) -> None:
@@ -130,7 +132,7 @@ class Watcher:
             verdict = slot.exited(now, reason, status.boot_failure)
             self._log_exit(child.name, reason, uptime, verdict)
         self._reporter.exited(child, reason)
-        self._report()
+        self._report(now)
 
     def check_liveness(self, now: float) -> None:
         """A hung child (boot timeout, heartbeats): SIGABRT now, SIGKILL later."""
@@ -144,11 +146,11 @@ class Watcher:
                       child.name, reason)
             child.abort(now, reason)
 
-    def adopt(self, child: ChildProcess, ready: ControlMessage) -> None:
+    def adopt(self, child: ChildProcess, ready: ControlMessage, now: float) -> None:
         """A hot-restarted generation, already ready, takes the slot over."""
         self._slot.adopt(child)
         self._sandbox = dict(ready.get("sandbox", {}))
-        self._report()
+        self._report(now)
 
     def release(self) -> ChildProcess | None:
         """Hand the current child to a hot restart, which retires it."""
@@ -157,23 +159,23 @@ class Watcher:
     def reinstate(self, child: ChildProcess | None, now: float, fatal: bool) -> None:
         """The hot restart failed: see `Slot.reinstate`."""
         self._slot.reinstate(child, now, fatal)
-        self._report()
+        self._report(now)
 
     def revive(self, now: float) -> None:
         """Clear FATAL (an operator's reload): the restart policy starts over."""
         self._slot.revive(now)
-        self._report()
+        self._report(now)
 
     def remember_exit(self, child: ChildProcess, reason: str) -> None:
         self._exits.remember(child.role.value, child.generation, child.pid, reason)
 
-    def stop(self, terminate: bool) -> None:
+    def stop(self, now: float, terminate: bool) -> None:
         """No more restarts; with `terminate`, SIGTERM the child (it drains)."""
         self._slot.stop()
         child = self._slot.child
         if terminate and child is not None:
             child.terminate()
-        self._report()
+        self._report(now)
 
     def abandoned(self) -> None:
         """The loop is ending abnormally and the child was killed and forgotten."""
@@ -182,7 +184,7 @@ class Watcher:
 
     def status(self, now: float) -> dict[str, Any]:
         """This role's part of `coproc status`."""
-        child = self._slot.child
+        slot, child = self._slot, self._slot.child
         silent = child.silent_for(now) if child else None
         return {
             "state": self._slot.state.value, "pid": child.pid if child else None,
@@ -191,23 +193,28 @@ class Watcher:
             "rss_bytes": rss_bytes(child.pid) if child else None,
             "heartbeat_age_s": round(silent, 3) if silent is not None else None,
             "restarts": self._restarts, "sandbox": self._sandbox if child else {},
+            # FATAL: when the next try comes (reported, since FATAL heals by itself).
+            "retry_in_s": round(max(0.0, slot.restart_at - now), 3)
+            if slot.state is SlotState.FATAL and slot.restart_at is not None else None,
             "stats": self._stats, "last_exits": self._exits.as_list(),
         }
 
-    def _report(self) -> None:
+    def _report(self, now: float) -> None:
         slot = self._slot
         detail = slot.last_exit if slot.state is SlotState.RESTARTING else ""
         if slot.state is SlotState.FATAL:
             # The operator reading /hello needs the pattern, not only the last exit.
             recent = self._exits.reasons(slot.role.value, _FATAL_DETAIL_EXITS)
             detail = "last exits: " + "; ".join(recent or [slot.last_exit])
+            if slot.restart_at is not None:
+                detail += f"; next try in {round(slot.restart_at - now)} s"
         self._reporter.changed(slot.state, slot.generation, detail)
 
     def _log_exit(self, name: str, reason: str, uptime: float | None,
                   verdict: Verdict) -> None:
         what = f"{name} {reason}" + (f" after {uptime:.1f} s" if uptime is not None else "")
         if verdict.fatal:
-            log.error("%s; %d exits within %d s: not restarting it (fatal)", what,
-                      verdict.recent_exits, self._flap_window)
+            log.error("%s; %d exits within %d s: FATAL, next try in %d s", what,
+                      verdict.recent_exits, self._flap_window, round(verdict.delay_s))
         else:
             log.warning("%s; restarting in %d ms", what, round(verdict.delay_s * 1000))

@@ -19,6 +19,7 @@ from unit.recording import RecordingNotifier
 
 from config.gateway import GatewayConfig, SupervisorOptions, WorkerOptions
 from ipc.notify import Notifier
+from supervisor import policy
 from supervisor.arbiter import Arbiter, Phase
 from supervisor.contract import ChildCommands
 from supervisor.listener import bind_listener
@@ -245,3 +246,33 @@ def test_a_failed_candidate_after_the_old_one_drained_means_a_fresh_start(
     worker = seen["status"]["worker"]
     assert worker["generation"] == 3 and worker["restarts"] == 0
     assert [e["generation"] for e in seen["status"]["last_exits"]] == [2]
+
+
+def test_fatal_is_retried_after_a_growing_cooloff_reported_in_status(
+        make_supervisor: Callable[..., Arbiter], monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. A worker that always fails goes FATAL after 3 exits (cool-off 0.3 s here).
+    2. `status` reports FATAL and when the next try comes.
+    3. After the cool-off it is started again (generation 4), fails, and is FATAL
+       again with a longer cool-off (0.6 s) before generation 5.
+    """
+    monkeypatch.setattr(policy, "FATAL_COOLOFF_S", 0.3)
+    monkeypatch.setattr(policy, "FATAL_COOLOFF_MAX_S", 5.0)
+    sup = make_supervisor(SLEEPS, PLUGINS_FAIL, flap_max_exits=3)
+
+    async def scenario() -> list[dict[str, Any]]:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.worker_state is SlotState.FATAL)
+        fatal = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]["worker"]
+        await until(lambda: sup.worker_generation == 4)
+        started_4 = asyncio.get_running_loop().time()
+        await until(lambda: sup.worker_state is SlotState.FATAL)
+        again = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]["worker"]
+        await until(lambda: sup.worker_generation == 5)
+        assert asyncio.get_running_loop().time() - started_4 >= 0.5
+        sup.post_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running, 10) == 0
+        return [fatal, again]
+
+    fatal, again = asyncio.run(scenario())
+    assert fatal["state"] == "fatal" and 0 < fatal["retry_in_s"] <= 0.3
+    assert again["state"] == "fatal" and 0.3 < again["retry_in_s"] <= 0.6

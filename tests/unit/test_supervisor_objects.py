@@ -11,7 +11,7 @@ from ipc.control import ControlType
 from supervisor.child import ChildProcess, ChildState, Role
 from supervisor.gateway_link import GatewayLink, GatewayReporter, WorkerReporter
 from supervisor.handover import Handover
-from supervisor.policy import RestartPolicy
+from supervisor.policy import FATAL_COOLOFF_S, RestartPolicy
 from supervisor.slot import Slot, SlotState
 
 
@@ -121,7 +121,8 @@ def test_a_released_child_that_left_means_a_fresh_start_or_fatal_again() -> None
     assert revived.exited(0.0, "exited 1", boot_failure=False).fatal
     revived.revive(0.0)
     revived.reinstate(None, 5.0, fatal=True)
-    assert revived.state is SlotState.FATAL and revived.restart_at is None
+    # FATAL again, retried after a fresh cool-off (the operator reset the policy)
+    assert revived.state is SlotState.FATAL and revived.restart_at == 5.0 + FATAL_COOLOFF_S
 
 
 def test_outgoing_generation_retires_at_adoption_or_goes_back() -> None:
