@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from ipc.control import ControlType
 from supervisor.child import ChildProcess, ChildState, Role
+from supervisor.ctl import format_status
 from supervisor.gateway_link import GatewayLink, GatewayReporter, WorkerReporter
 from supervisor.handover import Handover
 from supervisor.policy import FATAL_COOLOFF_S, RestartPolicy
@@ -140,3 +141,9 @@ def test_outgoing_generation_retires_at_adoption_or_goes_back() -> None:
     again.hold(old)
     assert again.take_outgoing() is old and again.outgoing is None
     assert not again.retiring and again.count == 0
+
+
+def test_status_text_says_when_a_fatal_worker_is_tried_again() -> None:
+    text = format_status({"worker": {"state": "fatal", "retry_in_s": 42.5, "restarts": 5}})
+    assert "FATAL" in text and "restarts 5" in text and "next try in 0m42s" in text
+    assert "next try" not in format_status({"worker": {"state": "running", "retry_in_s": None}})
