@@ -23,11 +23,9 @@ from config.logs import setup_logging
 from gateway.app import serve
 from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
+from ipc.contract import INSTANCE_KEY_ENV, LISTEN_FD_ENV
 from ipc.control import inherited_control_socket
 from ipc.tokens import new_instance_key
-
-LISTEN_FD_ENV = "COPROC_LISTEN_FD"
-INSTANCE_KEY_ENV = "COPROC_INSTANCE_KEY"
 
 log = logging.getLogger("coproc.gateway")
 

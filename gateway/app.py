@@ -41,6 +41,7 @@ from gateway.proxy import make_session
 from gateway.router import Router
 from gateway.storage import MemoryStorage, Storage, open_storage
 from ipc import gctune
+from ipc.control import ControlType
 
 __all__ = [
     "CHAIN",
@@ -186,7 +187,7 @@ async def serve(cfg: GatewayConfig, apis: list[APIDefinition], sock: socket.sock
         await site.start()
         log.info("serving %d API(s) on %s", sum(1 for a in apis if a.active), site.name)
         gctune.settle()  # start-up is over: see ipc/gctune.py
-        app[CONTROL].send({"type": "ready", "role": "gateway", "pid": os.getpid()})
+        app[CONTROL].send(ControlType.READY, {"role": "gateway", "pid": os.getpid()})
         await _stop_requested()
         log.info("stopping: draining in-flight requests (up to %d ms)",
                  cfg.gateway.drain_grace_ms)

@@ -24,8 +24,7 @@ from config.gateway import GatewayConfig
 from gateway.admin import admin_denied
 from gateway.plan import ApiPlan, build_router
 from gateway.router import Router
-from ipc.control import MAX_DATAGRAM, decode_control, encode_control
-from ipc.schema import ProtocolError
+from ipc.control import ControlEndpoint, ControlMessage, ControlType
 
 __all__ = ["ControlChannel", "RouterSwitch", "WorkerEvents", "dispatch", "make_reload",
            "report_status", "status_message"]
@@ -46,77 +45,50 @@ class WorkerEvents(Protocol):
 
 
 class ControlChannel:
-    """Non-blocking datagram I/O on the inherited socket, driven by the event loop."""
+    """The inherited control endpoint, read by the event loop; inert when run by hand."""
 
     def __init__(self, sock: socket.socket | None) -> None:
-        if sock is not None:
-            sock.setblocking(False)  # a stuck supervisor must never block the event loop
-        self._sock = sock
+        self._endpoint = ControlEndpoint(sock, "gateway control") if sock is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_message: Callable[[dict[str, Any]], None] | None = None
+        self._on_message: Callable[[ControlMessage], None] | None = None
 
     @property
     def connected(self) -> bool:
-        return self._sock is not None
+        return self._endpoint is not None
 
-    def start(self, on_message: Callable[[dict[str, Any]], None]) -> None:
-        if self._sock is None:
+    def start(self, on_message: Callable[[ControlMessage], None]) -> None:
+        if self._endpoint is None:
             return
         self._on_message = on_message
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._loop.add_reader(self._endpoint.fileno(), self._readable)
 
-    def send(self, message: Mapping[str, Any]) -> bool:
-        """Send one datagram; False if it could not go (the supervisor is busy or gone)."""
-        if self._sock is None:
-            return False
-        try:
-            self._sock.send(encode_control(message))
-        except BlockingIOError:
-            log.debug("control channel full: dropped %s", message.get("type"))
-            return False
-        except OSError as exc:
-            log.warning("control channel send failed: %s", exc)
-            return False
-        return True
+    def send(self, kind: ControlType, fields: Mapping[str, Any] | None = None) -> bool:
+        """Send one message; False if it could not go (the supervisor is busy or gone)."""
+        return self._endpoint is not None and self._endpoint.send(kind, fields)
 
     def close(self) -> None:
-        if self._sock is None:
+        if self._endpoint is None:
             return
-        if self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
-        self._sock = None
+        self._stop_reading()
+        self._endpoint.close()
+        self._endpoint = None
 
     def _readable(self) -> None:
-        sock = self._sock
-        # Bounded: a flood of datagrams cannot hold the event loop.
-        for _ in range(64):
-            if sock is None:
-                return
-            try:
-                datagram = sock.recv(MAX_DATAGRAM + 1)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                log.warning("control channel closed: %s", exc)
-                self._stop_reading()
-                return
-            if not datagram:
-                log.warning("control channel closed by the supervisor")
-                self._stop_reading()
-                return
-            try:
-                message = decode_control(datagram)
-            except ProtocolError as exc:
-                log.warning("dropped an invalid control datagram: %s", exc)
-                continue
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        for message in endpoint.receive():  # bounded: a flood cannot hold the loop
             if self._on_message is not None:
                 self._on_message(message)
+        if endpoint.closed:
+            log.warning("control channel closed by the supervisor")
+            self._stop_reading()
 
     def _stop_reading(self) -> None:
-        if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+        if self._endpoint is not None and self._loop is not None:
+            self._loop.remove_reader(self._endpoint.fileno())
+            self._loop = None
 
 
 class RouterTarget(Protocol):
@@ -176,7 +148,7 @@ def make_reload(secret: str, channel: ControlChannel
         denied = admin_denied(request, secret)
         if denied is not None:
             return denied
-        if not channel.send({"type": "reload_request", "reason": "POST /tyk/reload"}):
+        if not channel.send(ControlType.RELOAD_REQUEST, {"reason": "POST /tyk/reload"}):
             return web.json_response(
                 {"status": "error", "message": "no supervisor to reload the worker"},
                 status=503)
@@ -185,27 +157,28 @@ def make_reload(secret: str, channel: ControlChannel
     return reload
 
 
-def dispatch(message: Mapping[str, Any], events: WorkerEvents,
+def dispatch(message: ControlMessage, events: WorkerEvents,
              on_reload_apis: Callable[[int], None] | None = None) -> None:
     """Deliver one validated supervisor message."""
-    kind = message["type"]
-    if kind == "reload_apis" and on_reload_apis is not None:
+    kind = message.type
+    if kind is ControlType.RELOAD_APIS and on_reload_apis is not None:
         on_reload_apis(message["generation"])
-    elif kind == "worker_exited":
+    elif kind is ControlType.WORKER_EXITED:
         events.on_worker_exited(message["generation"], message["reason"])
-    elif kind == "worker_state":
+    elif kind is ControlType.WORKER_STATE:
         events.on_worker_state(message["state"], message.get("generation"),
                                message.get("detail", ""))
     else:
-        log.warning("ignored control message %r: not sent to a gateway", kind)
+        log.warning("ignored control message %r: not sent to a gateway", kind.value)
 
 
 def status_message(events: WorkerEvents, *stats: Mapping[str, int]) -> dict[str, Any]:
+    """The fields of one `status` message."""
     merged: dict[str, int] = {}
     for source in (events.stats, *stats):
         merged.update((k, v) for k, v in source.items()
                       if isinstance(v, int) and not isinstance(v, bool))
-    message: dict[str, Any] = {"type": "status", "stats": merged}
+    message: dict[str, Any] = {"stats": merged}
     generation = events.health().get("generation")
     if isinstance(generation, int):
         message["active_generation"] = generation
@@ -217,4 +190,4 @@ async def report_status(channel: ControlChannel, events: WorkerEvents,
     """Send `status` every `interval` seconds until cancelled."""
     while True:
         await asyncio.sleep(interval)
-        channel.send(status_message(events, stats))
+        channel.send(ControlType.STATUS, status_message(events, stats))

@@ -13,10 +13,10 @@ import sys
 from typing import Final
 
 from ipc import exitcodes
+from ipc.contract import SUPERVISOR_PID_ENV
 
-__all__ = ["SUPERVISOR_PID_ENV", "die_with_parent", "env_int"]
+__all__ = ["die_with_parent", "env_int"]
 
-SUPERVISOR_PID_ENV: Final = "COPROC_SUPERVISOR_PID"
 _PR_SET_PDEATHSIG: Final = 1
 
 

@@ -1,90 +1,146 @@
-"""The supervisor <-> child control channel.
+"""The supervisor <-> child control channel: one message-type enum, one endpoint.
 
 Each child inherits one end of a `socketpair(AF_UNIX, SOCK_DGRAM)` as the file
-descriptor named by `$COPROC_CONTROL_FD`.  One datagram is one msgpack map with
-a `type` field.  Because the pair is private to one child, the supervisor
-always knows who sent what, without paths, credentials or tokens.
+descriptor named by `$COPROC_CONTROL_FD` (ipc/contract.py).  One datagram is one
+msgpack map with a `type` field (a `ControlType` value).  Because the pair is
+private to one child, the supervisor always knows who sent what, without paths,
+credentials or tokens.
 
-child -> supervisor:  ready, heartbeat, status, loaded (worker), reload_request (gateway)
+child -> supervisor:  ready, heartbeat (worker), status (gateway), loaded (worker),
+                      reload_request (gateway)
 supervisor -> gateway: worker_state, worker_exited, reload_apis
 supervisor -> worker:  admit
+
+`encode_control` / `decode_control` are the wire codec; the three sides
+(supervisor/child.py, gateway/control.py, worker/supervisor_link.py) talk
+through a `ControlEndpoint`, which sends and receives `ControlMessage`s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import logging
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
 
-from ipc.protocol import PLUGIN_REPORT
-from ipc.schema import MapOf, ProtocolError, Record, Shape, check
+from ipc.contract import CONTROL_FD_ENV
+from ipc.protocol import PAYLOADS, PLUGIN_REPORT, MsgType
+from ipc.ratelog import Throttle
+from ipc.schema import MapOf, ProtocolError, Record, check
 
 __all__ = [
-    "CONTROL_FD_ENV",
+    "CONTROL_MESSAGES",
     "MAX_DATAGRAM",
+    "ControlEndpoint",
+    "ControlMessage",
+    "ControlType",
     "decode_control",
     "encode_control",
     "inherited_control_socket",
     "make_control_pair",
 ]
 
-CONTROL_FD_ENV: Final = "COPROC_CONTROL_FD"
 MAX_DATAGRAM: Final = 256 * 1024
+#: Datagrams read per wake-up: a flooding peer cannot starve an event loop.
+READ_BATCH: Final = 64
+#: At most one line per this many seconds about a peer's invalid datagrams.
+BAD_DATAGRAM_LOG_S: Final = 10.0
+
+log = logging.getLogger("coproc.ipc.control")
+
+
+class ControlType(enum.Enum):
+    """Every control message type; the value is the wire's `type` string."""
+
+    READY = "ready"
+    HEARTBEAT = "heartbeat"
+    STATUS = "status"
+    LOADED = "loaded"
+    RELOAD_REQUEST = "reload_request"
+    WORKER_STATE = "worker_state"
+    WORKER_EXITED = "worker_exited"
+    RELOAD_APIS = "reload_apis"
+    ADMIT = "admit"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMessage:
+    """One validated control message: its type and its other fields."""
+
+    type: ControlType
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
 
 _ANY_STATS = MapOf(int)
 #: worker: sandbox layer -> "active: detail" / "skipped: why" / "off" (as in HELLO).
 _SANDBOX = MapOf(str, max_items=64)
+#: The worker's heartbeat has one shape on both channels: the hooks protocol's
+#: HEARTBEAT payload (ipc/protocol.py), here with its `type`.
+_HEARTBEAT = PAYLOADS[MsgType.HEARTBEAT]
+assert isinstance(_HEARTBEAT, Record)  # import-time check of our own table, not wire input
 
-CONTROL_MESSAGES: Final[Mapping[str, Shape]] = {
+CONTROL_MESSAGES: Final[Mapping[ControlType, Record]] = {
     # worker: plugins loaded and the gateway accepted it; gateway: serving HTTP.
-    "ready": Record(
+    ControlType.READY: Record(
         {"type": str, "role": str, "generation": int, "pid": int, "plugins": PLUGIN_REPORT,
          "sandbox": _SANDBOX},
         required=frozenset({"type", "role", "pid"}),
     ),
-    # worker: sent from its event loop; a stuck loop stops sending it.
-    "heartbeat": Record(
-        {"type": str, "generation": int, "inflight": int, "calls": int},
-        required=frozenset({"type"}),
-    ),
+    # worker: sent from its event loop; a stuck loop stops sending it.  `calls`
+    # are the call threads' counters; `calls["calls"]` counts every CALL read.
+    ControlType.HEARTBEAT: Record({"type": str, **_HEARTBEAT.fields},
+                                  required=frozenset({"type", *_HEARTBEAT.required})),
     # gateway: counters for `coproc status` and the supervisor's recycling policy.
-    "status": Record(
+    ControlType.STATUS: Record(
         {"type": str, "active_generation": int, "stats": _ANY_STATS},
         required=frozenset({"type"}),
     ),
     # supervisor -> gateway: what the supervisor knows about the worker slot.
-    "worker_state": Record(
+    ControlType.WORKER_STATE: Record(
         {"type": str, "state": str, "generation": int, "detail": str},
         required=frozenset({"type", "state"}),
     ),
     # supervisor -> gateway: generation N is gone; fail its in-flight calls now.
-    "worker_exited": Record(
+    ControlType.WORKER_EXITED: Record(
         {"type": str, "generation": int, "reason": str},
         required=frozenset({"type", "generation", "reason"}),
     ),
     # worker -> supervisor (only with $COPROC_ADMIT_GATE=1): plugins are loaded;
     # the worker waits for `admit` before it says HELLO to the gateway.
-    "loaded": Record(
+    ControlType.LOADED: Record(
         {"type": str, "generation": int, "pid": int, "plugins": PLUGIN_REPORT,
          "sandbox": _SANDBOX},
         required=frozenset({"type", "generation", "pid"}),
     ),
     # supervisor -> worker: go ahead and HELLO the gateway.
-    "admit": Record({"type": str, "generation": int}, required=frozenset({"type", "generation"})),
+    ControlType.ADMIT: Record({"type": str, "generation": int},
+                              required=frozenset({"type", "generation"})),
     # supervisor -> gateway: re-read the API definitions; switch to the new
     # router when `generation` becomes the active worker.
-    "reload_apis": Record(
+    ControlType.RELOAD_APIS: Record(
         {"type": str, "generation": int}, required=frozenset({"type", "generation"})
     ),
     # gateway -> supervisor: hot-restart the worker (POST /tyk/reload).
-    "reload_request": Record({"type": str, "reason": str}, required=frozenset({"type"})),
+    ControlType.RELOAD_REQUEST: Record({"type": str, "reason": str},
+                                       required=frozenset({"type"})),
 }
+_BY_VALUE: Final = {t.value: t for t in ControlType}
 
 
 def encode_control(message: Mapping[str, Any]) -> bytes:
+    """One datagram (the wire codec; senders use `ControlEndpoint.send`)."""
     packed: bytes = msgpack.packb(message, use_bin_type=True)
     return packed
 
@@ -100,11 +156,102 @@ def decode_control(datagram: bytes) -> dict[str, Any]:
         raise ProtocolError(f"control datagram is not valid msgpack: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("control datagram needs a string 'type'")
-    shape = CONTROL_MESSAGES.get(message["type"])
-    if shape is None:
+    kind = _BY_VALUE.get(message["type"])
+    if kind is None:
         raise ProtocolError(f"unknown control message {message['type']!r}")
-    check(message, shape, message["type"])
+    check(message, CONTROL_MESSAGES[kind], message["type"])
     return message
+
+
+def _message(datagram: bytes) -> ControlMessage:
+    fields = decode_control(datagram)
+    return ControlMessage(_BY_VALUE[fields.pop("type")], fields)
+
+
+class ControlEndpoint:
+    """One end of a control socketpair: typed, validated, never-blocking datagrams.
+
+    Sends never block and never raise: a full buffer or a vanished peer loses
+    the datagram (logged once per failing streak); the peer's liveness is
+    judged elsewhere (reaping, heartbeats, PR_SET_PDEATHSIG).  Invalid
+    datagrams are dropped and logged once per BAD_DATAGRAM_LOG_S with a count
+    (a broken peer could send thousands per second).
+    """
+
+    def __init__(self, sock: socket.socket, name: str = "control channel") -> None:
+        sock.setblocking(False)  # a stuck peer must never block an event loop
+        self._sock, self.name = sock, name
+        self._failing = False
+        self._bad = Throttle(BAD_DATAGRAM_LOG_S)
+        #: The peer closed its end or the socket failed: nothing more will come.
+        self.closed = False
+
+    @classmethod
+    def inherited(cls) -> ControlEndpoint | None:
+        """The endpoint this child inherited, or None when run by hand."""
+        sock = inherited_control_socket()
+        return cls(sock) if sock is not None else None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def send(self, kind: ControlType, fields: Mapping[str, Any] | None = None) -> bool:
+        """Send one message; False if it could not go.  Our own fields are checked
+        (ProtocolError): a wrong shape is a bug of this side, not the peer's."""
+        message = {"type": kind.value, **(fields or {})}
+        check(message, CONTROL_MESSAGES[kind], kind.value)
+        try:
+            self._sock.send(encode_control(message))
+        except OSError as exc:  # BlockingIOError, ConnectionRefused, EPIPE, EMSGSIZE
+            if not self._failing:
+                log.warning("%s: %s not sent: %s", self.name, kind.value, exc)
+            self._failing = True
+            return False
+        self._failing = False
+        return True
+
+    def receive(self) -> list[ControlMessage]:
+        """What has arrived (at most READ_BATCH datagrams); never waits."""
+        messages: list[ControlMessage] = []
+        for _ in range(READ_BATCH):
+            try:
+                datagram = self._sock.recv(MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("%s: socket error: %s", self.name, exc)
+                self.closed = True
+                break
+            if not datagram:  # SOCK_DGRAM: an empty read means the peer closed
+                self.closed = True
+                break
+            self._decode(datagram, messages)
+        return messages
+
+    async def receive_one(self) -> ControlMessage | None:
+        """Wait for the next valid message; None once the peer closed."""
+        loop = asyncio.get_running_loop()
+        while True:  # bounded by the caller's timeout
+            datagram = await loop.sock_recv(self._sock, MAX_DATAGRAM + 1)
+            if not datagram:
+                self.closed = True
+                return None
+            messages: list[ControlMessage] = []
+            self._decode(datagram, messages)
+            if messages:
+                return messages[0]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _decode(self, datagram: bytes, into: list[ControlMessage]) -> None:
+        try:
+            into.append(_message(datagram))
+        except ProtocolError as exc:
+            held = self._bad.due()
+            if held is not None:
+                log.warning("%s: dropped an invalid control datagram: %s%s", self.name, exc,
+                            f" ({held} more since the last report)" if held else "")
 
 
 def make_control_pair() -> tuple[socket.socket, socket.socket]:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["CGROUPS_ENV", "WorkerCgroup"]
+from ipc.contract import CGROUPS_ENV
 
-log = logging.getLogger(__name__)
+__all__ = ["WorkerCgroup"]
 
-#: Read by `worker.sandbox.policy` (same name): directories to join, os.pathsep-joined.
-CGROUPS_ENV: Final = "COPROC_CGROUPS"
+log = logging.getLogger("coproc.supervisor.cgroups")
+
 _V1_CONTROLLERS: Final = ("memory", "pids")
 #: How long `release` waits for killed members to leave before rmdir gives up.
 _RELEASE_WAIT_S: Final = 0.5

@@ -9,7 +9,6 @@ only ever addressed by pid / process group, never by name.
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import shutil
 import signal
@@ -19,27 +18,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ipc.control import (
-    CONTROL_FD_ENV,
-    MAX_DATAGRAM,
-    decode_control,
-    encode_control,
-    make_control_pair,
-)
-from ipc.schema import ProtocolError
+from ipc.contract import CONTROL_FD_ENV, SCRATCH_DIR_ENV
+from ipc.control import ControlEndpoint, ControlMessage, ControlType, make_control_pair
 from supervisor.cgroups import WorkerCgroup
-from supervisor.contract import SCRATCH_DIR_ENV, scratch_dir
+from supervisor.contract import scratch_dir
 from supervisor.exits import ExitStatus
 
 __all__ = ["ABORT_GRACE_S", "ChildProcess", "ChildState", "Role"]
 
 #: Between SIGABRT (faulthandler dumps every thread's traceback) and SIGKILL.
 ABORT_GRACE_S: Final = 1.0
-#: Datagrams read per wake-up: a flooding child cannot starve the loop.
-_READ_BATCH: Final = 64
 _HAS_WAITID: Final = hasattr(os, "waitid")
-
-log = logging.getLogger(__name__)
 
 
 class Role(enum.Enum):
@@ -66,8 +55,8 @@ class ChildProcess:
         self.kill_at: float | None = None
         self.kill_reason = ""
         self._popen = popen
-        self._control = control
-        self._bad_datagrams = 0
+        self._control = ControlEndpoint(control, f"{role.value} generation {generation} "
+                                                 f"(pid {popen.pid})")
         self.pidfd = _open_pidfd(popen.pid)
         #: A worker's per-generation cgroup (supervisor/cgroups.py), if the host allows.
         self.cgroup: WorkerCgroup | None = None
@@ -76,11 +65,15 @@ class ChildProcess:
 
     @classmethod
     def spawn(cls, role: Role, generation: int, argv: Sequence[str], env: Mapping[str, str],
-              started_at: float, pass_fds: Sequence[int] = ()) -> ChildProcess:
-        """Start `argv` with its own control socketpair; raise OSError if it cannot run."""
+              started_at: float, pass_fds: Sequence[int] = (),
+              confined: bool = False) -> ChildProcess:
+        """Start `argv` with its own control socketpair; raise OSError if it cannot run.
+
+        `confined`: the child runs plugin code, so it gets a cgroup of its own
+        and a scratch directory we remove when we reap it."""
         parent_end, child_end = make_control_pair()
-        cgroup = WorkerCgroup.create(generation) if role is Role.WORKER else None
-        scratch = scratch_dir(generation) if role is Role.WORKER else None
+        cgroup = WorkerCgroup.create(generation) if confined else None
+        scratch = scratch_dir(generation) if confined else None
         extra = {SCRATCH_DIR_ENV: str(scratch)} if scratch is not None else {}
         try:
             popen = subprocess.Popen(
@@ -113,35 +106,13 @@ class ChildProcess:
 
     # -- control channel -------------------------------------------------
 
-    def read_messages(self) -> list[dict[str, Any]]:
-        """Decode what the child sent; invalid datagrams are logged and dropped."""
-        messages: list[dict[str, Any]] = []
-        for _ in range(_READ_BATCH):
-            try:
-                datagram = self._control.recv(MAX_DATAGRAM + 1)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                log.warning("%s: control socket error: %s", self.name, exc)
-                break
-            try:
-                messages.append(decode_control(datagram))
-            except ProtocolError as exc:
-                self._bad_datagrams += 1
-                # A broken child could send thousands per second: log a sample.
-                if self._bad_datagrams <= 10 or self._bad_datagrams % 1000 == 0:
-                    log.warning("%s: dropped control datagram #%d: %s", self.name,
-                                self._bad_datagrams, exc)
-        return messages
+    def read_messages(self) -> list[ControlMessage]:
+        """What the child sent (invalid datagrams are logged and dropped)."""
+        return self._control.receive()
 
-    def send(self, message: Mapping[str, Any]) -> bool:
+    def send(self, kind: ControlType, fields: Mapping[str, Any]) -> bool:
         """Best effort: a dead or stuck child is handled by the reaper, not here."""
-        try:
-            self._control.send(encode_control(message))
-        except OSError as exc:
-            log.debug("%s: cannot send %s: %s", self.name, message.get("type"), exc)
-            return False
-        return True
+        return self._control.send(kind, fields)
 
     # -- liveness ----------------------------------------------------------
 
@@ -154,6 +125,10 @@ class ChildProcess:
             return False
         self.ready_at, self.state = now, ChildState.READY
         return True
+
+    def heard(self, now: float) -> None:
+        """A heartbeat arrived."""
+        self.last_heartbeat = now
 
     def silent_for(self, now: float) -> float | None:
         """Seconds since the last sign of life after `ready`; None before `ready`."""

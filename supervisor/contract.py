@@ -1,7 +1,8 @@
 """What children are started with: docs/PROTOCOL.md, "Process contract".
 
 The commands are data (`ChildCommands`) so tests can run the real supervisor
-with tiny stand-in children; the environment is built here and nowhere else.
+with tiny stand-in children; the environment is built here and nowhere else,
+from the names of `ipc.contract` (which also says what is never inherited).
 """
 
 from __future__ import annotations
@@ -13,44 +14,19 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
-from ipc.child import SUPERVISOR_PID_ENV
-from ipc.control import CONTROL_FD_ENV
+from ipc.contract import (
+    ADMIT_GATE_ENV,
+    GENERATION_ENV,
+    INSTANCE_KEY_ENV,
+    LISTEN_FD_ENV,
+    NEVER_INHERITED,
+    SUPERVISOR_PID_ENV,
+    WORKER_TOKEN_ENV,
+)
 from ipc.tokens import worker_token
 
-__all__ = [
-    "ADMIT_GATE_ENV",
-    "GENERATION_ENV",
-    "INSTANCE_KEY_ENV",
-    "LISTEN_FD_ENV",
-    "SCRATCH_DIR_ENV",
-    "WORKER_TOKEN_ENV",
-    "ChildCommands",
-    "gateway_env",
-    "scratch_dir",
-    "worker_env",
-]
-
-LISTEN_FD_ENV: Final = "COPROC_LISTEN_FD"
-INSTANCE_KEY_ENV: Final = "COPROC_INSTANCE_KEY"
-GENERATION_ENV: Final = "COPROC_GENERATION"
-WORKER_TOKEN_ENV: Final = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name)
-#: "1": the worker sends `loaded` and waits for `admit` before its HELLO.
-ADMIT_GATE_ENV: Final = "COPROC_ADMIT_GATE"
-#: Read by `worker.sandbox.launcher` (same name): where to make the scratch
-#: directory, so that the supervisor can remove it when it reaps the worker.
-SCRATCH_DIR_ENV: Final = "COPROC_SCRATCH_DIR"
-
-#: Never inherited from our own environment: the contract variables are set
-#: per child (a worker must not see the instance key), and only the supervisor
-#: may talk to systemd (a child sending READY=1 early would lie).
-_NOT_INHERITED: Final = frozenset({
-    CONTROL_FD_ENV, LISTEN_FD_ENV, INSTANCE_KEY_ENV, GENERATION_ENV, WORKER_TOKEN_ENV,
-    ADMIT_GATE_ENV, SCRATCH_DIR_ENV,
-    SUPERVISOR_PID_ENV, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-    "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
-})
+__all__ = ["ChildCommands", "gateway_env", "scratch_dir", "worker_env"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +44,7 @@ class ChildCommands:
 
 
 def _base_env(inherited: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in inherited.items() if k not in _NOT_INHERITED}
+    env = {k: v for k, v in inherited.items() if k not in NEVER_INHERITED}
     env[SUPERVISOR_PID_ENV] = str(os.getpid())
     return env
 

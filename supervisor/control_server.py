@@ -28,7 +28,7 @@ COMMANDS: Final = frozenset({"status", "reload", "restart-worker", "stop"})
 READ_TIMEOUT_S: Final = 5.0
 MAX_REQUEST_BYTES: Final = 4096
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("coproc.supervisor.control_server")
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"            rss {f'{rss / 1048576:.1f} MiB' if rss else '-'}  "
         f"in flight {_dash(wk.get('inflight'))}  calls {_dash(wk.get('calls'))}  "
         f"heartbeat {_dash(wk.get('heartbeat_age_s'))} s ago",
-        f"            restarts {wk.get('restarts')}  hot restarts {wk.get('hot_restarts')}",
+        f"            restarts {wk.get('restarts')}  hot restarts {wk.get('hot_restarts')}"
+        + (f"  next try in {_duration(wk['retry_in_s'])}" if wk.get("retry_in_s") is not None
+           else ""),
     ]
     sandbox = wk.get("sandbox")
     if sandbox:

@@ -7,13 +7,22 @@ one of these and enqueue it: no decision is taken outside the loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Final, TypeAlias
 
+from ipc.control import ControlMessage
 from supervisor.child import ChildProcess
 from supervisor.control_server import ControlRequest
 
-__all__ = ["ControlEvent", "ControlRequest", "Event", "ReapEvent", "SignalEvent"]
+__all__ = ["SIGNALS", "ControlEvent", "ControlRequest", "Event", "ReapEvent", "SignalEvent",
+           "install_signals", "remove_signals"]
+
+#: The signals the supervisor handles (docs/OPERATIONS.md has the table).
+SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +35,7 @@ class ControlEvent:
     """One valid control message, from the child whose socket it came on."""
 
     child: ChildProcess
-    message: dict[str, Any]
+    message: ControlMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +44,17 @@ class ReapEvent:
 
 
 Event: TypeAlias = SignalEvent | ControlEvent | ReapEvent | ControlRequest
+
+
+def install_signals(loop: asyncio.AbstractEventLoop, post: Callable[[Event], None]) -> None:
+    """Handlers that only enqueue."""
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, post, SignalEvent(signum))
+    # uvloop keeps SIGCHLD for itself; pidfds and the tick still reap.
+    with contextlib.suppress(RuntimeError):
+        loop.add_signal_handler(signal.SIGCHLD, post, ReapEvent())
+
+
+def remove_signals(loop: asyncio.AbstractEventLoop) -> None:
+    for signum in (*SIGNALS, signal.SIGCHLD):
+        loop.remove_signal_handler(signum)

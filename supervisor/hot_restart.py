@@ -1,54 +1,77 @@
-"""Hot restart of the worker: candidate, admission, adoption, retiring generations.
+"""Hot restart of the worker, and what the supervisor follows of the active generation.
 
-A *candidate* generation N+1 boots beside the active N (see `reload.py`,
-`handover.py`); once it is ready it takes the worker slot and N is
-*retiring*: the gateway told it to DRAIN, and its exit 0 is expected.
+`HotRestart` owns the `Handover` (candidate, outgoing and retiring
+generations, the running `Reload`) and the active generation's `WorkerWatch`
+(load report, heartbeat counters, recycling).  A *candidate* generation N+1
+boots beside the active N (see reload.py); when its plugins loaded no worse
+than N's it is admitted: N leaves the worker slot at that moment (outgoing),
+the gateway re-reads the API definitions and makes N+1 active when it says
+HELLO, then tells N to DRAIN.  Once N+1 is ready it takes the slot and N is
+retiring: its exit 0 is expected (not a crash, no backoff).  If N+1 fails
+first, N goes back to the slot.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 
 from config import ConfigError, load_api_definitions
-from supervisor.child import ChildProcess, ChildState, Role
-from supervisor.contract import worker_env
-from supervisor.core import Phase, SupervisorCore, answer
+from config.gateway import GatewayConfig
+from ipc.control import ControlMessage, ControlType
+from supervisor.child import ChildProcess, ChildState
 from supervisor.exits import ExitStatus
+from supervisor.gateway_link import GatewayLink
+from supervisor.handover import Handover
+from supervisor.liveness import hang_reason
+from supervisor.readers import ChildReaders
 from supervisor.recycle import WorkerWatch
-from supervisor.reload import Reload, ReloadState, Waiter, regressions
+from supervisor.reload import Reload, Waiter, regressions
 from supervisor.slot import SlotState
+from supervisor.status import ServiceStatus
+from supervisor.watcher import Watcher
 
-__all__ = ["HotRestart"]
+__all__ = ["RETIRE_MARGIN_S", "HotRestart", "answer"]
 
-#: The loop's modules share one logger name: records read as they always did.
-log = logging.getLogger("supervisor.supervisor")
+#: A retiring generation gets drain_grace_ms plus this before SIGABRT/SIGKILL.
+RETIRE_MARGIN_S: Final = 2.0
+
+log = logging.getLogger("coproc.supervisor.hot_restart")
 
 
-class HotRestart(SupervisorCore):
-    def _check_handover(self, now: float) -> None:
-        """Retiring generations past their drain deadline; recycling; watched files."""
-        for old in self._handover.overdue(now):
-            log.error("%s did not drain within %d ms: SIGABRT, SIGKILL in 1 s",
-                      old.name, self._cfg.worker.drain_grace_ms)
-            old.abort(now, "did not finish draining")
-        child = self._worker.child if self._worker else None
-        if child is None or child.state is not ChildState.READY or self._handover.reload \
-                or self._active is None:
-            return
-        why = self._active.restart_reason(now, child.pid)
-        if why:
-            self._request_reload(now, why)
+def answer(waiter: Waiter, result: dict[str, Any]) -> None:
+    if not waiter.done():  # the client may have given up (its deadline)
+        waiter.set_result(result)
 
-    def _request_reload(self, now: float, reason: str, waiter: Waiter | None = None) -> None:
+
+class HotRestart:
+    def __init__(self, cfg: GatewayConfig, worker: Watcher, link: GatewayLink,
+                 readers: ChildReaders, status: ServiceStatus, describe: Callable[[], str],
+                 clock: Callable[[], float]) -> None:
+        self._cfg, self._worker, self._link, self._readers = cfg, worker, link, readers
+        self._status, self._describe, self._clock = status, describe, clock
+        self._handover = Handover(cfg.worker.drain_grace_ms / 1000 + RETIRE_MARGIN_S)
+        self._watch: WorkerWatch | None = None  # the active generation's
+
+    def children(self) -> Iterator[ChildProcess]:
+        """The generations outside the worker slot: candidate, outgoing, retiring."""
+        return self._handover.children()
+
+    @property
+    def replacing(self) -> bool:
+        """A candidate boots: it takes the place of a restart of the slot."""
+        return self._handover.candidate is not None
+
+    def request(self, now: float, reason: str, waiter: Waiter | None = None) -> None:
         """Start a hot restart of the worker (or queue one behind the running one)."""
-        if self._phase is not Phase.RUNNING or self._worker is None:
-            why = "stopping" if self._worker else "coprocess is disabled: there is no worker"
+        handover = self._handover
+        if self._worker.state in (SlotState.STOPPING, SlotState.STOPPED):
             if waiter is not None:
-                answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
+                answer(waiter, {"ok": False, "error": "cannot reload: stopping"})
             return
-        if self._handover.reload is not None:
-            self._handover.follow(waiter)
+        if handover.reload is not None:
+            handover.follow(waiter)
             log.info("reload requested (%s) while one runs: it follows", reason)
             return
         reload = Reload(reason, now, waiters=[waiter] if waiter is not None else [])
@@ -57,117 +80,160 @@ class HotRestart(SupervisorCore):
             # here first so that a broken definition fails the reload, not a boot.
             load_api_definitions(self._cfg)
         except ConfigError as exc:
-            self._finish_reload(reload, f"API definitions not reloaded: {exc}")
+            self._finish(reload, f"API definitions not reloaded: {exc}")
             return
-        if self._worker.state is SlotState.FATAL:
+        revived = self._worker.state is SlotState.FATAL
+        if revived:
             log.info("%s: clearing FATAL; starting the worker afresh", reason)
-            reload.revived = True
             self._worker.revive(now)
-            self._send_worker_state()
         self._status.reloading(reason)
-        self._start_candidate(reload, now)
-
-    def _start_candidate(self, reload: Reload, now: float) -> None:
-        assert self._worker is not None
-        generation = reload.generation = self._worker.next_generation()
-        log.info("hot restart (%s): starting worker generation %d beside the active one",
-                 reload.reason, generation)
         try:
-            child = ChildProcess.spawn(Role.WORKER, generation, self._commands.worker,
-                                       worker_env(generation, self._instance_key), now)
+            child = self._worker.spawn_candidate(now)
         except OSError as exc:
-            self._finish_reload(reload, f"worker generation {generation} could not be "
-                                        f"started: {exc}")
+            reload.spawning(self._worker.generation, revived)
+            self._finish(reload, f"worker generation {reload.generation} could not be "
+                                 f"started: {exc}")
             return
-        self._handover.begin(reload, child)
-        self._watch(child)
+        reload.spawning(child.generation, revived)
+        handover.begin(reload, child)
+        log.info("hot restart (%s): started %s beside the active one", reason, child.name)
 
-    def _on_candidate_message(self, child: ChildProcess, message: dict[str, Any],
-                              now: float) -> None:
-        reload, kind = self._handover.reload, message["type"]
-        if reload is None:
+    def owns(self, child: ChildProcess) -> bool:
+        return child is self._handover.candidate or child is self._handover.outgoing \
+            or child in self._handover.retiring
+
+    def on_message(self, child: ChildProcess, message: ControlMessage, now: float) -> None:
+        """From the candidate (outgoing and retiring generations have nothing to say)."""
+        reload = self._handover.reload
+        if reload is None or child is not self._handover.candidate:
             return
-        if kind == "loaded":
-            serving = self._active if self._worker and self._worker.child else None
-            worse = regressions(serving.report if serving else None,
-                                message.get("plugins", {}))
+        if message.type is ControlType.LOADED:
+            serving = self._watch if self._worker.child is not None else None
+            worse = regressions(serving.report if serving else None, message.get("plugins", {}))
             if worse:
                 error = "the new plugins failed to load: " + "; ".join(worse)
                 log.error("hot restart refused, generation %d killed, the active generation "
                           "keeps serving: %s", child.generation, error)
                 child.kill_group("refused: plugins failed to load")
-                self._finish_reload(reload, error)
-            else:
-                reload.state = ReloadState.ADMITTING
-                self._admit(child)
-        elif kind == "ready" and message.get("role") == "worker" and child.mark_ready(now):
+                self._finish(reload, error)
+                return
+            reload.admitting()
+            self._handover.hold(self._worker.release())
+            self.admit(child)
+        elif message.type is ControlType.READY and message.get("role") == "worker" \
+                and child.mark_ready(now):
             self._adopt(child, message, now)
-            self._finish_reload(reload)
+            self._finish(reload)
 
-    def _admit(self, child: ChildProcess) -> None:
-        # The gateway reads the definitions now and switches routes when
-        # this generation becomes active; then the worker may say HELLO.
-        self._tell_gateway({"type": "reload_apis", "generation": child.generation})
-        child.send({"type": "admit", "generation": child.generation})
+    def admit(self, child: ChildProcess) -> None:
+        """Let a worker that loaded its plugins say HELLO; the gateway reads the
+        definitions now and switches routes when this generation is active."""
+        self._link.reload_apis(child.generation)
+        child.send(ControlType.ADMIT, {"generation": child.generation})
 
-    def _adopt(self, child: ChildProcess, ready: dict[str, Any], now: float) -> None:
-        """The candidate is active in the gateway: it takes the slot, the old one retires."""
-        assert self._worker is not None
-        old = self._worker.child
-        if old is not None:
-            self._handover.retire(old, now)
-            log.info("%s is retiring: draining its in-flight calls", old.name)
-        self._handover.adopted()
-        self._worker.adopt(child)
-        self._worker.sandbox = dict(ready.get("sandbox", {}))
-        self._active = WorkerWatch(self._cfg.worker, ready.get("plugins", {}), now)
-        log.info("hot restart done: %s is active", child.name)
-        self._send_worker_state()
+    def on_worker(self, message: ControlMessage, ready: bool, now: float) -> None:
+        """A message of the worker slot's own child (`ready`: it just became ready)."""
+        if ready:
+            self._watch = WorkerWatch(self._cfg.worker, message.get("plugins", {}), now)
+        elif message.type is ControlType.HEARTBEAT and self._watch is not None:
+            self._watch.beat(message.fields)
 
-    def _finish_reload(self, reload: Reload, error: str = "") -> None:
-        if reload.finished:
+    def check(self, now: float) -> None:
+        """Hung candidate or outgoing generation; retiring ones past their deadline;
+        recycling limits and watched files of the active one."""
+        handover = self._handover
+        for child in (handover.candidate, handover.outgoing):
+            if child is None or child.state not in (ChildState.STARTING, ChildState.READY):
+                continue
+            reason = hang_reason(child.started_at, child.silent_for(now), now, self._cfg.worker)
+            if reason:
+                log.error("%s is hung (%s): SIGABRT for a traceback, SIGKILL in 1 s",
+                          child.name, reason)
+                child.abort(now, reason)
+        for old in handover.overdue(now):
+            log.error("%s did not drain within %d ms: SIGABRT, SIGKILL in 1 s",
+                      old.name, self._cfg.worker.drain_grace_ms)
+            old.abort(now, "did not finish draining")
+        active = self._worker.child
+        if active is None or active.state is not ChildState.READY or handover.reload \
+                or self._watch is None:
             return
-        was_running = self._handover.reload is reload
-        followers = self._handover.finish(reload, error)
-        if error:
-            log.error("reload (%s) failed: %s", reload.reason, error)
-            worker = self._worker
-            if reload.revived and worker is not None and worker.child is None:
-                # Nothing serves and the fix did not work: back to FATAL, not a crash loop.
-                worker.state, worker.restart_at = SlotState.FATAL, None
-                self._send_worker_state()
-        if was_running:
-            self._status.reloaded(self._describe())
-        if followers is not None and self._phase is Phase.RUNNING:
-            self._request_reload(self._clock(), "a reload asked for during the last one")
-            current = self._handover.reload
-            for waiter in followers:
-                if current is not None:
-                    current.waiters.append(waiter)
-                else:
-                    answer(waiter, self._handover.last or {"ok": False, "error": "not run"})
+        why = self._watch.restart_reason(now, active.pid)
+        if why:
+            self.request(now, why)
 
-    def _reap_extra(self, now: float) -> None:
-        """Reap the candidate and retiring generations (not in the slot)."""
-        reaped = self._handover.reap_candidate()
+    def reap(self) -> None:
+        """Reap the generations outside the slot; a candidate's exit fails the reload."""
+        handover = self._handover
+        reaped = handover.reap_candidate()
         if reaped is not None:
             candidate, status = reaped
-            reason = self._worker_gone(candidate, status)
-            self._exits.remember("worker", candidate.generation, candidate.pid, reason)
-            if self._handover.reload is not None:
-                self._finish_reload(self._handover.reload, f"worker generation "
-                                    f"{candidate.generation} {reason} before it was ready")
-            worker = self._worker
-            if worker is not None and worker.child is None and worker.restart_at is None \
-                    and worker.state is SlotState.RUNNING:
-                worker.restart_at = now  # the old one drained away meanwhile
-        for child, status in self._handover.reap_retiring():
-            reason = self._worker_gone(child, status)
+            reason = self._gone(candidate, status)
+            self._worker.remember_exit(candidate, reason)
+            if handover.reload is not None:
+                self._finish(handover.reload, f"worker generation {candidate.generation} "
+                                              f"{reason} before it was ready")
+        for child, status in handover.reap_retiring():
+            reason = self._gone(child, status)
             (log.info if status.clean else log.warning)("%s (retired) %s", child.name, reason)
 
-    def _worker_gone(self, child: ChildProcess, status: ExitStatus) -> str:
-        self._forget(child)
+    def abandon(self, why: str) -> None:
+        """The supervisor stops: a candidate never served, so it has nothing to drain."""
+        if self._handover.candidate is not None:
+            self._handover.candidate.kill_group(why)
+        if self._handover.reload is not None:
+            self._finish(self._handover.reload, f"the supervisor is {why}")
+
+    def abandoned(self) -> None:
+        """The loop is ending abnormally; every generation was killed and forgotten."""
+        self._handover.clear()
+
+    def status(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the worker's part, the reload part) of `coproc status`."""
+        handover, watch = self._handover, self._watch
+        beat = watch.heartbeat if watch else {}
+        worker = {
+            "inflight": beat.get("inflight"), "calls": beat.get("calls"),
+            "hot_restarts": handover.count,
+            "candidate": handover.candidate.generation if handover.candidate else None,
+            "retiring": sorted(c.generation for c in handover.retiring),
+            "plugins": watch.report if watch else {},
+        }
+        reload = {"running": handover.reload.outcome() if handover.reload else None,
+                  "last": handover.last}
+        return worker, reload
+
+    def _adopt(self, child: ChildProcess, ready: ControlMessage, now: float) -> None:
+        """The candidate is active in the gateway: it takes the slot, the old one retires."""
+        old = self._handover.adopted(now)
+        if old is not None:
+            log.info("%s is retiring: draining its in-flight calls", old.name)
+        self._worker.adopt(child, ready, now)
+        self._watch = WorkerWatch(self._cfg.worker, ready.get("plugins", {}), now)
+        log.info("hot restart done: %s is active", child.name)
+
+    def _finish(self, reload: Reload, error: str = "") -> None:
+        if reload.finished:
+            return
+        handover = self._handover
+        was_running = handover.reload is reload
+        followers = handover.finish(reload, error)
+        if error:
+            log.error("reload (%s) failed: %s", reload.reason, error)
+            self._worker.reinstate(handover.take_outgoing(), self._clock(), reload.revived)
+        if was_running:
+            self._status.reloaded(self._describe())
+        if followers is not None:
+            self.request(self._clock(), "a reload asked for during the last one")
+            current = handover.reload
+            for waiter in followers:
+                if current is not None:
+                    current.wait(waiter)
+                else:
+                    answer(waiter, handover.last or {"ok": False, "error": "not run"})
+
+    def _gone(self, child: ChildProcess, status: ExitStatus) -> str:
+        self._readers.forget(child)
         reason = status.describe()
-        self._tell_gateway({"type": "worker_exited", "generation": child.generation,
-                            "reason": reason})
+        self._link.worker_exited(child.generation, reason)
         return reason

@@ -111,6 +111,12 @@ class WorkerWatch:
         self._recycle = RecyclePolicy(opts, now)
         self._files = FileWatch(plugin_files(self.report), now) if opts.watch else None
 
+    def beat(self, heartbeat: Mapping[str, Any]) -> None:
+        """A heartbeat's counters: in flight, and CALLs read in total (`calls["calls"]`)."""
+        counters = heartbeat.get("calls", {})
+        self.heartbeat = {k: v for k, v in (("inflight", heartbeat.get("inflight")),
+                                            ("calls", counters.get("calls"))) if v is not None}
+
     def restart_reason(self, now: float, pid: int) -> str | None:
         why = self._recycle.reason(now, pid, self.heartbeat.get("calls", 0))
         if why:

@@ -53,6 +53,17 @@ class Reload:
         return {"ok": ok, "generation": self.generation, "reason": self.reason,
                 "error": self.error, "state": self.state.value}
 
+    def spawning(self, generation: int, revived: bool) -> None:
+        """Generation `generation` boots for this reload (`revived`: it cleared FATAL)."""
+        self.generation, self.revived = generation, revived
+
+    def wait(self, waiter: Waiter) -> None:
+        """`waiter` gets this reload's outcome too."""
+        self.waiters.append(waiter)
+
+    def admitting(self) -> None:
+        self.state = ReloadState.ADMITTING
+
     def finish(self, error: str = "") -> None:
         self.state = ReloadState.FAILED if error else ReloadState.DONE
         self.error = error

@@ -26,7 +26,7 @@ __all__ = ["PID_NAME", "PORT_NAME", "RunDir", "RunDirError"]
 PID_NAME: Final = "coproc.pid"
 PORT_NAME: Final = "http.port"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("coproc.supervisor.rundir")
 
 
 class RunDirError(Exception):

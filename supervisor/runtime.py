@@ -13,16 +13,16 @@ from pathlib import Path
 from config.gateway import GatewayConfig
 from ipc import eventloop
 from ipc.notify import Notifier
+from supervisor.arbiter import Arbiter
 from supervisor.contract import ChildCommands
 from supervisor.control_server import CONTROL_SOCKET_NAME
 from supervisor.listener import bind_listener, bound_port
 from supervisor.lock import RunDirLock
 from supervisor.rundir import PORT_NAME, RunDir
-from supervisor.supervisor import Supervisor
 
 __all__ = ["serve"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("coproc.supervisor.runtime")
 
 
 def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
@@ -47,9 +47,9 @@ def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
             run_dir.write_port(port)
             log.info("listening on %s:%d (port also in %s); run dir %s",
                      cfg.listen_address or "*", port, run_dir.path / PORT_NAME, run_dir.path)
-            supervisor = Supervisor(cfg, listener, commands or ChildCommands.default(cfg.path),
-                                    notifier, control_path=run_dir.path / CONTROL_SOCKET_NAME)
-            code = eventloop.run(supervisor.run())
+            arbiter = Arbiter(cfg, listener, commands or ChildCommands.default(cfg.path),
+                              notifier, control_path=run_dir.path / CONTROL_SOCKET_NAME)
+            code = eventloop.run(arbiter.run())
             log.info("stopped (exit code %d)", code)
             return code
         finally:

@@ -21,7 +21,7 @@ class SlotState(enum.Enum):
     STARTING = "starting"  # a child is booting
     RUNNING = "running"  # the child said `ready`
     RESTARTING = "restarting"  # the child exited; the next one starts at `restart_at`
-    FATAL = "fatal"  # flapping: no more restarts
+    FATAL = "fatal"  # flapping: the next try only after a cool-off, at `restart_at`
     STOPPING = "stopping"  # the supervisor is stopping
     STOPPED = "stopped"  # stopping, and no child left
 
@@ -34,8 +34,6 @@ class Slot:
         self.generation = 0
         self.restart_at: float | None = 0.0  # start at once
         self.last_exit = ""
-        #: The child's sandbox layers, from its `loaded`/`ready` (worker only).
-        self.sandbox: dict[str, str] = {}
 
     def restart_due(self, now: float) -> bool:
         return self.child is None and self.restart_at is not None and now >= self.restart_at
@@ -48,7 +46,6 @@ class Slot:
     def started(self, child: ChildProcess) -> None:
         self.child, self.restart_at = child, None
         self.state = SlotState.STARTING
-        self.sandbox = {}
         self.policy.started()
 
     def ready(self) -> None:
@@ -60,10 +57,8 @@ class Slot:
         """The child is gone (or never started): decide on the next one."""
         self.child, self.last_exit = None, reason
         verdict = self.policy.exited(boot_failure)
-        if verdict.fatal:
-            self.state, self.restart_at = SlotState.FATAL, None
-        else:
-            self.state, self.restart_at = SlotState.RESTARTING, now + verdict.delay_s
+        self.state = SlotState.FATAL if verdict.fatal else SlotState.RESTARTING
+        self.restart_at = now + verdict.delay_s
         return verdict
 
     def adopt(self, child: ChildProcess) -> None:
@@ -71,11 +66,29 @@ class Slot:
         self.started(child)
         self.ready()
 
+    def release(self) -> ChildProcess | None:
+        """Hand the child over (a hot restart retires it): vacant, no restart due."""
+        child, self.child = self.child, None
+        self.restart_at = None
+        return child
+
+    def reinstate(self, child: ChildProcess | None, now: float, fatal: bool) -> None:
+        """A hot restart failed after `release`: the child serves on; if it left
+        meanwhile, FATAL again (`fatal`, the reload was to revive it) or a fresh start."""
+        if child is not None and child.alive:
+            self.child = child
+        elif self.child is None and self.state not in (SlotState.STOPPING, SlotState.STOPPED):
+            if fatal:
+                self.state = SlotState.FATAL
+                self.restart_at = now + self.policy.cooloff()
+            elif self.restart_at is None:
+                self.restart_at = now
+
     def revive(self, now: float) -> None:
-        """Clear FATAL (operator's request): the policy starts over."""
+        """Clear FATAL (operator's request, a hot restart follows): the policy starts over."""
         self.policy.reset()
         if self.state is SlotState.FATAL:
-            self.state = SlotState.RESTARTING
+            self.state, self.restart_at = SlotState.RESTARTING, None
 
     def stop(self) -> None:
         """No more restarts; STOPPED once the child (if any) is reaped."""

@@ -38,6 +38,7 @@ from config.gateway import GatewayConfig
 from config.logs import setup_logging
 from ipc import eventloop, exitcodes, gctune
 from ipc.child import die_with_parent
+from ipc.contract import GENERATION_ENV, WORKER_TOKEN_ENV
 from ipc.control import inherited_control_socket
 from ipc.protocol import Limits
 from worker.callthreads import CallLedger, CallThreads
@@ -50,12 +51,10 @@ from worker.sandbox import SandboxError, SandboxReport, apply_sandbox, resolve_p
 from worker.supervisor_link import SupervisorLink
 from worker.tyk_api import install_plugin_api
 
-__all__ = ["GENERATION_ENV", "TOKEN_ENV", "main"]
+__all__ = ["main"]
 
 log = logging.getLogger("worker")
 
-GENERATION_ENV = "COPROC_GENERATION"
-TOKEN_ENV = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name, not a secret)
 #: How long exit waits for hook threads still running after the drain.
 THREAD_EXIT_GRACE_S = 1.0
 HOOK_THREAD_PREFIX = "coproc-hook"
@@ -128,10 +127,10 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
 
 def _identity(cfg: GatewayConfig) -> Identity | None:
     generation = os.environ.get(GENERATION_ENV, "")
-    token = os.environ.pop(TOKEN_ENV, "")  # before any plugin code can read it
+    token = os.environ.pop(WORKER_TOKEN_ENV, "")  # before any plugin code can read it
     if not generation.isdigit() or not token:
         log.error("%s and %s must be set: the worker is started by `coproc serve`",
-                  GENERATION_ENV, TOKEN_ENV)
+                  GENERATION_ENV, WORKER_TOKEN_ENV)
         return None
     return Identity(int(generation), token, os.getpid(), cfg.worker.threads)
 

@@ -101,17 +101,10 @@ class Worker:
         self._exit: asyncio.Future[int] | None = None
         self._ready_sent = False
         self._gate_passed = False
-        #: Calls run on the event loop (`async def` hooks); the call threads count theirs.
-        self._loop_calls = 0
 
     @property
     def inflight(self) -> int:
         return len(self._calls) + self.calls.inflight
-
-    @property
-    def calls_total(self) -> int:
-        """Calls received by this worker, for the supervisor's max_requests recycling."""
-        return self._loop_calls + self.calls.calls
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -179,11 +172,13 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         generation = self.identity.generation
         while True:
-            self.link.heartbeat(generation, self.inflight, self.calls_total)
+            # One payload for both: `calls["calls"]` counts every CALL read (the
+            # supervisor's max_requests), `rss` is the gateway's /hello figure.
+            beat = {"generation": generation, "inflight": self.inflight, "rss": current_rss(),
+                    "calls": self.calls.counters()}
+            self.link.heartbeat(beat)
             if self.state in (State.RUNNING, State.DRAINING):
-                self.channel.send(MsgType.HEARTBEAT, 0, {
-                    "generation": generation, "inflight": self.inflight, "rss": current_rss(),
-                    "calls": self.calls.counters()})
+                self.channel.send(MsgType.HEARTBEAT, 0, beat)
             await asyncio.sleep(self.timing.heartbeat_s)
 
     # --- messages ------------------------------------------------------------------------
@@ -246,7 +241,6 @@ class Worker:
             self.channel.send(MsgType.ERROR, message.call_id, {
                 "code": str(ErrorCode.DRAINING), "message": "the worker is draining"})
             return
-        self._loop_calls += 1
         task = asyncio.create_task(self._serve(message))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ipc.contract import NEVER_INHERITED, SYSTEMD_ENV
 from ipc.notify import parse_notify
 from tests.conftest import InstanceFactory
 from tests.integration.harness import (
@@ -198,3 +199,40 @@ def test_post_tyk_reload_needs_the_secret_and_hot_restarts(
     poll("a new generation", lambda: status(inst)["worker"]["generation"] > generation, 20)
     assert inst.get("/v/x").header("X-Response-Version") == "2"
 
+
+
+def _environ(proc: psutil.Process) -> dict[str, str]:
+    raw = Path(f"/proc/{proc.pid}/environ").read_bytes()
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def test_contract_variables_in_the_supervisors_environment_reach_no_child(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """1. Start `coproc serve` with every never-inherited variable of ipc/contract.py
+       set in its environment (COPROC_CGROUPS pointing at a directory no cgroup is).
+    2. Read /proc/<pid>/environ of the gateway and the worker: none of those values
+       reached them; the only contract variables they have are those the supervisor
+       set itself (different values), and systemd's are absent.
+    """
+    leaked = {name: f"leaked-{name}" for name in NEVER_INHERITED}
+    leaked["COPROC_CGROUPS"] = str(tmp_path)  # a worker joining it would fail loudly
+    leaked["NOTIFY_SOCKET"] = str(tmp_path / "no-such-notify.sock")
+    for name, value in leaked.items():
+        monkeypatch.setenv(name, value)
+    inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
+    roles: dict[str, dict[str, str]] = {}
+    for proc in inst.children():
+        cmdline = " ".join(proc.cmdline())
+        role = "gateway" if "-m gateway" in cmdline else "worker" if "-m worker" in cmdline else ""
+        if role:
+            roles[role] = _environ(proc)
+    assert roles.keys() == {"gateway", "worker"}, roles.keys()
+    for role, env in roles.items():
+        passed = {name: env[name] for name in leaked if env.get(name) == leaked[name]}
+        assert not passed, f"{role} inherited {passed}"
+        assert not SYSTEMD_ENV & env.keys(), f"{role}: {SYSTEMD_ENV & env.keys()}"
+        assert env["COPROC_SUPERVISOR_PID"] == str(inst.pid)
+    assert "COPROC_INSTANCE_KEY" not in roles["worker"]
+    assert inst.hello().status == 200

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from gateway.control import ControlChannel, dispatch, report_status, status_message
-from ipc.control import decode_control, encode_control, make_control_pair
+from ipc.control import ControlType, decode_control, encode_control, make_control_pair
 
 
 class Events:
@@ -61,7 +61,7 @@ async def test_send_ready_and_periodic_status() -> None:
     parent, child = make_control_pair()
     events = Events()
     channel = ControlChannel(child)
-    assert channel.send({"type": "ready", "role": "gateway", "pid": 12})
+    assert channel.send(ControlType.READY, {"role": "gateway", "pid": 12})
     assert decode_control(parent.recv(65536)) == {"type": "ready", "role": "gateway", "pid": 12}
     task = asyncio.ensure_future(report_status(channel, events, {"requests": 5}, interval=0.01))
     try:
@@ -83,14 +83,14 @@ def test_status_without_a_worker_has_no_generation() -> None:
     events = Events()
     events.generation = None
     message = status_message(events, {"flag": True, "n": 2})  # type: ignore[dict-item]
-    assert message == {"type": "status", "stats": {"calls": 3, "errors": 1, "n": 2}}
-    decode_control(encode_control(message))  # valid on the wire
+    assert message == {"stats": {"calls": 3, "errors": 1, "n": 2}}
+    decode_control(encode_control({"type": "status", **message}))  # valid on the wire
 
 
 async def test_run_by_hand_the_channel_is_inert() -> None:
     channel = ControlChannel(None)
     channel.start(lambda m: None)
-    assert not channel.send({"type": "ready", "role": "gateway", "pid": 1})
+    assert not channel.send(ControlType.READY, {"role": "gateway", "pid": 1})
     channel.close()
 
 
@@ -101,5 +101,5 @@ async def test_closed_supervisor_end_stops_reading() -> None:
     channel.start(lambda m: None)
     parent.close()
     await asyncio.sleep(0.05)  # the reader saw EOF once and was removed: no busy loop
-    assert not channel.send({"type": "ready", "role": "gateway", "pid": 1})
+    assert not channel.send(ControlType.READY, {"role": "gateway", "pid": 1})
     channel.close()

@@ -21,11 +21,12 @@ import pytest
 
 from config import ConfigError, load_gateway_config
 from config.gateway import GatewayConfig
+from ipc.contract import CGROUPS_ENV
 from supervisor.cgroups import WorkerCgroup, _own_cgroups
 from supervisor.exits import ExitStatus
 from worker.sandbox import identity, landlock, rlimits
 from worker.sandbox.launcher import LayerState, SandboxError, SandboxReport, _Run
-from worker.sandbox.policy import CGROUPS_ENV, Layer, Policy, resolve_policy
+from worker.sandbox.policy import Layer, Policy, resolve_policy
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from ipc.control import ControlMessage, ControlType
 from supervisor.child import ChildProcess, ChildState, Role
 from supervisor.exits import ExitStatus
 
@@ -67,7 +68,7 @@ def spawn(children: list[ChildProcess], code: str, *args: str,
           pass_fds: tuple[int, ...] = ()) -> ChildProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = ChildProcess.spawn(Role.WORKER, 7, [sys.executable, "-c", code, *args], env,
-                               time.monotonic(), pass_fds=pass_fds)
+                               time.monotonic(), pass_fds=pass_fds, confined=True)
     children.append(child)
     return child
 
@@ -101,12 +102,13 @@ def wait_exit(child: ChildProcess, timeout: float = 5.0) -> ExitStatus | None:
 def test_control_channel_drops_garbage_and_delivers_ready(children: list[ChildProcess]) -> None:
     child = spawn(children, SENDS_READY)
     deadline = time.monotonic() + 10
-    messages: list[dict[str, object]] = []
+    messages: list[ControlMessage] = []
     while not messages and time.monotonic() < deadline:
         messages = child.read_messages()
         time.sleep(0.01)
-    assert messages == [{"type": "ready", "role": "worker", "pid": child.pid, "generation": 7}]
-    assert child.send({"type": "worker_state", "state": "running"})
+    assert messages == [ControlMessage(ControlType.READY,
+                                       {"role": "worker", "pid": child.pid, "generation": 7})]
+    assert child.send(ControlType.WORKER_STATE, {"state": "running"})
     assert child.mark_ready(time.monotonic()) and not child.mark_ready(time.monotonic())
     assert child.state is ChildState.READY
 

@@ -12,16 +12,18 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from unit.recording import RecordingNotifier
 
 from config.gateway import GatewayConfig, SupervisorOptions, WorkerOptions
 from ipc.notify import Notifier
+from supervisor import policy
+from supervisor.arbiter import Arbiter, Phase
 from supervisor.contract import ChildCommands
 from supervisor.listener import bind_listener
 from supervisor.slot import SlotState
-from supervisor.supervisor import Phase, Supervisor
 
 SLEEPS = (sys.executable, "-c", "import time; time.sleep(60)")
 PLUGINS_FAIL = (sys.executable, "-c", "import sys; sys.exit(4)")
@@ -29,11 +31,11 @@ CRASHES = (sys.executable, "-c", "import sys; sys.exit(1)")
 
 
 @pytest.fixture
-def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
+def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Arbiter]]:
     listeners = []
 
     def make(gateway: tuple[str, ...], worker: tuple[str, ...], flap_max_exits: int = 3,
-             notifier: Notifier | None = None) -> Supervisor:
+             notifier: Notifier | None = None) -> Arbiter:
         cfg = GatewayConfig(
             path=tmp_path / "coproc.json", run_dir=tmp_path,
             supervisor=SupervisorOptions(restart_backoff_initial_ms=10,
@@ -42,7 +44,7 @@ def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
             worker=WorkerOptions(boot_timeout_ms=30000))
         listener = bind_listener("127.0.0.1", 0)
         listeners.append(listener)
-        return Supervisor(cfg, listener, ChildCommands(gateway=gateway, worker=worker),
+        return Arbiter(cfg, listener, ChildCommands(gateway=gateway, worker=worker),
                           notifier or RecordingNotifier())
 
     try:
@@ -60,7 +62,7 @@ async def until(condition: Callable[[], bool], limit_s: float = 10.0) -> None:
 
 
 def test_flapping_worker_goes_fatal_and_the_gateway_keeps_running(
-        make_supervisor: Callable[..., Supervisor]) -> None:
+        make_supervisor: Callable[..., Arbiter]) -> None:
     notifier = RecordingNotifier()
     sup = make_supervisor(SLEEPS, PLUGINS_FAIL, flap_max_exits=3, notifier=notifier)
 
@@ -79,7 +81,7 @@ def test_flapping_worker_goes_fatal_and_the_gateway_keeps_running(
 
 
 def test_flapping_gateway_stops_the_instance_with_exit_1(
-        make_supervisor: Callable[..., Supervisor]) -> None:
+        make_supervisor: Callable[..., Arbiter]) -> None:
     sup = make_supervisor(CRASHES, SLEEPS, flap_max_exits=2)
     assert asyncio.run(asyncio.wait_for(sup.run(), 15)) == 1
     assert sup.gateway_state is SlotState.STOPPED and sup.worker_state is SlotState.STOPPED
@@ -95,7 +97,7 @@ time.sleep(60)
 """)
 
 
-def test_second_stop_signal_kills_at_once(make_supervisor: Callable[..., Supervisor],
+def test_second_stop_signal_kills_at_once(make_supervisor: Callable[..., Arbiter],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))  # children import ipc
     sup = make_supervisor(IGNORES_TERM_THEN_READY, SLEEPS)
@@ -125,7 +127,7 @@ def test_a_reload_whose_worker_never_loads_fails_and_keeps_the_old_one(
         supervisor=SupervisorOptions(stop_grace_ms=3000),
         worker=WorkerOptions(boot_timeout_ms=300))
     listener = bind_listener("127.0.0.1", 0)
-    sup = Supervisor(cfg, listener, ChildCommands(gateway=SLEEPS, worker=SLEEPS),
+    sup = Arbiter(cfg, listener, ChildCommands(gateway=SLEEPS, worker=SLEEPS),
                      RecordingNotifier())
 
     async def scenario() -> int:
@@ -144,3 +146,133 @@ def test_a_reload_whose_worker_never_loads_fails_and_keeps_the_old_one(
         assert asyncio.run(scenario()) == 0
     finally:
         listener.close()
+
+
+# A worker stand-in that speaks the admission gate: `loaded`, wait for `admit`,
+# `ready`, heartbeats.  Generation 1 exits 0 once <dir>/drain exists (as a worker
+# told to DRAIN does).  Generation 2, once admitted, per FAKE_CANDIDATE: "ready"
+# creates that file and says `ready` 0.3 s later; "drain-crash" creates it and
+# exits 1 0.3 s later; "crash" exits 1 at once (generation 1 never drains).
+GATED_WORKER = (sys.executable, "-c", """
+import os, sys, time
+from pathlib import Path
+from typing import Any
+from ipc.control import ControlEndpoint, ControlType
+link = ControlEndpoint.inherited()
+gen, flag = int(os.environ["COPROC_GENERATION"]), Path(os.environ["FAKE_DIR"]) / "drain"
+link.send(ControlType.LOADED, {"generation": gen, "pid": os.getpid(), "plugins": {}})
+while not any(m.type is ControlType.ADMIT for m in link.receive()):
+    time.sleep(0.01)
+if gen >= 2:
+    mode = os.environ["FAKE_CANDIDATE"]
+    if mode == "crash":
+        sys.exit(1)
+    flag.touch()
+    time.sleep(0.3)
+    if mode == "drain-crash":
+        sys.exit(1)
+link.send(ControlType.READY, {"role": "worker", "pid": os.getpid(), "generation": gen})
+for _ in range(6000):
+    if gen == 1 and flag.exists():
+        sys.exit(0)
+    link.send(ControlType.HEARTBEAT, {"generation": gen, "inflight": 0})
+    time.sleep(0.01)
+""")
+
+
+def hot_restart_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         candidate: str) -> dict[str, Any]:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    monkeypatch.setenv("FAKE_DIR", str(tmp_path))
+    monkeypatch.setenv("FAKE_CANDIDATE", candidate)
+    (tmp_path / "apps").mkdir()
+    cfg = GatewayConfig(path=tmp_path / "coproc.json", run_dir=tmp_path,
+                        app_path=tmp_path / "apps",
+                        supervisor=SupervisorOptions(stop_grace_ms=3000),
+                        worker=WorkerOptions(boot_timeout_ms=20000))
+    listener = bind_listener("127.0.0.1", 0)
+    sup = Arbiter(cfg, listener, ChildCommands(gateway=SLEEPS, worker=GATED_WORKER),
+                  RecordingNotifier())
+
+    async def scenario() -> dict[str, Any]:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.worker_state is SlotState.RUNNING)
+        first = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]
+        outcome = await asyncio.wait_for(sup.post_command("reload"), 15)
+        status = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]
+        await asyncio.wait_for(sup.post_command("stop"), 5)
+        assert await asyncio.wait_for(running, 10) == 0
+        return {"first": first, "outcome": outcome, "status": status}
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        listener.close()
+
+
+def test_the_active_worker_leaves_the_slot_at_admission_and_its_exit_0_is_expected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. Generation 1 runs; `reload` starts generation 2, which is admitted.
+    2. Generation 1 exits 0 (drained) *before* generation 2 says `ready`.
+    3. The reload succeeds; that exit is no crash (no restart, no exit recorded)."""
+    seen = hot_restart_scenario(tmp_path, monkeypatch, candidate="ready")
+    assert seen["outcome"]["ok"] is True, seen["outcome"]
+    worker = seen["status"]["worker"]
+    assert worker["generation"] == 2 and worker["state"] == "running"
+    assert worker["restarts"] == 0 and worker["hot_restarts"] == 1
+    assert seen["status"]["last_exits"] == []
+
+
+def test_a_candidate_that_dies_after_admission_hands_the_slot_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. Generation 2 is admitted (generation 1 leaves the slot), then exits 1.
+    2. The reload fails naming the exit; generation 1, still serving, is the
+       slot's child again: same pid, running, no restart."""
+    seen = hot_restart_scenario(tmp_path, monkeypatch, candidate="crash")
+    assert seen["outcome"]["ok"] is False
+    assert "generation 2 exited 1" in seen["outcome"]["error"], seen["outcome"]
+    before, after = seen["first"]["worker"], seen["status"]["worker"]
+    assert after["pid"] == before["pid"] and after["generation"] == 1
+    assert after["state"] == "running" and after["restarts"] == 0
+
+
+def test_a_failed_candidate_after_the_old_one_drained_means_a_fresh_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. Generation 2 is admitted; generation 1 drains and exits 0; then 2 exits 1.
+    2. The reload fails; nothing serves, so generation 3 starts at once (no
+       backoff: generation 1's exit was no crash)."""
+    seen = hot_restart_scenario(tmp_path, monkeypatch, candidate="drain-crash")
+    assert seen["outcome"]["ok"] is False
+    worker = seen["status"]["worker"]
+    assert worker["generation"] == 3 and worker["restarts"] == 0
+    assert [e["generation"] for e in seen["status"]["last_exits"]] == [2]
+
+
+def test_fatal_is_retried_after_a_growing_cooloff_reported_in_status(
+        make_supervisor: Callable[..., Arbiter], monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. A worker that always fails goes FATAL after 3 exits (cool-off 0.3 s here).
+    2. `status` reports FATAL and when the next try comes.
+    3. After the cool-off it is started again (generation 4), fails, and is FATAL
+       again with a longer cool-off (0.6 s) before generation 5.
+    """
+    monkeypatch.setattr(policy, "FATAL_COOLOFF_S", 0.3)
+    monkeypatch.setattr(policy, "FATAL_COOLOFF_MAX_S", 5.0)
+    sup = make_supervisor(SLEEPS, PLUGINS_FAIL, flap_max_exits=3)
+
+    async def scenario() -> list[dict[str, Any]]:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.worker_state is SlotState.FATAL)
+        fatal = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]["worker"]
+        await until(lambda: sup.worker_generation == 4)
+        started_4 = asyncio.get_running_loop().time()
+        await until(lambda: sup.worker_state is SlotState.FATAL)
+        again = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]["worker"]
+        await until(lambda: sup.worker_generation == 5)
+        assert asyncio.get_running_loop().time() - started_4 >= 0.5
+        sup.post_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running, 10) == 0
+        return [fatal, again]
+
+    fatal, again = asyncio.run(scenario())
+    assert fatal["state"] == "fatal" and 0 < fatal["retry_in_s"] <= 0.3
+    assert again["state"] == "fatal" and 0.3 < again["retry_in_s"] <= 0.6

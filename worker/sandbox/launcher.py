@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
+from ipc.contract import SCRATCH_DIR_ENV
 from worker.sandbox import cgroup, identity, landlock, netns, prctl, rlimits, seccomp
 from worker.sandbox.errors import LayerUnavailable
 from worker.sandbox.policy import Layer, Policy
@@ -33,7 +33,6 @@ __all__ = ["LayerState", "SandboxError", "SandboxReport", "apply_sandbox"]
 
 log = logging.getLogger("worker.sandbox")
 #: Set by the supervisor (supervisor/contract.py, same name): the scratch path.
-SCRATCH_DIR_ENV: Final = "COPROC_SCRATCH_DIR"
 
 
 class LayerState(enum.Enum):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from config.gateway import GatewayConfig
 from config.sandbox import SandboxOptions, worker_ids
+from ipc.contract import CGROUPS_ENV, SUPERVISOR_PID_ENV
 
-__all__ = ["CGROUPS_ENV", "Layer", "Limit", "Policy", "resolve_policy"]
+__all__ = ["Layer", "Limit", "Policy", "resolve_policy"]
 
 #: Set by the supervisor: the per-generation cgroup directories to join (os.pathsep).
-CGROUPS_ENV = "COPROC_CGROUPS"
 #: Where the gateway's body arena lives (ipc/shm.py); opened, never created, by the worker.
 _SHM_DIR = Path("/dev/shm")  # noqa: S108
 
@@ -107,7 +107,7 @@ def resolve_policy(cfg: GatewayConfig, plugin_dirs: Iterable[Path] = (),
     opts: SandboxOptions = cfg.sandbox
     base = _PROFILES[opts.profile]
     cgroups = tuple(Path(p) for p in env.get(CGROUPS_ENV, "").split(os.pathsep) if p)
-    sup = env.get("COPROC_SUPERVISOR_PID", "")
+    sup = env.get(SUPERVISOR_PID_ENV, "")
     return Policy(
         profile=opts.profile,
         memory_mb=_limit(opts.memory_mb, base.memory_mb),

@@ -1,0 +1,64 @@
+"""The process contract: every environment variable a Coproc child reads.
+
+The supervisor sets these when it starts a child (supervisor/contract.py builds
+the environments); the gateway, the worker and the worker's sandbox read them.
+Both sides import the names from here and nowhere else (docs/PROTOCOL.md,
+"Process contract").  `NEVER_INHERITED` lists what a child must never get from
+the supervisor's own environment: the contract variables are set per child, and
+only the supervisor may talk to systemd.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ADMIT_GATE_ENV",
+    "CGROUPS_ENV",
+    "CONTRACT_ENV",
+    "CONTROL_FD_ENV",
+    "GENERATION_ENV",
+    "INSTANCE_KEY_ENV",
+    "LISTEN_FD_ENV",
+    "NEVER_INHERITED",
+    "SCRATCH_DIR_ENV",
+    "SUPERVISOR_PID_ENV",
+    "SYSTEMD_ENV",
+    "WORKER_TOKEN_ENV",
+]
+
+#: Every child: one end of its control socketpair (ipc/control.py).
+CONTROL_FD_ENV: Final = "COPROC_CONTROL_FD"
+#: Every child: the supervisor's pid (a child re-parented elsewhere exits at once).
+SUPERVISOR_PID_ENV: Final = "COPROC_SUPERVISOR_PID"
+#: Gateway: the inherited HTTP listening socket.
+LISTEN_FD_ENV: Final = "COPROC_LISTEN_FD"
+#: Gateway only (a worker must never see it): the key worker tokens are derived from.
+INSTANCE_KEY_ENV: Final = "COPROC_INSTANCE_KEY"
+#: Worker: its generation number.
+GENERATION_ENV: Final = "COPROC_GENERATION"
+#: Worker: its admission token (taken out of os.environ before plugins load).
+WORKER_TOKEN_ENV: Final = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name)
+#: Worker, "1": send `loaded` and wait for `admit` before HELLO.
+ADMIT_GATE_ENV: Final = "COPROC_ADMIT_GATE"
+#: Worker: where to make its scratch directory (the supervisor removes it at reap).
+SCRATCH_DIR_ENV: Final = "COPROC_SCRATCH_DIR"
+#: Worker: the per-generation cgroup directories to join, os.pathsep-joined.
+CGROUPS_ENV: Final = "COPROC_CGROUPS"
+
+#: Every name of the contract: set per child by the supervisor, or not at all.
+CONTRACT_ENV: Final = frozenset({
+    CONTROL_FD_ENV, SUPERVISOR_PID_ENV, LISTEN_FD_ENV, INSTANCE_KEY_ENV, GENERATION_ENV,
+    WORKER_TOKEN_ENV, ADMIT_GATE_ENV, SCRATCH_DIR_ENV, CGROUPS_ENV,
+})
+
+#: systemd's: a child sending READY=1 (or watchdog pings) would lie for the instance.
+SYSTEMD_ENV: Final = frozenset({
+    "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+    "LISTEN_FDNAMES",
+})
+
+#: Never passed from the supervisor's environment to a child.  A contract
+#: variable inherited by accident would be worse than a missing one: e.g. a
+#: stale COPROC_CGROUPS would make a worker join a cgroup made for another.
+NEVER_INHERITED: Final = CONTRACT_ENV | SYSTEMD_ENV

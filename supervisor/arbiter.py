@@ -1,0 +1,327 @@
+"""The reconcile loop: keep one gateway and one worker up; stop them in stages.
+
+Everything that happens (a signal, a control datagram, "a child may have
+exited", a `coproc` command) becomes an event on one queue; signal handlers
+only enqueue.  The `Arbiter` owns that queue and the instance's phase, routes
+each child's messages to the object that owns the child, and after each batch
+of events, and at least every TICK_S, reconciles:
+
+1. each owner reaps and classifies its exits (restart verdicts, `worker_exited`);
+2. liveness (boot timeout, heartbeats -> SIGABRT, SIGKILL), drain deadlines and
+   recycling (-> hot restart);
+3. restore the wanted state (start what is due), or advance the staged stop;
+4. tell systemd (STATUS, READY once, WATCHDOG from this loop so a stuck loop
+   stops pinging).
+
+The owners (docs/ARCHITECTURE.md): a `Watcher` per role (watcher.py),
+`HotRestart` (hot_restart.py), `Shutdown` (stopping.py) and the `GatewayLink`
+(gateway_link.py), the only sender of worker news to the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from config.gateway import GatewayConfig
+from ipc.control import ControlMessage, ControlType
+from ipc.notify import Notifier
+from ipc.tokens import new_instance_key
+from supervisor.child import ChildProcess, Role
+from supervisor.contract import ChildCommands
+from supervisor.control_server import ControlRequest, ControlServer
+from supervisor.events import ControlEvent, Event, SignalEvent, install_signals, remove_signals
+from supervisor.gateway_link import GatewayLink, GatewayReporter, WorkerReporter
+from supervisor.hot_restart import HotRestart, answer
+from supervisor.policy import RestartPolicy
+from supervisor.readers import ChildReaders
+from supervisor.reload import Waiter
+from supervisor.slot import SlotState
+from supervisor.spawner import gateway_spec, worker_spec
+from supervisor.status import ServiceStatus
+from supervisor.stopping import Shutdown
+from supervisor.watcher import EXIT_HISTORY, Watcher
+
+__all__ = ["GATEWAY_FATAL_EXIT", "TICK_S", "Arbiter", "Phase"]
+
+#: Upper bound between two reconcile passes when nothing happens.
+TICK_S: Final = 0.1
+#: Exit code when the gateway flaps: without it the instance serves nothing.
+GATEWAY_FATAL_EXIT: Final = 1
+#: On an unexpected exit from the loop, how long to wait for killed children.
+ABANDON_WAIT_S: Final = 1.0
+#: What each role may send; anything else is logged and ignored.
+_EXPECTED: Final = {
+    Role.GATEWAY: frozenset({ControlType.READY, ControlType.STATUS, ControlType.RELOAD_REQUEST}),
+    Role.WORKER: frozenset({ControlType.READY, ControlType.LOADED, ControlType.HEARTBEAT}),
+}
+
+log = logging.getLogger("coproc.supervisor.arbiter")
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Arbiter:
+    def __init__(self, cfg: GatewayConfig, listener: socket.socket, commands: ChildCommands,
+                 notifier: Notifier, clock: Callable[[], float] = time.monotonic,
+                 control_path: Path | None = None) -> None:
+        self._cfg, self._clock, self._control_path = cfg, clock, control_path
+        self._status = ServiceStatus(notifier)
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._phase = Phase.RUNNING
+        self._started_at, self._started_wall = clock(), time.time()
+        self._readers = ChildReaders(self._events.put_nowait)
+        self._link = GatewayLink()
+        key, window = new_instance_key(), cfg.supervisor.flap_window_s
+        self._gateway = Watcher(gateway_spec(commands, listener.fileno(), key),
+                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
+                                GatewayReporter(self._link), window)
+        # Without coprocess there is nothing for a worker to do (and no hooks
+        # socket to become routable on): run the gateway alone.
+        self._worker = Watcher(worker_spec(commands, key),
+                               RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
+                               WorkerReporter(self._link), window, liveness=cfg.worker) \
+            if cfg.enable_coprocess else None
+        #: Every role's watcher, the gateway's first.
+        self._roles = (self._gateway,) if self._worker is None else (self._gateway, self._worker)
+        self._hot = HotRestart(cfg, self._worker, self._link, self._readers, self._status,
+                               self._describe, clock) if self._worker is not None else None
+        self._shutdown = Shutdown(cfg, self._status, self._gateway, self._worker, self._hot,
+                                  self._children)
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def gateway_state(self) -> SlotState:
+        return self._gateway.state
+
+    @property
+    def worker_state(self) -> SlotState | None:
+        return self._worker.state if self._worker is not None else None
+
+    @property
+    def worker_generation(self) -> int:
+        return self._worker.generation if self._worker is not None else 0
+
+    def post_signal(self, signum: int) -> None:
+        """Handle `signum` as if it had been received (the handlers' own path)."""
+        self._events.put_nowait(SignalEvent(signum))
+
+    def post_command(self, command: str) -> asyncio.Future[dict[str, Any]]:
+        """Queue a control command (as the control socket does); its answer comes later."""
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._events.put_nowait(ControlRequest(command, reply))
+        return reply
+
+    async def run(self) -> int:
+        """Supervise until stopped; the exit code for `coproc serve`."""
+        loop = asyncio.get_running_loop()
+        self._readers.bind(loop)
+        install_signals(loop, self._events.put_nowait)
+        control = None
+        if self._control_path is not None:
+            control = ControlServer(self._control_path, self._events.put_nowait,
+                                    self._cfg.worker.boot_timeout_ms / 1000 + 15)
+            await control.start()
+        try:
+            while True:
+                self._reconcile(self._clock())
+                if self._phase is Phase.STOPPED:
+                    break
+                await self._handle_events(_next_wakeup(self._clock(), self._roles,
+                                                       self._children()))
+        finally:
+            remove_signals(loop)
+            self._abandon()
+            if control is not None:
+                await control.close()
+        return self._shutdown.exit_code
+
+    def status(self, now: float) -> dict[str, Any]:
+        """What `coproc status` shows (JSON-ready), composed from each owner's part."""
+        gateway = self._gateway.status(now)
+        worker = self._worker.status(now) if self._worker is not None else _NO_WORKER
+        hot, reload = self._hot.status() if self._hot is not None else (_NO_HOT, _NO_RELOAD)
+        exits = sorted([*gateway["last_exits"], *worker["last_exits"]], key=lambda e: e["time"])
+        return {
+            "pid": os.getpid(), "phase": self._phase.value,
+            "uptime_s": round(now - self._started_at, 3), "started_at": self._started_wall,
+            "gateway": {k: gateway[k] for k in ("state", "pid", "stats")},
+            "worker": {**{k: worker[k] for k in _WORKER_KEYS}, **hot},
+            "reload": reload, "last_exits": exits[-EXIT_HISTORY:],
+        }
+
+    def _reconcile(self, now: float) -> None:
+        for watcher in self._roles:
+            watcher.reap(now)
+        if self._hot is not None:
+            self._hot.reap()
+        if self._phase is Phase.RUNNING and self._gateway.state is SlotState.FATAL:
+            self._stop(now, "the gateway keeps failing", exit_code=GATEWAY_FATAL_EXIT)
+        if self._phase is Phase.RUNNING:
+            for watcher in self._roles:
+                watcher.check_liveness(now)
+            if self._hot is not None:
+                self._hot.check(now)
+            for watcher in self._roles:
+                # A candidate booting for a reload takes the place of a restart.
+                if watcher is not self._worker or self._hot is None or not self._hot.replacing:
+                    watcher.start_if_due(now)
+        elif self._phase is Phase.STOPPING and self._shutdown.advance(now):
+            self._phase = Phase.STOPPED
+        for child in self._children():
+            if child.kill_if_overdue(now):
+                log.error("%s still alive after SIGABRT: killed its process group", child.name)
+        self._notify(now)
+
+    async def _handle_events(self, wait_s: float) -> None:
+        try:
+            event: Event | None = await asyncio.wait_for(self._events.get(), wait_s)
+        except TimeoutError:
+            return
+        while event is not None:
+            now = self._clock()
+            if isinstance(event, SignalEvent):
+                self._on_signal(event.signum, now)
+            elif isinstance(event, ControlEvent):
+                self._route(event.child, event.message, now)
+            elif isinstance(event, ControlRequest):
+                self._on_command(event, now)
+            # ReapEvent: nothing to do but let `_reconcile` run.
+            event = self._events.get_nowait() if not self._events.empty() else None
+
+    def _on_signal(self, signum: int, now: float) -> None:
+        name = signal.Signals(signum).name
+        log.debug("%s received", name)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stop(now, f"{name} received")
+        elif signum == signal.SIGQUIT:
+            self._stop(now, f"{name} received", immediate=True)
+        elif signum == signal.SIGHUP:
+            self._reload(now, "SIGHUP")
+        elif signum == signal.SIGUSR1:
+            # Logs go to stderr (journald): nothing to reopen; say where we are instead.
+            log.info("status: %s", json.dumps(self.status(now), sort_keys=True))
+
+    def _on_command(self, request: ControlRequest, now: float) -> None:
+        if request.command == "status":
+            answer(request.reply, {"ok": True, "status": self.status(now)})
+        elif request.command in ("reload", "restart-worker"):
+            self._reload(now, f"coproc {request.command}", request.reply)
+        else:  # stop
+            answer(request.reply, {"ok": True, "pid": os.getpid()})
+            self._stop(now, "coproc stop")
+
+    def _route(self, child: ChildProcess, message: ControlMessage, now: float) -> None:
+        """A child's message to the owner of that child."""
+        kind = message.type
+        if kind is ControlType.HEARTBEAT:
+            child.heard(now)
+        if self._hot is not None and self._hot.owns(child):
+            self._hot.on_message(child, message, now)
+            return
+        watcher = next((w for w in self._roles if w.child is child), None)
+        if watcher is None:
+            return  # reaped since it was queued
+        if kind not in _EXPECTED[child.role]:
+            log.warning("%s sent an unexpected %r message; ignored", child.name, kind.value)
+        elif kind is ControlType.RELOAD_REQUEST:
+            self._reload(now, message.get("reason", "the gateway asked"))
+        else:
+            ready = watcher.on_message(child, message, now)
+            if watcher is self._worker and self._hot is not None:
+                if kind is ControlType.LOADED:
+                    self._hot.admit(child)
+                else:
+                    self._hot.on_worker(message, ready, now)
+
+    def _reload(self, now: float, reason: str, waiter: Waiter | None = None) -> None:
+        if self._hot is None or self._phase is not Phase.RUNNING:
+            why = "stopping" if self._hot else "coprocess is disabled: there is no worker"
+            if waiter is not None:
+                answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
+            return
+        self._hot.request(now, reason, waiter)
+
+    def _stop(self, now: float, why: str, immediate: bool = False, exit_code: int = 0) -> None:
+        if not self._shutdown.started:
+            self._shutdown.begin(now, why, exit_code)
+            self._phase = Phase.STOPPING
+        elif not immediate:
+            why, immediate = f"{why} again while stopping", True
+        if immediate:
+            self._shutdown.kill_now(now, f"{why}: stopping now")
+
+    def _notify(self, now: float) -> None:
+        """STATUS when the line changes (not over a reload's or a stop's own line),
+        READY=1 once every role runs, and the watchdog."""
+        line = self._describe()
+        if self._phase is Phase.RUNNING and not (self._hot is not None and self._hot.replacing):
+            up = all(w.state is SlotState.RUNNING for w in self._roles)
+            if up and not self._status.ready_sent:
+                log.info("coproc is up: %s", line)
+            self._status.update(line, ready=up)
+        self._status.ping(now)
+
+    def _describe(self) -> str:
+        parts = [f"gateway {self._gateway.state.value}"]
+        if self._worker is not None:
+            parts.append(f"worker generation {self._worker.generation} "
+                         f"{self._worker.state.value}")
+        return "; ".join(parts)
+
+    def _children(self) -> Iterator[ChildProcess]:
+        yield from (w.child for w in self._roles if w.child is not None)
+        if self._hot is not None:
+            yield from self._hot.children()
+
+    def _abandon(self) -> None:
+        """Only on an unexpected exit from `run`: no child may outlive us."""
+        for child in list(self._children()):
+            child.kill_group("supervisor exiting")
+            deadline = time.monotonic() + ABANDON_WAIT_S
+            while child.reap() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # exceptional path: the loop is ending anyway
+            if child.alive:
+                log.error("%s was killed but has not exited", child.name)
+            self._readers.forget(child)
+        for watcher in self._roles:
+            watcher.abandoned()
+        if self._hot is not None:
+            self._hot.abandoned()
+
+
+def _next_wakeup(now: float, watchers: Iterable[Watcher], children: Iterable[ChildProcess]
+                 ) -> float:
+    wakeups = [TICK_S]
+    wakeups += [w.restart_at - now for w in watchers if w.restart_at is not None]
+    wakeups += [c.kill_at - now for c in children if c.kill_at is not None]
+    return max(0.0, min(wakeups))
+
+
+_WORKER_KEYS: Final = ("state", "generation", "pid", "uptime_s", "rss_bytes",
+                       "heartbeat_age_s", "restarts", "retry_in_s", "sandbox")
+_NO_WORKER: Final[dict[str, Any]] = {
+    "state": "disabled", "generation": None, "pid": None, "uptime_s": None,
+    "rss_bytes": None, "heartbeat_age_s": None, "restarts": 0, "retry_in_s": None,
+    "sandbox": {},
+    "last_exits": [],
+}
+_NO_HOT: Final[dict[str, Any]] = {"inflight": None, "calls": None, "hot_restarts": 0,
+                                  "candidate": None, "retiring": [], "plugins": {}}
+_NO_RELOAD: Final[dict[str, Any]] = {"running": None, "last": None}

@@ -1,0 +1,98 @@
+"""What the gateway processes are told about the worker, from one place.
+
+`GatewayLink` is the only sender of `worker_state`, `worker_exited` and
+`reload_apis` (docs/PROTOCOL.md).  It keeps the gateways that are up (one
+today, N with scale-out) and the last `worker_state`, which a gateway that
+(re)starts gets at once: a new gateway knows nothing about the worker.
+
+A `Watcher` reports through a `Reporter`: `GatewayReporter` registers its
+gateway children with the link, `WorkerReporter` turns the worker slot's
+changes and exits into messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ipc.control import ControlType
+from supervisor.child import ChildProcess
+from supervisor.slot import SlotState
+
+__all__ = ["GatewayLink", "GatewayReporter", "Reporter", "WorkerReporter"]
+
+
+class GatewayLink:
+    def __init__(self) -> None:
+        self._gateways: list[ChildProcess] = []
+        self._last_state: dict[str, Any] | None = None
+
+    def gateway_up(self, child: ChildProcess) -> None:
+        self._gateways.append(child)
+        if self._last_state is not None:
+            child.send(ControlType.WORKER_STATE, self._last_state)
+
+    def gateway_down(self, child: ChildProcess) -> None:
+        if child in self._gateways:
+            self._gateways.remove(child)
+
+    def worker_state(self, state: SlotState, generation: int, detail: str) -> None:
+        # A stopped worker slot is "stopping" to the gateway: the instance is.
+        if state is SlotState.STOPPED:
+            state = SlotState.STOPPING
+        fields = {"state": state.value, "generation": generation, "detail": detail}
+        if fields != self._last_state:
+            self._last_state = fields
+            self._broadcast(ControlType.WORKER_STATE, fields)
+
+    def worker_exited(self, generation: int, reason: str) -> None:
+        """Sent first on any worker exit: the gateway fails that generation's
+        in-flight calls now instead of letting each wait for its timeout."""
+        self._broadcast(ControlType.WORKER_EXITED, {"generation": generation, "reason": reason})
+
+    def reload_apis(self, generation: int) -> None:
+        """Re-read the API definitions; switch routes when `generation` is active."""
+        self._broadcast(ControlType.RELOAD_APIS, {"generation": generation})
+
+    def _broadcast(self, kind: ControlType, fields: dict[str, Any]) -> None:
+        for gateway in self._gateways:
+            if gateway.alive:
+                gateway.send(kind, fields)
+
+
+class Reporter(Protocol):
+    """Who hears of a watcher's children and state changes."""
+
+    def started(self, child: ChildProcess) -> None: ...
+
+    def changed(self, state: SlotState, generation: int, detail: str) -> None: ...
+
+    def exited(self, child: ChildProcess, reason: str) -> None: ...
+
+
+class GatewayReporter:
+    def __init__(self, link: GatewayLink) -> None:
+        self._link = link
+
+    def started(self, child: ChildProcess) -> None:
+        self._link.gateway_up(child)
+
+    def changed(self, state: SlotState, generation: int, detail: str) -> None:
+        pass  # nobody is told about the gateway's own state
+
+    def exited(self, child: ChildProcess, reason: str) -> None:
+        self._link.gateway_down(child)
+
+
+class WorkerReporter:
+    def __init__(self, link: GatewayLink) -> None:
+        self._link = link
+
+    def started(self, child: ChildProcess) -> None:
+        pass  # `changed` (STARTING) follows
+
+    def changed(self, state: SlotState, generation: int, detail: str) -> None:
+        if generation:  # generation 0: no worker was ever started
+            self._link.worker_state(state, generation, detail)
+
+    def exited(self, child: ChildProcess, reason: str) -> None:
+        self._link.worker_exited(child.generation, reason)

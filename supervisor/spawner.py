@@ -1,0 +1,45 @@
+"""How each kind of child is started: the process contract as data.
+
+A `SpawnSpec` is everything a `Watcher` needs to start a child of its role:
+argv, the environment for a generation, inherited fds, and whether the child
+runs plugin code (then it gets its own cgroup and scratch directory).  A new
+kind of supervised process (another gateway process, a gRPC plugin server) is
+one more spec, not one more branch in the supervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from supervisor.child import ChildProcess, Role
+from supervisor.contract import ChildCommands, gateway_env, worker_env
+
+__all__ = ["SpawnSpec", "gateway_spec", "worker_spec"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnSpec:
+    role: Role
+    argv: tuple[str, ...]
+    #: generation -> the child's environment (COPROC_CONTROL_FD is added at spawn).
+    env: Callable[[int], dict[str, str]]
+    pass_fds: tuple[int, ...] = ()
+    #: Runs plugin code: a cgroup and a scratch directory of its own.
+    confined: bool = False
+
+    def spawn(self, generation: int, now: float) -> ChildProcess:
+        """Start one child; raise OSError if it cannot run."""
+        return ChildProcess.spawn(self.role, generation, self.argv, self.env(generation), now,
+                                  pass_fds=self.pass_fds, confined=self.confined)
+
+
+def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes) -> SpawnSpec:
+    return SpawnSpec(Role.GATEWAY, commands.gateway,
+                     lambda _generation: gateway_env(listen_fd, instance_key),
+                     pass_fds=(listen_fd,))
+
+
+def worker_spec(commands: ChildCommands, instance_key: bytes) -> SpawnSpec:
+    return SpawnSpec(Role.WORKER, commands.worker,
+                     lambda generation: worker_env(generation, instance_key), confined=True)
