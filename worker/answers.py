@@ -94,9 +94,9 @@ class Answers:
 
     def flush(self) -> int:
         """Send the held answers; how many they were."""
-        batch, self._held = self._held, []
-        if not batch:
+        if not self._held:
             return 0
+        batch, self._held = self._held, []
         sent = self._channel.send_many([(mtype, call_id, payload)
                                         for call_id, (mtype, payload) in batch])
         if sent < len(batch):
