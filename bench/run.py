@@ -5,7 +5,7 @@ What is measured (all on 127.0.0.1, against the same minimal upstream):
 * a bare aiohttp reverse proxy, and the same with an aiohttp middleware that
   sets one header (the in-process ceiling: what a user writes without isolation);
 * Coproc with no hooks, with one no-op pre hook (also as an `async def` hook,
-  which runs on the worker's event loop instead of its thread pool), and with
+  which runs on the worker's event loop instead of its call threads), and with
   pre+post+response;
 * 1 MiB and 10 MiB POST bodies through a pre hook that reads the body, with
   the shared-memory arena and with inline transfer (threshold set out of reach);

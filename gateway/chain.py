@@ -10,7 +10,6 @@ each hook's `failure_policy`; auth always fails closed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from gateway.tyk_object import (
     ResponseState,
     apply_request,
     apply_response,
+    error_reply,
     overrides_reply,
     request_object,
     response_object,
@@ -83,9 +83,8 @@ class _Stop(Exception):
 
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None
                ) -> web.Response:
-    """Tyk's error template: {"error": "..."} as application/json."""
-    return web.Response(status=status, body=json.dumps({"error": message}).encode(),
-                        content_type="application/json", headers=headers)
+    """Tyk's error template (`gateway.tyk_object.error_reply`) as a response."""
+    return reply_response(error_reply(status, message, headers))
 
 
 def reply_response(reply: Reply) -> web.Response:

@@ -10,10 +10,12 @@ them (see docs/PROTOCOL.md for the wire shape):
   `add_params` (a key is replaced, not appended).  A changed `url` moves the
   request to that path; its query is always the rebuilt one.
 * Only `raw_body` reaches the upstream (`body` is a text view for plugins).
-  With `defer_text` the object carries a `PendingText` instead of that text:
-  the hook client decodes it only for a body that travels inline; one that
-  goes through shared memory is never decoded here (the worker does it, if
-  the plugin reads `body`).
+  With `defer_text` the object carries a `LazyText` (ipc/coprocess.py)
+  instead of that text: the hook client decodes it only for a body that
+  travels inline; one that goes through shared memory is never decoded here
+  (the worker does it, if the plugin reads `body`).
+* A REPLY carries changed fields only (`ipc.coprocess.merge_reply`); a field
+  is applied only when `ipc.coprocess.replaced` says the hook changed it.
 * `return_overrides.response_code` > 0 answers the client instead of proxying.
 
 Each hook sees the request as left by the previous one: state is updated after
@@ -33,7 +35,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.apidef import HookDef
-from ipc.shm import utf8_text
+from ipc.coprocess import MISSING, LazyText, replaced, utf8_text
 
 __all__ = [
     "Headers",
@@ -125,8 +127,7 @@ class RequestState:
     response_headers: dict[str, str] = field(default_factory=dict)
     _header_view: dict[str, str] | None = None
     _params_view: dict[str, str] | None = None
-    _text_of: bytes | None = None
-    _text: str = ""
+    _text: LazyText | None = None  # of `body`: decoded once per body, whatever the hooks
 
     @property
     def url(self) -> str:
@@ -146,11 +147,16 @@ class RequestState:
             self._params_view = params
         return self._params_view
 
-    def body_text(self) -> str:
+    def lazy_text(self) -> LazyText:
+        """`body`'s text, decoded when first read; the same object while the body stays."""
         body = self.body or b""
-        if self._text_of is not body:
-            self._text_of, self._text = body, utf8_text(body)
-        return self._text
+        text = self._text
+        if text is None or text.raw is not body:
+            text = self._text = LazyText(body)
+        return text
+
+    def body_text(self) -> str:
+        return self.lazy_text().text()
 
     def writable_headers(self) -> CIMultiDict[str]:
         if not isinstance(self.headers, CIMultiDict):
@@ -159,45 +165,24 @@ class RequestState:
         return self.headers
 
 
-class PendingText:
-    """Tyk's `body` of `raw`, not decoded yet (see `request_object`'s `defer_text`).
-
-    Whoever sends the object resolves it (gateway/bodies.py): `text()` for a
-    body that travels inline, nothing for one that goes through shared memory.
-    It is never sent as such: msgpack refuses it.
-    """
-
-    __slots__ = ("_state", "raw")
-
-    def __init__(self, raw: bytes, state: RequestState | None = None) -> None:
-        self.raw = raw
-        self._state = state
-
-    def text(self) -> str:
-        """The UTF-8 text of the bytes, or "" when they are not UTF-8."""
-        state = self._state
-        if state is not None and state.body is self.raw:
-            return state.body_text()  # decoded once per body, whatever the hooks
-        return utf8_text(self.raw)
-
-    def __repr__(self) -> str:
-        return f"PendingText({len(self.raw)} bytes)"
+#: The deferred `body` text: the one lazy-text type (gateway/bodies.py and tests use this name).
+PendingText = LazyText
 
 
 def _text_field(raw: bytes, raw_body_only: bool, defer: bool,
-                state: RequestState | None = None) -> str | PendingText:
+                state: RequestState | None = None) -> str | LazyText:
     if raw_body_only or not raw:
         return ""
-    if defer:
-        return PendingText(raw, state)
-    return state.body_text() if state is not None else utf8_text(raw)
+    if state is not None:
+        return state.lazy_text() if defer else state.body_text()
+    return LazyText(raw) if defer else utf8_text(raw)
 
 
 def request_object(state: RequestState, spec: dict[str, str], hook_type: str,
                    hook: HookDef, *, defer_text: bool = False) -> dict[str, Any]:
     """The whole coprocess object for one request-phase hook call.
 
-    `defer_text`: `request.body` is a `PendingText`, for a hook client that
+    `defer_text`: `request.body` is a `LazyText`, for a hook client that
     resolves it when it sends the object (one with a body arena, see
     gateway/bodies.py); decoding 1 MiB costs about as much as copying it.
     """
@@ -237,12 +222,12 @@ def _request_record(state: RequestState, raw_body_only: bool, *,
 def apply_request(state: RequestState, sent: Mapping[str, Any], got: Mapping[str, Any]) -> None:
     """Apply the `request` record a hook returned (`got`) to `state`.
 
-    `sent` is the record that was sent: a field the worker did not return is
-    the very object that was sent, so identity tells "unchanged" cheaply.
+    `sent` is the record that was sent; `got` the reply's record, merged or
+    not (`ipc.coprocess.replaced` tells what the hook changed).
     """
     _apply_headers(state, got.get("delete_headers") or (), got.get("set_headers") or {})
-    url = got.get("url", sent["url"])
-    if url != sent["url"] and isinstance(url, str):
+    url = replaced(got, sent, "url")
+    if url is not MISSING and url != sent["url"] and isinstance(url, str):
         path = urlsplit(url).path
         state.path = quote(path if path.startswith("/") else "/" + path, safe=_PATH_SAFE)
     _apply_params(state, got.get("delete_params") or (), got.get("add_params") or {})
@@ -252,9 +237,8 @@ def apply_request(state: RequestState, sent: Mapping[str, Any], got: Mapping[str
             state.method = method
         else:
             log.warning("ignoring invalid method %r set by a plugin", method)
-    before = sent.get("raw_body")
-    raw = got.get("raw_body", before)
-    if raw is not before and isinstance(raw, bytes) and raw != before:
+    raw = replaced(got, sent, "raw_body")
+    if isinstance(raw, bytes) and raw != sent.get("raw_body"):
         state.body, state.body_replaced = raw, True
 
 
@@ -377,11 +361,11 @@ def apply_response(resp: ResponseState, sent: Mapping[str, Any], got: Mapping[st
             resp.status = status
         else:
             log.warning("ignoring invalid status code %r set by a response hook", status)
-    raw = got.get("raw_body", sent["raw_body"])
-    if raw is not sent["raw_body"] and isinstance(raw, bytes):
+    raw = replaced(got, sent, "raw_body")
+    if isinstance(raw, bytes):
         resp.body = raw
-    multi = got.get("multivalue_headers", sent["multivalue_headers"])
-    if multi is not sent["multivalue_headers"] and multi != sent["multivalue_headers"]:
+    multi = replaced(got, sent, "multivalue_headers")
+    if multi is not MISSING and multi != sent["multivalue_headers"]:
         # Changed: the response carries exactly these headers.
         resp.headers.clear()
         for entry in multi:
@@ -389,8 +373,8 @@ def apply_response(resp: ResponseState, sent: Mapping[str, Any], got: Mapping[st
             for value in entry.get("values", ()):
                 if _valid_header(key, value):
                     resp.headers.add(key, value)
-    single = got.get("headers", sent["headers"])
-    if single is not sent["headers"]:
+    single = replaced(got, sent, "headers")
+    if single is not MISSING:
         before: Mapping[str, str] = sent["headers"]
         for name, value in single.items():
             if before.get(name) != value and _valid_header(name, value):

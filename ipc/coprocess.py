@@ -1,25 +1,47 @@
-"""The coprocess object: what one hook call carries, field for field Tyk's.
+"""The coprocess object: what one hook call carries, and the rules both ends share.
 
 Field names and types follow Tyk's `coprocess_object.proto` family so that a
 plugin written for Tyk sees the same attributes.  On the wire the object is a
 msgpack map; every field is optional and a missing field means the proto
 default (in a CALL) or "unchanged" (in a REPLY; see docs/PROTOCOL.md).
+
+This module is the one home of those rules, for the gateway and the worker:
+
+* the shapes (`OBJECT` and its records), checked by `ipc.protocol.decode`,
+  and `CallPayload` / `ReplyPayload`, the same payloads as TypedDicts;
+* the REPLY delta: the worker sends a record's changed fields only
+  (`record_delta`), the gateway lays them over what it sent (`merge_reply`)
+  and tells a changed field by `replaced`;
+* `body` text decoded only when someone reads it (`LazyText`, `utf8_text`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final, NotRequired, TypedDict
 
 from ipc.schema import ListOf, MapOf, Record, Shape
 
 __all__ = [
     "HOOK_TYPES",
+    "MERGED_RECORDS",
+    "MISSING",
     "OBJECT",
     "REQUEST",
     "RESPONSE",
     "RETURN_OVERRIDES",
     "SESSION",
+    "BodyRefPayload",
+    "CallPayload",
+    "CoprocessObject",
+    "LazyText",
+    "ReplyPayload",
     "default_for",
+    "merge_reply",
+    "record_delta",
+    "replaced",
+    "resolved",
+    "utf8_text",
 ]
 
 #: Hook phases, named as in API definitions' `custom_middleware`.
@@ -140,3 +162,162 @@ def default_for(shape: Shape) -> Any:
     if isinstance(shape, ListOf):
         return []
     return {}
+
+
+# -- payloads ------------------------------------------------------------------------------
+
+
+class CoprocessObject(TypedDict, total=False):
+    """`OBJECT` as a type.  In a REPLY each record holds its changed fields only."""
+
+    hook_type: str
+    hook_name: str
+    request: dict[str, Any]
+    session: dict[str, Any]
+    metadata: dict[str, str]
+    spec: dict[str, str]
+    response: dict[str, Any]
+
+
+class BodyRefPayload(TypedDict):
+    """`ipc.shm.BODY_REF`: a `raw_body` in the shared-memory arena."""
+
+    offset: int
+    length: int
+    capacity: NotRequired[int]
+    text: NotRequired[bool]
+
+
+class CallPayload(TypedDict):
+    """A CALL's payload (`ipc.protocol.PAYLOADS[MsgType.CALL]`)."""
+
+    api_id: str
+    hook_type: str
+    hook_name: str
+    object: CoprocessObject
+    timeout_ms: NotRequired[int]
+    bodies: NotRequired[dict[str, BodyRefPayload]]
+
+
+class ReplyPayload(TypedDict):
+    """A REPLY's payload: the changed fields only (`record_delta`)."""
+
+    object: CoprocessObject
+    bodies: NotRequired[dict[str, BodyRefPayload]]
+
+
+# -- the REPLY delta -----------------------------------------------------------------------
+
+#: Records a REPLY changes field by field; any other key replaces what was sent.
+MERGED_RECORDS: Final = frozenset({"request", "session", "response"})
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: A field a record does not hold (in a REPLY: one the hook left unchanged).
+MISSING: Final[Any] = _Missing()
+
+
+def merge_reply(sent: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:
+    """The object after the hook: the REPLY object laid over the object that was sent.
+
+    A field the reply leaves out is the very object that was sent, so
+    `replaced` tells a changed field by identity, without comparing.
+    """
+    merged = dict(sent)
+    for key, value in reply.items():
+        if key in MERGED_RECORDS:
+            record = dict(sent.get(key) or {})
+            record.update(value)
+            merged[key] = record
+        else:
+            merged[key] = value
+    return merged
+
+
+def replaced(got: Mapping[str, Any], sent: Mapping[str, Any], name: str) -> Any:
+    """The value a reply record gives `name`, or MISSING when the hook left it unchanged.
+
+    `got` is a REPLY record or a merged one (`merge_reply`): a field absent
+    from it, or still the very object `sent` held, is unchanged.
+    """
+    value = got.get(name, MISSING)
+    if value is MISSING or value is sent.get(name, MISSING):
+        return MISSING
+    return value
+
+
+def record_delta(now: Mapping[str, Any], sent: Mapping[str, Any],
+                 wire: Callable[[str, Any], Any]) -> dict[str, Any]:
+    """The REPLY record: the fields of `now` whose wire value differs from `sent`'s.
+
+    `now` holds the record's values after the hook, `sent` the record as the
+    CALL carried it; `wire(name, value)` is a value's wire form (MISSING: the
+    field's default).  A field the hook never touched is still the very object
+    that came off the wire and is skipped without converting or comparing, so
+    an untouched `raw_body` costs nothing; a `LazyText` counts as its text.
+    """
+    out = {}
+    for name in now.keys() | sent.keys():
+        value = now.get(name, MISSING)
+        before = sent.get(name, MISSING)
+        if value is before:
+            continue
+        if type(value) is LazyText or type(before) is LazyText:
+            value, before = resolved(value), resolved(before)
+            if value is before:  # read, so replaced by its (cached) text: unchanged
+                continue
+        new = wire(name, value)
+        if new != wire(name, before):
+            out[name] = new
+    return out
+
+
+# -- body text -----------------------------------------------------------------------------
+
+
+def utf8_text(data: bytes) -> str:
+    """Tyk's `body`: the UTF-8 text of the bytes, or "" when they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+class LazyText:
+    """A `body` not decoded yet: `utf8_text(raw)`, decoded on first use.
+
+    Decoding a large body costs about as much as copying it, and most hooks
+    never read `body`.  On the gateway an object may carry one until it is
+    sent (gateway/bodies.py decodes it for a body sent inline, and sends none
+    for a body in the arena); on the worker a body read from the arena gets
+    one, and the plugin's first read of `body` replaces it with the text
+    (worker/objects.py).  It is never sent as such: msgpack refuses it.
+    """
+
+    __slots__ = ("_text", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._text: str | None = None
+
+    def text(self) -> str:
+        """The text (the same `str` object every time)."""
+        text = self._text
+        if text is None:
+            # Two threads racing here both store an equal text.
+            text = self._text = utf8_text(self.raw)
+        return text
+
+    def __repr__(self) -> str:
+        return f"LazyText({len(self.raw)} bytes)"
+
+
+def resolved(value: Any) -> Any:
+    """A wire value with a `LazyText` turned into its text."""
+    return value.text() if type(value) is LazyText else value

@@ -2,7 +2,7 @@
 
 uvloop is an optional extra (`pip install coproc[fast]`); every Coproc process
 (supervisor, gateway, worker) and the benchmark's servers start through `run`.
-In the worker it halves the cost of handing a hook to its thread pool.
+In the worker it makes handing an `async def` hook to the loop cheaper.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ipc.coprocess import utf8_text
 from ipc.schema import ProtocolError, Record
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "remove_stale_arenas",
     "resolve_bodies",
     "slot_capacity",
-    "utf8_text",
 ]
 
 #: Allocation unit: slots start on page boundaries, so a body never shares a page.
@@ -257,14 +257,6 @@ class Arena(_Mapping):
             pass
 
 
-def utf8_text(data: bytes) -> str:
-    """Tyk's `body`: the UTF-8 text of the bytes, or "" when they are not UTF-8."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
-
-
 def resolve_bodies(obj: dict[str, Any], refs: Mapping[str, Any], view: _Mapping,
                    allowed: Mapping[str, Slot] | None = None, *,
                    text: Callable[[bytes], Any] = utf8_text) -> dict[str, Any]:
@@ -274,7 +266,7 @@ def resolve_bodies(obj: dict[str, Any], refs: Mapping[str, Any], view: _Mapping,
     so a worker cannot make the gateway read another call's body.  Raises
     `ProtocolError` for a reference outside the arena or the call's slots.
     `text(raw_body)` makes `body` where the reference says it is text: the
-    decoded text by default; the worker passes a lazy one (worker/objects.py).
+    decoded text by default; the worker passes `ipc.coprocess.LazyText`.
     Each body is read once, into a private `bytes` (plugins and aiohttp want
     `bytes`, and the slot is not the caller's once the call is answered).
     """

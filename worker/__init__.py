@@ -11,7 +11,10 @@ Modules, in the order a call meets them:
 * `main` - boot: environment, config, token, plugin loading, exit;
 * `runtime` - the conversation with the gateway (admission, heartbeats, drain);
 * `channel` - the DEALER socket; `supervisor_link` - control datagrams;
-* `dispatch` - one CALL: lookup, thread pool or loop, deadline;
+* `callthreads` - the threads that read the socket and run plain hooks (leader/followers),
+  with the watchdog that keeps their deadlines; `answers` - replies on their way out;
+* `loopcalls` - `async def` hooks and handlers on the event loop;
+* `dispatch` - one CALL or EVENT: lookup, bodies, run, REPLY;
 * `invoke` - Tyk's arity convention and the REPLY delta;
 * `objects`, `containers` - proto-like objects built from `ipc.coprocess`;
 * `request` - the `request` wrapper hooks receive;

@@ -4,13 +4,18 @@ Why: the hook round trip is on every request's path, and on the machines we
 measured a thread hand-off costs more than the hook (README, Performance):
 waking another thread is a futex and a context switch, and waking one on
 another CPU of a virtual machine costs tens of microseconds.  So one thread
-at a time *leads*: it reads the hooks socket (worker/channel.py) and runs
-each plain-hook CALL it read right there, answering on the same socket.  A
-batch of CALLs read at once runs back to back, without any hand-off.
+at a time *leads*: it reads the hooks socket (worker/channel.py), looks each
+CALL's hook up (once, worker/dispatch.py) and runs the plain ones right
+there, answering on the same socket.  A batch of CALLs read at once runs back
+to back, without any hand-off.  Plain `@Event` handlers run the same way.
 
-Everything else the leader reads goes to the event loop, in order: WELCOME,
-DRAIN, HOST_REPLY, EVENT, and the CALLs of `async def` hooks (they run on the
-loop, worker/dispatch.py).
+What the leader reads and does not run:
+
+* HOST_REPLY, and an ERROR answering a host call: handed to the hook thread
+  waiting for it (worker/hostcalls.py), right from here;
+* the CALLs and EVENTs of `async def` hooks and handlers: to the event loop
+  (worker/loopcalls.py);
+* WELCOME, DRAIN, REJECT, RESYNC: to the event loop (worker/runtime.py), in order.
 
 A hook that blocks would stop the reading with it, so leadership moves on:
 
@@ -21,13 +26,13 @@ A hook that blocks would stop the reading with it, so leadership moves on:
 The thread that was leading answers its call when its hook returns and then
 waits as a follower.  Followers are started when a hand-off needs one, up to
 `max_threads`; when every thread is inside a hook, CALLs wait in the socket,
-as they would wait for a free thread of a pool, and the first thread to
-finish its hook leads again.
+and the first thread to finish its hook leads again.
 
-Every call is bounded by its `timeout_ms`: past it the watchdog answers
-ERROR `deadline` and the call no longer counts as in flight (a drain does not
-wait for it).  The hook itself cannot be interrupted; whatever it returns
-later is dropped.
+This watchdog is a plain hook's only deadline: past its call's `timeout_ms`
+it answers ERROR `deadline` and the call no longer counts as in flight (a
+drain does not wait for it).  The hook itself cannot be interrupted;
+whatever it returns later is dropped.  An event handler past its deadline
+is only logged (events have no answer).
 """
 
 from __future__ import annotations
@@ -37,25 +42,23 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, cast
 
+from ipc.coprocess import CallPayload
 from ipc.protocol import ErrorCode, Message, MsgType
+from worker.answers import Answers
 from worker.channel import Channel
-from worker.dispatch import Dispatcher, Outcome, Ran, error
-from worker.loader import LookupFailed
+from worker.dispatch import Call, Dispatcher, EventCall, Outcome, Ran, error
+from worker.loopcalls import LoopCalls
 
-__all__ = ["CallLedger", "CallThreads"]
+__all__ = ["CallThreads", "HostReplies"]
 
 log = logging.getLogger("worker.calls")
 
 #: How long the leader sleeps in `receive` at most (it is poked for anything sooner).
 RECEIVE_TIMEOUT_S: Final = 1.0
-#: Replies the leader holds back at most, and for how long at most, so that one
-#: wake-up of the ZeroMQ I/O thread carries a batch (see `_hold`).
-OUTBOX_MAX: Final = 32
-OUTBOX_HOLD_S: Final = 0.0005
 #: Consecutive watchdog checks without a running hook before the watchdog parks.
 PARK_AFTER_IDLE_CHECKS: Final = 200
 #: How long `stop` waits for the call threads to leave.
@@ -63,41 +66,24 @@ JOIN_S: Final = 1.0
 THREAD_PREFIX: Final = "coproc-call"
 
 Deliver = Callable[[Message], None]
+#: What a call thread runs: a plain hook's CALL, or a plain handler's EVENT.
+Job = Call | EventCall
 
 
-class CallLedger:
-    """Which CALLs this worker has answered lately, on any thread (thread-safe).
+class HostReplies(Protocol):
+    """Where host-call answers go (worker.hostcalls.HostCalls)."""
 
-    A DRAIN lists the calls the gateway still waits for; the drain waits until
-    each listed call is answered here, not merely until nothing runs (a listed
-    call may still sit in the socket or the queue when the DRAIN is handled).
-    """
+    def resolve(self, call_id: int, payload: dict[str, Any]) -> bool: ...
 
-    def __init__(self, remember: int = 65536) -> None:
-        self._lock = threading.Lock()
-        self._answered: set[int] = set()
-        self._order: collections.deque[int] = collections.deque()
-        self._remember = remember
-
-    def answered(self, call_id: int) -> None:
-        with self._lock:
-            self._answered.add(call_id)
-            self._order.append(call_id)
-            if len(self._order) > self._remember:
-                self._answered.discard(self._order.popleft())
-
-    def missing(self, call_ids: Iterable[int]) -> set[int]:
-        with self._lock:
-            return {c for c in call_ids if c not in self._answered}
+    def fail(self, call_id: int, message: str, code: str = ...) -> bool: ...
 
 
 @dataclass(slots=True, eq=False)
 class _Running:
-    """The call one thread is running (changed under the CallThreads lock only)."""
+    """The job one thread is running (changed under the CallThreads lock only)."""
 
-    call_id: int
-    hook_name: str
-    api_id: str
+    call_id: int  # 0 for an event
+    job: Job
     timeout_ms: int
     started: float
     answered: bool = False  # by its thread, or by the watchdog at the deadline
@@ -106,21 +92,22 @@ class _Running:
 class CallThreads:
     """Reads the channel and runs plain hooks; `start` once the event loop runs."""
 
-    def __init__(self, channel: Channel, dispatcher: Dispatcher, ledger: CallLedger,
-                 max_threads: int, handoff_s: float) -> None:
+    def __init__(self, channel: Channel, dispatcher: Dispatcher, answers: Answers,
+                 loop_calls: LoopCalls, host_replies: HostReplies, max_threads: int,
+                 handoff_s: float) -> None:
         self._channel = channel
         self._dispatcher = dispatcher
-        self._ledger = ledger
+        self._answers = answers
+        self._loop_calls = loop_calls
+        self._host_replies = host_replies
         self._max = max(1, max_threads)
         self._handoff_s = handoff_s
         self._lock = threading.Lock()
         self._followers = threading.Condition(self._lock)
-        self._queue: collections.deque[Message] = collections.deque()
+        self._queue: collections.deque[tuple[int, Job]] = collections.deque()
         self._threads: list[threading.Thread] = []
         self._leader: int | None = None  # thread ident
         self._running: dict[int, _Running] = {}  # by thread ident
-        self._outbox: list[tuple[int, Outcome]] = []  # the leader's replies not sent yet
-        self._outbox_since = 0.0
         self._idle = 0  # followers waiting to lead
         self._stopping = False
         self._watch_parked = False
@@ -129,14 +116,10 @@ class CallThreads:
         self._deliver: Deliver | None = None
         #: False once the worker drains: CALLs read after that are refused.
         self.accepting = True
-        self.inflight = 0  # CALLs read and not answered yet
-        self.calls = 0  # CALLs read, in total
+        self.inflight = 0  # CALLs for the call threads, read and not answered yet
+        self.calls = 0  # CALLs read, in total (the loop's too)
         self.handoffs = 0
         self.deadlines = 0  # calls the watchdog answered with ERROR `deadline`
-
-    @property
-    def started(self) -> bool:
-        return bool(self._threads)
 
     @property
     def threads(self) -> int:
@@ -148,7 +131,7 @@ class CallThreads:
                 "handoffs": self.handoffs, "deadlines": self.deadlines}
 
     def start(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
-        """Start leading; `deliver` gets every other message on `loop`."""
+        """Start leading; `deliver` gets the control messages on `loop`."""
         if self._threads:
             return
         self._loop, self._deliver = loop, deliver
@@ -200,27 +183,11 @@ class CallThreads:
                     self._idle -= 1
                     continue
                 if self._queue:
-                    if self._outbox and time.monotonic() - self._outbox_since > OUTBOX_HOLD_S:
+                    if self._answers.overdue():
                         self._flush()
-                    message = self._queue.popleft()
-                    running = self._running[me] = self._track(message)
-                    lock.release()
-                    try:
-                        ran = self._run_hook(message)
-                    finally:
-                        lock.acquire()
-                        del self._running[me]
-                    if not running.answered:  # else the watchdog answered at the deadline
-                        running.answered = True
-                        outcome = self._finish(message, ran)
-                        if self._leader == me:
-                            self._hold(message.call_id, outcome)
-                        else:  # handed off meanwhile: the new leader has its own batch
-                            self.inflight -= 1
-                            self._answer(message.call_id, outcome)
+                    self._run_job(me, *self._queue.popleft())
                     continue
-                if self._outbox:
-                    self._flush()  # nothing more to run: send before sleeping
+                self._flush()  # nothing more to run: send before sleeping
                 lock.release()
                 try:
                     messages = self._channel.receive(RECEIVE_TIMEOUT_S)
@@ -231,104 +198,113 @@ class CallThreads:
                 self._leader = None
                 self._channel.reader = None
 
+    def _run_job(self, me: int, call_id: int, job: Job) -> None:
+        """Run one job on this thread, the lock released meanwhile, then answer it."""
+        running = self._running[me] = self._track(call_id, job)
+        self._lock.release()
+        try:
+            ran = self._execute(call_id, job)
+        finally:
+            self._lock.acquire()
+            del self._running[me]
+        if running.answered or ran is None:  # the watchdog answered at the deadline, or an event
+            return
+        running.answered = True
+        outcome = self._finish(call_id, ran)
+        if self._leader == me:
+            self.inflight -= self._answers.hold(call_id, outcome)
+        else:  # handed off meanwhile: the new leader has its own batch
+            self.inflight -= 1
+            self._answers.answer(call_id, outcome)
+
     def _sort(self, messages: list[Message]) -> None:
-        """Queue the plain-hook CALLs; refuse CALLs while draining; the rest to the loop."""
+        """Each message read to where it runs (lock held; see the module docstring)."""
         for message in messages:
             kind = message.type
             if kind is MsgType.CALL:
-                self.calls += 1
-                if not self.accepting:
-                    self._answer(message.call_id, error(ErrorCode.DRAINING,
-                                                        "the worker is draining"))
-                elif self._runs_on_loop(message.payload):
-                    self._to_loop(message)
+                self._sort_call(message)
+            elif kind is MsgType.EVENT:
+                event = self._dispatcher.prepare_event(message.payload)
+                if event is None:
+                    pass  # logged
+                elif event.handler.is_async:
+                    self._to_loop(self._loop_calls.start_event, event)
                 else:
-                    self.inflight += 1
-                    self._queue.append(message)
-                continue
-            if kind is MsgType.DRAIN:
-                # Here, not on the loop: CALLs read after the DRAIN are refused,
-                # those before it (the socket keeps the gateway's order) are served.
-                self.accepting = False
-            self._to_loop(message)
+                    self._queue.append((0, event))
+            elif kind is MsgType.HOST_REPLY:
+                if not self._host_replies.resolve(message.call_id, message.payload):
+                    log.debug("late or unknown HOST_REPLY %d", message.call_id)
+            elif kind is MsgType.ERROR and self._host_replies.fail(
+                    message.call_id, f"{message.payload['code']}: {message.payload['message']}",
+                    message.payload["code"]):
+                pass  # it answered a host call
+            else:
+                if kind is MsgType.DRAIN:
+                    # Here, not on the loop: CALLs read after the DRAIN are refused,
+                    # those before it (the socket keeps the gateway's order) are served.
+                    self.accepting = False
+                assert self._deliver is not None  # set by start()
+                self._to_loop(self._deliver, message)
 
-    def _runs_on_loop(self, payload: Mapping[str, Any]) -> bool:
-        try:
-            return self._dispatcher.table.find(payload["api_id"], payload["hook_name"]).is_async
-        except LookupFailed:
-            return False  # answered with the lookup error right here
+    def _sort_call(self, message: Message) -> None:
+        self.calls += 1
+        if not self.accepting:
+            self._answers.answer(message.call_id,
+                                 error(ErrorCode.DRAINING, "the worker is draining"))
+            return
+        call = self._dispatcher.prepare(cast(CallPayload, message.payload))
+        if not isinstance(call, Call):  # no such hook: answered with the lookup's ERROR
+            self.inflight += 1
+            self.inflight -= self._answers.hold(message.call_id, call)
+        elif call.entry.is_async:
+            self._to_loop(self._loop_calls.start_call, message.call_id, call)
+        else:
+            self.inflight += 1
+            self._queue.append((message.call_id, call))
 
-    def _to_loop(self, message: Message) -> None:
-        assert self._loop is not None and self._deliver is not None  # set by start()
+    def _to_loop(self, func: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None  # set by start()
         try:
-            self._loop.call_soon_threadsafe(self._deliver, message)
+            self._loop.call_soon_threadsafe(func, *args)
         except RuntimeError:  # the loop closed: the worker is exiting
-            log.debug("dropped %s: the event loop is closed", message.type.name)
+            log.debug("dropped %r: the event loop is closed", args[0])
 
-    def _track(self, message: Message) -> _Running:
-        """Book-keeping before a hook runs (lock held)."""
-        payload = message.payload
+    def _track(self, call_id: int, job: Job) -> _Running:
+        """Book-keeping before a job runs (lock held)."""
         if self._watch_parked:
             self._watch_parked = False
             self._watch_wake.set()
-        return _Running(message.call_id, payload["hook_name"], payload["api_id"],
-                        payload.get("timeout_ms") or self._dispatcher.default_timeout_ms,
-                        time.monotonic())
+        return _Running(call_id, job, job.timeout_ms, time.monotonic())
 
-    def _run_hook(self, message: Message) -> Ran | Outcome:
-        assert self._loop is not None  # set by start()
+    def _execute(self, call_id: int, job: Job) -> Ran | Outcome | None:
+        """Run the hook (None for an event handler: nothing to answer)."""
+        if isinstance(job, EventCall):
+            self._dispatcher.run_event(job)  # logs the handler's failures
+            return None
         try:
-            return self._dispatcher.run_here(message.payload, self._loop)
+            return self._dispatcher.run_here(job)
         except Exception as exc:  # the dispatcher turns hook errors into ERRORs already
-            log.exception("CALL %d failed inside the worker", message.call_id)
+            log.exception("CALL %d failed inside the worker", call_id)
             return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
 
-    def _finish(self, message: Message, ran: Ran | Outcome) -> Outcome:
+    def _finish(self, call_id: int, ran: Ran | Outcome) -> Outcome:
         """The answer to a call still unanswered (lock held: the watchdog cannot answer it
         meanwhile, so a changed body written to its arena slot is still the call's)."""
         try:
             return self._dispatcher.finish(ran)
         except Exception as exc:
-            log.exception("CALL %d failed inside the worker", message.call_id)
+            log.exception("CALL %d failed inside the worker", call_id)
             return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
 
-    def _hold(self, call_id: int, outcome: Outcome) -> None:
-        """Keep the leader's reply for one send of the batch (lock held).
-
-        Each send that finds the ZeroMQ I/O thread asleep wakes it, and that
-        wake-up cost more than a no-op hook (README, Performance); replies of
-        CALLs read together therefore leave together.  A reply waits at most
-        OUTBOX_HOLD_S plus one hook, or until a hand-off sends it.
-        """
-        if not self._outbox:
-            self._outbox_since = time.monotonic()
-        self._outbox.append((call_id, outcome))
-        if len(self._outbox) >= OUTBOX_MAX:
-            self._flush()
-
     def _flush(self) -> None:
-        """Send the held replies (lock held)."""
-        batch, self._outbox = self._outbox, []
-        sent = self._channel.send_many([(mtype, call_id, payload)
-                                        for call_id, (mtype, payload) in batch])
-        if sent < len(batch):
-            log.warning("%d answer(s) could not be sent", len(batch) - sent)
-        self.inflight -= len(batch)
-        for call_id, _ in batch:
-            self._ledger.answered(call_id)
+        """Send the leader's held answers (lock held)."""
+        self.inflight -= self._answers.flush()
 
-    def _answer(self, call_id: int, outcome: Outcome) -> None:
-        mtype, payload = outcome
-        if not self._channel.send(mtype, call_id, payload):
-            log.warning("answer to CALL %d could not be sent", call_id)
-        self._ledger.answered(call_id)
-
-    # -- hand-offs ----------------------------------------------------------------------
+    # -- hand-offs and deadlines --------------------------------------------------------
 
     def _hand_off(self) -> None:
         """The leader is stuck in a hook: another thread reads (lock held)."""
-        if self._outbox:
-            self._flush()  # the stuck leader's finished calls must not wait for it
+        self._flush()  # the stuck leader's finished calls must not wait for it
         self._leader = None
         self._channel.reader = None
         self.handoffs += 1
@@ -361,15 +337,17 @@ class CallThreads:
     def _check(self, now: float) -> None:
         """Answer calls past their deadline; hand off a leader stuck in a hook (lock held)."""
         for running in self._running.values():
-            if not running.answered and now - running.started >= running.timeout_ms / 1000:
-                running.answered = True
-                self.inflight -= 1
-                self.deadlines += 1
-                log.warning("API %s: hook %s did not finish within %d ms", running.api_id,
-                            running.hook_name, running.timeout_ms)
-                self._answer(running.call_id, error(
-                    ErrorCode.DEADLINE,
-                    f"hook {running.hook_name} did not finish within {running.timeout_ms} ms"))
+            if running.answered or now - running.started < running.timeout_ms / 1000:
+                continue
+            running.answered = True
+            job = running.job
+            if isinstance(job, EventCall):
+                log.warning("API %s: event handler %s did not finish within %d ms",
+                            job.api_id, job.handler.name, job.timeout_ms)
+                continue
+            self.inflight -= 1
+            self.deadlines += 1
+            self._answers.answer(running.call_id, job.deadline_error())
         leading = self._running.get(self._leader) if self._leader is not None else None
         if leading is not None and now - leading.started >= self._handoff_s:
             self._hand_off()

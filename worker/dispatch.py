@@ -1,17 +1,22 @@
-"""Running CALLs: hook lookup, thread pool or event loop, and the per-call deadline.
+"""Running one CALL or EVENT: one hook lookup, the bodies, the hook, the REPLY.
 
-Plain hooks run on a bounded `ThreadPoolExecutor` (`worker.threads`) so one
-slow hook does not hold up the others; `async def` hooks run on the event
-loop.  Either way the call is bounded by its `timeout_ms`: past it the worker
-answers ERROR and forgets the call (a queued thread-pool job is cancelled; a
-running one cannot be, and finishes in the background).  The gateway applies
-the same deadline on its side, so the answer is usually moot by then; what
-matters is that nothing waits forever.
+The call thread that reads a CALL (worker/callthreads.py) looks its hook up
+once, here (`prepare`), and the entry says where it runs:
+
+* a plain hook runs right on that thread (`run_here`); it cannot be
+  interrupted, so its deadline is the call threads' watchdog, which answers
+  ERROR `deadline` for it;
+* an `async def` hook runs on the event loop (`run_async`, started by
+  worker/loopcalls.py), bounded by its `timeout_ms` with `asyncio.wait_for`.
+
+`@Event` handlers take the same two roads (`prepare_event`, `run_event`,
+`run_event_async`); they are never answered, so a failure is only logged.
 
 Bodies the gateway sent through the shared-memory arena (ipc/shm.py) are read
-from it before the hook runs; a body the hook changed goes back through the
-same slot when it is large and fits, else inline.  The slot is written only
-here, right before the REPLY leaves: never after a deadline answered the call.
+from it in `prepare`; a body the hook changed goes back through the same slot
+when it is large and fits, else inline.  The slot is written only in `finish`
+and `run_async`, right before the REPLY leaves: never after a deadline
+answered the call.
 """
 
 from __future__ import annotations
@@ -20,19 +25,19 @@ import asyncio
 import logging
 import types
 from collections.abc import Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from ipc.coprocess import CallPayload, LazyText
 from ipc.protocol import ErrorCode, MsgType
 from ipc.schema import ProtocolError
 from ipc.shm import ArenaView, resolve_bodies
+from worker.decorators import Event
 from worker.invoke import HookFailed, Invocation, run_async, run_sync
 from worker.loader import HookEntry, HookTable, LookupFailed
-from worker.objects import LazyText
 from worker.tyk_api import CURRENT_API
 
-__all__ = ["Dispatcher", "Outcome", "Ran", "error"]
+__all__ = ["Call", "Dispatcher", "EventCall", "Outcome", "Ran", "error"]
 
 log = logging.getLogger("worker.dispatch")
 
@@ -45,7 +50,7 @@ def error(code: ErrorCode, message: str) -> Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
+class Call:
     """A CALL ready to run: its hook and its object, bodies already resolved."""
 
     api_id: str
@@ -55,21 +60,37 @@ class _Call:
     refs: Mapping[str, Any] | None
     timeout_ms: int
 
+    def deadline_error(self) -> Outcome:
+        name, timeout_ms = self.entry.name, self.timeout_ms
+        log.warning("API %s: hook %s did not finish within %d ms", self.api_id, name,
+                    timeout_ms)
+        return error(ErrorCode.DEADLINE, f"hook {name} did not finish within {timeout_ms} ms")
+
 
 @dataclass(frozen=True, slots=True)
 class Ran:
     """A plain hook that returned, its REPLY not built yet (see `Dispatcher.finish`)."""
 
-    call: _Call
-    result: dict[str, Any]
+    call: Call
+    result: dict[str, Any]  # the REPLY object (`ipc.coprocess.record_delta`)
+
+
+@dataclass(frozen=True, slots=True)
+class EventCall:
+    """An EVENT ready to run: its handler, `f(event, spec)`, and the arguments."""
+
+    api_id: str
+    handler: Event
+    event: Mapping[str, Any]
+    spec: Mapping[str, str]
+    timeout_ms: int
 
 
 class Dispatcher:
-    """Answers CALL payloads; knows nothing about sockets."""
+    """Prepares and runs CALLs and EVENTs; knows nothing about sockets or threads."""
 
-    def __init__(self, table: HookTable, pool: Executor, default_timeout_ms: int) -> None:
+    def __init__(self, table: HookTable, default_timeout_ms: int) -> None:
         self.table = table
-        self.pool = pool
         self.default_timeout_ms = default_timeout_ms
         self.arena: ArenaView | None = None
         self.shm_threshold = 0
@@ -95,14 +116,16 @@ class Dispatcher:
             self.arena.close()
             self.arena = None
 
-    def _prepare(self, payload: Mapping[str, Any]) -> _Call | Outcome:
+    # -- CALL ---------------------------------------------------------------------------
+
+    def prepare(self, payload: CallPayload) -> Call | Outcome:
         """The hook and its object (bodies read from the arena), or an ERROR outcome."""
         api_id = payload["api_id"]
         try:
             entry = self.table.find(api_id, payload["hook_name"])
         except LookupFailed as exc:
             return error(exc.code, exc.message)
-        wire = payload["object"]
+        wire: Mapping[str, Any] = payload["object"]
         refs = payload.get("bodies")
         if refs:
             if self.arena is None:
@@ -112,70 +135,50 @@ class Dispatcher:
                 # raw_body is copied out now: the slot is not ours once the call is
                 # answered, and a deadline can answer it while the hook still runs.
                 # `body` is decoded only if the hook reads it (LazyText).
-                wire = resolve_bodies(wire, refs, self.arena, text=LazyText)
+                wire = resolve_bodies(payload["object"], refs, self.arena,  # type: ignore[arg-type]
+                                      text=LazyText)
             except ProtocolError as exc:
                 return error(ErrorCode.PROTOCOL, str(exc))
-        return _Call(api_id, entry, payload["hook_type"], wire, refs,
-                     payload.get("timeout_ms") or self.default_timeout_ms)
+        return Call(api_id, entry, payload["hook_type"], wire, refs,
+                    payload.get("timeout_ms") or self.default_timeout_ms)
 
-    def _reply(self, call: _Call, result: dict[str, Any]) -> Outcome:
-        reply: dict[str, Any] = {"object": result}
-        if call.refs:
-            self._bodies_back(reply, call.refs)
-        return MsgType.REPLY, reply
+    def run_here(self, call: Call) -> Ran | Outcome:
+        """Run a plain hook on the calling thread (a call thread).
 
-    async def call(self, payload: Mapping[str, Any]) -> Outcome:
-        """Run the hook a (decoded, validated) CALL payload names."""
-        call = self._prepare(payload)
-        if not isinstance(call, _Call):
-            return call
-        name, timeout_ms = call.entry.name, call.timeout_ms
-        try:
-            if call.entry.is_async:
-                invocation = Invocation(call.api_id, call.entry, call.hook_type, call.wire)
-                result = await asyncio.wait_for(run_async(invocation), timeout_ms / 1000)
-            else:
-                loop = asyncio.get_running_loop()
-                job = loop.run_in_executor(self.pool, _prepare_and_run, call.api_id,
-                                           call.entry, call.hook_type, call.wire)
-                result = await _within(job, timeout_ms / 1000)
-        except HookFailed as exc:
-            return error(exc.code, exc.message)
-        except TimeoutError:  # hook exceptions arrive as HookFailed, so this is ours
-            log.warning("API %s: hook %s did not finish within %d ms", call.api_id, name,
-                        timeout_ms)
-            return error(ErrorCode.DEADLINE,
-                         f"hook {name} did not finish within {timeout_ms} ms")
-        return self._reply(call, result)
-
-    def run_here(self, payload: Mapping[str, Any],
-                 loop: asyncio.AbstractEventLoop) -> Ran | Outcome:
-        """Run a plain hook's CALL on the calling thread (worker/callthreads.py).
-
-        No pool, no loop hop, and no deadline here (a plain hook cannot be
-        interrupted; the call threads' watchdog answers a late call).  The REPLY
-        is built by `finish`, which the caller runs only if the call is still
-        unanswered: a changed large body is written into the call's arena slot
-        there, and once a deadline answered the call the gateway may have given
-        that slot to another call.  An `async def` hook (the call threads send
-        those to the loop) runs on the loop with its deadline.
+        No deadline here: a plain hook cannot be interrupted, and the call
+        threads' watchdog answers a late call.  The REPLY is built by `finish`,
+        which the caller runs only if the call is still unanswered: a changed
+        large body is written into the call's arena slot there, and once a
+        deadline answered the call the gateway may have given that slot away.
         """
-        call = self._prepare(payload)
-        if not isinstance(call, _Call):
-            return call
-        if call.entry.is_async:
-            return asyncio.run_coroutine_threadsafe(self.call(payload), loop).result()
         try:
-            result = _prepare_and_run(call.api_id, call.entry, call.hook_type, call.wire)
+            return Ran(call, run_sync(Invocation(call.api_id, call.entry, call.hook_type,
+                                                 call.wire)))
         except HookFailed as exc:
             return error(exc.code, exc.message)
-        return Ran(call, result)
 
     def finish(self, ran: Ran | Outcome) -> Outcome:
         """The REPLY (or ERROR) for what `run_here` returned."""
         if isinstance(ran, Ran):
             return self._reply(ran.call, ran.result)
         return ran
+
+    async def run_async(self, call: Call) -> Outcome:
+        """Run an `async def` hook on the event loop, bounded by its deadline."""
+        invocation = Invocation(call.api_id, call.entry, call.hook_type, call.wire)
+        try:
+            result = await asyncio.wait_for(run_async(invocation), call.timeout_ms / 1000)
+        except HookFailed as exc:
+            return error(exc.code, exc.message)
+        except TimeoutError:  # hook exceptions arrive as HookFailed, so this is ours
+            return call.deadline_error()
+        return self._reply(call, result)
+
+    def _reply(self, call: Call, result: dict[str, Any]) -> Outcome:
+        reply: dict[str, Any] = {"object": result}  # an `ipc.coprocess.ReplyPayload`
+        if call.refs:
+            self._bodies_back(reply, call.refs)
+        return MsgType.REPLY, reply
 
     def _bodies_back(self, reply: dict[str, Any], refs: Mapping[str, Any]) -> None:
         """Send changed large bodies back through the slots they came in."""
@@ -193,71 +196,41 @@ class Dispatcher:
             reply.setdefault("bodies", {})[part] = {"offset": ref["offset"],
                                                     "length": len(raw)}
 
-    async def event(self, api_id: str, name: str, event: Mapping[str, Any],
-                    spec: Mapping[str, str], timeout_ms: int | None = None) -> None:
-        """Call an `@Event` handler as `f(event, spec)`; failures are logged, not raised.
+    # -- EVENT --------------------------------------------------------------------------
 
-        The event reaches the handler as an object whose attributes are the
-        event's fields (Tyk builds it from the event's JSON the same way).
-        """
+    def prepare_event(self, payload: Mapping[str, Any]) -> EventCall | None:
+        """The `@Event` handler an EVENT names, or None (logged) when there is none."""
+        api_id, name = payload["api_id"], payload["handler"]
         try:
             handler = self.table.find_event(api_id, name)
         except LookupFailed as exc:
             log.warning("event %s: %s", name, exc.message)
-            return
-        timeout = (timeout_ms or self.default_timeout_ms) / 1000
-        subject = types.SimpleNamespace(**event)
-        spec_map = dict(spec)
+            return None
+        return EventCall(api_id, handler, payload["event"], payload.get("spec", {}),
+                         payload.get("timeout_ms") or self.default_timeout_ms)
+
+    def run_event(self, event: EventCall) -> None:
+        """Call a plain handler as `f(event, spec)` on this thread; failures are logged.
+
+        The event reaches the handler as an object whose attributes are the
+        event's fields (Tyk builds it from the event's JSON the same way).
+        """
+        token = CURRENT_API.set(event.api_id)
         try:
-            if handler.is_async:
-                CURRENT_API.set(api_id)
-                await asyncio.wait_for(handler.f(subject, spec_map), timeout)
-            else:
-                loop = asyncio.get_running_loop()
-                job = loop.run_in_executor(self.pool, _run_event, api_id, handler.f,
-                                           subject, spec_map)
-                await asyncio.wait_for(job, timeout)
+            event.handler.f(types.SimpleNamespace(**event.event), dict(event.spec))
+        except BaseException:  # a handler's SystemExit must not stop the worker either
+            log.exception("API %s: event handler %s failed", event.api_id, event.handler.name)
+        finally:
+            CURRENT_API.reset(token)
+
+    async def run_event_async(self, event: EventCall) -> None:
+        """Await an `async def` handler on the loop, bounded by the event's deadline."""
+        CURRENT_API.set(event.api_id)  # this task's own context copy
+        subject = types.SimpleNamespace(**event.event)
+        try:
+            await asyncio.wait_for(event.handler.f(subject, dict(event.spec)),
+                                   event.timeout_ms / 1000)
         except asyncio.CancelledError:
             raise
         except BaseException:  # a handler's SystemExit must not stop the worker either
-            log.exception("API %s: event handler %s failed", api_id, name)
-
-
-async def _within(job: asyncio.Future[Any], timeout_s: float) -> Any:
-    """`await job`, cancelled past `timeout_s` (TimeoutError), like `asyncio.wait_for`.
-
-    On the hot path of every plain hook: one timer handle instead of the
-    extra future, callbacks and task switch `wait_for` costs on 3.11.
-    """
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        job.cancel()  # a queued pool job never starts; a running one finishes unheard
-
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
-    try:
-        return await job
-    except asyncio.CancelledError:
-        if expired:
-            raise TimeoutError from None
-        raise  # the worker is stopping
-    finally:
-        timer.cancel()
-
-
-def _prepare_and_run(api_id: str, entry: Any, hook_type: str,
-                     wire: Mapping[str, Any]) -> dict[str, Any]:
-    # Wrapping the object happens here, on the pool thread, not on the event loop.
-    return run_sync(Invocation(api_id, entry, hook_type, wire))
-
-
-def _run_event(api_id: str, func: Any, event: Any, spec: Mapping[str, str]) -> None:
-    token = CURRENT_API.set(api_id)
-    try:
-        func(event, spec)
-    except BaseException as exc:
-        raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        CURRENT_API.reset(token)
+            log.exception("API %s: event handler %s failed", event.api_id, event.handler.name)

@@ -1,14 +1,16 @@
 """Plugin -> gateway calls (HOST_CALL / HOST_REPLY), from any thread, with deadlines.
 
-Hooks run on call threads (worker/callthreads.py) while replies are matched
-on the event loop.  Fire-and-forget ops (`log`, `trigger_event`) are sent
-right from the hook's thread (the channel's `send` is thread-safe), so they
-leave before the hook's REPLY; request/reply ops (`store_data`, `get_data`)
-go through the loop with `run_coroutine_threadsafe(...).result(deadline)`.  Before a hook thread
-blocks on a reply it calls `before_blocking`, so that another call thread
-reads the socket (the reply among the rest) meanwhile.  A reply is matched by the
-`call_id` this module picked; one that never comes fails the plugin's call
-with `HostCallError` at the deadline instead of blocking its thread forever.
+Every op is sent right from the hook's thread (the channel's `send` is
+thread-safe), so a `log` leaves before the hook's REPLY.  Request/reply ops
+(`store_data`, `get_data`) wait on a future that the call thread reading the
+socket resolves when the HOST_REPLY (or an ERROR) arrives: reader to hook
+thread, one hand-off, with no trip through the event loop.  Before a hook
+thread blocks on a reply it calls `before_blocking`, so that another call
+thread reads the socket (the reply among the rest) meanwhile.  A reply is
+matched by the `call_id` this module picked; one that never comes fails the
+plugin's call with `HostCallError` at the deadline instead of blocking its
+thread forever.  `async def` hooks await the same future on the loop
+(`arequest`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ class HostCalls:
         self.timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        # Written by the calling threads, read by the reading one: single dict
+        # operations, atomic under the GIL.
+        self._pending: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         #: Called on the hook's thread right before it waits for a reply.
         self.before_blocking: Callable[[], None] | None = None
@@ -80,64 +84,78 @@ class HostCalls:
     def request(self, op: str, fields: Mapping[str, Any],
                 timeout_s: float | None = None) -> dict[str, Any]:
         """Blocking request/reply from a hook thread, bounded by the deadline."""
-        loop = self._require_loop()
+        self._require_loop()
         if threading.get_ident() == self._loop_thread:
-            # Blocking here would stall the very loop that must deliver the reply.
+            # It would hold up the whole loop (heartbeats, async hooks) meanwhile.
             raise HostCallError(
                 f"{op}: a blocking host call from the event loop (an async hook?) would "
-                f"deadlock; use `await TykGateway.{op}_async(...)` in async hooks")
+                f"stall the worker; use `await TykGateway.{op}_async(...)` in async hooks")
         timeout = self.timeout_s if timeout_s is None else timeout_s
         if self.before_blocking is not None:
             self.before_blocking()
-        future = asyncio.run_coroutine_threadsafe(self.arequest(op, fields, timeout), loop)
+        call_id, future = self._start(op, fields)
         try:
-            # arequest has its own deadline; the margin covers a busy loop.
-            return future.result(timeout + 1.0)
+            return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()
             raise HostCallError(f"{op}: no answer from the gateway within "
                                 f"{timeout:.1f} s") from None
+        finally:
+            self._pending.pop(call_id, None)
 
     async def arequest(self, op: str, fields: Mapping[str, Any],
                        timeout_s: float | None = None) -> dict[str, Any]:
         """Request/reply on the loop thread (for async hooks)."""
-        loop = asyncio.get_running_loop()
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        call_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending[call_id] = future
+        call_id, future = self._start(op, fields)
         try:
-            if not self._send(MsgType.HOST_CALL, call_id, {"op": op, **fields}):
-                raise HostCallError(f"{op}: the gateway is not reachable")
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
             raise HostCallError(f"{op}: no answer from the gateway within "
                                 f"{timeout:.1f} s") from None
         finally:
             self._pending.pop(call_id, None)
 
-    # --- channel side (loop thread) ----------------------------------------------------
+    def _start(self, op: str, fields: Mapping[str, Any]
+               ) -> tuple[int, concurrent.futures.Future[dict[str, Any]]]:
+        """Send the HOST_CALL, its reply future registered first (the reply may be quick)."""
+        call_id = next(self._ids)
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._pending[call_id] = future
+        if not self._send(MsgType.HOST_CALL, call_id, {"op": op, **fields}):
+            self._pending.pop(call_id, None)
+            raise HostCallError(f"{op}: the gateway is not reachable")
+        return call_id, future
+
+    # --- channel side (the reading call thread) ----------------------------------------
 
     def resolve(self, call_id: int, payload: dict[str, Any]) -> bool:
         """A HOST_REPLY arrived; False when nobody waits for it (late or unknown)."""
         future = self._pending.get(call_id)
-        if future is None or future.done():
+        if future is None:
             return False
-        future.set_result(payload)
+        try:
+            future.set_result(payload)
+        except concurrent.futures.InvalidStateError:
+            return False  # timed out (cancelled) meanwhile
         return True
 
     def fail(self, call_id: int, message: str, code: str = ErrorCode.HOST_CALL_FAILED) -> bool:
         """An ERROR answering one of our HOST_CALLs arrived."""
         future = self._pending.get(call_id)
-        if future is None or future.done():
+        if future is None:
             return False
-        future.set_exception(HostCallError(message, code))
+        try:
+            future.set_exception(HostCallError(message, code))
+        except concurrent.futures.InvalidStateError:
+            return False
         return True
 
     def fail_all(self, reason: str) -> None:
         for future in list(self._pending.values()):
-            if not future.done():
+            try:
                 future.set_exception(HostCallError(reason))
+            except concurrent.futures.InvalidStateError:
+                pass  # answered or timed out meanwhile
 
     def _send_notify(self, payload: dict[str, Any]) -> None:
         if not self._send(MsgType.HOST_CALL, 0, payload):

@@ -18,9 +18,10 @@ arguments, while `None` or anything else keeps the (mutated) arguments; junk
 is logged once per hook.  A 5-parameter hook may run in any phase: outside
 the response phase it gets an empty response and its request changes count.
 
-The REPLY object carries only what changed (docs/PROTOCOL.md): `request`,
-`session` and `response` with their changed fields, an unchanged `raw_body`
-never, `spec`, `hook_type` and `hook_name` never.  After a 4-parameter hook
+The REPLY object carries only what changed (`ipc.coprocess.record_delta`,
+docs/PROTOCOL.md): `request`, `session` and `response` with their changed
+fields, an unchanged `raw_body` never, `spec`, `hook_type` and `hook_name`
+never.  After a 4-parameter hook
 the merged metadata is also sent as the top-level `metadata`, so the gateway
 finds an auth hook's `metadata["token"]` wherever it looks.
 """
@@ -178,7 +179,7 @@ class Invocation:
 
 
 def run_sync(invocation: Invocation) -> dict[str, Any]:
-    """Run a plain hook (on a pool thread) and return the REPLY object."""
+    """Run a plain hook (on a call thread) and return the REPLY object."""
     token = CURRENT_API.set(invocation.api_id)
     try:
         try:

@@ -12,7 +12,7 @@ Boot order matters:
    a plugin that fails to import is reported, never fatal (only a failure of
    the loader itself exits 4, `ipc.exitcodes.PLUGINS_FAILED`);
 6. the event loop runs `worker.runtime.Worker` until drained (0), rejected (5)
-   or broken; then the thread pool is given a moment and the process exits.
+   or broken; then threads still running are given a moment and the process exits.
 
 Environment (docs/PROTOCOL.md): COPROC_GENERATION, COPROC_WORKER_TOKEN,
 COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when run by hand).
@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from config import ConfigError, load_api_definitions, load_gateway_config
@@ -41,11 +40,13 @@ from ipc.child import die_with_parent
 from ipc.contract import GENERATION_ENV, WORKER_TOKEN_ENV
 from ipc.control import inherited_control_socket
 from ipc.protocol import Limits
-from worker.callthreads import CallLedger, CallThreads
+from worker.answers import Answers, CallLedger
+from worker.callthreads import CallThreads
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
 from worker.loader import HookTable, load_plugins
+from worker.loopcalls import LoopCalls
 from worker.runtime import Identity, Timing, Worker
 from worker.sandbox import SandboxError, SandboxReport, apply_sandbox, resolve_policy
 from worker.supervisor_link import SupervisorLink
@@ -55,9 +56,8 @@ __all__ = ["main"]
 
 log = logging.getLogger("worker")
 
-#: How long exit waits for hook threads still running after the drain.
+#: How long exit waits for threads (a plugin's own) still running after the drain.
 THREAD_EXIT_GRACE_S = 1.0
-HOOK_THREAD_PREFIX = "coproc-hook"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,31 +91,31 @@ def main(argv: Sequence[str] | None = None) -> int:
              identity.generation, len(table.apis), len(failed),
              f" ({', '.join(failed)})" if failed else "")
     gctune.settle()  # plugins are loaded: see ipc/gctune.py
-    pool = ThreadPoolExecutor(cfg.worker.threads, thread_name_prefix=HOOK_THREAD_PREFIX)
     try:
-        code = eventloop.run(_serve(cfg, identity, table, hostcalls, pool))
+        code = eventloop.run(_serve(cfg, identity, table, hostcalls))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
         sandbox.cleanup()
     log.info("worker generation %d exiting with code %d", identity.generation, code)
     return _exit_code(code)
 
 
 async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
-                 hostcalls: HostCalls, pool: ThreadPoolExecutor) -> int:
+                 hostcalls: HostCalls) -> int:
     limits = Limits(max_message_bytes=cfg.ipc.max_message_bytes)
     channel = Channel(cfg.hooks_endpoint, limits)
     link = SupervisorLink(inherited_control_socket(), sandbox=identity.sandbox)
-    dispatcher = Dispatcher(table, pool, cfg.hooks.timeout_ms)
+    dispatcher = Dispatcher(table, cfg.hooks.timeout_ms)
     ledger = CallLedger()
-    calls = CallThreads(channel, dispatcher, ledger, cfg.worker.threads,
-                        cfg.worker.handoff_ms / 1000)
+    answers = Answers(channel, ledger)
+    loop_calls = LoopCalls(dispatcher, answers)
+    calls = CallThreads(channel, dispatcher, answers, loop_calls, hostcalls,
+                        cfg.worker.threads, cfg.worker.handoff_ms / 1000)
     hostcalls.before_blocking = calls.before_blocking
     worker = Worker(
         identity, channel, dispatcher, hostcalls, link, table.report(),
         Timing(heartbeat_s=cfg.worker.heartbeat_interval_ms / 1000,
                drain_grace_ms=cfg.worker.drain_grace_ms),
-        calls, ledger,
+        calls, loop_calls, ledger,
     )
     try:
         return await worker.run()

@@ -23,7 +23,7 @@ Objects are built lazily from the decoded CALL payload: a field that a hook
 never touches is never converted, and `changed_fields` can tell it apart from
 one that was replaced, which keeps REPLY small (see docs/PROTOCOL.md).  The
 `body` text of a body that came through shared memory is not even decoded
-until a plugin reads it (`LazyText`).
+until a plugin reads it (`ipc.coprocess.LazyText`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ipc import coprocess
+from ipc.coprocess import MISSING, LazyText, record_delta, resolved
 from ipc.schema import MapOf, Record, Shape
 from worker.containers import MessageList, MessageMap, ScalarList, ScalarMap, coerce
 
@@ -58,46 +59,6 @@ __all__ = [
     "SessionState",
     "changed_fields",
 ]
-
-_MISSING: Any = object()
-
-
-class LazyText:
-    """A `body` field not decoded yet: the UTF-8 text of `raw`, or "" when it is not UTF-8.
-
-    A body that came through the shared-memory arena arrives without its text
-    (docs/PROTOCOL.md); decoding a large body costs about as much as copying
-    it, and most hooks never read `body`.  The wire map holds this object;
-    the first read of the field replaces it with the text (`Field.__get__`),
-    and whatever looks at raw wire values (`changed_fields`, `to_wire`,
-    `HasField`) resolves it the same way, so plugins only ever see a `str`.
-    """
-
-    __slots__ = ("_raw", "_text")
-
-    def __init__(self, raw: bytes) -> None:
-        self._raw = raw
-        self._text: str | None = None
-
-    def text(self) -> str:
-        """The text, decoded on first use (the same `str` object every time)."""
-        text = self._text
-        if text is None:
-            try:
-                text = self._raw.decode("utf-8")
-            except UnicodeDecodeError:
-                text = ""  # Tyk's `body` is empty for a body that is not text
-            self._text = text  # two threads racing here both store an equal text
-        return text
-
-    def __repr__(self) -> str:
-        return f"LazyText({len(self._raw)} bytes)"
-
-
-def _resolved(value: Any) -> Any:
-    """A wire value with a `LazyText` turned into its text."""
-    return value.text() if type(value) is LazyText else value
-
 
 class Kind(enum.Enum):
     SCALAR = "scalar"
@@ -155,9 +116,9 @@ class Field:
         if obj is None:
             return self
         values = obj._values
-        value = values.get(self.name, _MISSING)
+        value = values.get(self.name, MISSING)
         if self.kind is Kind.SCALAR:
-            if value is _MISSING:
+            if value is MISSING:
                 return self.default
             if type(value) is LazyText:
                 value = values[self.name] = value.text()
@@ -165,7 +126,7 @@ class Field:
             if self.item is float and type(value) is int:
                 return float(value)
             return value
-        if value is _MISSING:
+        if value is MISSING:
             value = values[self.name] = self.empty()
         elif type(value) is dict or type(value) is list:  # still the wire's container
             value = values[self.name] = self.adopt(value)
@@ -220,7 +181,7 @@ class Field:
         return coprocess.default_for(self.shape)
 
     def is_default(self, value: Any) -> bool:
-        if value is _MISSING:
+        if value is MISSING:
             return True
         if self.kind is Kind.SCALAR:
             return bool(value == self.default)
@@ -268,10 +229,20 @@ class Message:
         fields = self._fields
         out = {}
         for name, value in self._values.items():
-            value = _resolved(value)
+            value = resolved(value)
             if not fields[name].is_default(value):
                 out[name] = _plain(value)
         return out
+
+    @classmethod
+    def _wire_value(cls, name: str, value: Any) -> Any:
+        """`value` of field `name` in wire form (MISSING: the default), for comparing."""
+        field = cls._fields[name]
+        if value is MISSING:
+            return field.empty_wire()
+        if field.message is not None and type(value) is dict:
+            return _plain(field.adopt(value))  # normalise: the sender may spell out defaults
+        return _plain(value)
 
     # protobuf-style API --------------------------------------------------------------
 
@@ -286,7 +257,7 @@ class Message:
         field = self._field(name)
         if field.kind in (Kind.MAP, Kind.REPEATED):
             raise ValueError(f'Protocol message has no singular "{name}" field.')
-        value = _resolved(self._values.get(name, _MISSING))
+        value = resolved(self._values.get(name, MISSING))
         if field.kind is Kind.MESSAGE and type(value) is dict:
             return bool(value)
         return not field.is_default(value)
@@ -339,37 +310,11 @@ class Message:
 def changed_fields(message: Message, sent: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of `message` that differ from the wire map `sent`, as wire values.
 
-    A field the hook never touched is still the very object that came off the
-    wire: it is skipped without a comparison, so an untouched `raw_body` costs
-    nothing.  A touched one is compared with what was sent.  A `LazyText` the
-    hook read was replaced by its (cached) text, so it is skipped the same way;
-    one it did not read is never decoded.
+    The REPLY delta rule (`ipc.coprocess.record_delta`) over this message's
+    values: an untouched field is still the object that came off the wire and
+    costs nothing; a `LazyText` the hook did not read is never decoded.
     """
-    fields = message._fields
-    values = message._values
-    out = {}
-    for name in values.keys() | sent.keys():
-        field = fields.get(name)
-        if field is None:
-            continue
-        now = values.get(name, _MISSING)
-        before = sent.get(name, _MISSING)
-        if now is before:
-            continue
-        if type(before) is LazyText or type(now) is LazyText:
-            now, before = _resolved(now), _resolved(before)
-            if now is before:
-                continue
-        new = field.empty_wire() if now is _MISSING else _plain(now)
-        if before is _MISSING:
-            old = field.empty_wire()
-        elif field.message is not None:  # normalise: the sender may spell out defaults
-            old = _plain(field.adopt(before))
-        else:
-            old = before
-        if new != old:
-            out[name] = new
-    return out
+    return record_delta(message._values, sent, message._wire_value)
 
 
 # --- generation --------------------------------------------------------------------------

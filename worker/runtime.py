@@ -10,7 +10,8 @@ States (one at a time, changed only on the event loop):
   is the supervisor's call (`boot_timeout_ms`): a gateway that is restarting
   will answer eventually.
 * RUNNING: plain hooks run on the call threads that read them
-  (worker/callthreads.py), `async def` hooks on the loop; HEARTBEAT (zmq) and
+  (worker/callthreads.py), `async def` hooks on the loop (worker/loopcalls.py);
+  the call threads hand this module the control messages.  HEARTBEAT (zmq) and
   `heartbeat` (control) go out from the event loop itself, so a stuck loop
   stops them.
 * DRAINING: new CALLs get ERROR `draining`; in-flight ones get `grace_ms`;
@@ -32,11 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipc import exitcodes
-from ipc.protocol import ErrorCode, Message, MsgType
-from worker.callthreads import CallLedger, CallThreads
+from ipc.protocol import Message, MsgType
+from worker.answers import CallLedger
+from worker.callthreads import CallThreads
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
+from worker.loopcalls import LoopCalls
 from worker.supervisor_link import SupervisorLink
 
 __all__ = ["HELLO_INTERVAL_S", "Identity", "State", "Timing", "Worker", "current_rss"]
@@ -84,7 +87,8 @@ class Worker:
 
     def __init__(self, identity: Identity, channel: Channel, dispatcher: Dispatcher,
                  hostcalls: HostCalls, link: SupervisorLink, report: Mapping[str, Any],
-                 timing: Timing, calls: CallThreads, ledger: CallLedger) -> None:
+                 timing: Timing, calls: CallThreads, loop_calls: LoopCalls,
+                 ledger: CallLedger) -> None:
         self.identity = identity
         self.channel = channel
         self.dispatcher = dispatcher
@@ -93,9 +97,9 @@ class Worker:
         self.report = dict(report)
         self.timing = timing
         self.calls = calls
+        self.loop_calls = loop_calls
         self.ledger = ledger
         self.state = State.CONNECTING
-        self._calls: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._admitted = asyncio.Event()
         self._exit: asyncio.Future[int] | None = None
@@ -104,7 +108,7 @@ class Worker:
 
     @property
     def inflight(self) -> int:
-        return len(self._calls) + self.calls.inflight
+        return self.loop_calls.inflight + self.calls.inflight
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -112,7 +116,7 @@ class Worker:
         self.hostcalls.bind(loop, self.channel.send)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        # The call threads read the socket; what is not theirs comes here, in order.
+        # The call threads read the socket; the control messages come here, in order.
         self.calls.start(loop, self._on_message)
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._admission(), "admission")
@@ -122,10 +126,10 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             self.hostcalls.fail_all("the worker is stopping")
-            pending = self._tasks | self._calls
-            for task in pending:
+            for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*self._tasks, self.loop_calls.cancel(),
+                                 return_exceptions=True)
             self.calls.stop()
             self.dispatcher.close()  # unmap the arena: nothing reads it any more
 
@@ -185,15 +189,9 @@ class Worker:
 
     def _on_message(self, message: Message) -> None:
         kind = message.type
-        if kind is MsgType.CALL:
-            self._start_call(message)
-        elif kind is MsgType.HOST_REPLY:
-            if not self.hostcalls.resolve(message.call_id, message.payload):
-                log.debug("late or unknown HOST_REPLY %d", message.call_id)
-        elif kind is MsgType.ERROR:
-            text = f"{message.payload['code']}: {message.payload['message']}"
-            if not self.hostcalls.fail(message.call_id, text, message.payload["code"]):
-                log.warning("gateway reported an error for call %d: %s", message.call_id, text)
+        if kind is MsgType.ERROR:  # not one answering a host call: the call threads take those
+            log.warning("gateway reported an error for call %d: %s: %s", message.call_id,
+                        message.payload["code"], message.payload["message"])
         elif kind is MsgType.WELCOME:
             self._on_welcome(message.payload)
         elif kind is MsgType.REJECT:
@@ -204,11 +202,6 @@ class Worker:
         elif kind is MsgType.DRAIN:
             grace = message.payload.get("grace_ms", self.timing.drain_grace_ms)
             self._begin_drain(grace, "the gateway asked", message.payload.get("calls", ()))
-        elif kind is MsgType.EVENT:
-            p = message.payload  # dispatcher.event logs handler failures, never raises
-            self._spawn(self.dispatcher.event(p["api_id"], p["handler"], p["event"],
-                                              p.get("spec", {}), p.get("timeout_ms")),
-                        f"event {p['handler']}")
         else:
             log.warning("unexpected %s from the gateway, ignored", kind.name)
 
@@ -236,26 +229,6 @@ class Worker:
         self._admitted.clear()
         self._spawn(self._admission(), "admission")
 
-    def _start_call(self, message: Message) -> None:
-        if self.state in (State.DRAINING, State.STOPPED):
-            self.channel.send(MsgType.ERROR, message.call_id, {
-                "code": str(ErrorCode.DRAINING), "message": "the worker is draining"})
-            return
-        task = asyncio.create_task(self._serve(message))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
-
-    async def _serve(self, message: Message) -> None:
-        try:
-            mtype, payload = await self.dispatcher.call(message.payload)
-        except Exception as exc:  # the dispatcher turns hook errors into ERRORs already
-            log.exception("CALL %d failed inside the worker", message.call_id)
-            mtype, payload = MsgType.ERROR, {"code": str(ErrorCode.HOOK_FAILED),
-                                             "message": f"{type(exc).__name__}: {exc}"}
-        if not self.channel.send(mtype, message.call_id, payload):
-            log.warning("answer to CALL %d could not be sent", message.call_id)
-        self.ledger.answered(message.call_id)
-
     # --- stopping ------------------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
@@ -277,8 +250,7 @@ class Worker:
 
     async def _drain(self, grace_ms: int, awaited: set[int]) -> None:
         deadline = time.monotonic() + grace_ms / 1000
-        if self._calls:
-            await asyncio.wait(set(self._calls), timeout=grace_ms / 1000)
+        await self.loop_calls.wait(grace_ms / 1000)
         # Call threads answer on their own, and a listed call may still be queued
         # for one: poll (bounded) until every listed call is answered here.
         while (self.inflight or self.ledger.missing(awaited)) and time.monotonic() < deadline:  # noqa: ASYNC110

@@ -10,11 +10,9 @@ shared memory, and the worker decodes it only when a plugin reads it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from gateway.hooks import merge_reply
 from gateway.tyk_object import PendingText, RequestState, apply_request, request_object
 from ipc.protocol import MsgType, decode, encode
 from ipc.shm import GRANULE, Arena, ArenaView
-from worker.dispatch import Dispatcher
+from worker.dispatch import Call, Dispatcher
 from worker.loader import ApiPlugins, HookEntry, HookTable
 from worker.objects import LazyText, MiniRequestObject, changed_fields
 
@@ -74,8 +72,7 @@ class Side:
         self.bodies = Bodies(arena, threshold, self.stats)
         table = HookTable({"api": ApiPlugins("api", hooks={
             name: HookEntry(name, f, 3, False, False, "t.py") for name, f in HOOKS.items()})})
-        self.pool = ThreadPoolExecutor(1)
-        self.dispatcher = Dispatcher(table, self.pool, 2000)
+        self.dispatcher = Dispatcher(table, 2000)
         self.dispatcher.attach_arena(self.bodies.welcome())
         self.sent: dict[str, Any] = {}
 
@@ -91,7 +88,9 @@ class Side:
         slots = self.bodies.send_side(payload)
         call = decode(encode(MsgType.CALL, 1, payload)).payload
         self.sent = call
-        mtype, answer = await self.dispatcher.call(call)
+        prepared = self.dispatcher.prepare(call)  # as the call thread reading it does
+        assert isinstance(prepared, Call), prepared
+        mtype, answer = self.dispatcher.finish(self.dispatcher.run_here(prepared))
         assert mtype is MsgType.REPLY, answer
         reply = decode(encode(mtype, 1, answer)).payload
         got = reply["object"]
@@ -105,7 +104,6 @@ class Side:
 
     def close(self) -> None:
         self.dispatcher.close()
-        self.pool.shutdown(wait=True)
 
 
 def _arena(size: int) -> Iterator[Arena]:
@@ -333,12 +331,9 @@ def test_a_changed_body_reaches_its_slot_only_when_the_reply_is_built(side: Side
                "timeout_ms": 2000, "object": obj}
     slots = side.bodies.send_side(payload)
     slot = slots["request"]
-    call = decode(encode(MsgType.CALL, 1, payload)).payload
-    loop = asyncio.new_event_loop()  # only for async hooks: not used by this one
-    try:
-        ran = side.dispatcher.run_here(call, loop)
-    finally:
-        loop.close()
+    call = side.dispatcher.prepare(decode(encode(MsgType.CALL, 1, payload)).payload)
+    assert isinstance(call, Call), call
+    ran = side.dispatcher.run_here(call)
     assert side.bodies.arena.read(slot.offset, len(body)) == body  # untouched
     mtype, answer = side.dispatcher.finish(ran)
     assert mtype is MsgType.REPLY and "bodies" in answer

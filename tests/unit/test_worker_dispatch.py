@@ -1,28 +1,48 @@
-"""CALL handling: Tyk's arity convention, async hooks, deadlines, errors, REPLY deltas.
+"""CALL handling on the worker's one path: call threads, dispatcher, loop calls.
 
-The dispatcher is driven directly (no sockets) with CALL payloads as
-`ipc.protocol.decode` would deliver them, against real plugin files loaded by
-the real loader; every answer is checked against the wire schema.
+The worker's real objects (`Channel`, `CallThreads`, `Dispatcher`,
+`LoopCalls`, `Answers`, `HostCalls`) run in this process against real plugin
+files loaded by the real loader; the test plays the gateway on a real ZeroMQ
+ROUTER socket, sending CALLs as the gateway does and checking every answer
+against the wire schema.  Covered: Tyk's arity convention, REPLY deltas,
+async hooks on the loop, deadlines, errors, concurrency through hand-offs,
+one hook lookup per call, events, and host-call replies handled on the
+reading thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import shutil
+import tempfile
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from config import load_api_definitions, load_gateway_config
-from ipc.protocol import PAYLOADS, ErrorCode, MsgType
+from ipc.protocol import PAYLOADS, ErrorCode, Message, MsgType, decode, encode
 from ipc.schema import check
+from worker.answers import Answers, CallLedger
+from worker.callthreads import CallThreads
+from worker.channel import Channel
 from worker.dispatch import Dispatcher
-from worker.loader import load_plugins
+from worker.hostcalls import HostCalls
+from worker.loader import HookTable, load_plugins
+from worker.loopcalls import LoopCalls
 from worker.tyk_api import install_plugin_api
+
+#: Bound on every wait for an answer.
+STEP_S = 10.0
+#: The call threads' hand-off delay here: short, so blocked hooks hand off fast.
+HANDOFF_S = 0.02
 
 PLUGIN = """
     import asyncio
@@ -94,6 +114,12 @@ PLUGIN = """
     async def AsyncHook(request, session, spec):
         await asyncio.sleep(0)
         request.add_header("X-Async", "1")
+        request.add_header("X-Thread", threading.current_thread().name)
+        return request, session
+
+    @Hook
+    def WhichThread(request, session, spec):
+        request.add_header("X-Thread", threading.current_thread().name)
         return request, session
 
     @Hook
@@ -127,26 +153,164 @@ PLUGIN = """
     def TooMany(request, session, metadata, spec, extra, more):
         return None
 
+    @Hook
+    def HostCall(request, session, spec):
+        tyk.store_data("k", "v", 0)
+        request.add_header("X-Got", tyk.get_data("k").decode())
+        return request, session
+
     @Event
     def OnThing(event, spec):
-        EVENTS.append((event.name, spec["APIID"]))
+        EVENTS.append((event.name, spec["APIID"], threading.current_thread().name))
+
+    @Event
+    async def OnThingAsync(event, spec):
+        EVENTS.append((event.name, spec["APIID"], threading.current_thread().name))
 """
 
 BROKEN = "raise RuntimeError('cannot import')\n"
 
 
+class Gateway:
+    """The test's end of the hooks socket: a ROUTER that sends CALLs and EVENTs."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.peer = b""
+        self.ids = itertools.count(1)
+        self.store: dict[str, bytes] = {}
+        self.host_calls = 0
+
+    def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
+        self.sock.send_multipart([self.peer, *encode(mtype, call_id, payload)])
+
+    async def receive(self) -> Message:
+        """The next message from the worker; HOST_CALLs are served on the way."""
+        deadline = time.monotonic() + STEP_S
+        while time.monotonic() < deadline:
+            if self.sock.poll(0):
+                peer, *frames = self.sock.recv_multipart()
+                self.peer = peer
+                message = decode(frames)
+                if message.type is MsgType.HOST_CALL and message.call_id:
+                    self._serve_host_call(message)
+                    continue
+                return message
+            await asyncio.sleep(0.002)
+        raise AssertionError("no message from the worker in time")
+
+    def _serve_host_call(self, message: Message) -> None:
+        self.host_calls += 1
+        payload = message.payload
+        if payload["op"] == "store_data":
+            self.store[payload["key"]] = payload["value"]
+            self.send(MsgType.HOST_REPLY, message.call_id, {})
+        else:
+            value = self.store.get(payload["key"])
+            self.send(MsgType.HOST_REPLY, message.call_id,
+                      {"value": value or b"", "found": value is not None})
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+class Harness:
+    """The worker's call path, in this process, connected to `gateway`."""
+
+    def __init__(self, table: HookTable, endpoint: str, hostcalls: HostCalls) -> None:
+        self.table = table
+        self.gateway = Gateway(endpoint)
+        self.channel = Channel(endpoint)
+        self.dispatcher = Dispatcher(table, default_timeout_ms=2000)
+        self.ledger = CallLedger()
+        answers = Answers(self.channel, self.ledger)
+        self.loop_calls = LoopCalls(self.dispatcher, answers)
+        self.hostcalls = hostcalls
+        self.calls = CallThreads(self.channel, self.dispatcher, answers, self.loop_calls,
+                                 hostcalls, max_threads=4, handoff_s=HANDOFF_S)
+        hostcalls.before_blocking = self.calls.before_blocking
+        self.delivered: list[Message] = []  # what the call threads gave the loop
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.hostcalls.bind(loop, self.channel.send)
+        # The ROUTER learns the worker's routing id from its first message.
+        deadline = time.monotonic() + STEP_S
+        while not self.channel.send(MsgType.HEARTBEAT, 0, {"generation": 1}):
+            assert time.monotonic() < deadline, "the DEALER never connected"
+            await asyncio.sleep(0.005)
+        assert (await self.gateway.receive()).type is MsgType.HEARTBEAT
+        self.calls.start(loop, self.delivered.append)
+
+    def send_call(self, name: str, obj: dict[str, Any] | None = None, *, api_id: str = "api",
+                  hook_type: str = "pre", timeout_ms: int = 2000) -> int:
+        call_id = next(self.gateway.ids)
+        self.gateway.send(MsgType.CALL, call_id, payload(name, obj, api_id=api_id,
+                                                          hook_type=hook_type,
+                                                          timeout_ms=timeout_ms))
+        return call_id
+
+    async def answers(self, count: int) -> dict[int, Message]:
+        got: dict[int, Message] = {}
+        while len(got) < count:
+            message = await self.gateway.receive()
+            assert message.type in (MsgType.REPLY, MsgType.ERROR), message
+            check(message.payload, PAYLOADS[message.type])
+            got[message.call_id] = message
+        return got
+
+    async def call(self, name: str, obj: dict[str, Any] | None = None,
+                   **kwargs: Any) -> Message:
+        call_id = self.send_call(name, obj, **kwargs)
+        return (await self.answers(1))[call_id]
+
+    async def reply_of(self, name: str, obj: dict[str, Any] | None = None,
+                       **kwargs: Any) -> dict[str, Any]:
+        answer = await self.call(name, obj, **kwargs)
+        assert answer.type is MsgType.REPLY, answer
+        reply: dict[str, Any] = answer.payload["object"]
+        return reply
+
+    async def error_of(self, name: str, obj: dict[str, Any] | None = None,
+                       **kwargs: Any) -> dict[str, Any]:
+        answer = await self.call(name, obj, **kwargs)
+        assert answer.type is MsgType.ERROR, answer
+        return answer.payload
+
+    async def settled(self) -> None:
+        """Until no call counts as in flight (the count drops right after the send)."""
+        for _ in range(int(STEP_S / 0.005)):
+            if self.calls.inflight == 0 and self.loop_calls.inflight == 0:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{self.calls.inflight} + {self.loop_calls.inflight} call(s) "
+                             "still in flight")
+
+    async def close(self) -> None:
+        await self.loop_calls.cancel()
+        await asyncio.to_thread(self.calls.stop)
+        self.channel.close()
+        self.gateway.close()
+        self.dispatcher.close()
+
+
 @pytest.fixture
-def plugin_dir(tmp_path: Path) -> Iterator[Path]:
-    undo = install_plugin_api(None)
+def hostcalls() -> Iterator[HostCalls]:
+    calls = HostCalls(timeout_s=5)
+    undo = install_plugin_api(calls)
     try:
-        yield tmp_path
+        yield calls
     finally:
         undo()
 
 
 @pytest.fixture
-async def dispatcher(plugin_dir: Path) -> AsyncIterator[Dispatcher]:
-    tmp = plugin_dir
+def table(tmp_path: Path, hostcalls: HostCalls) -> Iterator[HookTable]:
+    tmp = tmp_path
     (tmp / "apps").mkdir()
     (tmp / "middleware" / "p").mkdir(parents=True)
     (tmp / "middleware" / "p" / "mw.py").write_text(textwrap.dedent(PLUGIN))
@@ -160,13 +324,28 @@ async def dispatcher(plugin_dir: Path) -> AsyncIterator[Dispatcher]:
     (tmp / "coproc.json").write_text(json.dumps({"coproc": {"run_dir": "run"}}))
     cfg = load_gateway_config(tmp / "coproc.json")
     table = load_plugins(cfg, load_api_definitions(cfg))
-    pool = ThreadPoolExecutor(4, thread_name_prefix="test-hook")
     try:
-        yield Dispatcher(table, pool, default_timeout_ms=2000)
+        yield table
     finally:
-        module = table.find("api", "SyncSlow").func.f.__globals__
-        module["RELEASE"].set()  # never leave a pool thread blocked
-        pool.shutdown(wait=True)
+        plugin_globals(table)["RELEASE"].set()  # never leave a call thread blocked
+
+
+@pytest.fixture
+async def worker(table: HookTable, hostcalls: HostCalls) -> AsyncIterator[Harness]:
+    base = Path(tempfile.mkdtemp(prefix="cpd-"))  # short: ipc:// paths must fit sun_path
+    harness = Harness(table, f"ipc://{base}/h.sock", hostcalls)
+    try:
+        await harness.start()
+        yield harness
+    finally:
+        plugin_globals(table)["RELEASE"].set()
+        await harness.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def plugin_globals(table: HookTable) -> dict[str, Any]:
+    module: dict[str, Any] = table.find("api", "SyncSlow").func.f.__globals__
+    return module
 
 
 def payload(name: str, obj: dict[str, Any] | None = None, *, api_id: str = "api",
@@ -179,61 +358,46 @@ def payload(name: str, obj: dict[str, Any] | None = None, *, api_id: str = "api"
     return message
 
 
-async def reply_of(dispatcher: Dispatcher, message: dict[str, Any]) -> dict[str, Any]:
-    mtype, answer = await dispatcher.call(message)
-    check(answer, PAYLOADS[mtype])
-    assert mtype is MsgType.REPLY, answer
-    reply: dict[str, Any] = answer["object"]
-    return reply
-
-
-async def error_of(dispatcher: Dispatcher, message: dict[str, Any]) -> dict[str, Any]:
-    mtype, answer = await dispatcher.call(message)
-    check(answer, PAYLOADS[mtype])
-    assert mtype is MsgType.ERROR, answer
-    return answer
-
-
-async def test_three_args_request_helpers_and_minimal_reply(dispatcher: Dispatcher) -> None:
+async def test_three_args_request_helpers_and_minimal_reply(worker: Harness) -> None:
     body = b"B" * 50_000
-    reply = await reply_of(dispatcher, payload("Three", {"request": {
+    reply = await worker.reply_of("Three", {"request": {
         "headers": {"User-Agent": "curl", "Cookie": "c"}, "raw_body": body,
-        "params": {"q": "x"}, "return_overrides": {"response_code": -1}}}))
+        "params": {"q": "x"}, "return_overrides": {"response_code": -1}}})
     assert reply == {"request": {
         "set_headers": {"X-Api": "api", "X-Ua": "curl", "X-Missing": "None"},
         "delete_headers": ["Cookie"], "add_params": {"p": "1"}, "delete_params": ["q"]}}
 
 
-async def test_four_args_auth_merges_metadata(dispatcher: Dispatcher) -> None:
-    reply = await reply_of(dispatcher, payload("Auth", {
+async def test_four_args_auth_merges_metadata(worker: Harness) -> None:
+    reply = await worker.reply_of("Auth", {
         "request": {"headers": {"Authorization": "Bearer good"}},
-        "session": {"metadata": {"seen": "1"}}}, hook_type="auth_check"))
+        "session": {"metadata": {"seen": "1"}}}, hook_type="auth_check")
     assert reply["session"] == {"rate": 100.0, "per": 1.0,
                                 "metadata": {"seen": "1", "token": "good"}}
     assert reply["metadata"] == {"seen": "1", "token": "good"}
     assert "request" not in reply
-    denied = await reply_of(dispatcher, payload("Auth", {
+    denied = await worker.reply_of("Auth", {
         "request": {"headers": {"Authorization": "Bearer bad"},
-                    "return_overrides": {"response_code": -1}}}, hook_type="auth_check"))
+                    "return_overrides": {"response_code": -1}}}, hook_type="auth_check")
     assert denied == {"request": {"return_overrides": {
         "response_code": 403, "response_error": "Key not authorised"}}}
-    returned = await reply_of(dispatcher, payload("AuthNewDict", hook_type="auth_check"))
+    returned = await worker.reply_of("AuthNewDict", hook_type="auth_check")
     assert returned["session"]["metadata"] == {"token": "from-dict"}
     assert returned["metadata"] == {"token": "from-dict"}
 
 
-async def test_five_args_response_hook(dispatcher: Dispatcher) -> None:
-    reply = await reply_of(dispatcher, payload("Response", {
+async def test_five_args_response_hook(worker: Harness) -> None:
+    reply = await worker.reply_of("Response", {
         "request": {"headers": {"A": "1"}, "raw_body": b"req"},
         "response": {"status_code": 200, "raw_body": b"hello", "headers": {"C": "d"}}},
-        hook_type="response"))
+        hook_type="response")
     assert reply == {"response": {"headers": {"C": "d", "X-Stamped": "yes"},
                                   "raw_body": b"HELLO", "status_code": 201}}
 
 
-async def test_five_args_in_pre_phase_gets_empty_response(dispatcher: Dispatcher) -> None:
-    reply = await reply_of(dispatcher, payload("FiveAsPre", {
-        "request": {"return_overrides": {"response_code": -1}}}))
+async def test_five_args_in_pre_phase_gets_empty_response(worker: Harness) -> None:
+    reply = await worker.reply_of("FiveAsPre", {
+        "request": {"return_overrides": {"response_code": -1}}})
     assert reply == {"request": {"return_overrides": {
         "response_code": 200, "response_body": "mocked"}}}
 
@@ -241,38 +405,60 @@ async def test_five_args_in_pre_phase_gets_empty_response(dispatcher: Dispatcher
 @pytest.mark.parametrize(("name", "header"), [("ReturnsNone", "X-None"),
                                                ("ReturnsJunk", "X-Junk")])
 async def test_in_place_changes_count_whatever_is_returned(
-        dispatcher: Dispatcher, name: str, header: str) -> None:
-    reply = await reply_of(dispatcher, payload(name))
+        worker: Harness, name: str, header: str) -> None:
+    reply = await worker.reply_of(name)
     assert reply == {"request": {"set_headers": {header: "kept"}}}
 
 
-async def test_returned_objects_replace_the_arguments(dispatcher: Dispatcher) -> None:
-    reply = await reply_of(dispatcher, payload("NewSession", {
-        "session": {"org_id": "old", "rate": 5.0}}))
+async def test_returned_objects_replace_the_arguments(worker: Harness) -> None:
+    reply = await worker.reply_of("NewSession", {"session": {"org_id": "old", "rate": 5.0}})
     # the new session replaces the old one: rate back to its default, org and metadata new
     assert reply == {"session": {"org_id": "new-org", "rate": 0.0, "metadata": {"k": "v"}}}
 
 
-async def test_async_hook_runs_on_the_loop(dispatcher: Dispatcher) -> None:
-    reply = await reply_of(dispatcher, payload("AsyncHook"))
-    assert reply == {"request": {"set_headers": {"X-Async": "1"}}}
+async def test_plain_hooks_on_call_threads_async_hooks_on_the_loop(worker: Harness) -> None:
+    plain = await worker.reply_of("WhichThread")
+    assert plain["request"]["set_headers"]["X-Thread"].startswith("coproc-call-")
+    on_loop = await worker.reply_of("AsyncHook")
+    assert on_loop == {"request": {"set_headers": {
+        "X-Async": "1", "X-Thread": threading.current_thread().name}}}
+    assert not worker.delivered  # CALLs never go to the loop as messages
 
 
 @pytest.mark.parametrize("name", ["AsyncSlow", "SyncSlow"])
-async def test_deadline_answers_instead_of_waiting(dispatcher: Dispatcher, name: str) -> None:
-    started = asyncio.get_running_loop().time()
-    answer = await error_of(dispatcher, payload(name, timeout_ms=100))
-    assert asyncio.get_running_loop().time() - started < 2
+async def test_deadline_answers_instead_of_waiting(worker: Harness, name: str) -> None:
+    started = time.monotonic()
+    answer = await worker.error_of(name, timeout_ms=100)
+    assert time.monotonic() - started < 2
     assert answer["code"] == ErrorCode.DEADLINE
     assert "did not finish within 100 ms" in answer["message"]
+    assert worker.calls.deadlines == (name == "SyncSlow")  # the watchdog's, for plain hooks
+    await worker.settled()
 
 
-async def test_sync_hooks_run_concurrently(dispatcher: Dispatcher) -> None:
-    # Each call blocks until the other one runs: a serialising worker would time out.
-    first, second = await asyncio.gather(
-        dispatcher.call(payload("Rendezvous", timeout_ms=5000)),
-        dispatcher.call(payload("Rendezvous", timeout_ms=5000)))
-    assert first[0] is MsgType.REPLY and second[0] is MsgType.REPLY
+async def test_sync_hooks_run_concurrently(worker: Harness) -> None:
+    # Each call blocks until the other one runs: the leader reading both would wait
+    # for ever; the hand-off lets a second call thread read and run the other one.
+    first = worker.send_call("Rendezvous", timeout_ms=5000)
+    second = worker.send_call("Rendezvous", timeout_ms=5000)
+    answers = await worker.answers(2)
+    assert answers[first].type is MsgType.REPLY and answers[second].type is MsgType.REPLY
+    assert worker.calls.handoffs >= 1 and worker.calls.threads >= 2
+
+
+async def test_each_call_looks_its_hook_up_once(worker: Harness,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[str] = []
+    find = worker.table.find
+
+    def counting(api_id: str, name: str) -> Any:
+        lookups.append(name)
+        return find(api_id, name)
+
+    monkeypatch.setattr(worker.table, "find", counting)
+    await worker.reply_of("ReturnsNone")
+    await worker.reply_of("AsyncHook")
+    assert lookups == ["ReturnsNone", "AsyncHook"]
 
 
 @pytest.mark.parametrize(("name", "code", "message"), [
@@ -282,23 +468,49 @@ async def test_sync_hooks_run_concurrently(dispatcher: Dispatcher) -> None:
     ("TooMany", ErrorCode.HOOK_FAILED, "TypeError: hook TooMany takes 6"),
     ("NoSuchHook", ErrorCode.NO_SUCH_HOOK, "API 'api' has no hook 'NoSuchHook'"),
 ])
-async def test_failures_become_errors(dispatcher: Dispatcher, name: str, code: ErrorCode,
+async def test_failures_become_errors(worker: Harness, name: str, code: ErrorCode,
                                       message: str) -> None:
-    answer = await error_of(dispatcher, payload(name))
+    answer = await worker.error_of(name)
     assert answer["code"] == code
     assert answer["message"].startswith(message), answer["message"]
+    await worker.settled()
 
 
-async def test_failed_plugin_answers_load_failed(dispatcher: Dispatcher) -> None:
-    answer = await error_of(dispatcher, payload("X", api_id="broken"))
+async def test_failed_plugin_answers_load_failed(worker: Harness) -> None:
+    answer = await worker.error_of("X", api_id="broken")
     assert answer["code"] == ErrorCode.LOAD_FAILED
     assert answer["message"].startswith("RuntimeError: cannot import")
     # and the other API still works
-    assert await reply_of(dispatcher, payload("AsyncHook"))
+    assert await worker.reply_of("AsyncHook")
 
 
-async def test_event_handlers_are_called_by_name(dispatcher: Dispatcher) -> None:
-    await dispatcher.event("api", "OnThing", {"name": "QuotaExceeded"}, {"APIID": "api"})
-    events = dispatcher.table.find_event("api", "OnThing").f.__globals__["EVENTS"]
-    assert events == [("QuotaExceeded", "api")]
-    await dispatcher.event("api", "NoSuchHandler", {}, {})  # logged, not raised
+async def test_host_call_replies_are_handled_on_the_reading_thread(worker: Harness) -> None:
+    reply = await worker.reply_of("HostCall")
+    assert reply == {"request": {"set_headers": {"X-Got": "v"}}}
+    assert worker.gateway.host_calls == 2
+    assert not worker.delivered  # no HOST_REPLY went through the event loop
+    assert worker.hostcalls.pending == 0
+
+
+async def test_event_handlers_run_on_call_threads_or_the_loop(worker: Harness) -> None:
+    events: list[tuple[str, str, str]] = plugin_globals(worker.table)["EVENTS"]
+    for handler in ("OnThing", "NoSuchHandler", "OnThingAsync"):  # a missing one is logged
+        worker.gateway.send(MsgType.EVENT, 0, {"api_id": "api", "handler": handler,
+                                               "event": {"name": handler},
+                                               "spec": {"APIID": "api"}})
+    for _ in range(int(STEP_S / 0.005)):  # bounded: both handlers ran, or fail below
+        if len(events) >= 2:
+            break
+        await asyncio.sleep(0.005)
+    by_name = {name: thread for name, _, thread in events}
+    assert by_name["OnThing"].startswith("coproc-call-")
+    assert by_name["OnThingAsync"] == threading.current_thread().name
+    assert {api for _, api, _ in events} == {"api"}
+
+
+async def test_calls_after_a_drain_are_refused(worker: Harness) -> None:
+    worker.gateway.send(MsgType.DRAIN, 0, {"grace_ms": 1000})
+    answer = await worker.error_of("ReturnsNone")
+    assert answer["code"] == ErrorCode.DRAINING
+    await asyncio.sleep(0)  # the DRAIN was handed to this loop before the CALL was read
+    assert [m.type for m in worker.delivered] == [MsgType.DRAIN]

@@ -129,10 +129,8 @@ class WorkerProcess:
         (self.base / "coproc.json").write_text(json.dumps({"coproc": {
             "run_dir": str(self.base), "log_level": "debug",
             "ipc": {"endpoint": endpoint},
-            # This test plays the gateway message by message: no lanes saying HELLO
-            # in between (test_lanes.py covers them).
-            "worker": {"heartbeat_interval_ms": 50, "threads": 4, "drain_grace_ms": 5000,
-                       "lanes": False}}}))
+            "worker": {"heartbeat_interval_ms": 50, "threads": 4,
+                       "drain_grace_ms": 5000}}}))
         parent, child = make_control_pair()
         gateway = Gateway(endpoint, parent)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),

@@ -8,7 +8,7 @@ abstract Unix sockets are too.  Connecting to a pathname Unix socket (the
 hooks socket) is not a filesystem access Landlock governs, so it keeps working.
 
 Landlock binds the calling thread and what it starts later: it must be applied
-before any thread exists (the launcher runs before ZeroMQ and the thread pool).
+before any thread exists (the launcher runs before ZeroMQ and the call threads).
 """
 
 from __future__ import annotations
