@@ -108,5 +108,6 @@ def resolve_bundle(middleware_path: Path, api_id: str, value: str, name: str,
     for source, directory in tried:
         if (directory / "manifest.json").is_file():
             return BundleRef(name, directory, "", source)
-    return BundleRef(name, None, "not found (looked in "
-                     + ", ".join(str(d) for _s, d in tried) + ")")
+    bundles = middleware_path / "bundles"
+    return BundleRef(name, None, "not found: no manifest.json in "
+                     + ", ".join(f"bundles/{d.relative_to(bundles)}" for _s, d in tried))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import textwrap
 from typing import Any
 
 from integration.harness import api_def, echo_header
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
 
 TYK_IMPORTS = "from tyk.decorators import *\nfrom gateway import TykGateway as tyk\n"
 
@@ -38,7 +43,8 @@ def test_bundle_hooks_run_and_bundles_do_not_collide(coproc_factory: Any,
     plugins = {}
     for api_id, value in (("one", "first"), ("two", "second")):
         for name, text in _bundle(value).items():
-            plugins[f"bundles/{api_id}_{api_id}.zip/{name}"] = text
+            # Tyk 5's layout: bundles/<hex md5 of the bundle name>
+            plugins[f"bundles/{md5(api_id + '.zip')}/{name}"] = text
     apis = {api_id: api_def(api_id, f"/{api_id}/", echo_upstream.url,
                             custom_middleware_bundle=f"{api_id}.zip", custom_middleware={})
             for api_id in ("one", "two", "missing")}
