@@ -9,6 +9,7 @@ from typing import Any
 
 from integration.harness import api_def, echo_header
 
+
 def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
