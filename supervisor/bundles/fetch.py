@@ -6,6 +6,9 @@ or file).  Each attempt has a timeout (5 s, as Tyk); any answer other than 200
 exponential backoff (x2, at most `retry_max_ms` between two).  Credentials may
 sit in the URL (`https://user:secret@host/`, sent as HTTP Basic auth) and/or in
 configured headers; neither ever appears in a message: `mask_url` hides them.
+
+aiohttp is imported on the first download only: a supervisor without the
+bundle downloader stays as small as it was (tests/unit/test_imports.py).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import posixpath
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import aiohttp
-
 from config.gateway import BundleOptions
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["FetchError", "Fetched", "Fetcher", "Validators", "bundle_url", "mask_url"]
 
@@ -107,6 +112,7 @@ class Fetcher:
     async def _once(self, url: str, cached: Validators | None) -> Fetched:
         if url.startswith("file://"):
             return self._read_file(url)
+        import aiohttp  # lazily: see the module docstring
         headers = dict(self._options.headers)
         if cached is not None and cached.etag:
             headers["If-None-Match"] = cached.etag
@@ -150,6 +156,7 @@ class Fetcher:
             raise _Attempt(f"cannot read the file ({exc.strerror})") from None
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp  # lazily: see the module docstring
         if self._session is None:
             ssl_context: ssl.SSLContext | bool = True
             if self._options.insecure_skip_verify:
