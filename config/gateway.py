@@ -275,6 +275,20 @@ def _supervisor(r: Reader) -> SupervisorOptions:
 _BUNDLE_SCHEMES = ("http://", "https://", "file://")
 
 
+def _check_public_key(r: Reader, path: Path) -> None:
+    """A readable PEM public key file (its RSA content is checked when bundles load)."""
+    try:
+        text = path.read_text("ascii", errors="replace")
+    except OSError as exc:
+        raise r.error("public_key_path", f"cannot read {path} ({exc.strerror})",
+                      "point public_key_path at the PEM public key that verifies bundles"
+                      ) from None
+    if "-----BEGIN PUBLIC KEY-----" not in text and "-----BEGIN RSA PUBLIC KEY-----" not in text:
+        raise r.error("public_key_path", f"{path} is not a PEM PUBLIC KEY or RSA PUBLIC KEY",
+                      "export the public half of the signing key, e.g. openssl rsa -in "
+                      "private.pem -pubout -out public.pem")
+
+
 def _bundles(r: Reader, c: Reader, base: Path) -> BundleOptions:
     d = BundleOptions()
     url = r.get("bundle_base_url", str, "")
@@ -283,9 +297,8 @@ def _bundles(r: Reader, c: Reader, base: Path) -> BundleOptions:
                       "set the bundle server's base URL, e.g. https://bundles.example.com/")
     key = r.get("public_key_path", str, "")
     key_path = _resolve(base, key) if key else None
-    if key_path is not None and not key_path.is_file():
-        raise r.error("public_key_path", f"no such file: {key_path}",
-                      "point public_key_path at the PEM public key that verifies bundles")
+    if key_path is not None:
+        _check_public_key(r, key_path)
     headers = c.get("headers", dict, {})
     for name, value in headers.items():
         if not isinstance(value, str):
