@@ -16,6 +16,7 @@ import io
 import json
 import stat
 import textwrap
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,3 +180,32 @@ class BundleServer:
             return web.Response(status=304, headers={"ETag": served.etag})
         return web.Response(body=served.data, headers={"ETag": served.etag},
                             content_type="application/zip")
+
+
+class ServerThread:
+    """A `BundleServer` on its own event loop thread, for tests that run `coproc serve`."""
+
+    def __init__(self) -> None:
+        self.server = BundleServer()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def publish(self, name: str, data: bytes, **options: Any) -> None:
+        async def publish() -> None:
+            self.server.publish(name, data, **options)
+        asyncio.run_coroutine_threadsafe(publish(), self._loop).result(10)

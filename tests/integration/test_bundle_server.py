@@ -336,3 +336,24 @@ async def test_interrupted_extraction_is_never_trusted(tmp_path: Path,
     await store.close()
     assert not partial.exists() and outcome(report, "a").state == "ready"
     shutil.rmtree(cfg.middleware_path / "bundles")
+
+
+def test_bundle_disabled_and_stale_hook_paths(tmp_path: Path) -> None:
+    """With a bundle, the definition's hook paths are never looked at (Tyk ignores
+    them); with custom_middleware_bundle_disabled the definition's own hooks apply."""
+    cfg = config(tmp_path, None)
+    stale = {"driver": "python", "pre": [{"name": "Old", "path": "/opt/tyk/mw/nowhere.py"}]}
+    (tmp_path / "apps" / "a.json").write_text(json.dumps({
+        "api_id": "a", "custom_middleware_bundle": "x.zip", "custom_middleware": stale,
+        "proxy": {"listen_path": "/a/", "target_url": "http://127.0.0.1:9/"}}))
+    [api] = load_api_definitions(cfg)
+    assert "x.zip" in api.bundle_error and api.bundle_dir is None
+    (tmp_path / "middleware" / "own.py").write_text(plugin_source("own", "Own"))
+    (tmp_path / "apps" / "a.json").write_text(json.dumps({
+        "api_id": "a", "custom_middleware_bundle": "x.zip",
+        "custom_middleware_bundle_disabled": True,
+        "custom_middleware": {"driver": "python", "pre": [{"name": "Own", "path": "own.py"}]},
+        "proxy": {"listen_path": "/a/", "target_url": "http://127.0.0.1:9/"}}))
+    [api] = load_api_definitions(cfg)
+    assert api.custom_middleware_bundle == "" and api.bundle_error == ""
+    assert api.custom_middleware.pre[0].path.endswith("own.py")
