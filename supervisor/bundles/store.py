@@ -102,6 +102,16 @@ class _Result:
     refused: str = ""  # a new version failed; `directory` is the version kept
 
 
+def _outcome_of(name: str, task: asyncio.Task[_Result]) -> _Result:
+    """A finished task's result; an unexpected error (disk full, a bug) fails the bundle."""
+    try:
+        return task.result()
+    except Exception as exc:
+        log.exception("bundle %r: could not be obtained", name)
+        return _Result(reason=f"bundle {name!r}: internal error ({type(exc).__name__}: {exc})",
+                       short=f"internal error ({type(exc).__name__})")
+
+
 class BundleStore:
     """Bundles of one instance; see the module docstring."""
 
@@ -126,6 +136,7 @@ class BundleStore:
         self._results: dict[str, _Result] = {}
         self._tasks: dict[str, asyncio.Task[_Result]] = {}
         self._retries: dict[str, asyncio.Task[_Result]] = {}
+        self._claimed: set[asyncio.Task[_Result]] = set()
         self._previous: set[str] = set()  # objects the previous generation may use
         self._outcomes: list[Outcome] = []
         self._warned = False
@@ -181,23 +192,27 @@ class BundleStore:
                 retry.cancel()
             if name not in self._tasks:
                 self._tasks[name] = asyncio.ensure_future(self._obtain(name, state.get(name)))
-        running = [self._tasks[name] for name in wanted]
-        if running:
-            await asyncio.wait(running, timeout=wait_s)
+        running = {name: self._tasks[name] for name in wanted}
+        self._claimed.update(running.values())  # this pass settles them, not the callback
+        try:
+            if running:
+                await asyncio.wait(running.values(), timeout=wait_s)
+        finally:
+            self._claimed.difference_update(running.values())
         report = BundleReport()
-        for name in wanted:
-            task = self._tasks[name]
-            if task.done():
-                del self._tasks[name]
-                result = task.result()
-                if result.refused:
-                    report.refused.append(result.refused)
-                self._results[name] = result
-                self._remember(name, result)
-                if result.directory is None:
-                    self._retry_later(name)
-            else:
+        for name, task in running.items():
+            if not task.done():
                 task.add_done_callback(functools.partial(self._finished_late, name))
+                continue
+            if self._tasks.get(name) is task:
+                del self._tasks[name]
+            result = _outcome_of(name, task)
+            if result.refused:
+                report.refused.append(result.refused)
+            self._results[name] = result
+            self._remember(name, result)
+            if result.directory is None:
+                self._retry_later(name)
         report.outcomes = self._outcome_list(pending=set(self._tasks))
         if reload and report.refused:
             self._outcomes = report.outcomes
@@ -212,12 +227,12 @@ class BundleStore:
 
     def _finished_late(self, name: str, task: asyncio.Task[_Result]) -> None:
         """A download that outlived the wait (unless a later pass already took it)."""
-        if self._tasks.get(name) is not task:
+        if self._tasks.get(name) is not task or task in self._claimed:
             return
         del self._tasks[name]
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled():
             return
-        self._settle(name, task.result())
+        self._settle(name, _outcome_of(name, task))
 
     def _settle(self, name: str, result: _Result) -> None:
         """Publish a background result; ask for a reload when it made a bundle usable."""
@@ -393,9 +408,9 @@ class BundleStore:
         if self._retries.get(name) is not task:
             return
         del self._retries[name]
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled():
             return
-        self._settle(name, task.result())
+        self._settle(name, _outcome_of(name, task))
 
     def _warn_once(self) -> None:
         if self._warned:

@@ -357,3 +357,21 @@ def test_bundle_disabled_and_stale_hook_paths(tmp_path: Path) -> None:
     [api] = load_api_definitions(cfg)
     assert api.custom_middleware_bundle == "" and api.bundle_error == ""
     assert api.custom_middleware.pre[0].path.endswith("own.py")
+
+
+async def test_reload_during_a_late_download_takes_it_over(tmp_path: Path,
+                                                          server: BundleServer) -> None:
+    """A refresh while a start-up download is still running waits for that download
+    (one request, not two) and settles it; no extra reload is asked for."""
+    server.publish("late.zip", bundle_zip("late"), delay_s=0.5)
+    cfg = config(tmp_path, server, start_wait_ms=50)
+    changed: list[str] = []
+    store, report = await prepared(cfg, [Api("late", "late.zip")], on_change=changed.append)
+    try:
+        assert outcome(report, "late").state == "pending"
+        report = await store.refresh([Api("late", "late.zip")], wait_s=5)
+        assert outcome(report, "late").state == "ready"
+        await asyncio.sleep(0.1)  # let any stray completion callback run
+        assert changed == [] and server.count("late.zip") == 1
+    finally:
+        await store.close()
