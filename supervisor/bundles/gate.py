@@ -1,7 +1,8 @@
 """The supervisor's side of bundles: prepare before the first children, refresh before reloads.
 
-`BundleGate.for_config` returns None when no API uses a bundle and the
-downloader is off: the supervisor then runs exactly as without this module.
+`BundleGate.for_config` returns None when no API uses a bundle, the
+downloader is off and there is no bundle cache: the supervisor then runs
+exactly as without this module.
 Otherwise the supervisor
 
 * awaits `start()` before it starts the gateway and the worker (at most
@@ -23,6 +24,7 @@ from typing import Any
 
 from config import ConfigError, load_api_definitions
 from config.apidef import APIDefinition
+from config.bundles import store_root
 from config.gateway import GatewayConfig
 from supervisor.bundles.store import BundleStore
 
@@ -43,7 +45,9 @@ class BundleGate:
                    on_ready: Callable[[str], None]) -> BundleGate | None:
         if not cfg.enable_coprocess:
             return None
-        if cfg.bundles.active or any(api.custom_middleware_bundle for api in _apis(cfg)):
+        # A cache from an earlier run counts: its refs.json must follow the definitions.
+        if cfg.bundles.active or store_root(cfg.middleware_path).is_dir() or any(
+                api.custom_middleware_bundle for api in _apis(cfg)):
             return cls(cfg, on_ready)
         return None
 

@@ -375,3 +375,19 @@ async def test_reload_during_a_late_download_takes_it_over(tmp_path: Path,
         assert changed == [] and server.count("late.zip") == 1
     finally:
         await store.close()
+
+
+async def test_file_base_url(tmp_path: Path) -> None:
+    """bundle_base_url may be a file:// directory (Tyk's third scheme)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "f.zip").write_bytes(bundle_zip("file"))
+    cfg = config(tmp_path / "gw", None)
+    settings = json.loads(cfg.path.read_text())
+    settings.update(enable_bundle_downloader=True, bundle_base_url=f"file://{served}/")
+    cfg.path.write_text(json.dumps(settings))
+    store, report = await prepared(load_gateway_config(cfg.path),
+                                   [Api("f", "f.zip"), Api("g", "gone.zip")])
+    await store.close()
+    assert outcome(report, "f").state == "ready" and outcome(report, "f").source == "download"
+    assert "cannot read the file" in outcome(report, "g").reason

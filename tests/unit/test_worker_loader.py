@@ -280,3 +280,20 @@ def test_star_import_gives_hook_and_event() -> None:
     exec("from tyk.decorators import *", namespace)  # what every Tyk plugin does
     assert {"Hook", "Event"} <= set(namespace)
     assert {"Pre", "Post", "PostKeyAuth", "CustomKeyCheck"} <= set(namespace)
+
+
+def test_a_bundle_list_loads_each_bundle_in_its_own_namespace(tmp_path: Path) -> None:
+    """`custom_middleware_bundle: "a.zip,b.zip"` in Tyk 5's list layout
+    (bundles/<md5 of the list>/<name without extension>): both modules are
+    `middleware.py`, each bundle's hooks come from its own file."""
+    root = f"bundles/{md5('a.zip,b.zip')}"
+    second = BUNDLE_MODULE.replace("{tag}", "b").replace("BundlePre", "OtherPre")
+    table = load(tmp_path, [api_def("m", custom_middleware_bundle="a.zip,b.zip")], {
+        f"{root}/a/manifest.json": manifest("BundlePre"),
+        f"{root}/a/middleware.py": BUNDLE_MODULE.replace("{tag}", "a"),
+        f"{root}/b/manifest.json": manifest("OtherPre"),
+        f"{root}/b/middleware.py": second,
+    })
+    assert table.report()["m"]["ok"], table.report()["m"]
+    assert call3(table, "m", "BundlePre").object.set_headers["X-Bundle"] == "a"
+    assert call3(table, "m", "OtherPre").object.set_headers["X-Bundle"] == "b"
