@@ -27,8 +27,13 @@ from config.bundles import REFS_FILE, store_root
 __all__ = ["BundleCache"]
 
 
+#: Readable by the worker, which may run under another uid (sandbox), writable by us only.
+DIR_MODE, FILE_MODE = 0o755, 0o644
+
+
 def _write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=2, sort_keys=True)
     os.replace(tmp, path)
@@ -43,7 +48,8 @@ class BundleCache:
 
     def ensure(self) -> None:
         for directory in (self.root, self.objects, self.tmp):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(DIR_MODE)
         # Leftovers of an interrupted extraction: never trusted, never reused.
         for leftover in self.tmp.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -62,8 +68,12 @@ class BundleCache:
         final = self.object_dir(digest)
         if final.exists():  # the same bytes were verified before: keep that copy
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+            return final
+        for directory, _subdirs, files in os.walk(tmp):
+            os.chmod(directory, DIR_MODE)  # mkdtemp made the top 0700
+            for name in files:
+                os.chmod(os.path.join(directory, name), FILE_MODE)
+        os.rename(tmp, final)
         return final
 
     def read_state(self) -> dict[str, Any]:

@@ -102,6 +102,12 @@ async def test_signed_bundle_verifies_and_loads(tmp_path: Path, server: BundleSe
         [api] = load_api_definitions(cfg)
         assert api.bundle_error == "" and api.bundle_dir == got.directory
         assert [h.name for h in api.custom_middleware.pre] == ["BundlePre"]
+        # The sandboxed worker may run under another uid: it must be able to read.
+        store_dir = cfg.middleware_path / "bundles" / ".coproc"
+        for path, mode in ((store_dir, 0o755), (got.directory, 0o755),
+                           (got.directory / "middleware.py", 0o644),
+                           (store_dir / "refs.json", 0o644)):
+            assert path.stat().st_mode & 0o777 == mode, path
     finally:
         await store.close()
 
