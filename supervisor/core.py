@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,9 +21,10 @@ from typing import Any, Final
 from config.gateway import GatewayConfig
 from ipc.notify import Notifier
 from ipc.tokens import new_instance_key
+from supervisor.bundles.gate import BundleGate
 from supervisor.child import ChildProcess, ChildState, Role
 from supervisor.contract import ChildCommands
-from supervisor.events import Event
+from supervisor.events import Event, SignalEvent
 from supervisor.exits import ExitHistory
 from supervisor.handover import Handover
 from supervisor.policy import RestartPolicy, Verdict
@@ -68,6 +70,9 @@ class SupervisorCore:
         self._gateway_stats: dict[str, int] = {}
         self._exits = ExitHistory(EXIT_HISTORY)
         self._restarts = 0  # worker exits that were not asked for
+        # Bundles: one fetcher per instance; a bundle that arrives late asks for a reload.
+        self._bundles = BundleGate.for_config(
+            cfg, lambda _name: self._events.put_nowait(SignalEvent(signal.SIGHUP)))
 
     # -- provided by the other parts ------------------------------------------------
 

@@ -47,6 +47,19 @@ class HotRestart(SupervisorCore):
             if waiter is not None:
                 answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
             return
+        if self._bundles is not None:  # new bundle versions are verified first
+            self._bundles.refresh_then(
+                lambda: self._begin_reload(self._clock(), reason, waiter),
+                lambda error: self._finish_reload(
+                    Reload(reason, self._clock(), waiters=[waiter] if waiter else []), error))
+            return
+        self._begin_reload(now, reason, waiter)
+
+    def _begin_reload(self, now: float, reason: str, waiter: Waiter | None) -> None:
+        if self._phase is not Phase.RUNNING or self._worker is None:
+            if waiter is not None:
+                answer(waiter, {"ok": False, "error": "cannot reload: stopping"})
+            return
         if self._handover.reload is not None:
             self._handover.follow(waiter)
             log.info("reload requested (%s) while one runs: it follows", reason)

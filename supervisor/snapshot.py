@@ -41,4 +41,5 @@ class StatusSnapshot(SupervisorCore):
             "reload": {"running": handover.reload.outcome() if handover.reload else None,
                        "last": handover.last},
             "last_exits": self._exits.as_list(),
+            "bundles": self._bundles.status() if self._bundles is not None else [],
         }

@@ -82,6 +82,8 @@ class Supervisor(EventDispatch, SlotLifecycle, HotRestart, StopSequence, StatusS
                                     self._cfg.worker.boot_timeout_ms / 1000 + 15)
             await control.start()
         try:
+            if self._bundles is not None:
+                await self._bundles.start()  # before the first gateway and worker
             while True:
                 self._reconcile(self._clock())
                 if self._phase is Phase.STOPPED:
@@ -92,6 +94,8 @@ class Supervisor(EventDispatch, SlotLifecycle, HotRestart, StopSequence, StatusS
             self._abandon_children()
             if control is not None:
                 await control.close()
+            if self._bundles is not None:
+                await self._bundles.close()
         return self._stop.exit_code if self._stop else 0
 
     def _reconcile(self, now: float) -> None:
