@@ -4,6 +4,13 @@ One JSON file per API under the gateway's `app_path`.  Hook `path`s resolve
 against `middleware_path` first, then against the definition's own directory.
 Coproc's own per-API options live under an optional `coproc` object; per-hook
 options (`timeout_ms`, `failure_policy`) may also sit in each hook entry.
+
+With `custom_middleware_bundle` (one name or a comma-separated list, unless
+`custom_middleware_bundle_disabled`), the bundles' manifests define the hooks
+and the definition's own `custom_middleware` is not looked at, as in Tyk.
+Where each bundle is comes from `config/bundles.py`; a bundle that is not
+there (not downloaded, not verified) sets `bundle_error`: that API answers
+500 and every other API serves.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config.bundles import bundle_names, read_refs, resolve_bundle
 from config.gateway import FAILURE_POLICIES, GatewayConfig
 from config.reader import ConfigError, Reader, load_json
 
@@ -79,9 +87,9 @@ class APIDefinition:
     use_keyless: bool
     proxy: ProxyDef
     custom_middleware: CustomMiddleware
-    custom_middleware_bundle: str
-    bundle_dir: Path | None  # where the bundle is extracted (None: no bundle)
-    bundle_error: str  # why the named bundle is unusable ("" when fine or no bundle)
+    custom_middleware_bundle: str  # "" when custom_middleware_bundle_disabled
+    bundle_dir: Path | None  # the (first) bundle's verified directory (None: none)
+    bundle_error: str  # why a named bundle is unusable ("" when fine or no bundle)
     config_data: dict[str, Any]
     config_data_disabled: bool
     enable_coprocess_auth: bool
@@ -95,6 +103,8 @@ class APIDefinition:
     use_standard_auth: bool = False
     base_identity_provided_by: str = ""
     event_handlers: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Every bundle's directory, in `custom_middleware_bundle` order (config/bundles.py).
+    bundle_dirs: tuple[Path, ...] = ()
 
     @property
     def has_plugins(self) -> bool:
@@ -141,14 +151,21 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
         failure_policy=opts.choice("failure_policy", FAILURE_POLICIES, cfg.hooks.failure_policy),
     )
     bundle = r.get("custom_middleware_bundle", str, "")
-    middleware = _middleware(r.child("custom_middleware"), cfg, path, hook_defaults)
-    bundle_dir, bundle_error = None, ""
+    if r.get("custom_middleware_bundle_disabled", bool, False):
+        bundle = ""  # Tyk: the API's own custom_middleware applies
+    # With a bundle, the manifest replaces the definition's hooks: Tyk never
+    # looks at their paths (often written for the Tyk node), nor does Coproc.
+    middleware = _middleware(r.child("custom_middleware"), cfg, path, hook_defaults,
+                             resolve_paths=not bundle)
+    bundle_dirs: tuple[Path, ...] = ()
+    bundle_error = ""
     if bundle:
-        bundle_dir, manifest, bundle_error = _find_bundle(cfg, api_id, bundle)
-        if manifest is not None:
-            # As in Tyk, a bundle's manifest defines the API's hooks.
-            middleware = _middleware(manifest.child("custom_middleware"), cfg,
-                                     Path(manifest.file), hook_defaults)
+        bundle_dirs, manifests, bundle_error = _find_bundles(cfg, api_id, bundle)
+        try:
+            middleware = (_merge_manifests(manifests, cfg, hook_defaults) if manifests
+                          else middleware)
+        except ConfigError as exc:  # a bad bundle fails its API, never the gateway
+            bundle_dirs, bundle_error = (), str(exc)
     return APIDefinition(
         api_id=api_id,
         name=r.get("name", str, api_id),
@@ -158,8 +175,9 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
         proxy=_proxy(r.child("proxy")),
         custom_middleware=middleware,
         custom_middleware_bundle=bundle,
-        bundle_dir=bundle_dir,
+        bundle_dir=bundle_dirs[0] if bundle_dirs else None,
         bundle_error=bundle_error,
+        bundle_dirs=bundle_dirs,
         config_data=r.get("config_data", dict, {}),
         config_data_disabled=r.get("config_data_disabled", bool, False),
         enable_coprocess_auth=r.get("enable_coprocess_auth", bool, False)
@@ -241,7 +259,9 @@ def _proxy(r: Reader) -> ProxyDef:
     )
 
 
-def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef) -> CustomMiddleware:
+def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef,
+                resolve_paths: bool = True) -> CustomMiddleware:
+    """`resolve_paths=False`: bundle hooks, whose module is the bundle's (no path used)."""
     def hook(h: Reader) -> HookDef:
         name = h.get("name", str)
         if not name.isidentifier():
@@ -249,7 +269,7 @@ def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef) -> Cust
                           "name the decorated hook function")
         return HookDef(
             name=name,
-            path=_hook_path(h, cfg, source),
+            path=_hook_path(h, cfg, source) if resolve_paths else "",
             disabled=h.get("disabled", bool, False),
             raw_body_only=h.get("raw_body_only", bool, False),
             require_session=h.get("require_session", bool, False),
@@ -295,29 +315,48 @@ def _hook_path(h: Reader, cfg: GatewayConfig, source: Path) -> str:
                   "or to this API definition's directory)")
 
 
-def bundle_candidates(middleware_path: Path, api_id: str, bundle: str) -> list[Path]:
-    """Where an extracted bundle may be, most specific first.
+def _find_bundles(cfg: GatewayConfig, api_id: str,
+                  value: str) -> tuple[tuple[Path, ...], list[Reader], str]:
+    """(directories, manifest readers, error) of the API's bundles (all or nothing)."""
+    refs = read_refs(cfg.middleware_path)
+    directories, manifests, errors = [], [], []
+    for name in bundle_names(value):
+        ref = resolve_bundle(cfg.middleware_path, api_id, value, name, refs)
+        if ref.directory is None:
+            errors.append(f"bundle {name!r}: {ref.error}")
+            continue
+        manifest = ref.directory / "manifest.json"
+        try:
+            manifests.append(Reader(load_json(manifest), manifest))
+        except ConfigError as exc:
+            errors.append(f"bundle {name!r}: {exc.problem}")
+            continue
+        directories.append(ref.directory)
+    if errors:
+        return (), [], "; ".join(errors)
+    return tuple(directories), manifests, ""
 
-    Tyk extracts a bundle to middleware_path/bundles/<api_id>_<bundle name>;
-    hand-extracted bundles often drop the api id or the .zip suffix.
-    """
-    stem = bundle.removesuffix(".zip")
-    bundles = middleware_path / "bundles"
-    options = [bundles / f"{api_id}_{bundle}", bundles / bundle, bundles / stem,
-               bundles / f"{api_id}_{stem}"]
-    return list(dict.fromkeys(options))
 
-
-def _find_bundle(cfg: GatewayConfig, api_id: str,
-                 bundle: str) -> tuple[Path, Reader | None, str]:
-    """(directory, manifest reader or None, error) for the API's bundle."""
-    options = bundle_candidates(cfg.middleware_path, api_id, bundle)
-    for directory in options:
-        manifest = directory / "manifest.json"
-        if manifest.is_file():
-            try:
-                return directory, Reader(load_json(manifest), manifest), ""
-            except ConfigError as exc:
-                return directory, None, str(exc)
-    tried = ", ".join(str(o) for o in options)
-    return options[0], None, f"bundle {bundle!r} is not extracted (no manifest.json in {tried})"
+def _merge_manifests(manifests: list[Reader], cfg: GatewayConfig, d: HookDef) -> CustomMiddleware:
+    """One manifest's hooks replace the definition's; several are merged as Tyk does."""
+    parts = [_middleware(m.child("custom_middleware"), cfg, Path(m.file), d, resolve_paths=False)
+             for m in manifests]
+    if len(parts) == 1:
+        return parts[0]
+    drivers = {p.driver for p in parts if p.driver}
+    auths = [p.auth_check for p in parts if p.auth_check is not None]
+    if len(drivers) > 1 or len(auths) > 1:
+        what = "drivers " + ", ".join(sorted(drivers)) if len(drivers) > 1 else \
+            "more than one auth_check hook"
+        raise ConfigError(manifests[-1].file, "custom_middleware",
+                          f"the API's bundles declare {what}",
+                          "give one bundle the auth_check and one driver to all")
+    return CustomMiddleware(
+        driver=next(iter(drivers), ""),
+        pre=tuple(h for p in parts for h in p.pre),
+        post_key_auth=tuple(h for p in parts for h in p.post_key_auth),
+        post=tuple(h for p in parts for h in p.post),
+        response=tuple(h for p in parts for h in p.response),
+        auth_check=auths[0] if auths else None,
+        id_extractor=next((p.id_extractor for p in parts if p.id_extractor), {}),
+    )

@@ -24,6 +24,7 @@ from config.sandbox import SandboxOptions, parse_sandbox
 __all__ = [
     "ENV_OVERRIDES",
     "FAILURE_POLICIES",
+    "BundleOptions",
     "GatewayConfig",
     "GatewayOptions",
     "HookOptions",
@@ -115,6 +116,33 @@ class SupervisorOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class BundleOptions:
+    """Bundle fetching and verification: Tyk's `tyk.conf` names plus `coproc.bundles`."""
+
+    enable_downloader: bool = False  # enable_bundle_downloader
+    base_url: str = ""  # bundle_base_url (http, https or file)
+    insecure_skip_verify: bool = False  # bundle_insecure_skip_verify (https only)
+    public_key_path: Path | None = None  # public_key_path
+    skip_verify_existing: bool = False  # skip_verify_existing_plugin_bundle
+    # Sent with every download (e.g. Authorization); values are never logged.
+    headers: tuple[tuple[str, str], ...] = ()
+    start_wait_ms: int = 10000  # how long start-up waits for downloads
+    timeout_ms: int = 5000  # per attempt, as Tyk
+    attempts: int = 5  # as Tyk: the first try and 4 retries
+    retry_initial_ms: int = 500  # then x2, at most retry_max_ms (Tyk's backoff)
+    retry_max_ms: int = 5000
+    retry_interval_s: int = 30  # background retries after every attempt failed
+    max_download_bytes: int = 64 * 1024 * 1024
+    max_entries: int = 1000
+    max_total_bytes: int = 128 * 1024 * 1024  # uncompressed
+    max_ratio: int = 200  # uncompressed / compressed, for entries over 1 MiB
+
+    @property
+    def active(self) -> bool:
+        return self.enable_downloader and bool(self.base_url)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     path: Path
     listen_address: str = ""
@@ -133,6 +161,7 @@ class GatewayConfig:
     ipc: IpcOptions = field(default_factory=IpcOptions)
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
     sandbox: SandboxOptions = field(default_factory=SandboxOptions)
+    bundles: BundleOptions = field(default_factory=BundleOptions)
 
     @property
     def hooks_endpoint(self) -> str:
@@ -177,6 +206,7 @@ def load_gateway_config(path: Path | str,
         ipc=_ipc(coproc.child("ipc")),
         supervisor=_supervisor(coproc.child("supervisor")),
         sandbox=parse_sandbox(coproc.child("sandbox"), base),
+        bundles=_bundles(r, coproc.child("bundles"), base),
     )
     coproc.reject_unknown()
     return cfg
@@ -288,4 +318,57 @@ def _supervisor(r: Reader) -> SupervisorOptions:
         stop_grace_ms=r.number("stop_grace_ms", int, d.stop_grace_ms, 0),
         flap_window_s=r.number("flap_window_s", int, d.flap_window_s, 1),
         flap_max_exits=r.number("flap_max_exits", int, d.flap_max_exits, 1),
+    )
+
+
+_BUNDLE_SCHEMES = ("http://", "https://", "file://")
+
+
+def _check_public_key(r: Reader, path: Path) -> None:
+    """A readable PEM public key file (its RSA content is checked when bundles load)."""
+    try:
+        text = path.read_text("ascii", errors="replace")
+    except OSError as exc:
+        raise r.error("public_key_path", f"cannot read {path} ({exc.strerror})",
+                      "point public_key_path at the PEM public key that verifies bundles"
+                      ) from None
+    if "-----BEGIN PUBLIC KEY-----" not in text and "-----BEGIN RSA PUBLIC KEY-----" not in text:
+        raise r.error("public_key_path", f"{path} is not a PEM PUBLIC KEY or RSA PUBLIC KEY",
+                      "export the public half of the signing key, e.g. openssl rsa -in "
+                      "private.pem -pubout -out public.pem")
+
+
+def _bundles(r: Reader, c: Reader, base: Path) -> BundleOptions:
+    d = BundleOptions()
+    url = r.get("bundle_base_url", str, "")
+    if url and not url.startswith(_BUNDLE_SCHEMES):
+        raise r.error("bundle_base_url", "must be an http://, https:// or file:// URL",
+                      "set the bundle server's base URL, e.g. https://bundles.example.com/")
+    key = r.get("public_key_path", str, "")
+    key_path = _resolve(base, key) if key else None
+    if key_path is not None:
+        _check_public_key(r, key_path)
+    headers = c.get("headers", dict, {})
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            raise c.error(f"headers.{name}", "expected a string",
+                          "give each header a string value")
+    return BundleOptions(
+        enable_downloader=r.get("enable_bundle_downloader", bool, d.enable_downloader),
+        base_url=url,
+        insecure_skip_verify=r.get("bundle_insecure_skip_verify", bool, d.insecure_skip_verify),
+        public_key_path=key_path,
+        skip_verify_existing=r.get("skip_verify_existing_plugin_bundle", bool,
+                                   d.skip_verify_existing),
+        headers=tuple(sorted(headers.items())),
+        start_wait_ms=c.number("start_wait_ms", int, d.start_wait_ms, 0),
+        timeout_ms=c.number("timeout_ms", int, d.timeout_ms, 1),
+        attempts=c.number("attempts", int, d.attempts, 1, 100),
+        retry_initial_ms=c.number("retry_initial_ms", int, d.retry_initial_ms, 1),
+        retry_max_ms=c.number("retry_max_ms", int, d.retry_max_ms, 1),
+        retry_interval_s=c.number("retry_interval_s", int, d.retry_interval_s, 1),
+        max_download_bytes=c.number("max_download_bytes", int, d.max_download_bytes, 1024),
+        max_entries=c.number("max_entries", int, d.max_entries, 1),
+        max_total_bytes=c.number("max_total_bytes", int, d.max_total_bytes, 1024),
+        max_ratio=c.number("max_ratio", int, d.max_ratio, 1),
     )

@@ -36,6 +36,7 @@ from config.gateway import GatewayConfig
 from ipc.control import ControlMessage, ControlType
 from ipc.notify import Notifier
 from ipc.tokens import new_instance_key
+from supervisor.bundles.gate import BundleGate
 from supervisor.child import ChildProcess, Role
 from supervisor.contract import ChildCommands
 from supervisor.control_server import ControlRequest, ControlServer
@@ -101,6 +102,10 @@ class Arbiter:
                                self._describe, clock) if self._worker is not None else None
         self._shutdown = Shutdown(cfg, self._status, self._gateway, self._worker, self._hot,
                                   self._children)
+        # Bundles: one fetcher per instance; a bundle that arrives late asks for a
+        # reload through the same event a SIGHUP makes.
+        self._bundles = BundleGate.for_config(
+            cfg, lambda _name: self._events.put_nowait(SignalEvent(signal.SIGHUP)))
 
     @property
     def phase(self) -> Phase:
@@ -139,6 +144,8 @@ class Arbiter:
                                     self._cfg.worker.boot_timeout_ms / 1000 + 15)
             await control.start()
         try:
+            if self._bundles is not None:
+                await self._bundles.start()  # before the first gateway and worker
             while True:
                 self._reconcile(self._clock())
                 if self._phase is Phase.STOPPED:
@@ -150,6 +157,8 @@ class Arbiter:
             self._abandon()
             if control is not None:
                 await control.close()
+            if self._bundles is not None:
+                await self._bundles.close()
         return self._shutdown.exit_code
 
     def status(self, now: float) -> dict[str, Any]:
@@ -164,6 +173,7 @@ class Arbiter:
             "gateway": {k: gateway[k] for k in ("state", "pid", "stats")},
             "worker": {**{k: worker[k] for k in _WORKER_KEYS}, **hot},
             "reload": reload, "last_exits": exits[-EXIT_HISTORY:],
+            "bundles": self._bundles.status() if self._bundles is not None else [],
         }
 
     def _reconcile(self, now: float) -> None:
@@ -250,11 +260,21 @@ class Arbiter:
                 else:
                     self._hot.on_worker(message, ready, now)
 
-    def _reload(self, now: float, reason: str, waiter: Waiter | None = None) -> None:
+    def _reload(self, now: float, reason: str, waiter: Waiter | None = None,
+                bundles_checked: bool = False) -> None:
         if self._hot is None or self._phase is not Phase.RUNNING:
             why = "stopping" if self._hot else "coprocess is disabled: there is no worker"
             if waiter is not None:
                 answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
+            return
+        if self._bundles is not None and not bundles_checked:
+            # New bundle versions are fetched and verified before the worker restarts
+            # onto them; a version that fails keeps the serving one, and the reload
+            # is refused with the reason.
+            hot = self._hot
+            self._bundles.refresh_then(
+                lambda: self._reload(self._clock(), reason, waiter, bundles_checked=True),
+                lambda error: hot.refuse(self._clock(), reason, waiter, error))
             return
         self._hot.request(now, reason, waiter)
 

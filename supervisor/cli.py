@@ -20,7 +20,7 @@ from pathlib import Path
 from config import ConfigError, load_api_definitions, load_gateway_config
 from config.logs import setup_logging
 from ipc import exitcodes
-from supervisor import ctl, demo, runtime
+from supervisor import bundle_cli, ctl, demo, runtime
 from supervisor.contract import ChildCommands
 from supervisor.listener import ListenError
 from supervisor.lock import LockedError
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, type=Path, metavar="FILE",
                          help="the config file the instance was started with")
         sub.add_argument("--json", action="store_true", help="print the answer as JSON")
+    bundle_cli.add_parser(commands)
     return parser
 
 
@@ -132,6 +133,8 @@ def control(command: str, config_path: Path, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bundle":
+        return bundle_cli.run(args)
     if args.command == "demo":
         return demo.run_demo(args.port, args.upstream_port, serve)
     if args.command in _CONTROL:

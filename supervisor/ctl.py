@@ -113,6 +113,10 @@ def format_status(status: dict[str, Any]) -> str:
         outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"
         lines.append(f"last reload generation {last.get('generation')} ({last.get('reason')}): "
                      f"{outcome}")
+    for bundle in status.get("bundles") or []:  # supervisor/bundles: which, where, why
+        if bundle.get("state") != "ready" or bundle.get("reason"):
+            lines.append(f"bundle {bundle.get('bundle')} (API {bundle.get('api_id')}): "
+                         f"{bundle.get('state')}: {bundle.get('reason')}")
     exits = status.get("last_exits") or []
     if exits:
         lines.append("last exits:")

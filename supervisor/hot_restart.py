@@ -98,6 +98,10 @@ class HotRestart:
         handover.begin(reload, child)
         log.info("hot restart (%s): started %s beside the active one", reason, child.name)
 
+    def refuse(self, now: float, reason: str, waiter: Waiter | None, error: str) -> None:
+        """Record a reload refused before it began (e.g. a new bundle failed to verify)."""
+        self._finish(Reload(reason, now, waiters=[waiter] if waiter is not None else []), error)
+
     def owns(self, child: ChildProcess) -> bool:
         return child is self._handover.candidate or child is self._handover.outgoing \
             or child in self._handover.retiring

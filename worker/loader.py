@@ -3,11 +3,12 @@
 For each active API definition with hooks or a bundle:
 
 * local hooks (`custom_middleware` entries with a `path`) are grouped by file;
-* a bundle is read from its extracted directory (`api.bundle_dir`, i.e.
-  `<middleware_path>/bundles/<api_id>_<bundle>`, falling back to
-  `bundles/<bundle>` and to that name without `.zip`): its `manifest.json`
-  names the hooks, and `middleware.py` (or the only file of `file_list`) is
-  the module to import.
+* a bundle is read from its verified directory (`api.bundle_dirs`, chosen by
+  `config/bundles.py`: Coproc's bundle cache, or one of Tyk's layouts): its
+  `manifest.json` names the hooks, and `middleware.py` (or the only file of
+  `file_list`) is the module to import, as in Tyk's Python loader; a hook's
+  `path` in a manifest is not used.  With several bundles, each is its own
+  namespace.
 
 Each plugin directory is imported into its own namespace per API
 (`worker.isolation`).  Every `@Hook` in an imported module is callable by its
@@ -31,7 +32,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from config import apidef
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from ipc.protocol import ErrorCode
@@ -175,12 +175,12 @@ def load_api(api: APIDefinition, middleware_path: Path) -> ApiPlugins:
     pathless = [h.name for h in configured if not h.path]
     if api.custom_middleware_bundle:
         try:
-            _directory, main, names = find_bundle(api, middleware_path)
+            for _directory, main, names in find_bundles(api):
+                files.setdefault(main, []).extend(names)
         except BundleError as exc:
             plugins.load_error = f"BundleError: {exc}"
             plugins.source = api.custom_middleware_bundle
             return plugins
-        files.setdefault(main, []).extend(names + pathless)
     elif pathless:
         plugins.problems.append(f"hook(s) {', '.join(pathless)} have no path and the API "
                                 f"has no custom_middleware_bundle")
@@ -240,20 +240,12 @@ def _add(plugins: ApiPlugins, entry: HookEntry) -> None:
 # --- bundles -----------------------------------------------------------------------------
 
 
-def bundle_candidates(api: APIDefinition, middleware_path: Path) -> list[Path]:
-    """Where an extracted bundle may be: the directory config chose first."""
-    options = apidef.bundle_candidates(middleware_path, api.api_id, api.custom_middleware_bundle)
-    return list(dict.fromkeys([api.bundle_dir, *options] if api.bundle_dir else options))
-
-
-def find_bundle(api: APIDefinition, middleware_path: Path) -> tuple[Path, Path, list[str]]:
-    """(directory, module file, hook names of the manifest) of the API's bundle."""
-    tried = bundle_candidates(api, middleware_path)
-    for directory in tried:
-        if (directory / "manifest.json").is_file():
-            return read_bundle(directory)
-    raise BundleError(f"bundle {api.custom_middleware_bundle!r} is not extracted: no "
-                      f"manifest.json in {', '.join(str(d) for d in tried)}")
+def find_bundles(api: APIDefinition) -> list[tuple[Path, Path, list[str]]]:
+    """(directory, module file, manifest hook names) of each of the API's bundles."""
+    if api.bundle_error or not api.bundle_dirs:
+        raise BundleError(api.bundle_error or f"bundle {api.custom_middleware_bundle!r} "
+                          "is not available")
+    return [read_bundle(directory) for directory in api.bundle_dirs]
 
 
 def read_bundle(directory: Path) -> tuple[Path, Path, list[str]]:

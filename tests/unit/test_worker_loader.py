@@ -6,6 +6,7 @@ are read by the real `config` loaders, and hooks are called directly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import textwrap
@@ -207,22 +208,28 @@ def manifest(*names: str, files: tuple[str, ...] = ("middleware.py",)) -> str:
         "driver": "python", "pre": [{"name": n} for n in names]}})
 
 
-def test_bundles_use_their_manifest_and_fallback_directories(tmp_path: Path) -> None:
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def test_bundles_use_their_manifest_and_tyk_directories(tmp_path: Path) -> None:
     table = load(tmp_path, [
         api_def("b1", custom_middleware_bundle="first.zip"),
         api_def("b2", custom_middleware_bundle="second.zip"),
         api_def("b3", custom_middleware_bundle="single.zip"),
         api_def("b4", custom_middleware_bundle="absent.zip"),
     ], {
-        # Tyk's layout: bundles/<api_id>_<bundle name>
-        "bundles/b1_first.zip/manifest.json": manifest("BundlePre"),
-        "bundles/b1_first.zip/middleware.py": BUNDLE_MODULE.replace("{tag}", "first"),
-        # fallback: the bundle name without .zip
-        "bundles/second/manifest.json": manifest("BundlePre"),
-        "bundles/second/middleware.py": BUNDLE_MODULE.replace("{tag}", "second"),
-        # a one-file bundle names its module in file_list
-        "bundles/b3_single.zip/manifest.json": manifest("BundlePre", files=("plugin.py",)),
-        "bundles/b3_single.zip/plugin.py": BUNDLE_MODULE.replace("{tag}", "single"),
+        # Tyk 5: bundles/<md5 of the bundle name>
+        f"bundles/{md5('first.zip')}/manifest.json": manifest("BundlePre"),
+        f"bundles/{md5('first.zip')}/middleware.py": BUNDLE_MODULE.replace("{tag}", "first"),
+        # Tyk 3: bundles/<api_id>_<md5 of the bundle name>
+        f"bundles/b2_{md5('second.zip')}/manifest.json": manifest("BundlePre"),
+        f"bundles/b2_{md5('second.zip')}/middleware.py": BUNDLE_MODULE.replace("{tag}",
+                                                                                 "second"),
+        # before 2018: bundles/<api_id>-<bundle name>; a one-file bundle names
+        # its module in file_list
+        "bundles/b3-single.zip/manifest.json": manifest("BundlePre", files=("plugin.py",)),
+        "bundles/b3-single.zip/plugin.py": BUNDLE_MODULE.replace("{tag}", "single"),
     })
     report = table.report()
     for api_id, tag in (("b1", "first"), ("b2", "second"), ("b3", "single")):
@@ -273,3 +280,20 @@ def test_star_import_gives_hook_and_event() -> None:
     exec("from tyk.decorators import *", namespace)  # what every Tyk plugin does
     assert {"Hook", "Event"} <= set(namespace)
     assert {"Pre", "Post", "PostKeyAuth", "CustomKeyCheck"} <= set(namespace)
+
+
+def test_a_bundle_list_loads_each_bundle_in_its_own_namespace(tmp_path: Path) -> None:
+    """`custom_middleware_bundle: "a.zip,b.zip"` in Tyk 5's list layout
+    (bundles/<md5 of the list>/<name without extension>): both modules are
+    `middleware.py`, each bundle's hooks come from its own file."""
+    root = f"bundles/{md5('a.zip,b.zip')}"
+    second = BUNDLE_MODULE.replace("{tag}", "b").replace("BundlePre", "OtherPre")
+    table = load(tmp_path, [api_def("m", custom_middleware_bundle="a.zip,b.zip")], {
+        f"{root}/a/manifest.json": manifest("BundlePre"),
+        f"{root}/a/middleware.py": BUNDLE_MODULE.replace("{tag}", "a"),
+        f"{root}/b/manifest.json": manifest("OtherPre"),
+        f"{root}/b/middleware.py": second,
+    })
+    assert table.report()["m"]["ok"], table.report()["m"]
+    assert call3(table, "m", "BundlePre").object.set_headers["X-Bundle"] == "a"
+    assert call3(table, "m", "OtherPre").object.set_headers["X-Bundle"] == "b"
