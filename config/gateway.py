@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from config.analytics import AnalyticsConfig, MetricsOptions, parse_analytics, parse_metrics
 from config.reader import Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
 
@@ -114,6 +115,8 @@ class GatewayConfig:
     ipc: IpcOptions = field(default_factory=IpcOptions)
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
     sandbox: SandboxOptions = field(default_factory=SandboxOptions)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
     @property
     def hooks_endpoint(self) -> str:
@@ -137,6 +140,8 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     r = Reader(load_json(path), path)
     base = path.parent
     coproc = r.child("coproc")
+    run_dir = (_resolve(base, coproc.get("run_dir", str, "")) if coproc.has("run_dir")
+               else default_run_dir(path))
     return GatewayConfig(
         path=path,
         listen_address=r.get("listen_address", str, ""),
@@ -146,8 +151,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         middleware_path=_resolve(base, r.get("middleware_path", str, "middleware")),
         enable_coprocess=r.child("coprocess_options").get("enable_coprocess", bool, True),
         storage=_storage(r.child("storage")),
-        run_dir=_resolve(base, coproc.get("run_dir", str, "")) if coproc.has("run_dir")
-        else default_run_dir(path),
+        run_dir=run_dir,
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         log_format=coproc.choice("log_format", ("text", "json"), "text"),
         hooks=_hooks(coproc.child("hooks")),
@@ -156,6 +160,8 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         ipc=_ipc(coproc.child("ipc")),
         supervisor=_supervisor(coproc.child("supervisor")),
         sandbox=parse_sandbox(coproc.child("sandbox"), base),
+        analytics=parse_analytics(r, coproc, base, run_dir),
+        metrics=parse_metrics(coproc.child("metrics")),
     )
 
 
