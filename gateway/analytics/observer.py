@@ -141,9 +141,13 @@ class Observer:
             upstream_ns=trace.upstream_ns or 0, phase_ns=trace.phase_ns,
             request_id=trace.request_id)
         if spec.detailed or self.cfg.enable_detailed_recording:
-            body = state.body if state is not None else None
-            ex.raw_request = wire_request(request.method, request.raw_path,
-                                          request.headers.items(), body)
+            # As Tyk: the request as the middleware left it (hooks' changes included).
+            if state is not None:
+                ex.raw_request = wire_request(state.method, state.url, state.headers.items(),
+                                              state.body)
+            else:
+                ex.raw_request = wire_request(request.method, request.raw_path,
+                                              request.headers.items(), None)
             got = response.body if isinstance(response, web.Response) else None
             ex.raw_response = wire_response(response.status, response.reason,
                                             response.headers.items(),

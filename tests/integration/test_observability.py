@@ -25,6 +25,8 @@ from integration.harness import HOST, Instance, RedisServer, api_def, free_port,
 from prometheus_client.parser import text_string_to_metric_families
 from unit.test_analytics import PUMP_FIELDS
 
+from gateway.analytics.hashing import hash_key
+
 SECRET = "observe-secret"
 
 PLUGIN = textwrap.dedent('''
@@ -61,6 +63,8 @@ def apis(echo_url: str) -> dict[str, dict[str, Any]]:
         "open": api_def("open", "/open/", echo_url,
                         pre=[hook("Raises", mw, failure_policy="fail_open")]),
         "quiet": api_def("quiet", "/quiet/", echo_url, do_not_track=True),
+        "keys": api_def("keys", "/keys/", echo_url, use_keyless=False,
+                        tag_headers=["X-Team"]),
     }
 
 
@@ -175,6 +179,20 @@ def test_the_file_sink_shows_the_records(gw: Instance) -> None:
     assert not [r for r in records(gw) if r["api_id"] == "quiet"]  # do_not_track
 
 
+def test_a_keyed_request_records_the_hashed_key_and_session(gw: Instance) -> None:
+    key = "obs-key-0001"
+    session = {"alias": "alice", "tags": ["gold"]}
+    gw.expect(gw.request("POST", f"/tyk/keys/{key}", {"X-Tyk-Authorization": SECRET},
+                         json.dumps(session).encode()), 200)
+    gw.expect(gw.get("/keys/mine", {"Authorization": key, "X-Team": "blue"}), 200)
+    got = poll("the keyed record", lambda: [r for r in records(gw) if r["api_id"] == "keys"],
+               10)[0]
+    hashed = hash_key(key)
+    assert got["api_key"] == hashed and len(hashed) == 8 and key not in json.dumps(got)
+    assert got["alias"] == "alice"
+    assert got["tags"] == ["gold", "x-team-blue", f"key-{hashed}", "org-default", "api-keys"]
+
+
 # -- Redis, in Tyk's format --------------------------------------------------------------
 
 
@@ -213,6 +231,7 @@ def test_redis_entries_decode_into_tyk_pumps_fields(redis_gw: Instance,
 
     wire = base64.b64decode(first["RawRequest"])
     assert wire.startswith(b"GET /ok/pump/") and b"\r\n\r\n" in wire
+    assert b"X-Passed: yes\r\n" in wire  # the request as the pre hook left it
     assert base64.b64decode(first["RawResponse"]).startswith(b"HTTP/1.1 200")
     client.close()
 
