@@ -17,6 +17,7 @@ batch when `enable_multiple_analytics_keys` is on.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,39 +68,60 @@ FIELDS: tuple[tuple[str, str, Any], ...] = (
 # Go's zero time.Time as v2 writes it: seconds since 1970 of 0001-01-01 UTC.
 _ZERO_TIME = [-62135596800, 0]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ZERO: dict[str, Any] = {"s": "", "i": 0, "f": 0.0, "b": False, "l": None, "m": None,
-                         "n": None, "t": _ZERO_TIME}
 
 
-def to_go(record: dict[str, Any], table: tuple[tuple[str, str, Any], ...] = FIELDS
-          ) -> dict[str, Any]:
+def to_go(record: dict[str, Any]) -> dict[str, Any]:
     """The record under Go field names, in Go's order, each value of Go's kind."""
-    out: dict[str, Any] = {}
+    return _TO_GO(record)
+
+
+Converter = Callable[[Any], Any]
+
+
+def _compile(table: tuple[tuple[str, str, Any], ...]
+             ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """One function per struct: the table is walked once, not per record."""
+    steps: list[tuple[str, str, Converter]] = []
     for go_name, json_name, kind in table:
-        value = record.get(json_name) if json_name else None
         if isinstance(kind, tuple):
-            out[go_name] = to_go(value if isinstance(value, dict) else {}, kind)
+            steps.append((go_name, json_name, _nested(_compile(kind))))
         else:
-            out[go_name] = _convert(value, kind)
-    return out
+            steps.append((go_name, json_name, _CONVERT[kind]))
+
+    def convert(record: dict[str, Any]) -> dict[str, Any]:
+        get = record.get
+        return {go: conv(get(js) if js else None) for go, js, conv in steps}
+
+    return convert
 
 
-def _convert(value: Any, kind: str) -> Any:
-    if value is None:
-        return _ZERO[kind]
-    if kind == "t":
-        return _go_time(value)
-    if kind == "i":
-        return int(value)
-    if kind == "f":
-        return float(value)
-    if kind == "b":
-        return bool(value)
-    if kind == "s":
-        return str(value)
-    if kind == "l":
-        return [str(v) for v in value]
-    return value
+def _nested(inner: Callable[[dict[str, Any]], dict[str, Any]]) -> Converter:
+    def convert(value: Any) -> dict[str, Any]:
+        return inner(value if isinstance(value, dict) else {})
+
+    return convert
+
+
+def _str(v: Any) -> str:
+    return v if type(v) is str else ("" if v is None else str(v))
+
+
+def _int(v: Any) -> int:
+    return v if type(v) is int else (0 if v is None else int(v))
+
+
+def _time(v: Any) -> list[int]:
+    return _ZERO_TIME if v is None else _go_time(v)
+
+
+_CONVERT: dict[str, Converter] = {
+    "s": _str, "i": _int,
+    "f": lambda v: 0.0 if v is None else float(v),
+    "b": lambda v: bool(v),
+    "l": lambda v: None if v is None else [str(x) for x in v],
+    "m": lambda v: v, "n": lambda v: v,
+    "t": _time,
+}
 
 
 def _go_time(value: Any) -> list[int]:
@@ -109,6 +131,9 @@ def _go_time(value: Any) -> list[int]:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH  # exact: no float rounding of the fraction
     return [delta.days * 86400 + delta.seconds, delta.microseconds * 1000]
+
+
+_TO_GO = _compile(FIELDS)
 
 
 def encode(record: dict[str, Any]) -> bytes:
