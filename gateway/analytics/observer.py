@@ -140,7 +140,8 @@ class Observer:
             api_key=_api_key(plan, state), session=session or {}, headers=request.headers,
             upstream_ns=trace.upstream_ns or 0, phase_ns=trace.phase_ns,
             request_id=trace.request_id)
-        if spec.detailed or self.cfg.enable_detailed_recording:
+        if (spec.detailed or self.cfg.enable_detailed_recording
+                or (session and session.get("enable_detailed_recording"))):
             # As Tyk: the request as the middleware left it (hooks' changes included).
             if state is not None:
                 ex.raw_request = wire_request(state.method, state.url, state.headers.items(),
