@@ -240,3 +240,21 @@ def test_metrics_on_the_gateway_port_need_the_secret(redis_gw: Instance) -> None
     redis_gw.expect(redis_gw.get("/metrics"), 403)
     samples = scrape(redis_gw.port, headers={"X-Tyk-Authorization": SECRET})
     assert any(name == "coproc_requests_total" for name, _ in samples)
+
+
+def test_an_unreachable_sink_never_delays_a_request(coproc_factory: Any,
+                                                    echo_upstream: Any) -> None:
+    """1. The Redis sink points at a port nobody listens on; 2. requests are answered
+    as fast as without analytics; 3. the lost records are counted as failed."""
+    settings = analytics_settings("redis")
+    settings["storage"] = {"type": "memory", "port": free_port(), "timeout_ms": 300}
+    gw = coproc_factory(apis(echo_upstream.url), {"obs/mw.py": PLUGIN}, settings)
+    admin = {"X-Tyk-Authorization": SECRET}
+    for _ in range(20):
+        resp = gw.expect(gw.get("/open/fast"), 200)  # a fail_open hook: no 5xx, no worker wait
+        assert resp.elapsed < 2.0
+    failed = poll("failed records counted",
+                  lambda: value(scrape(gw.port, headers=admin), "coproc_analytics_records_total",
+                                fate="failed") >= 20, 15)
+    assert failed
+    assert "record(s) lost: " in gw.logs(tail=1_000_000)  # logged, once per interval

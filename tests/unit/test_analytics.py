@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from config import ConfigError
 from config.analytics import AnalyticsConfig
 from config.gateway import load_gateway_config
+from gateway.analytics import observer as observe
 from gateway.analytics import tyk_format
 from gateway.analytics.hashing import hash_key, murmur3_32, murmur3_128
+from gateway.analytics.observer import Observer
 from gateway.analytics.pipeline import Pipeline
 from gateway.analytics.record import Exchange, RecordSpec, build, finish
-from gateway.analytics.sinks import FileSink
+from gateway.analytics.sinks import FileSink, StdoutSink
+from gateway.plan import AuthMode
 
 # Tyk Pump's analytics.AnalyticsRecord (analytics/analytics.go), exported fields in
 # declaration order, as msgpack.v2 writes them: written out here from the Go source,
@@ -269,3 +275,46 @@ async def test_a_full_queue_drops_and_counts_never_waits() -> None:
         await pipeline.close()
     assert pipeline.written == pipeline.submitted
     assert pipeline.submitted + pipeline.dropped == 40
+
+
+async def test_stdout_sink_writes_json_lines() -> None:
+    stream = io.StringIO()
+    await StdoutSink(stream).write([{"api_id": "a", "n": 1}, {"api_id": "b", "n": 2}])
+    assert [json.loads(line)["api_id"] for line in stream.getvalue().splitlines()] == ["a", "b"]
+
+
+# -- the observer: which requests are recorded ----------------------------------------------
+
+
+def observed(analytics: AnalyticsConfig, api: dict[str, Any], headers: dict[str, str]
+             ) -> list[Any]:
+    """The exchanges an Observer queues for one request to `api`."""
+    queued: list[Any] = []
+
+    class Recorder:
+        def submit(self, spec: RecordSpec, ex: Exchange, ended: int) -> None:
+            queued.append((spec, ex))
+
+    class Plan:
+        api_id = "a"
+        auth = AuthMode.KEYLESS
+        target = type("T", (), {"origin": "http://up:80"})()
+
+    plan = Plan()
+    plan.api = type("A", (), {"api_id": "a", "name": "A", "org_id": "o", "raw": api,
+                              "proxy": type("P", (), {"listen_path": "/a/"})()})()
+    obs = Observer(None, Recorder(), analytics)  # type: ignore[arg-type]
+    request = make_mocked_request("GET", "/a/x", headers=headers)
+    trace = obs.begin()
+    observe.matched(plan, None, "rid")  # type: ignore[arg-type]
+    obs.end(request, web.Response(status=200), trace)
+    return queued
+
+
+def test_the_observer_skips_untracked_apis_and_ignored_ips() -> None:
+    on = AnalyticsConfig(enabled=True, ignored_ips=frozenset({"10.9.9.9"}))
+    got = observed(on, {}, {"X-Forwarded-For": "10.1.1.1, 10.2.2.2"})
+    assert len(got) == 1 and got[0][1].ip == "10.1.1.1"  # Tyk's real IP: first hop
+    assert got[0][1].status == 200 and got[0][1].request_id == "rid"
+    assert observed(on, {"do_not_track": True}, {}) == []
+    assert observed(on, {}, {"X-Real-IP": "10.9.9.9"}) == []
