@@ -30,6 +30,7 @@ from gateway.plan import ApiPlan, AuthMode
 
 if TYPE_CHECKING:  # the chain imports this module
     from gateway.chain import HookCaller
+    from gateway.tyk_object import RequestState
 
 __all__ = ["ObservedHooks", "Observer", "Trace", "current", "failed_open", "matched",
            "upstream"]
@@ -48,7 +49,7 @@ class Trace:
     started_ns: int
     observer: Observer
     plan: ApiPlan | None = None
-    state: Any = None  # gateway.tyk_object.RequestState
+    state: RequestState | None = None
     request_id: str = ""
     upstream_ns: int | None = None
     phase_ns: dict[str, int] = field(default_factory=dict)
@@ -107,7 +108,7 @@ class Observer:
         if self.pipeline is not None and plan is not None:
             self._record(request, response, trace, plan, ended)
 
-    def _failed_open(self, api_id: str, phase: str, hook: str) -> None:
+    def note_fail_open(self, api_id: str, phase: str, hook: str) -> None:
         if self.metrics is not None:
             self.metrics.observe_fail_open(api_id, phase, hook)
 
@@ -160,7 +161,7 @@ class Observer:
 # -- called by the chain (no-ops outside an observed request) ----------------------
 
 
-def matched(plan: ApiPlan, state: Any, request_id: str) -> None:
+def matched(plan: ApiPlan, state: RequestState | None, request_id: str) -> None:
     trace = _CURRENT.get()
     if trace is not None:
         trace.plan, trace.state, trace.request_id = plan, state, request_id
@@ -176,7 +177,7 @@ def upstream(elapsed_ns: int) -> None:
 def failed_open(api_id: str, phase: str, hook: str) -> None:
     trace = _CURRENT.get()
     if trace is not None:
-        trace.observer._failed_open(api_id, phase, hook)
+        trace.observer.note_fail_open(api_id, phase, hook)
 
 
 def real_ip(request: web.Request) -> str:
@@ -197,7 +198,7 @@ def _content_length(request: web.Request) -> int:
     return -1 if request.body_exists else 0  # Go: -1 for a body of unknown length
 
 
-def _api_key(plan: ApiPlan, state: Any) -> str:
+def _api_key(plan: ApiPlan, state: RequestState | None) -> str:
     if plan.auth is AuthMode.KEYLESS or state is None or not state.session:
         return ""
     token = (state.metadata or {}).get("token")

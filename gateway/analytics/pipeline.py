@@ -110,8 +110,8 @@ class Pipeline:
 
     async def _write_batch(self, items: list[tuple[RecordSpec, Exchange, int, float]]) -> None:
         cfg = self.cfg
-        records = [build(spec, ex, ended, expire_default_s=0, phases=cfg.phase_latencies,
-                         now=wall) for spec, ex, ended, wall in items]
+        records = [build(spec, ex, ended, phases=cfg.phase_latencies, now=wall)
+                   for spec, ex, ended, wall in items]
         try:
             if self.transform is not None:
                 kept = await self.transform(records)

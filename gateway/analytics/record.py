@@ -87,14 +87,14 @@ class Exchange:
     request_id: str = ""
 
 
-def build(spec: RecordSpec, ex: Exchange, ended_ns: int, *, expire_default_s: int = 0,
-          phases: bool = True, now: float | None = None) -> Record:
+def build(spec: RecordSpec, ex: Exchange, ended_ns: int, *, phases: bool = True,
+          now: float | None = None) -> Record:
     """Tyk's record (JSON names) for one exchange; plus Coproc's per-phase latencies."""
     wall = time.time() if now is None else now
     t = datetime.fromtimestamp(wall, UTC)
     total = (ended_ns - ex.started_ns) // _NS_PER_MS
     upstream = ex.upstream_ns // _NS_PER_MS
-    expire_s = spec.expire_after_s or expire_default_s or _FOREVER_S
+    expire_s = spec.expire_after_s or _FOREVER_S
     record: Record = {
         "method": ex.method, "host": spec.target_host, "path": ex.path,
         "raw_path": ex.path, "content_length": ex.content_length,
