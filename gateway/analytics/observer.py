@@ -120,7 +120,8 @@ class Observer:
             return known[1]
         if len(self._specs) > 4096:  # plans of reloaded configurations
             self._specs.clear()
-        spec = RecordSpec.from_api(plan.api, plan.target.origin.partition("://")[2])
+        spec = RecordSpec.from_api(plan.api, plan.target.origin.partition("://")[2],
+                                   plan.target.strip)
         self._specs[id(plan)] = (plan, spec)
         return spec
 
@@ -135,7 +136,9 @@ class Observer:
         state = trace.state
         session = state.session if state is not None else {}
         ex = Exchange(
-            trace.started_ns, method=request.method, path=request.path,
+            trace.started_ns, method=request.method,
+            path=state.path if state is not None else request.raw_path.partition("?")[0],
+            original_path=request.path,
             user_agent=request.headers.get("User-Agent", ""),
             content_length=_content_length(request), ip=ip, status=response.status,
             api_key=_api_key(plan, state), session=session or {}, headers=request.headers,

@@ -18,8 +18,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from gateway.analytics.hashing import hash_key
+from gateway.router import strip_prefix
 
 __all__ = ["Exchange", "Record", "RecordSpec", "build", "finish", "rfc3339", "wire_request",
            "wire_response"]
@@ -45,9 +47,10 @@ class RecordSpec:
     tags: tuple[str, ...] = ()
     tag_headers: tuple[str, ...] = ()
     expire_after_s: int = 0
+    strip: str | None = None  # the listen prefix taken off the path (strip_listen_path)
 
     @classmethod
-    def from_api(cls, api: Any, target_host: str) -> RecordSpec:
+    def from_api(cls, api: Any, target_host: str, strip: str | None = None) -> RecordSpec:
         """From a `config.apidef.APIDefinition`: Tyk's fields read from its raw JSON."""
         raw: Mapping[str, Any] = api.raw
         return cls(
@@ -58,6 +61,7 @@ class RecordSpec:
             tags=tuple(t for t in raw.get("tags") or () if isinstance(t, str)),
             tag_headers=tuple(h for h in raw.get("tag_headers") or () if isinstance(h, str)),
             expire_after_s=_int(raw.get("expire_analytics_after")),
+            strip=strip,
         )
 
 
@@ -71,7 +75,8 @@ class Exchange:
 
     started_ns: int
     method: str = ""
-    path: str = ""  # the path as received, percent-decoded (Go's r.URL.Path)
+    path: str = ""  # raw: as the hooks left it, before the listen path is stripped
+    original_path: str = ""  # as received, percent-decoded (Go's r.URL.Path)
     user_agent: str = ""
     content_length: int = 0
     ip: str = ""
@@ -91,13 +96,16 @@ def build(spec: RecordSpec, ex: Exchange, ended_ns: int, *, phases: bool = True,
           now: float | None = None) -> Record:
     """Tyk's record (JSON names) for one exchange; plus Coproc's per-phase latencies."""
     wall = time.time() if now is None else now
+    # Tyk records the path as proxied: listen path stripped (when the API strips it),
+    # percent-decoded like Go's URL.Path; original_path is the path as received.
+    path = unquote(strip_prefix(spec.strip, ex.path) if spec.strip is not None else ex.path)
     t = datetime.fromtimestamp(wall, UTC)
     total = (ended_ns - ex.started_ns) // _NS_PER_MS
     upstream = ex.upstream_ns // _NS_PER_MS
     expire_s = spec.expire_after_s or _FOREVER_S
     record: Record = {
-        "method": ex.method, "host": spec.target_host, "path": ex.path,
-        "raw_path": ex.path, "content_length": ex.content_length,
+        "method": ex.method, "host": spec.target_host, "path": path,
+        "raw_path": path, "content_length": ex.content_length,
         "user_agent": ex.user_agent, "day": t.day, "month": t.month, "year": t.year,
         "hour": t.hour, "response_code": ex.status, "api_key": ex.api_key,
         "timestamp": rfc3339(t), "api_version": "Non Versioned", "api_name": spec.api_name,
@@ -112,7 +120,7 @@ def build(spec: RecordSpec, ex: Exchange, ended_ns: int, *, phases: bool = True,
         "tags": _tags(spec, ex), "alias": str(ex.session.get("alias") or ""),
         "track_path": False,
         "expireAt": rfc3339(datetime.fromtimestamp(wall + expire_s, UTC)), "api_schema": "",
-        "original_path": ex.path, "listen_path": spec.listen_path,
+        "original_path": ex.original_path, "listen_path": spec.listen_path,
         "graphql_stats": {"Variables": "", "RootFields": None, "Types": None, "Errors": None,
                           "OperationType": 0, "HasErrors": False, "IsGraphQL": False},
         "mcp_stats": {"is_mcp": False, "jsonrpc_method": "", "primitive_type": "",

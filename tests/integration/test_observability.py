@@ -162,13 +162,14 @@ def test_the_file_sink_shows_the_records(gw: Instance) -> None:
     gw.expect(gw.get("/err/record"), 500)
 
     def mine() -> list[dict[str, Any]]:
-        return [r for r in records(gw) if r["path"] in ("/ok/record", "/err/record")]
+        return [r for r in records(gw) if r["original_path"] in ("/ok/record", "/err/record")]
 
     got = poll("records in the file sink", lambda: len(mine()) == 2 and mine(), 10)
     ok = next(r for r in got if r["api_id"] == "ok")
     assert ok["method"] == "GET" and ok["response_code"] == 200
     assert ok["user_agent"] == "obs-test/1" and ok["api_name"] == "ok"
     assert ok["org_id"] == "default" and ok["listen_path"] == "/ok/"
+    assert ok["path"] == "/record"  # as proxied: the listen path stripped, as Tyk records it
     assert ok["api_key"] == "00000000"  # keyless, hashed as Tyk does
     assert ok["tags"] == ["team-a", "key-00000000", "org-default", "api-ok"]
     assert ok["latency"]["total"] >= ok["latency"]["upstream"] >= 0
@@ -216,8 +217,9 @@ def test_redis_entries_decode_into_tyk_pumps_fields(redis_gw: Instance,
                10)
     assert 0 < client.ttl(key) <= 60  # storage_expiration_time (Tyk's default, 60 s)
     decoded = [msgpack.unpackb(item, raw=False) for item in raw]
-    paths = sorted(d["Path"] for d in decoded)
+    paths = sorted(d["OriginalPath"] for d in decoded)
     assert paths == ["/ok/pump/0", "/ok/pump/1", "/ok/pump/2"]
+    assert sorted(d["Path"] for d in decoded) == ["/pump/0", "/pump/1", "/pump/2"]
     first = decoded[0]
     assert list(first) == PUMP_FIELDS
     assert first["Method"] == "GET" and first["ResponseCode"] == 200

@@ -53,7 +53,8 @@ NOW = datetime(2026, 12, 4, 21, 5, 6, 789012, tzinfo=UTC).timestamp()
 
 def exchange(**overrides: Any) -> Exchange:
     fields: dict[str, Any] = dict(
-        started_ns=1_000_000_000, method="POST", path="/orders/42", user_agent="curl/8",
+        started_ns=1_000_000_000, method="POST", path="/orders/42",
+        original_path="/orders/42", user_agent="curl/8",
         content_length=11, ip="10.1.2.3", status=201, api_key="secret-key",
         session={"alias": "alice", "oauth_client_id": "client-7", "tags": ["gold"]},
         headers={"X-Team": "blue"}, upstream_ns=3_000_000, phase_ns={"pre": 1_500_000},
@@ -106,6 +107,15 @@ def test_record_has_tyks_fields_and_values() -> None:
     assert r["hook_latency"] == {"pre": 1.5}  # Coproc's addition
     assert r["expireAt"].startswith("2126-")  # expire_analytics_after 0: 100 years
     json.dumps(r)  # JSON-ready as it is
+
+
+def test_path_is_as_proxied_and_original_path_as_received() -> None:
+    spec = RecordSpec(api_id="a", api_name="A", org_id="", listen_path="/orders/",
+                      target_host="up", strip="/orders")
+    ex = exchange(path="/orders/items/a%20b", original_path="/orders/x")
+    r = build(spec, ex, ended_ns=1_012_345_678, now=NOW)
+    assert r["path"] == r["raw_path"] == "/items/a b"  # stripped, decoded like Go's URL.Path
+    assert r["original_path"] == "/orders/x"
 
 
 def test_finish_does_what_tyks_writer_does() -> None:
@@ -298,7 +308,7 @@ def observed(analytics: AnalyticsConfig, api: dict[str, Any], headers: dict[str,
     class Plan:
         api_id = "a"
         auth = AuthMode.KEYLESS
-        target = type("T", (), {"origin": "http://up:80"})()
+        target = type("T", (), {"origin": "http://up:80", "strip": None})()
 
     plan = Plan()
     plan.api = type("A", (), {"api_id": "a", "name": "A", "org_id": "o", "raw": api,
