@@ -16,8 +16,6 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TextIO
 
-import redis.asyncio as aioredis
-
 from config.analytics import AnalyticsConfig
 from config.gateway import StorageConfig
 from gateway.analytics import tyk_format
@@ -109,6 +107,9 @@ class RedisSink:
     """RPUSH of Tyk's msgpack records to analytics-tyk-system-analytics (or a shard)."""
 
     def __init__(self, storage: StorageConfig, sharded: bool, expire_s: int) -> None:
+        # Imported only when used, as gateway.storage does for its Redis backend.
+        import redis.asyncio as aioredis
+
         # Its own pool on the storage settings: a burst of analytics writes never
         # queues behind (or ahead of) the session and rate-limit calls.
         timeout = storage.timeout_ms / 1000
