@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from config.analytics import AnalyticsConfig, MetricsOptions, parse_analytics, parse_metrics
 from config.reader import ConfigError, Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
 
@@ -162,6 +163,8 @@ class GatewayConfig:
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
     sandbox: SandboxOptions = field(default_factory=SandboxOptions)
     bundles: BundleOptions = field(default_factory=BundleOptions)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
     @property
     def hooks_endpoint(self) -> str:
@@ -187,6 +190,8 @@ def load_gateway_config(path: Path | str,
     r = Reader(doc, path)
     base = path.parent
     coproc = r.child("coproc", strict=True)
+    run_dir = (_resolve(base, coproc.get("run_dir", str, "")) if coproc.has("run_dir")
+               else default_run_dir(path))
     cfg = GatewayConfig(
         path=path,
         listen_address=r.get("listen_address", str, ""),
@@ -196,8 +201,7 @@ def load_gateway_config(path: Path | str,
         middleware_path=_resolve(base, r.get("middleware_path", str, "middleware")),
         enable_coprocess=r.child("coprocess_options").get("enable_coprocess", bool, True),
         storage=_storage(r.child("storage")),
-        run_dir=_resolve(base, coproc.get("run_dir", str, "")) if coproc.has("run_dir")
-        else default_run_dir(path),
+        run_dir=run_dir,
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         log_format=coproc.choice("log_format", ("text", "json"), "text"),
         hooks=_hooks(coproc.child("hooks")),
@@ -207,6 +211,8 @@ def load_gateway_config(path: Path | str,
         supervisor=_supervisor(coproc.child("supervisor")),
         sandbox=parse_sandbox(coproc.child("sandbox"), base),
         bundles=_bundles(r, coproc.child("bundles"), base),
+        analytics=parse_analytics(r, coproc, base, run_dir),
+        metrics=parse_metrics(coproc.child("metrics")),
     )
     coproc.reject_unknown()
     return cfg

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import aiohttp
@@ -22,6 +22,7 @@ from aiohttp import web
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from gateway.admin import add_key_routes
+from gateway.analytics.service import Observability
 from gateway.auth import Authenticator
 from gateway.chain import Chain, HookCaller
 from gateway.control import (
@@ -74,6 +75,7 @@ EVENTS = web.AppKey("events", EventBus)
 HOOKS = web.AppKey("hooks", HookService)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 CHAIN = web.AppKey("chain", Chain)
+OBSERVE = web.AppKey("observe", Observability)
 
 # aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
 _NO_LIMIT = 1 << 62
@@ -110,6 +112,13 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
             yield
         await hooks.close()
 
+    serve_api: Callable[[web.Request], Awaitable[web.StreamResponse]] = _serve_api
+    observe = Observability.from_config(cfg)  # metrics, analytics: None when both are off
+    if observe is not None:
+        app[OBSERVE] = observe
+        app.cleanup_ctx.append(observe.ctx)  # first in, last out: flushes after requests
+        observe.add_routes(app)
+        serve_api = observe.handler(_serve_api)
     app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx])
     app.router.add_get("/hello", make_hello(lambda: app[HOOKS]))
     reload = make_reload(cfg.secret, app[CONTROL])
@@ -117,7 +126,7 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         app.router.add_get(path, reload, allow_head=False)
         app.router.add_post(path, reload)
     add_key_routes(app, cfg.secret, app[STORE])
-    app.router.add_route("*", "/{tail:.*}", _serve_api)
+    app.router.add_route("*", "/{tail:.*}", serve_api)
     return app
 
 
@@ -146,8 +155,16 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
-    auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit)
-    app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
+    hooks: HookCaller = app[HOOKS]
+    observe = app.get(OBSERVE)
+    if observe is not None:  # every hook call timed, its outcome counted
+        hooks = observe.hooks(hooks)
+        observe.add_stats("coproc_hook_client_events", "The hook client's counters",
+                          lambda: getattr(app[HOOKS], "stats", {}))
+    auth = Authenticator(app[STORE], hooks, app[EVENTS].emit)
+    chain = app[CHAIN] = Chain(app[ROUTER], hooks, session, cfg.gateway, auth)
+    if observe is not None:
+        observe.add_stats("coproc_gateway_events", "The chain's counters", lambda: chain.stats)
     yield
     await session.close()
 

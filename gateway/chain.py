@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from multidict import CIMultiDict
 
 from config.apidef import HookDef
 from config.gateway import GatewayOptions
+from gateway.analytics import observer as observe
 from gateway.auth import Authenticator, Denied
 from gateway.bodies import defers_text
 from gateway.hooks import BackendUnavailable, HookCallError, HookTimeout, NoWorker
@@ -138,6 +140,7 @@ class Chain:
         if plan is None:
             self.stats["no_route"] += 1
             return json_error(404, "No API is listening on this path")
+        observe.matched(plan, None, "")  # its own errors below are the API's too
         if has_dot_segment(path):
             self.stats["bad_path"] += 1
             return json_error(400, "Dot segments are not allowed in the path")
@@ -147,6 +150,7 @@ class Chain:
         if not rid or len(rid) > _MAX_REQUEST_ID:
             rid = os.urandom(16).hex()
         state = RequestState(request.method, path, query, raw, request.scheme, request.headers)
+        observe.matched(plan, state, rid)
         try:
             await self._request_phases(request, plan, state, rid)
             return await self._forward(request, plan, state, rid)
@@ -228,6 +232,7 @@ class Chain:
             fields = {**plan.log_fields, "hook": hook.name, "request_id": rid}
             if hook.failure_policy == "fail_open":
                 self.stats["hooks_fail_open"] += 1
+                observe.failed_open(plan.api_id, hook_type, hook.name)
                 log.warning("%s hook %s failed open (skipped): %s", hook_type, hook.name, exc,
                             extra={"fields": fields})
                 return None
@@ -254,9 +259,11 @@ class Chain:
         target = plan.target
         headers = upstream_headers(state, target, request.remote, rid)
         data = self._upstream_body(request, state, headers)
+        sent = time.perf_counter_ns()
         try:
             resp = await send(self.session, state, target.url(state.path, state.query),
                               headers, data)
+            observe.upstream(time.perf_counter_ns() - sent)
         except BodyTooLarge:
             return self._too_large()
         except UpstreamError as exc:

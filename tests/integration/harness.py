@@ -62,6 +62,8 @@ TEST_SETTINGS: dict[str, Any] = {
         "worker": {"threads": 32, "drain_grace_ms": 2000},
         "gateway": {"drain_grace_ms": 2000},
         "supervisor": {"stop_grace_ms": 5000},
+        # On the gateway's own port: no fixed port (9464) shared by instances.
+        "metrics": {"listen_port": 0},
     },
 }
 

@@ -1,0 +1,225 @@
+"""Prometheus metrics of the gateway process, and the `/metrics` endpoint that serves them.
+
+What moves per request (requests, latency histograms, hook calls) is kept in
+plain dicts keyed by the label values: an observation is a dict lookup, a
+bisect and two additions, about 1 µs, with no lock, because every observation
+and every scrape run on the gateway's one event-loop thread.  prometheus_client
+turns them into metric families only when /metrics is scraped (its own
+`Histogram.observe` takes a lock and costs several times more per request).
+What the gateway already counts (the chain's and the hook client's stats, the
+analytics queue) is read at scrape time too.
+
+Other processes add their metrics through `add_source` (a callable giving
+metric families at scrape time): the supervisor and the worker will report
+theirs over their existing channels and the gateway serves them together, so
+one scrape sees the instance.
+
+`/metrics` is served on its own listener (`coproc.metrics.listen_address` and
+`listen_port`, 127.0.0.1:9464 by default), or with `listen_port: 0` on the
+gateway's own port, where it needs the admin secret like the admin API.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from config.analytics import MetricsOptions
+from gateway.admin import admin_denied
+
+__all__ = ["GatewayMetrics", "add_metrics_route", "counters", "gauge", "start_metrics_site"]
+
+log = logging.getLogger("coproc.gateway.metrics")
+
+# Seconds; from sub-millisecond hook round trips to upstream timeouts.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0, 30.0)
+_LE = [str(b) for b in BUCKETS] + ["+Inf"]
+_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+Source = Callable[[], Iterable[Metric]]
+Labels = tuple[str, ...]
+
+
+class _Histogram:
+    """Bucket counts (not cumulative) and the sum, for one label set."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = "<=").
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+
+class GatewayMetrics:
+    """The gateway's metrics; `observe_*` are called where the outcome is known."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests: dict[Labels, int] = {}  # (api_id, code_class)
+        self.hook_calls: dict[Labels, int] = {}  # (api_id, phase, hook, outcome)
+        self.fail_open: dict[Labels, int] = {}  # (api_id, phase, hook)
+        self.duration: dict[Labels, _Histogram] = {}  # (api_id,)
+        self.upstream: dict[Labels, _Histogram] = {}
+        self.overhead: dict[Labels, _Histogram] = {}
+        self.hook_duration: dict[Labels, _Histogram] = {}  # (api_id, phase, hook)
+        self._sources: list[Source] = [self._families]
+        self.registry.register(_Sources(self._sources))
+
+    def add_source(self, source: Source) -> None:
+        """Metric families computed at scrape time (counters kept elsewhere)."""
+        self._sources.append(source)
+
+    def observe_request(self, api_id: str, status: int, total_s: float,
+                        upstream_s: float | None) -> None:
+        key = (api_id, _CLASSES.get(status // 100, "other"))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if not api_id:
+            return  # no API: only counted
+        api = (api_id,)
+        _hist(self.duration, api).observe(total_s)
+        if upstream_s is not None:
+            _hist(self.upstream, api).observe(upstream_s)
+            _hist(self.overhead, api).observe(max(0.0, total_s - upstream_s))
+
+    def observe_hook(self, api_id: str, phase: str, hook: str, outcome: str,
+                     seconds: float) -> None:
+        key = (api_id, phase, hook, outcome)
+        self.hook_calls[key] = self.hook_calls.get(key, 0) + 1
+        _hist(self.hook_duration, (api_id, phase, hook)).observe(seconds)
+
+    def observe_fail_open(self, api_id: str, phase: str, hook: str) -> None:
+        key = (api_id, phase, hook)
+        self.fail_open[key] = self.fail_open.get(key, 0) + 1
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _families(self) -> Iterator[Metric]:
+        yield _counter("coproc_requests", "API requests answered, by API and status class "
+                       "(api_id \"\": no API matched)", ["api_id", "code_class"], self.requests)
+        yield _histogram("coproc_request_duration_seconds",
+                         "Total time from request received to response sent", ["api_id"],
+                         self.duration)
+        yield _histogram("coproc_upstream_duration_seconds",
+                         "Time from the upstream request sent to its response headers",
+                         ["api_id"], self.upstream)
+        yield _histogram("coproc_gateway_duration_seconds",
+                         "Time spent in the gateway (total minus upstream)", ["api_id"],
+                         self.overhead)
+        yield _histogram("coproc_hook_duration_seconds", "Hook call round trips, by phase",
+                         ["api_id", "phase", "hook"], self.hook_duration)
+        yield _counter("coproc_hook_calls", "Hook calls by outcome (ok, error, timeout, "
+                       "unavailable, cancelled)", ["api_id", "phase", "hook", "outcome"],
+                       self.hook_calls)
+        yield _counter("coproc_hook_fail_open", "Failed hook calls skipped by a fail_open "
+                       "policy", ["api_id", "phase", "hook"], self.fail_open)
+
+
+def _hist(table: dict[Labels, _Histogram], key: Labels) -> _Histogram:
+    hist = table.get(key)
+    if hist is None:
+        hist = table[key] = _Histogram()
+    return hist
+
+
+def _counter(name: str, help_text: str, labels: list[str], values: dict[Labels, int]
+             ) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=labels)
+    for key, value in list(values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+def _histogram(name: str, help_text: str, labels: list[str], table: dict[Labels, _Histogram]
+               ) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help_text, labels=labels)
+    for key, hist in list(table.items()):
+        running, buckets = 0, []
+        for le, count in zip(_LE, hist.counts, strict=True):
+            running += count
+            buckets.append((le, running))
+        family.add_metric(list(key), buckets, hist.total)
+    return family
+
+
+class _Sources(Collector):
+    def __init__(self, sources: list[Source]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self.sources:
+            try:
+                yield from source()
+            except Exception:  # one broken source must not hide the others
+                log.exception("metrics source %r failed", source)
+
+
+def counters(prefix: str, help_text: str, values: dict[str, int], label: str
+             ) -> CounterMetricFamily:
+    """One counter family with a label per key of `values` (e.g. the chain's stats)."""
+    family = CounterMetricFamily(prefix, help_text, labels=[label])
+    for name, value in values.items():
+        family.add_metric([name], value)
+    return family
+
+
+def gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _handler(metrics: GatewayMetrics, secret: str | None
+             ) -> Callable[[web.Request], Any]:
+    async def serve(request: web.Request) -> web.Response:
+        if secret is not None:
+            denied = admin_denied(request, secret)
+            if denied is not None:
+                return denied
+        body = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return serve
+
+
+def add_metrics_route(app: web.Application, metrics: GatewayMetrics, opts: MetricsOptions,
+                      secret: str) -> None:
+    """listen_port 0: serve /metrics on the gateway's port, behind the admin secret."""
+    app.router.add_get(opts.path, _handler(metrics, secret), allow_head=False)
+
+
+async def start_metrics_site(metrics: GatewayMetrics, opts: MetricsOptions
+                             ) -> web.AppRunner | None:
+    """The metrics listener; None (and an error logged) when its address is taken."""
+    app = web.Application()
+    app.router.add_get(opts.path, _handler(metrics, None), allow_head=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, opts.listen_address, opts.listen_port).start()
+    except OSError as exc:
+        # Metrics are not worth refusing traffic for: serve without them, say so.
+        log.error("metrics: cannot listen on %s:%d (%s); /metrics is off. Fix: free the "
+                  "port or set coproc.metrics.listen_port", opts.listen_address,
+                  opts.listen_port, exc.strerror or exc)
+        await runner.cleanup()
+        return None
+    log.info("metrics on http://%s:%d%s", opts.listen_address, opts.listen_port, opts.path)
+    return runner
