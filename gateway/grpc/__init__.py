@@ -24,8 +24,11 @@ MISSING_GRPC = ("the grpc plugin driver needs the grpcio and protobuf packages, 
 
 
 def grpc_available() -> bool:
-    return (importlib.util.find_spec("grpc") is not None
-            and importlib.util.find_spec("google.protobuf") is not None)
+    try:
+        return (importlib.util.find_spec("grpc") is not None
+                and importlib.util.find_spec("google.protobuf") is not None)
+    except ModuleNotFoundError:  # no `google` namespace at all
+        return False
 
 
 def require_grpc() -> None:
