@@ -32,6 +32,7 @@ from gateway.control import (
     make_reload,
     report_status,
 )
+from gateway.drivers import DriverRouter, grpc_apis, open_grpc
 from gateway.events import EventBus
 from gateway.health import make_hello
 from gateway.hooks import HookClient, HostCallHandler
@@ -73,6 +74,7 @@ EVENTS = web.AppKey("events", EventBus)
 HOOKS = web.AppKey("hooks", HookService)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 CHAIN = web.AppKey("chain", Chain)
+CALLER = web.AppKey("caller", DriverRouter)  # hook calls, by their API's driver
 
 # aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
 _NO_LIMIT = 1 << 62
@@ -101,12 +103,19 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
         await hooks.start()
         app[HOOKS] = hooks
+        grpc_ids = grpc_apis(apis)
+        grpc = open_grpc(cfg, needed=bool(grpc_ids))
+        if grpc is not None:
+            await grpc.start()
+        app[CALLER] = DriverRouter(hooks, grpc, grpc_ids)
         events = app[EVENTS]
-        events.send_event = getattr(hooks, "send_event", None)  # @Event handlers
+        events.send_event = app[CALLER].send_event  # @Event / cp_dynamic_handler
         watched = [a for a, h in handlers.items() if h.get("WorkerRestarted")]
         async with _background(events.watch_worker(
                 lambda: hooks.health().get("generation"), watched)):
             yield
+        if grpc is not None:
+            await grpc.close()
         await hooks.close()
 
     app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx])
@@ -145,8 +154,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
-    auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit)
-    app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
+    auth = Authenticator(app[STORE], app[CALLER], app[EVENTS].emit)
+    app[CHAIN] = Chain(app[ROUTER], app[CALLER], session, cfg.gateway, auth)
     yield
     await session.close()
 
