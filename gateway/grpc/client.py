@@ -47,8 +47,9 @@ log = logging.getLogger("coproc.grpc")
 EVENT_TIMEOUT_S: Final = 5.0
 #: How long a replaced channel's calls may run before it is closed under them.
 DRAIN_GRACE_S: Final = 30.0
-STATS: Final = ("calls", "replies", "errors", "timeouts", "unavailable", "events",
-                "event_errors", "switches")
+#: Counters, prefixed: they join the chain's in the gateway's status reports.
+STATS: Final = ("grpc_calls", "grpc_replies", "grpc_errors", "grpc_timeouts",
+                "grpc_unavailable", "grpc_events", "grpc_event_errors", "grpc_switches")
 
 
 class _Channel:
@@ -108,7 +109,7 @@ class GrpcHookClient:
         """Send new calls to `address`; the previous channel drains, then closes."""
         previous, self._active = self._active, _Channel(address, self._options)
         self._address = address
-        self.stats["switches"] += 1
+        self.stats["grpc_switches"] += 1
         log.info("gRPC plugin server: now %s", address)
         if previous is not None:
             self._draining.add(previous)
@@ -141,15 +142,15 @@ class GrpcHookClient:
         """Run one hook in the gRPC server; return the object after the hook."""
         channel = self._active
         if channel is None:
-            self.stats["unavailable"] += 1
+            self.stats["grpc_unavailable"] += 1
             raise NoWorker("no gRPC plugin server is configured "
                            "(coprocess_options.coprocess_grpc_server)")
         try:
             request = to_proto(obj)
         except (TypeError, ValueError) as exc:
-            self.stats["errors"] += 1
+            self.stats["grpc_errors"] += 1
             raise HookFailed("bad_object", f"cannot encode the object: {exc}") from None
-        self.stats["calls"] += 1
+        self.stats["grpc_calls"] += 1
         channel.enter()
         started = time.perf_counter_ns()
         try:
@@ -159,10 +160,10 @@ class GrpcHookClient:
         finally:
             channel.leave()
         self.latency.record_ns(time.perf_counter_ns() - started)
-        self.stats["replies"] += 1
+        self.stats["grpc_replies"] += 1
         got = from_proto(reply)
         if hook_type == "response" and "response" not in got:
-            self.stats["errors"] += 1  # Tyk: "Middleware error"
+            self.stats["grpc_errors"] += 1  # Tyk: "Middleware error"
             raise HookFailed("no_response", f"response hook {hook.name} returned no "
                                             f"response object")
         got["spec"] = obj.get("spec", {})
@@ -172,12 +173,12 @@ class GrpcHookClient:
                 hook: HookDef) -> HookCallError:
         code, details = exc.code(), exc.details() or ""
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            self.stats["timeouts"] += 1
+            self.stats["grpc_timeouts"] += 1
             return HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms")
         if code is grpc.StatusCode.UNAVAILABLE:
-            self.stats["unavailable"] += 1
+            self.stats["grpc_unavailable"] += 1
             return NoWorker(f"gRPC plugin server {channel.address} is unavailable: {details}")
-        self.stats["errors"] += 1
+        self.stats["grpc_errors"] += 1
         if code is grpc.StatusCode.CANCELLED:
             return WorkerLost(f"gRPC call to {channel.address} was cancelled: {details}")
         return HookFailed(code.name.lower(), details)
@@ -193,7 +194,7 @@ class GrpcHookClient:
         payload = json.dumps({"message": dict(event), "handler_name": handler,
                               "spec": {"APIID": spec.get("APIID", api_id),
                                        "OrgID": spec.get("OrgID", "")}})
-        self.stats["events"] += 1
+        self.stats["grpc_events"] += 1
         self._spawn(self._event(channel, payload))
         return True
 
@@ -202,7 +203,7 @@ class GrpcHookClient:
             await channel.stub.DispatchEvent(pb.Event(payload=payload),
                                              timeout=EVENT_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            self.stats["event_errors"] += 1
+            self.stats["grpc_event_errors"] += 1
             log.warning("DispatchEvent to %s failed: %s %s", channel.address,
                         exc.code().name, exc.details())
 
@@ -214,6 +215,7 @@ class GrpcHookClient:
     # -- health ------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        """The server's address and connection state, calls in flight, latency, counters."""
         channel = self._active
         return {
             "driver": "grpc",
