@@ -8,6 +8,7 @@ session and chain -> control channel (status reports).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -166,7 +167,9 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     if isinstance(hooks, HookClient):
         hooks.on_activate = switch.on_activated
     channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis))
-    async with _background(report_status(channel, hooks, app[CHAIN].stats)):
+    grpc = app[CALLER].grpc
+    stats = collections.ChainMap(app[CHAIN].stats, getattr(grpc, "stats", {}))  # live views
+    async with _background(report_status(channel, hooks, stats)):
         yield
     channel.close()
 
