@@ -126,6 +126,23 @@ def test_a_servers_edits_apply_as_a_workers_would() -> None:
     assert (state.path, state.query, state.body) == ("/moved", "a=1&b=2&c=3", b"new")
 
 
+def test_written_out_records_have_every_field_of_the_proto() -> None:
+    got = from_proto(pb.Object(request=pb.MiniRequestObject(), response=pb.ResponseObject()))
+    assert set(got["request"]) | {"url", "method"} == set(
+        pb.MiniRequestObject.DESCRIPTOR.fields_by_name)
+    assert set(got["response"]) == set(pb.ResponseObject.DESCRIPTOR.fields_by_name)
+    assert set(got["request"]["return_overrides"]) == set(
+        pb.ReturnOverrides.DESCRIPTOR.fields_by_name)
+
+
+def test_values_of_other_types_are_coerced_field_by_field() -> None:
+    msg = to_proto({"hook_type": "pre", "request": {
+        "headers": {"X-N": 1}, "raw_body": bytearray(b"ab"), "unknown": 1,
+        "return_overrides": {"response_code": 201.0}}})
+    assert msg.request.headers["X-N"] == "1" and msg.request.raw_body == b"ab"
+    assert msg.request.return_overrides.response_code == 201
+
+
 def test_empty_url_and_method_read_as_unchanged() -> None:
     got = from_proto(pb.Object(request=pb.MiniRequestObject(raw_body=b"x")))
     assert "url" not in got["request"] and "method" not in got["request"]
