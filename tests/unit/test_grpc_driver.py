@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from config.apidef import HookDef, load_api_definition
 from config.gateway import GatewayConfig, GatewayOptions, GrpcOptions, load_gateway_config
 from config.reader import ConfigError
-from gateway.drivers import DriverRouter
+from gateway.drivers import DriverRouter, open_grpc
 from gateway.grpc._pb import coprocess_pb2 as pb
 from gateway.grpc._pb import coprocess_pb2_grpc as pb_grpc
 from gateway.grpc.client import GrpcHookClient
@@ -290,6 +290,18 @@ async def test_router_sends_each_hook_to_its_drivers_client() -> None:
         await DriverRouter(worker, None).call("g", "pre", HookDef("X", driver="grpc"), {})
 
 
+def test_open_grpc_only_with_a_server_and_grpcio(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.grpc
+
+    cfg = GatewayConfig(Path("x"), grpc=GrpcOptions("tcp://127.0.0.1:1"))
+    assert open_grpc(GatewayConfig(Path("x")), needed=False) is None
+    assert isinstance(open_grpc(cfg, needed=True), GrpcHookClient)
+    monkeypatch.setattr(gateway.grpc, "grpc_available", lambda: False)
+    assert open_grpc(cfg, needed=False) is None  # logged: no API can use it
+    with pytest.raises(RuntimeError, match=r"coproc\[grpc\]"):
+        open_grpc(cfg, needed=True)
+
+
 # -- the client against a real server -------------------------------------------
 
 Handler = Callable[[pb.Object], Awaitable[pb.Object]]
@@ -364,6 +376,22 @@ async def test_call_deadline_and_server_error(served: tuple[Servicer, int]) -> N
         assert health["stats"]["grpc_calls"] == 4 and health["stats"]["grpc_timeouts"] == 1
     finally:
         await client.close()
+
+
+async def test_unix_socket_address(tmp_path: Path) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_DispatcherServicer_to_server(Servicer(_tagging), server)
+    sock = tmp_path / "p.sock"
+    server.add_insecure_port(f"unix://{sock}")
+    await server.start()
+    client = GrpcHookClient(GatewayConfig(Path("x"), grpc=GrpcOptions(f"unix://{sock}")))
+    await client.start()
+    try:
+        got = await client.call("a", "pre", HOOK, _obj())
+        assert got["request"]["set_headers"] == {"X-Tag": "served"}
+    finally:
+        await client.close()
+        await server.stop(None)
 
 
 async def test_no_server_fails_fast() -> None:
