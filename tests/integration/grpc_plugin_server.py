@@ -28,6 +28,9 @@ from gateway.grpc._pb import coprocess_pb2_grpc as pb_grpc
 class Hooks:
     """One method per hook name, each changing the object in place."""
 
+    def __init__(self, events: Path | None) -> None:
+        self.events = events
+
     def MyPreHook(self, obj: pb.Object) -> None:
         req = obj.request
         req.set_headers["X-Added"] = "added-by-grpc"
@@ -113,6 +116,9 @@ class Hooks:
     async def SleepFromHeader(self, obj: pb.Object) -> None:
         ms = obj.request.headers.get("X-Sleep-Ms", "")
         if ms:
+            if self.events is not None:  # lets a test see the call is in the server
+                with self.events.open("a") as f:
+                    f.write(json.dumps({"sleeping": int(ms)}) + "\n")
             await asyncio.sleep(int(ms) / 1000)
         obj.request.set_headers["X-Slept"] = ms or "0"
 
@@ -122,7 +128,7 @@ class Hooks:
 
 class Dispatcher(pb_grpc.DispatcherServicer):
     def __init__(self, events: Path | None) -> None:
-        self.hooks = Hooks()
+        self.hooks = Hooks(events)
         self.events = events
 
     async def Dispatch(self, request: pb.Object, context: grpc.aio.ServicerContext) -> pb.Object:

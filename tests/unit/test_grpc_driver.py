@@ -425,6 +425,7 @@ async def test_switch_routes_new_calls_and_drains_the_old_server(
         slow = asyncio.ensure_future(client.call("a", "pre", HOOK, _obj("0.5")))
         await asyncio.sleep(0.1)
         await client.switch(f"tcp://127.0.0.1:{port_b}", grace_s=5)
+        assert await client.ready(5)  # B accepts connections: what a supervisor waits for
         got = await client.call("a", "pre", HOOK, _obj())
         assert got["request"]["set_headers"] == {"X-Tag": "b"}
         assert client.health()["draining"] == [f"tcp://127.0.0.1:{port_a}"]
