@@ -5,7 +5,8 @@ What is measured (all on 127.0.0.1, against the same minimal upstream):
 * a bare aiohttp reverse proxy, and the same with an aiohttp middleware that
   sets one header (the in-process ceiling: what a user writes without isolation);
 * Coproc with no hooks, with one no-op pre hook (also as an `async def` hook,
-  which runs on the worker's event loop instead of its call threads), and with
+  which runs on the worker's event loop instead of its call threads, as a Lua hook,
+  and through the `grpc` driver to a no-op Tyk gRPC plugin server), and with
   pre+post+response;
 * 1 MiB and 10 MiB POST bodies through a pre hook that reads the body, with
   the shared-memory arena and with inline transfer (threshold set out of reach);
@@ -91,6 +92,13 @@ def _api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
             "proxy": {"listen_path": f"/{api_id}/", "target_url": target,
                       "strip_listen_path": True},
             "custom_middleware": middleware}
+
+
+def _grpc_api(api_id: str, target: str) -> dict[str, Any]:
+    """One no-op pre hook run by the gRPC plugin server (bench/servers.py grpc)."""
+    api = _api(api_id, target)
+    api["custom_middleware"] = {"driver": "grpc", "pre": [{"name": "NoopPre"}]}
+    return api
 
 
 @dataclass
@@ -185,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(inst.stop)
             return inst
 
+        grpc_server = Server("grpc")
+        stack.callback(grpc_server.stop)
         plain = coproc({"plain": _api("plain", up)})
+        gpre = Coproc({"gpre": _grpc_api("gpre", up)}, {}, {"coprocess_options": {
+            "coprocess_grpc_server": f"tcp://127.0.0.1:{grpc_server.port}"}})
+        stack.callback(gpre.stop)
         pre = coproc({"pre": _api("pre", up, pre=["NoopPre"])})
         apre = coproc({"apre": _api("apre", up, pre=["AsyncNoopPre"])})
         three = coproc({"three": _api("three", up, pre=["GreetPre"], post=["NoopPost"],
@@ -206,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                      coproc=pre),
             Scenario("pre_async_noop", "coproc, 1 no-op async pre hook",
                      lambda: apre.url + "/apre/x", c, coproc=apre),
+            Scenario("pre_noop_grpc", "coproc, 1 no-op pre hook via gRPC",
+                     lambda: gpre.url + "/gpre/x", c, coproc=gpre),
             Scenario("pre_post_response", "coproc, pre+post+response hooks",
                      lambda: three.url + "/three/x", c, coproc=three),
             Scenario("body_1mib_shm", "1 MiB body, body-reading pre hook, shm",
@@ -249,6 +264,7 @@ def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[
         "no_hooks_vs_bare_proxy": ("no_hooks", "bare_proxy"),
         "pre_noop_vs_no_hooks": ("pre_noop", "no_hooks"),
         "pre_async_noop_vs_no_hooks": ("pre_async_noop", "no_hooks"),
+        "pre_noop_grpc_vs_no_hooks": ("pre_noop_grpc", "no_hooks"),
         "pre_post_response_vs_no_hooks": ("pre_post_response", "no_hooks"),
         "pre_noop_vs_inprocess_middleware": ("pre_noop", "inprocess_middleware"),
         "body_1mib_shm_vs_inline": ("body_1mib_shm", "body_1mib_inline"),
@@ -291,6 +307,8 @@ def _table(report: dict[str, Any]) -> str:
     checks = [
         ("no-op pre hook / no hooks", ratios["pre_noop_vs_no_hooks"], ">= 0.75", 0.75, True),
         ("no-op async pre hook / no hooks", ratios["pre_async_noop_vs_no_hooks"], "", None,
+         True),
+        ("no-op pre hook via gRPC / no hooks", ratios["pre_noop_grpc_vs_no_hooks"], "", None,
          True),
         ("pre+post+response / no hooks", ratios["pre_post_response_vs_no_hooks"], ">= 0.55",
          0.55, True),

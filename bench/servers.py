@@ -9,6 +9,9 @@ reverse proxy doing the gateway's forwarding (method, path, headers, body,
 response relayed); with `--middleware` an aiohttp middleware first sets one
 request header: the in-process ceiling for what a plugin hook does.
 
+`python -m bench.servers grpc --port 0`: a Tyk gRPC plugin server whose
+`Dispatch` returns the object unchanged (the `grpc` driver's no-op hook).
+
 Each prints `PORT=<n>` on stdout once it listens.
 """
 
@@ -140,9 +143,30 @@ async def _proxy(host: str, port: int, target: str, middleware: bool) -> None:
         await runner.cleanup()
 
 
+async def _grpc(host: str, port: int) -> None:
+    import grpc
+
+    from gateway.grpc._pb import coprocess_pb2 as pb
+    from gateway.grpc._pb import coprocess_pb2_grpc as pb_grpc
+
+    class Noop(pb_grpc.DispatcherServicer):
+        async def Dispatch(self, request: pb.Object, context: Any) -> pb.Object:
+            return request
+
+    server = grpc.aio.server()
+    pb_grpc.add_DispatcherServicer_to_server(Noop(), server)  # type: ignore[no-untyped-call]
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"PORT={bound}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop(None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("role", choices=("upstream", "proxy"))
+    parser.add_argument("role", choices=("upstream", "proxy", "grpc"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--target", default="")
@@ -151,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.role == "upstream":
             eventloop.run(_upstream(args.host, args.port))
+        elif args.role == "grpc":
+            eventloop.run(_grpc(args.host, args.port))
         else:
             eventloop.run(_proxy(args.host, args.port, args.target, args.middleware))
     except KeyboardInterrupt:

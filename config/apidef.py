@@ -15,6 +15,8 @@ there (not downloaded, not verified) sets `bundle_error`: that API answers
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,13 @@ class HookDef:
     require_session: bool = False
     timeout_ms: int = 1000
     failure_policy: str = "fail_closed"
+    # The API's `custom_middleware.driver`: which hook service runs it ("grpc":
+    # the gRPC plugin server, anything else: the Python worker).
+    driver: str = ""
+
+
+#: The driver whose hooks a Tyk gRPC plugin server runs (not the Python worker).
+GRPC_DRIVER = "grpc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +117,9 @@ class APIDefinition:
 
     @property
     def has_plugins(self) -> bool:
-        return bool(self.custom_middleware.all_hooks())
+        """Whether the plugin worker runs hooks of this API (a gRPC server runs its own)."""
+        return (self.custom_middleware.driver != GRPC_DRIVER
+                and bool(self.custom_middleware.all_hooks()))
 
 
 def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
@@ -262,9 +273,17 @@ def _proxy(r: Reader) -> ProxyDef:
 def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef,
                 resolve_paths: bool = True) -> CustomMiddleware:
     """`resolve_paths=False`: bundle hooks, whose module is the bundle's (no path used)."""
+    driver = r.get("driver", str, "")
+    if driver == GRPC_DRIVER and cfg.enable_coprocess:
+        _check_grpc(r, cfg)
+
     def hook(h: Reader) -> HookDef:
         name = h.get("name", str)
-        if not name.isidentifier():
+        if driver == GRPC_DRIVER:
+            if not name:  # the server dispatches on it: any non-empty name will do
+                raise h.error("name", "must not be empty", "name the hook as the gRPC "
+                              "server knows it")
+        elif not name.isidentifier():
             raise h.error("name", f"{name!r} is not a Python function name",
                           "name the decorated hook function")
         return HookDef(
@@ -275,11 +294,12 @@ def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef,
             require_session=h.get("require_session", bool, False),
             timeout_ms=h.number("timeout_ms", int, d.timeout_ms, 1),
             failure_policy=h.choice("failure_policy", FAILURE_POLICIES, d.failure_policy),
+            driver=driver,
         )
 
     auth = r.get("auth_check", dict, {})
     return CustomMiddleware(
-        driver=r.get("driver", str, ""),
+        driver=driver,
         pre=r.items("pre", hook),
         post_key_auth=r.items("post_key_auth", hook),
         post=r.items("post", hook),
@@ -294,8 +314,27 @@ def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef,
 
 
 def _with_policy(h: HookDef, policy: str) -> HookDef:
-    return HookDef(h.name, h.path, h.disabled, h.raw_body_only, h.require_session,
-                   h.timeout_ms, policy)
+    return dataclasses.replace(h, failure_policy=policy)
+
+
+def _check_grpc(r: Reader, cfg: GatewayConfig) -> None:
+    """A `grpc` API needs a server address and the grpcio extra: say so at load."""
+    if not cfg.grpc.server:
+        raise r.error("driver", "\"grpc\" needs a gRPC plugin server, but "
+                      "coprocess_options.coprocess_grpc_server is not set",
+                      f"set coprocess_options.coprocess_grpc_server in {cfg.path} "
+                      "(e.g. tcp://127.0.0.1:5555)")
+    if not _grpc_installed():
+        raise r.error("driver", "\"grpc\" needs the grpcio and protobuf packages, which "
+                      "are not installed", "pip install 'coproc[grpc]'")
+
+
+def _grpc_installed() -> bool:
+    try:
+        return (importlib.util.find_spec("grpc") is not None
+                and importlib.util.find_spec("google.protobuf") is not None)
+    except ModuleNotFoundError:  # no `google` namespace at all
+        return False
 
 
 def _hook_path(h: Reader, cfg: GatewayConfig, source: Path) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "BundleOptions",
     "GatewayConfig",
     "GatewayOptions",
+    "GrpcOptions",
     "HookOptions",
     "IpcOptions",
     "StorageConfig",
@@ -108,6 +109,22 @@ class IpcOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcOptions:
+    """Tyk's gRPC settings in `coprocess_options` (the `grpc` plugin driver)."""
+
+    # Tyk's `coprocess_grpc_server`: tcp://host:port, unix:///path or dns:///name:port.
+    server: str = ""
+    recv_max_size: int = 0  # 0: derived from max_body_bytes (see docs/drivers/grpc.md)
+    send_max_size: int = 0
+    authority: str = ""
+    round_robin: bool = False
+
+
+#: The `coprocess_grpc_server` schemes gRPC resolves (Tyk strips `tcp://`).
+GRPC_SCHEMES = ("tcp://", "unix://", "unix:", "dns:", "ipv4:", "ipv6:")
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorOptions:
     restart_backoff_initial_ms: int = 100
     restart_backoff_max_ms: int = 5000
@@ -152,6 +169,7 @@ class GatewayConfig:
     app_path: Path = Path("apps")
     middleware_path: Path = Path("middleware")
     enable_coprocess: bool = True
+    grpc: GrpcOptions = field(default_factory=GrpcOptions)
     storage: StorageConfig = field(default_factory=StorageConfig)
     run_dir: Path = Path()
     log_level: str = "info"
@@ -200,6 +218,7 @@ def load_gateway_config(path: Path | str,
         app_path=_resolve(base, r.get("app_path", str, "apps")),
         middleware_path=_resolve(base, r.get("middleware_path", str, "middleware")),
         enable_coprocess=r.child("coprocess_options").get("enable_coprocess", bool, True),
+        grpc=_grpc(r.child("coprocess_options")),
         storage=_storage(r.child("storage")),
         run_dir=run_dir,
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),
@@ -312,6 +331,20 @@ def _ipc(r: Reader) -> IpcOptions:
         max_message_bytes=r.number("max_message_bytes", int, d.max_message_bytes, 64 * 1024),
         shm_threshold_bytes=r.number("shm_threshold_bytes", int, d.shm_threshold_bytes, 0),
         shm_arena_bytes=r.number("shm_arena_bytes", int, d.shm_arena_bytes, 0),
+    )
+
+
+def _grpc(r: Reader) -> GrpcOptions:
+    server = r.get("coprocess_grpc_server", str, "")
+    if server and not server.startswith(GRPC_SCHEMES):
+        raise r.error("coprocess_grpc_server", f"unsupported address {server!r}",
+                      "use tcp://HOST:PORT, unix:///path/to/socket or dns:///NAME:PORT")
+    return GrpcOptions(
+        server=server,
+        recv_max_size=r.number("grpc_recv_max_size", int, 0, 0),
+        send_max_size=r.number("grpc_send_max_size", int, 0, 0),
+        authority=r.get("grpc_authority", str, ""),
+        round_robin=r.get("grpc_round_robin_load_balancing", bool, False),
     )
 
 

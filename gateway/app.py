@@ -8,6 +8,7 @@ session and chain -> control channel (status reports).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -33,6 +34,7 @@ from gateway.control import (
     make_reload,
     report_status,
 )
+from gateway.drivers import DriverRouter, grpc_apis, open_grpc
 from gateway.events import EventBus
 from gateway.health import make_hello
 from gateway.hooks import HookClient, HostCallHandler
@@ -76,6 +78,7 @@ HOOKS = web.AppKey("hooks", HookService)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 CHAIN = web.AppKey("chain", Chain)
 OBSERVE = web.AppKey("observe", Observability)
+CALLER = web.AppKey("caller", DriverRouter)  # hook calls, by their API's driver
 
 # aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
 _NO_LIMIT = 1 << 62
@@ -104,12 +107,19 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
         await hooks.start()
         app[HOOKS] = hooks
+        grpc_ids = grpc_apis(apis)
+        grpc = open_grpc(cfg, needed=bool(grpc_ids))
+        if grpc is not None:
+            await grpc.start()
+        app[CALLER] = DriverRouter(hooks, grpc, grpc_ids)
         events = app[EVENTS]
-        events.send_event = getattr(hooks, "send_event", None)  # @Event handlers
+        events.send_event = app[CALLER].send_event  # @Event / cp_dynamic_handler
         watched = [a for a, h in handlers.items() if h.get("WorkerRestarted")]
         async with _background(events.watch_worker(
                 lambda: hooks.health().get("generation"), watched)):
             yield
+        if grpc is not None:
+            await grpc.close()
         await hooks.close()
 
     serve_api: Callable[[web.Request], Awaitable[web.StreamResponse]] = _serve_api
@@ -155,7 +165,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
-    hooks: HookCaller = app[HOOKS]
+    hooks: HookCaller = app[CALLER]  # by each API's driver
     observe = app.get(OBSERVE)
     if observe is not None:  # every hook call timed, its outcome counted
         hooks = observe.hooks(hooks)
@@ -175,7 +185,9 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     if isinstance(hooks, HookClient):
         hooks.on_activate = switch.on_activated
     channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis))
-    async with _background(report_status(channel, hooks, app[CHAIN].stats)):
+    grpc = app[CALLER].grpc
+    stats = collections.ChainMap(app[CHAIN].stats, getattr(grpc, "stats", {}))  # live views
+    async with _background(report_status(channel, hooks, stats)):
         yield
     channel.close()
 

@@ -1,0 +1,101 @@
+"""Driver selection: each hook call goes to the hook service of its API's driver.
+
+An API's `custom_middleware.driver` names who runs its hooks: `grpc` a Tyk
+gRPC plugin server (gateway/grpc/), anything else the Python plugin worker
+(gateway/hooks.py).  Both services have the same `call` and `send_event`, and
+raise the same exceptions, so the chain and the authenticator use this router
+as they would use either, and apply answers and failure policies alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from config.apidef import GRPC_DRIVER, APIDefinition, HookDef
+from config.gateway import GatewayConfig
+from gateway.hooks import NoWorker
+
+__all__ = ["DriverClient", "DriverRouter", "grpc_apis", "open_grpc"]
+
+log = logging.getLogger("coproc.gateway.drivers")
+
+
+class HookCaller(Protocol):
+    async def call(self, api_id: str, hook_type: str, hook: HookDef,
+                   obj: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class DriverClient(HookCaller, Protocol):
+    """What a driver's client offers the chain (the worker's and the gRPC one)."""
+
+    def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
+                   spec: Mapping[str, str]) -> bool: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class GrpcService(DriverClient, Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class DriverRouter:
+    """The hook caller of the chain: the worker client, or the gRPC one for `grpc` hooks."""
+
+    def __init__(self, worker: HookCaller, grpc: DriverClient | None,
+                 grpc_api_ids: Iterable[str] = ()) -> None:
+        self.worker = worker
+        self.grpc = grpc
+        self._grpc_apis = frozenset(grpc_api_ids)
+
+    @property
+    def arena(self) -> Any:
+        """The worker's body arena (gateway/bodies.py `defers_text`); gRPC resolves text."""
+        return getattr(self.worker, "arena", None)
+
+    async def call(self, api_id: str, hook_type: str, hook: HookDef,
+                   obj: dict[str, Any]) -> dict[str, Any]:
+        if hook.driver != GRPC_DRIVER:
+            return await self.worker.call(api_id, hook_type, hook, obj)
+        if self.grpc is None:
+            raise NoWorker("the API's driver is grpc but no gRPC plugin server is "
+                           "configured (coprocess_options.coprocess_grpc_server)")
+        return await self.grpc.call(api_id, hook_type, hook, obj)
+
+    def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
+                   spec: Mapping[str, str]) -> bool:
+        """A cp_dynamic_handler event, to the service that runs the API's plugins."""
+        if api_id in self._grpc_apis:
+            return self.grpc is not None and self.grpc.send_event(api_id, handler, event, spec)
+        send = getattr(self.worker, "send_event", None)  # test fakes may have none
+        return send is not None and bool(send(api_id, handler, event, spec))
+
+
+def grpc_apis(apis: Iterable[APIDefinition]) -> list[str]:
+    """Ids of the active APIs whose plugins a gRPC server runs."""
+    return [a.api_id for a in apis if a.active and a.custom_middleware.driver == GRPC_DRIVER]
+
+
+def open_grpc(cfg: GatewayConfig, needed: bool) -> GrpcService | None:
+    """The gRPC hook client when a server is configured, else None.
+
+    grpcio is imported only here: a gateway without `grpc` APIs runs without
+    it.  API definitions that need it were refused at load when it is missing.
+    """
+    if not cfg.grpc.server or not cfg.enable_coprocess:
+        return None
+    from gateway.grpc import grpc_available
+
+    if not grpc_available():
+        if needed:
+            raise RuntimeError("coprocess_grpc_server is set but grpcio is not installed: "
+                               "pip install 'coproc[grpc]'")
+        log.warning("coprocess_grpc_server is set but grpcio is not installed: "
+                    "no API can use the grpc driver (pip install 'coproc[grpc]')")
+        return None
+    from gateway.grpc.client import GrpcHookClient
+
+    return GrpcHookClient(cfg)
