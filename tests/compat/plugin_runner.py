@@ -21,7 +21,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _CHILD = textwrap.dedent('''
-    import json, logging, sys
+    import json, logging, sys, traceback
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s %(message)s")
     from config import load_api_definitions, load_gateway_config
@@ -36,10 +36,14 @@ _CHILD = textwrap.dedent('''
     out = {"report": table.report(), "calls": {}}
     for api_id, name in json.loads(sys.argv[2]):
         request = HookRequest(MiniRequestObject())
+        entry = table.find(api_id, name)
+        args = (request, SessionState(), {}, {}) if entry.arity == 4 else \
+            (request, SessionState(), {})
         try:
-            table.find(api_id, name).func(request, SessionState(), {}, {})
+            entry.func(*args)
             out["calls"][f"{api_id}.{name}"] = dict(request.object.set_headers)
         except Exception as exc:
+            traceback.print_exc()
             out["calls"][f"{api_id}.{name}"] = {"error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(out))
 ''')
