@@ -119,7 +119,9 @@ def _check_unique(apis: list[APIDefinition]) -> None:
             continue
         if api.api_id in ids:
             raise ConfigError(api.source, "api_id", f"{api.api_id!r} is also used by "
-                              f"{ids[api.api_id].source}", "give every API a unique api_id")
+                              f"{ids[api.api_id].source}" + (
+                                  " (neither file has an api_id)" if not api.api_id else ""),
+                              "give every API a unique api_id")
         ids[api.api_id] = api
         key = (api.domain, api.proxy.listen_path)
         if key in seen:
@@ -131,9 +133,10 @@ def _check_unique(apis: list[APIDefinition]) -> None:
 def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
     raw = load_json(path)
     r = Reader(raw, path)
-    api_id = r.get("api_id", str)
-    if not api_id:
-        raise r.error("api_id", "must not be empty", "set a unique, non-empty api_id")
+    # Tyk's file loader takes a definition without api_id as it is: the API's id
+    # is "" (only its API writes generate one).  Two such files collide, which
+    # `_check_unique` reports.
+    api_id = r.get("api_id", str, "")
     opts = r.child("coproc")
     hook_defaults = HookDef(
         name="",
@@ -191,10 +194,15 @@ def _id_extractor(r: Reader) -> dict[str, Any]:
                       "whole body as the credential", "use regex or xpath to pick the "
                       "credential out of the body, or extract from a header or form field")
     ec = r.child("extractor_config")
-    needed = {"header": "header_name", "form": "form_param_name"}.get(source)
-    if needed and not ec.get(needed, str, ""):
-        raise ec.error(needed, f"is required to extract from a {source}",
-                       f"set extractor_config.{needed}")
+    if source == "header" and not ec.get("header_name", str, ""):
+        raise ec.error("header_name", "is required to extract from a header",
+                       "set extractor_config.header_name")
+    # Tyk's field is `param_name` (apidef.IDExtractorConfig); `form_param_name` is
+    # the name Coproc used first, still read.
+    if source == "form" and not (ec.get("param_name", str, "")
+                                 or ec.get("form_param_name", str, "")):
+        raise ec.error("param_name", "is required to extract from a form",
+                       "set extractor_config.param_name to the form field's name")
     if method == "regex":
         expression = ec.get("regex_expression", str, "")
         try:
