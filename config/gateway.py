@@ -21,6 +21,7 @@ __all__ = [
     "GatewayOptions",
     "HookOptions",
     "IpcOptions",
+    "KeyOptions",
     "StorageConfig",
     "SupervisorOptions",
     "WorkerOptions",
@@ -41,6 +42,20 @@ class StorageConfig:
     password: str = ""
     timeout_ms: int = 1000
     max_connections: int = 64
+
+
+#: Tyk's `hash_key_function` values ("" generates legacy `<org><id>` keys).
+KEY_HASH_FUNCTIONS = ("", "murmur32", "murmur64", "murmur128", "sha256")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOptions:
+    """How keys are stored and made (tyk.conf names, Tyk's defaults)."""
+
+    hash_keys: bool = False
+    hash_key_function: str = ""
+    hash_key_function_fallback: tuple[str, ...] = ()
+    enable_hashed_keys_listing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,7 @@ class GatewayConfig:
     middleware_path: Path = Path("middleware")
     enable_coprocess: bool = True
     storage: StorageConfig = field(default_factory=StorageConfig)
+    keys: KeyOptions = field(default_factory=KeyOptions)
     run_dir: Path = Path()
     log_level: str = "info"
     log_format: str = "text"
@@ -146,6 +162,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         middleware_path=_resolve(base, r.get("middleware_path", str, "middleware")),
         enable_coprocess=r.child("coprocess_options").get("enable_coprocess", bool, True),
         storage=_storage(r.child("storage")),
+        keys=_keys(r),
         run_dir=_resolve(base, coproc.get("run_dir", str, "")) if coproc.has("run_dir")
         else default_run_dir(path),
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),
@@ -174,6 +191,21 @@ def _storage(r: Reader) -> StorageConfig:
         password=r.get("password", str, d.password),
         timeout_ms=r.number("timeout_ms", int, d.timeout_ms, 1),
         max_connections=r.number("max_connections", int, d.max_connections, 1),
+    )
+
+
+def _keys(r: Reader) -> KeyOptions:
+    fallback = r.get("hash_key_function_fallback", list, [])
+    for index, item in enumerate(fallback):
+        if item not in KEY_HASH_FUNCTIONS[1:]:
+            raise r.error(f"hash_key_function_fallback[{index}]",
+                          f"{item!r} is not a key hash function",
+                          f"use one of {', '.join(KEY_HASH_FUNCTIONS[1:])}")
+    return KeyOptions(
+        hash_keys=r.get("hash_keys", bool, False),
+        hash_key_function=r.choice("hash_key_function", KEY_HASH_FUNCTIONS, ""),
+        hash_key_function_fallback=tuple(fallback),
+        enable_hashed_keys_listing=r.get("enable_hashed_keys_listing", bool, False),
     )
 
 

@@ -36,6 +36,7 @@ from gateway.events import EventBus
 from gateway.health import make_hello
 from gateway.hooks import HookClient, HostCallHandler
 from gateway.host_calls import HostCalls
+from gateway.keys import KeyStore
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.proxy import make_session
 from gateway.router import Router
@@ -115,7 +116,7 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
         app.router.add_get(path, reload, allow_head=False)
         app.router.add_post(path, reload)
-    add_key_routes(app, cfg.secret, app[STORE])
+    add_key_routes(app, cfg.secret, KeyStore(app[STORE], cfg.keys))
     app.router.add_route("*", "/{tail:.*}", _serve_api)
     return app
 
@@ -145,7 +146,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
-    auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit)
+    auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit,
+                         KeyStore(app[STORE], cfg.keys))
     app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
     yield
     await session.close()

@@ -62,6 +62,11 @@ class MemoryStore:
     async def delete(self, key: str) -> bool:
         return await self.get(key) is not None and self._data.pop(key, None) is not None
 
+    async def scan(self, prefix: str) -> list[str]:
+        now = self._clock()
+        return [k for k, (_, deadline) in self._data.items()
+                if k.startswith(prefix) and not (deadline and deadline <= now)]
+
     def sweep(self) -> int:
         """Remove expired entries; return how many."""
         now, removed, heap = self._clock(), 0, self._deadlines

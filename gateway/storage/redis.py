@@ -101,6 +101,17 @@ class RedisStorage:
         removed: int = await self._run(self._client.delete(key))
         return removed > 0
 
+    async def scan(self, prefix: str) -> list[str]:
+        # SCAN, never KEYS: a big keyspace must not block the server.
+        pattern = prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?") \
+            .replace("[", "\\[") + "*"
+
+        async def collect() -> list[str]:
+            return [k.decode() if isinstance(k, bytes) else str(k)
+                    async for k in self._client.scan_iter(match=pattern, count=1000)]
+
+        return await self._run(collect())
+
     async def rate_hit(self, key: str, limit: int, per: float) -> Hit:
         self._seq += 1
         per_us = max(1, int(per * 1_000_000))
