@@ -15,6 +15,7 @@ from typing import Any
 
 from config.gateway import FAILURE_POLICIES, GatewayConfig
 from config.reader import ConfigError, Reader, load_json
+from config.tyk_support import check_classic, check_driver
 
 __all__ = [
     "REQUEST_HOOK_PHASES",
@@ -132,6 +133,7 @@ def _check_unique(apis: list[APIDefinition]) -> None:
 
 def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
     raw = load_json(path)
+    check_classic(path, raw)
     r = Reader(raw, path)
     # Tyk's file loader takes a definition without api_id as it is: the API's id
     # is "" (only its API writes generate one).  Two such files collide, which
@@ -146,12 +148,16 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
     bundle = r.get("custom_middleware_bundle", str, "")
     middleware = _middleware(r.child("custom_middleware"), cfg, path, hook_defaults)
     bundle_dir, bundle_error = None, ""
+    driver_file = path
     if bundle:
         bundle_dir, manifest, bundle_error = _find_bundle(cfg, api_id, bundle)
         if manifest is not None:
             # As in Tyk, a bundle's manifest defines the API's hooks.
             middleware = _middleware(manifest.child("custom_middleware"), cfg,
                                      Path(manifest.file), hook_defaults)
+            driver_file = Path(manifest.file)
+    check_driver(driver_file, "custom_middleware.driver", middleware.driver,
+                 bool(middleware.all_hooks()) or bool(bundle))
     return APIDefinition(
         api_id=api_id,
         name=r.get("name", str, api_id),

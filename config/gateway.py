@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from config.reader import Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
@@ -130,6 +131,8 @@ class GatewayConfig:
     ipc: IpcOptions = field(default_factory=IpcOptions)
     supervisor: SupervisorOptions = field(default_factory=SupervisorOptions)
     sandbox: SandboxOptions = field(default_factory=SandboxOptions)
+    #: The file as read (Tyk fields Coproc does not apply are reported from it).
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def hooks_endpoint(self) -> str:
@@ -150,7 +153,8 @@ def default_run_dir(config_path: Path) -> Path:
 def load_gateway_config(path: Path | str) -> GatewayConfig:
     """Read and validate the gateway config file; raise `ConfigError`."""
     path = Path(path).resolve()
-    r = Reader(load_json(path), path)
+    raw = load_json(path)
+    r = Reader(raw, path)
     base = path.parent
     coproc = r.child("coproc")
     return GatewayConfig(
@@ -173,6 +177,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         ipc=_ipc(coproc.child("ipc")),
         supervisor=_supervisor(coproc.child("supervisor")),
         sandbox=parse_sandbox(coproc.child("sandbox"), base),
+        raw=raw,
     )
 
 
