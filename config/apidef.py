@@ -23,6 +23,7 @@ __all__ = [
     "CustomMiddleware",
     "HookDef",
     "ProxyDef",
+    "check_unique",
     "load_api_definition",
     "load_api_definitions",
 ]
@@ -108,11 +109,12 @@ def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
         raise ConfigError(cfg.path, "app_path", f"{cfg.app_path} is not a directory",
                           "create it or point app_path at the directory of API definitions")
     apis = [load_api_definition(p, cfg) for p in sorted(cfg.app_path.glob("*.json"))]
-    _check_unique(apis)
+    check_unique(apis)
     return apis
 
 
-def _check_unique(apis: list[APIDefinition]) -> None:
+def check_unique(apis: list[APIDefinition]) -> None:
+    """Refuse two active APIs with one api_id, or one domain and listen path."""
     seen: dict[tuple[str, str], APIDefinition] = {}
     ids: dict[str, APIDefinition] = {}
     for api in apis:
@@ -131,13 +133,16 @@ def _check_unique(apis: list[APIDefinition]) -> None:
         seen[key] = api
 
 
-def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
-    raw = load_json(path)
+def load_api_definition(path: Path, cfg: GatewayConfig,
+                        raw: dict[str, Any] | None = None) -> APIDefinition:
+    """One definition file; `raw`: its JSON already read (the admin API validates a
+    body as the file it will become, with the same messages)."""
+    raw = load_json(path) if raw is None else raw
     check_classic(path, raw)
     r = Reader(raw, path)
     # Tyk's file loader takes a definition without api_id as it is: the API's id
     # is "" (only its API writes generate one).  Two such files collide, which
-    # `_check_unique` reports.
+    # `check_unique` reports.
     api_id = r.get("api_id", str, "")
     opts = r.child("coproc")
     hook_defaults = HookDef(

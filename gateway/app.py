@@ -22,6 +22,7 @@ from aiohttp import web
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from gateway.admin import add_key_routes
+from gateway.apis_admin import add_api_routes
 from gateway.auth import Authenticator
 from gateway.chain import Chain, HookCaller
 from gateway.control import (
@@ -117,6 +118,7 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         app.router.add_get(path, reload, allow_head=False)
         app.router.add_post(path, reload)
     add_key_routes(app, cfg.secret, KeyStore(app[STORE], cfg.keys))
+    add_api_routes(app, cfg.secret, cfg)
     app.router.add_route("*", "/{tail:.*}", _serve_api)
     return app
 
