@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config.policies import PolicyOptions
 from config.reader import Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
 
@@ -122,6 +123,7 @@ class GatewayConfig:
     enable_coprocess: bool = True
     storage: StorageConfig = field(default_factory=StorageConfig)
     keys: KeyOptions = field(default_factory=KeyOptions)
+    policies: PolicyOptions = field(default_factory=PolicyOptions)
     run_dir: Path = Path()
     log_level: str = "info"
     log_format: str = "text"
@@ -167,6 +169,7 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
         enable_coprocess=r.child("coprocess_options").get("enable_coprocess", bool, True),
         storage=_storage(r.child("storage")),
         keys=_keys(r),
+        policies=_policies(r.child("policies"), base),
         run_dir=_resolve(base, coproc.get("run_dir", str, "")) if coproc.has("run_dir")
         else default_run_dir(path),
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),
@@ -196,6 +199,18 @@ def _storage(r: Reader) -> StorageConfig:
         password=r.get("password", str, d.password),
         timeout_ms=r.number("timeout_ms", int, d.timeout_ms, 1),
         max_connections=r.number("max_connections", int, d.max_connections, 1),
+    )
+
+
+def _policies(r: Reader, base: Path) -> PolicyOptions:
+    # Tyk's other sources (service, rpc) are reported as not applied (config/tyk_support.py).
+    source = r.get("policy_source", str, "")
+    path = r.get("policy_path", str, "")
+    record = r.get("policy_record_name", str, "")
+    return PolicyOptions(
+        policy_source=source,
+        policy_path=_resolve(base, path) if path else None,
+        policy_record_name=_resolve(base, record) if record else None,
     )
 
 

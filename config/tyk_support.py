@@ -56,6 +56,10 @@ def _false(value: Any) -> bool:
     return value is False
 
 
+def _not_file(value: Any) -> bool:
+    return value not in ("", "file", None)
+
+
 def _non_http(value: Any) -> bool:
     return value not in ("", "http", "https", None)
 
@@ -77,6 +81,8 @@ UNAPPLIED_GATEWAY: tuple[Unapplied, ...] = (
     Unapplied("control_api_port", "a separate port for the admin API (it is served on the "
               "main listener)"),
     Unapplied("enable_jsvm", "the JavaScript plugin engine"),
+    Unapplied("policies.policy_source", "policies from the Dashboard or RPC (only the file "
+              "source: policy_path, policy_record_name)", _not_file),
     Unapplied("use_db_app_configs", "API definitions from the Dashboard (only app_path is "
               "read)"),
     Unapplied("slave_options.use_rpc", "MDCB / RPC worker mode"),

@@ -20,6 +20,7 @@ import zmq
 from config import ConfigError, load_api_definitions, load_gateway_config
 from config.gateway import GatewayConfig
 from config.logs import setup_logging
+from config.policies import load_policies
 from config.tyk_support import unapplied_warnings
 from gateway.app import serve
 from ipc import eventloop, exitcodes
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_gateway_config(args.config)
         apis = load_api_definitions(cfg)
+        load_policies(cfg.policies)  # a broken policy file fails the start, named
     except ConfigError as exc:
         setup_logging("gateway")
         log.error("%s", exc)

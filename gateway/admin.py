@@ -21,9 +21,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.keys import KeyStore
+from gateway.policy import PolicyStore
 from gateway.storage import StorageUnavailable
 
-__all__ = ["add_key_routes"]
+__all__ = ["add_key_routes", "add_policy_routes"]
 
 log = logging.getLogger("coproc.gateway.admin")
 
@@ -171,3 +172,24 @@ def add_key_routes(app: web.Application, secret: str, keys: KeyStore) -> None:
     app.router.add_route("*", "/tyk/keys/{key}", api.handle)
     app.router.add_route("*", "/tyk/keys/", api.handle)
     app.router.add_route("*", "/tyk/keys", api.handle)
+
+
+def add_policy_routes(app: web.Application, secret: str, policies: PolicyStore) -> None:
+    """GET /tyk/policies and /tyk/policies/{id}: the policies loaded from files, as Tyk's."""
+
+    async def handle(request: web.Request) -> web.Response:
+        denied = admin_denied(request, secret)
+        if denied is not None:
+            return denied
+        if request.method != "GET":
+            return _error(405, "policies are read from files here: edit policies.policy_path "
+                               "(they are re-read when they change)")
+        policy_id = request.match_info.get("policy_id", "")
+        policies.refresh()
+        if not policy_id:
+            return web.json_response(list(policies.policies.values()))
+        policy = policies.get(policy_id)
+        return web.json_response(policy) if policy else _error(404, "Policy not found")
+
+    for path in ("/tyk/policies", "/tyk/policies/", "/tyk/policies/{policy_id}"):
+        app.router.add_route("*", path, handle)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
-from gateway.admin import add_key_routes
+from gateway.admin import add_key_routes, add_policy_routes
 from gateway.apis_admin import add_api_routes
 from gateway.auth import Authenticator
 from gateway.chain import Chain, HookCaller
@@ -39,6 +39,7 @@ from gateway.hooks import HookClient, HostCallHandler
 from gateway.host_calls import HostCalls
 from gateway.keys import KeyStore
 from gateway.plan import ApiPlan, api_spec, build_router
+from gateway.policy import PolicyStore
 from gateway.proxy import make_session
 from gateway.router import Router
 from gateway.storage import MemoryStorage, Storage, open_storage
@@ -71,6 +72,7 @@ CONFIG = web.AppKey("config", GatewayConfig)
 ROUTER = web.AppKey("router", Router[ApiPlan])
 CONTROL = web.AppKey("control", ControlChannel)
 STORE = web.AppKey("store", Storage)
+POLICIES = web.AppKey("policies", PolicyStore)
 EVENTS = web.AppKey("events", EventBus)
 HOOKS = web.AppKey("hooks", HookService)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
@@ -119,6 +121,8 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         app.router.add_post(path, reload)
     add_key_routes(app, cfg.secret, KeyStore(app[STORE], cfg.keys))
     add_api_routes(app, cfg.secret, cfg)
+    app[POLICIES] = PolicyStore(cfg.policies)
+    add_policy_routes(app, cfg.secret, app[POLICIES])
     app.router.add_route("*", "/{tail:.*}", _serve_api)
     return app
 
@@ -149,7 +153,7 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
     auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit,
-                         KeyStore(app[STORE], cfg.keys))
+                         KeyStore(app[STORE], cfg.keys), app[POLICIES])
     app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
     yield
     await session.close()

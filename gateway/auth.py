@@ -19,6 +19,7 @@ from config.apidef import HookDef
 from gateway.hooks import HookCallError
 from gateway.keys import KEY_PREFIX, KeyStore
 from gateway.plan import ApiPlan, AuthMode
+from gateway.policy import PolicyStore, apply_policies
 from gateway.ratelimit import enforce_limits
 from gateway.session import from_object, session_problem, to_object
 from gateway.storage import Storage, StorageUnavailable
@@ -66,9 +67,11 @@ class Authenticator:
     """One per gateway process; `check` runs for every request to a protected API."""
 
     def __init__(self, storage: Storage, hooks: HookCaller,
-                 emit: EmitEvent | None = None, keys: KeyStore | None = None) -> None:
+                 emit: EmitEvent | None = None, keys: KeyStore | None = None,
+                 policies: PolicyStore | None = None) -> None:
         self.storage = storage
         self.keys = keys or KeyStore(storage)
+        self.policies = policies or PolicyStore()
         self.hooks = hooks
         self.emit: EmitEvent = emit or (lambda api_id, name, meta, handlers: None)
         self._storage_logged = 0.0
@@ -81,6 +84,7 @@ class Authenticator:
         """
         try:
             key, session, fresh = await self._identify(plan, state, rid)
+            self._apply_policies(plan, key, session)
             problem = session_problem(session, plan.api_id)
             if problem is not None:
                 self._failed(plan, key, problem[1])
@@ -167,6 +171,16 @@ class Authenticator:
         key = cache_key or token
         session = from_object(returned, await self.keys.get(key), metadata)
         return key, session, True
+
+    def _apply_policies(self, plan: ApiPlan, key: str, session: dict[str, Any]) -> None:
+        """The session's `apply_policies`, as Tyk applies them after auth (refusal: 403)."""
+        problem = apply_policies(session, self.policies, plan.api.org_id)
+        if problem:
+            log.warning("key refused by its policies: %s", problem,
+                        extra={"fields": plan.log_fields})
+            message = DISALLOWED if plan.auth is AuthMode.BUILTIN else FORBIDDEN
+            self._failed(plan, key, message)
+            raise Denied(403, message)
 
     def _failed(self, plan: ApiPlan, key: str, message: str) -> None:
         self.emit(plan.api_id, "AuthFailure", {"message": message, "key": key},
