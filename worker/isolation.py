@@ -112,7 +112,7 @@ class PluginNamespace:
         hidden = REGISTRY.hide_foreign(self.package)
         before = set(sys.modules)
         self._warn_shadowed(before)
-        finders = [VendorGuard(REGISTRY, self.package, f"plugin set {self.directory}", hidden),
+        finders = [VendorGuard(REGISTRY, self.package, self.directory, hidden),
                    _LocalFinder(self.directory)]
         sys.meta_path[0:0] = finders
         sys.modules[name] = module

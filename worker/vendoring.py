@@ -12,7 +12,8 @@ is imported, the claimed names are taken out of `sys.modules` and
 `VendorGuard` decides, for each one the set imports:
 
 * the set resolves it to the same files (it uses the claimer's copy, or both
-  sets are one directory): the claimed copy is reused;
+  sets are one directory) or to a copy outside its directory (an installed
+  one): the claimed copy is reused, so nothing is loaded twice;
 * the set ships its own copy of a pure-Python package: that copy is imported
   for the set and kept out of the global names afterwards (the set's modules
   hold references to it; see the limit below);
@@ -148,21 +149,25 @@ class VendorRegistry:
 class VendorGuard(importlib.abc.MetaPathFinder):
     """While one set is imported: decides what a hidden, claimed name resolves to."""
 
-    def __init__(self, registry: VendorRegistry, owner: str, label: str,
+    def __init__(self, registry: VendorRegistry, owner: str, directory: Path,
                  hidden: dict[str, types.ModuleType]) -> None:
-        self.registry, self.owner, self.label, self.hidden = registry, owner, label, hidden
+        self.registry, self.owner, self.hidden = registry, owner, hidden
+        self.directory = directory
+        self.label = f"plugin set {directory}"
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if path is not None or "." in fullname or fullname not in self.hidden:
             return None
         claim = self.registry.claims[fullname]
-        own = importlib.machinery.PathFinder.find_spec(fullname, sys.path)
-        location = spec_location(own) if own is not None else ""
-        if own is not None and location != claim.location and not claim.native() \
-                and not has_native_code(location):
+        found = importlib.machinery.PathFinder.find_spec(fullname, sys.path)
+        location = spec_location(found) if found is not None else ""
+        # Only a copy inside this set's directory is its own; any other (the
+        # claimer's, an installed one) is served by the copy already loaded.
+        own = location != claim.location and Path(location).is_relative_to(self.directory)
+        if own and not claim.native() and not has_native_code(location):
             return None  # the set's own pure-Python copy: the normal finders load it
-        if own is not None and location != claim.location:
+        if own:
             log.warning("%s ships %s %s, but %s is a native extension already loaded at %s "
                         "by another plugin set: one process can load one build of it, so "
                         "this set uses the loaded one (vendor the same version in both, or "

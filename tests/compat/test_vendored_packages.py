@@ -61,16 +61,21 @@ def _hook(name: str, path: str) -> dict[str, object]:
 
 
 def test_vendored_pyjwt_crypto_verifies_tokens_after_loading(tmp_path: Path) -> None:
-    """1. A plugin vendors pyjwt[crypto] (cryptography, cffi) and imports jwt at load.
+    """1. A plugin vendors pyjwt[crypto] (cryptography, cffi) and imports jwt at load;
+       two APIs use it.
     2. Its hook, called after loading, signs and verifies an RS256 token.
-    3. The token verifies: cryptography was loaded once, so its type checks pass.
+    3. The token verifies for both APIs: cryptography was loaded once, so its type
+       checks pass, and nothing warns.
     """
     config = write_apis(tmp_path, {})
     path = _plugin_set(tmp_path, "jwtauth", JWT_RS256_PLUGIN, "pyjwt[crypto]")
-    write_apis(tmp_path, {"jwtapi": _hook("CheckToken", path)})
-    result = run_plugins(config, [("jwtapi", "CheckToken"), ("jwtapi", "CheckToken")])
-    assert result.report["jwtapi"]["ok"], result.report
-    assert result.calls == {"jwtapi.CheckToken": {"X-Sub": "alice"}}, result.log
+    write_apis(tmp_path, {"jwtapi": _hook("CheckToken", path),
+                          "jwtapi2": _hook("CheckToken", path)})
+    result = run_plugins(config, [("jwtapi", "CheckToken"), ("jwtapi2", "CheckToken")])
+    assert result.report["jwtapi"]["ok"] and result.report["jwtapi2"]["ok"], result.report
+    assert result.calls == {"jwtapi.CheckToken": {"X-Sub": "alice"},
+                            "jwtapi2.CheckToken": {"X-Sub": "alice"}}, result.log
+    assert "WARNING" not in result.log, result.log
 
 
 def test_two_sets_vendor_two_versions_of_a_pure_python_package(tmp_path: Path) -> None:
