@@ -82,13 +82,15 @@ class KeysApi:
             log.error("keys API: storage unavailable: %s", exc)
             return _error(503, "Storage unavailable")
 
-    async def _locate(self, request: web.Request, key: str,
-                      hashed: bool) -> tuple[str, dict[str, Any]] | None:
-        """(stored name, session) of the key in the path, or of the hash with ?hashed."""
+    async def _locate(self, request: web.Request, key: str, hashed: bool,
+                      org_id: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """(stored name, session) of the key in the path, or of the hash with ?hashed;
+        the org is the query's `org_id` (for a PUT, the body's, as in Tyk)."""
         if hashed:
             session = await self.keys.get_hashed(key)
             return (key, session) if session is not None else None
-        found = await self.keys.find(request.query.get("org_id", ""), key)
+        org = request.query.get("org_id", "") if org_id is None else org_id
+        found = await self.keys.find(org, key)
         return (self.keys.key_hash(found[0]), found[1]) if found is not None else None
 
     async def _list(self, request: web.Request) -> web.Response:
@@ -136,7 +138,9 @@ class KeysApi:
         session = await _session_body(request)
         if isinstance(session, web.Response):
             return session
-        found = await self._locate(request, key, hashed)
+        org_id = session.get("org_id")
+        found = await self._locate(request, key, hashed,
+                                   org_id if isinstance(org_id, str) else "")
         if found is None:
             return _error(404, "Key is not found")
         session.setdefault("last_updated", str(int(time.time())))

@@ -111,6 +111,9 @@ def test_a_key_created_through_the_admin_api_is_stored_under_tyks_name(
     assert reply["key"] == generate_token("default", custom, "murmur64")
     assert _redis_get(redis_server, f"apikey-{hash_str(reply['key'])}") is not None
     gw.expect(gw.get("/keys/x", {"Authorization": custom}), 200)
+    inactive = json.dumps({**json.loads(body), "is_inactive": True}).encode()
+    gw.expect(gw.request("PUT", f"/tyk/keys/{custom}", ADMIN, inactive), 200)
+    gw.expect(gw.get("/keys/x", {"Authorization": custom}), 403)
 
     listed = gw.expect(gw.request("GET", "/tyk/keys", ADMIN), 200).json()["keys"]
     assert key_hash in listed and key not in listed
