@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from compat.plugin_runner import pip_install, run_plugins, write_apis
+from integration.harness import (
+    api_def,
+    echo_header,
+    hook,
+    launch,
+    new_base_dir,
+    remove_base,
+    write_instance,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -115,3 +125,25 @@ def test_a_native_extension_at_two_versions_is_named_in_one_log_line(tmp_path: P
     lines = [line for line in result.log.splitlines() if "native extension" in line]
     assert len(lines) == 1, result.log
     assert "markupsafe" in lines[0] and "3.0.2" in lines[0] and "2.1.5" in lines[0]
+
+
+def test_a_real_instance_serves_a_plugin_with_vendored_pyjwt_crypto(echo_upstream: Any) -> None:
+    """1. `coproc serve` with a pre hook from a plugin set that vendors pyjwt[crypto].
+    2. Two requests: the hook signs and verifies an RS256 token in the worker each
+       time and passes the subject upstream.
+    """
+    base = new_base_dir()
+    api = api_def("jwt", "/jwt/", echo_upstream.url, pre=[hook("CheckToken",
+                                                                "jwtauth/middleware.py")])
+    config = write_instance(base, {"jwt": api}, {"jwtauth/middleware.py": JWT_RS256_PLUGIN})
+    inst = None
+    try:
+        pip_install(base / "middleware" / "jwtauth" / "vendor", "pyjwt[crypto]")
+        inst = launch(base, config)
+        for _ in range(2):
+            echo = inst.expect(inst.get("/jwt/x"), 200).json()
+            assert echo_header(echo, "X-Sub") == "alice"
+    finally:
+        leftovers = inst.cleanup() if inst is not None else []
+        remove_base(base)
+    assert not leftovers
