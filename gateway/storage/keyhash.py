@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import json
 import logging
+import time
 import uuid
 from functools import lru_cache
 
@@ -144,14 +145,36 @@ def token_hash_algorithm(token: str) -> str:
     return algorithm if isinstance(algorithm, str) else ""
 
 
-@lru_cache(maxsize=8192)
 def hash_str(text: str, algorithm: str = "") -> str:
     """Tyk's `HashStr`: the key's own algorithm unless one is given; murmur32 otherwise."""
+    # Cached for real keys (a pure-Python hash of one costs ~10 us); a client's
+    # oversized header is hashed but never kept, so it cannot fill memory.
+    return _hash_cached(text, algorithm) if len(text) <= 512 else _hash(text, algorithm)
+
+
+@lru_cache(maxsize=8192)
+def _hash_cached(text: str, algorithm: str) -> str:
+    return _hash(text, algorithm)
+
+
+def _hash(text: str, algorithm: str) -> str:
     algorithm = algorithm or token_hash_algorithm(text)
     if algorithm and algorithm not in HASH_FUNCTIONS:
-        log.error("unknown key hash function %r in a key: hashing it with murmur32, as Tyk "
-                  "does", algorithm)
+        _unknown_function(algorithm)
     return _digest(text.encode(), algorithm)
+
+
+_last_unknown_log = 0.0
+
+
+def _unknown_function(algorithm: str) -> None:
+    # Clients choose the keys they send: at most one line per interval.
+    global _last_unknown_log
+    now = time.monotonic()
+    if now - _last_unknown_log >= 5.0:
+        _last_unknown_log = now
+        log.warning("a key names the unknown hash function %r: hashed with murmur32, as "
+                    "Tyk does", algorithm[:40])
 
 
 def hash_key(key: str, enabled: bool) -> str:
