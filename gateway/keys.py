@@ -63,9 +63,14 @@ class KeyStore:
         return _decode(await self.storage.get(KEY_PREFIX + name))
 
     async def find(self, org_id: str, key: str) -> tuple[str, dict[str, Any]] | None:
-        """(the key's stored id, its session) for a key a client presented."""
-        for candidate in self.candidates(org_id, key):
-            session = await self.get(candidate)
+        """(the key's stored id, its session) for a key a client presented (one round
+        trip, as Tyk's multi-get)."""
+        candidates = self.candidates(org_id, key)
+        names = [KEY_PREFIX + self.key_hash(c) for c in candidates]
+        raw = [await self.storage.get(names[0])] if len(names) == 1 else \
+            await self.storage.get_many(names)
+        for candidate, value in zip(candidates, raw, strict=True):
+            session = _decode(value)
             if session is not None:
                 return candidate, session
         return None

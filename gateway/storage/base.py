@@ -30,6 +30,10 @@ class Hit:
 class Storage(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """The values of `keys`, in order (one round trip)."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None: ...
 
     async def delete(self, key: str) -> bool:

@@ -45,6 +45,9 @@ class MemoryStore:
             return None
         return value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         deadline = self._clock() + ttl if ttl > 0 else 0.0
         self._data.pop(key, None)  # re-insert: eviction order is oldest write first

@@ -93,6 +93,10 @@ class RedisStorage:
         value: bytes | None = await self._run(self._client.get(key))
         return value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values: list[bytes | None] = await self._run(self._client.mget(keys))
+        return values
+
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         px = max(1, int(ttl * 1000)) if ttl > 0 else None
         await self._run(self._client.set(key, value, px=px))
