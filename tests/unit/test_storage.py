@@ -125,7 +125,7 @@ async def test_get_many_and_scan(storage: Storage) -> None:
     await storage.set(f"{prefix}a", b"1")
     await storage.set(f"{prefix}b*", b"2")
     await storage.set(f"{prefix}gone", b"3", ttl=0.05)
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the TTL under test, not a readiness wait
     assert await storage.get_many([f"{prefix}a", f"{prefix}x", f"{prefix}b*"]) == \
         [b"1", None, b"2"]
     assert sorted(await storage.scan(prefix)) == [f"{prefix}a", f"{prefix}b*"]
