@@ -25,6 +25,7 @@ from typing import Any
 from config.bundles import bundle_names, read_refs, resolve_bundle
 from config.gateway import FAILURE_POLICIES, GatewayConfig
 from config.reader import ConfigError, Reader, load_json
+from config.tyk_support import check_classic, check_driver
 
 __all__ = [
     "REQUEST_HOOK_PHASES",
@@ -32,6 +33,7 @@ __all__ = [
     "CustomMiddleware",
     "HookDef",
     "ProxyDef",
+    "check_unique",
     "load_api_definition",
     "load_api_definitions",
 ]
@@ -128,11 +130,12 @@ def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
         raise ConfigError(cfg.path, "app_path", f"{cfg.app_path} is not a directory",
                           "create it or point app_path at the directory of API definitions")
     apis = [load_api_definition(p, cfg) for p in sorted(cfg.app_path.glob("*.json"))]
-    _check_unique(apis)
+    check_unique(apis)
     return apis
 
 
-def _check_unique(apis: list[APIDefinition]) -> None:
+def check_unique(apis: list[APIDefinition]) -> None:
+    """Refuse two active APIs with one api_id, or one domain and listen path."""
     seen: dict[tuple[str, str], APIDefinition] = {}
     ids: dict[str, APIDefinition] = {}
     for api in apis:
@@ -140,7 +143,9 @@ def _check_unique(apis: list[APIDefinition]) -> None:
             continue
         if api.api_id in ids:
             raise ConfigError(api.source, "api_id", f"{api.api_id!r} is also used by "
-                              f"{ids[api.api_id].source}", "give every API a unique api_id")
+                              f"{ids[api.api_id].source}" + (
+                                  " (neither file has an api_id)" if not api.api_id else ""),
+                              "give every API a unique api_id")
         ids[api.api_id] = api
         key = (api.domain, api.proxy.listen_path)
         if key in seen:
@@ -149,12 +154,17 @@ def _check_unique(apis: list[APIDefinition]) -> None:
         seen[key] = api
 
 
-def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
-    raw = load_json(path)
+def load_api_definition(path: Path, cfg: GatewayConfig,
+                        raw: dict[str, Any] | None = None) -> APIDefinition:
+    """One definition file; `raw`: its JSON already read (the admin API validates a
+    body as the file it will become, with the same messages)."""
+    raw = load_json(path) if raw is None else raw
+    check_classic(path, raw)
     r = Reader(raw, path)
-    api_id = r.get("api_id", str)
-    if not api_id:
-        raise r.error("api_id", "must not be empty", "set a unique, non-empty api_id")
+    # Tyk's file loader takes a definition without api_id as it is: the API's id
+    # is "" (only its API writes generate one).  Two such files collide, which
+    # `check_unique` reports.
+    api_id = r.get("api_id", str, "")
     opts = r.child("coproc")
     hook_defaults = HookDef(
         name="",
@@ -177,6 +187,9 @@ def load_api_definition(path: Path, cfg: GatewayConfig) -> APIDefinition:
                           else middleware)
         except ConfigError as exc:  # a bad bundle fails its API, never the gateway
             bundle_dirs, bundle_error = (), str(exc)
+    driver_file = Path(bundle_dirs[0] / "manifest.json") if bundle_dirs else path
+    check_driver(driver_file, "custom_middleware.driver", middleware.driver,
+                 bool(middleware.all_hooks()) or bool(bundle))
     return APIDefinition(
         api_id=api_id,
         name=r.get("name", str, api_id),
@@ -220,10 +233,15 @@ def _id_extractor(r: Reader) -> dict[str, Any]:
                       "whole body as the credential", "use regex or xpath to pick the "
                       "credential out of the body, or extract from a header or form field")
     ec = r.child("extractor_config")
-    needed = {"header": "header_name", "form": "form_param_name"}.get(source)
-    if needed and not ec.get(needed, str, ""):
-        raise ec.error(needed, f"is required to extract from a {source}",
-                       f"set extractor_config.{needed}")
+    if source == "header" and not ec.get("header_name", str, ""):
+        raise ec.error("header_name", "is required to extract from a header",
+                       "set extractor_config.header_name")
+    # Tyk's field is `param_name` (apidef.IDExtractorConfig); `form_param_name` is
+    # the name Coproc used first, still read.
+    if source == "form" and not (ec.get("param_name", str, "")
+                                 or ec.get("form_param_name", str, "")):
+        raise ec.error("param_name", "is required to extract from a form",
+                       "set extractor_config.param_name to the form field's name")
     if method == "regex":
         expression = ec.get("regex_expression", str, "")
         try:

@@ -17,8 +17,10 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from config.analytics import AnalyticsConfig, MetricsOptions, parse_analytics, parse_metrics
+from config.policies import PolicyOptions
 from config.reader import ConfigError, Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
 
@@ -31,6 +33,7 @@ __all__ = [
     "GrpcOptions",
     "HookOptions",
     "IpcOptions",
+    "KeyOptions",
     "StorageConfig",
     "SupervisorOptions",
     "WorkerOptions",
@@ -63,6 +66,20 @@ class StorageConfig:
     password: str = ""
     timeout_ms: int = 1000
     max_connections: int = 64
+
+
+#: Tyk's `hash_key_function` values ("" generates legacy `<org><id>` keys).
+KEY_HASH_FUNCTIONS = ("", "murmur32", "murmur64", "murmur128", "sha256")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOptions:
+    """How keys are stored and made (tyk.conf names, Tyk's defaults)."""
+
+    hash_keys: bool = False
+    hash_key_function: str = ""
+    hash_key_function_fallback: tuple[str, ...] = ()
+    enable_hashed_keys_listing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +188,8 @@ class GatewayConfig:
     enable_coprocess: bool = True
     grpc: GrpcOptions = field(default_factory=GrpcOptions)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    keys: KeyOptions = field(default_factory=KeyOptions)
+    policies: PolicyOptions = field(default_factory=PolicyOptions)
     run_dir: Path = Path()
     log_level: str = "info"
     log_format: str = "text"
@@ -183,6 +202,8 @@ class GatewayConfig:
     bundles: BundleOptions = field(default_factory=BundleOptions)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    #: The file as read (Tyk fields Coproc does not apply are reported from it).
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def hooks_endpoint(self) -> str:
@@ -204,8 +225,8 @@ def load_gateway_config(path: Path | str,
                         environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read and validate the gateway config file; raise `ConfigError`."""
     path = Path(path).resolve()
-    doc = _apply_env(load_json(path), path, os.environ if environ is None else environ)
-    r = Reader(doc, path)
+    raw = _apply_env(load_json(path), path, os.environ if environ is None else environ)
+    r = Reader(raw, path)
     base = path.parent
     coproc = r.child("coproc", strict=True)
     run_dir = (_resolve(base, coproc.get("run_dir", str, "")) if coproc.has("run_dir")
@@ -220,6 +241,8 @@ def load_gateway_config(path: Path | str,
         enable_coprocess=r.child("coprocess_options").get("enable_coprocess", bool, True),
         grpc=_grpc(r.child("coprocess_options")),
         storage=_storage(r.child("storage")),
+        keys=_keys(r),
+        policies=_policies(r.child("policies"), base),
         run_dir=run_dir,
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         log_format=coproc.choice("log_format", ("text", "json"), "text"),
@@ -232,6 +255,7 @@ def load_gateway_config(path: Path | str,
         bundles=_bundles(r, coproc.child("bundles"), base),
         analytics=parse_analytics(r, coproc, base, run_dir),
         metrics=parse_metrics(coproc.child("metrics")),
+        raw=raw,
     )
     coproc.reject_unknown()
     return cfg
@@ -278,6 +302,33 @@ def _storage(r: Reader) -> StorageConfig:
         password=r.get("password", str, d.password),
         timeout_ms=r.number("timeout_ms", int, d.timeout_ms, 1),
         max_connections=r.number("max_connections", int, d.max_connections, 1),
+    )
+
+
+def _policies(r: Reader, base: Path) -> PolicyOptions:
+    # Tyk's other sources (service, rpc) are reported as not applied (config/tyk_support.py).
+    source = r.get("policy_source", str, "")
+    path = r.get("policy_path", str, "")
+    record = r.get("policy_record_name", str, "")
+    return PolicyOptions(
+        policy_source=source,
+        policy_path=_resolve(base, path) if path else None,
+        policy_record_name=_resolve(base, record) if record else None,
+    )
+
+
+def _keys(r: Reader) -> KeyOptions:
+    fallback = r.get("hash_key_function_fallback", list, [])
+    for index, item in enumerate(fallback):
+        if item not in KEY_HASH_FUNCTIONS[1:]:
+            raise r.error(f"hash_key_function_fallback[{index}]",
+                          f"{item!r} is not a key hash function",
+                          f"use one of {', '.join(KEY_HASH_FUNCTIONS[1:])}")
+    return KeyOptions(
+        hash_keys=r.get("hash_keys", bool, False),
+        hash_key_function=r.choice("hash_key_function", KEY_HASH_FUNCTIONS, ""),
+        hash_key_function_fallback=tuple(fallback),
+        enable_hashed_keys_listing=r.get("enable_hashed_keys_listing", bool, False),
     )
 
 

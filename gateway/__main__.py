@@ -20,6 +20,8 @@ import zmq
 from config import ConfigError, load_api_definitions, load_gateway_config
 from config.gateway import GatewayConfig
 from config.logs import setup_logging
+from config.policies import load_policies
+from config.tyk_support import unapplied_warnings
 from gateway.app import serve
 from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
@@ -67,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_gateway_config(args.config)
         apis = load_api_definitions(cfg)
+        load_policies(cfg.policies)  # a broken policy file fails the start, named
     except ConfigError as exc:
         setup_logging("gateway")
         log.error("%s", exc)
         return exitcodes.CONFIG
     setup_logging("gateway", cfg.log_level, cfg.log_format)
+    for line in unapplied_warnings(cfg.path, cfg.raw, [(a.source, a.raw) for a in apis]):
+        log.warning("%s", line)  # Tyk settings Coproc reads as known but does not apply
     try:
         sock = listening_socket(args.listen, cfg)
         key = instance_key()

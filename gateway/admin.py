@@ -3,7 +3,11 @@
 Guarded by the config's `secret` in `X-Tyk-Authorization` (Tyk's header, so
 existing scripts work), compared in constant time.  With no secret the API is
 disabled: every call gets 403 and nothing changes.  Bodies are Tyk session
-JSON; keys are stored as given (not hashed).
+JSON.  As in Tyk: keys are stored under Tyk's names (hashed with `hash_keys`,
+`gateway.keys`); a created key, custom or generated, is named by
+`hash_key_function` (with the org id); `?hashed=true` addresses a key by its
+hash; `GET /tyk/keys` lists keys (hashes with `hash_keys`, and only with
+`enable_hashed_keys_listing`), `?filter=` by prefix, `?api_id=` by access.
 """
 
 from __future__ import annotations
@@ -11,16 +15,16 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import time
 from typing import Any
 
 from aiohttp import web
 
-from gateway.auth import KEY_PREFIX, load_session, save_session
-from gateway.storage import Storage, StorageUnavailable
+from gateway.keys import KeyStore
+from gateway.policy import PolicyStore
+from gateway.storage import StorageUnavailable
 
-__all__ = ["add_key_routes"]
+__all__ = ["add_key_routes", "add_policy_routes"]
 
 log = logging.getLogger("coproc.gateway.admin")
 
@@ -44,67 +48,152 @@ def admin_denied(request: web.Request, secret: str) -> web.Response | None:
 
 
 class KeysApi:
-    def __init__(self, secret: str, storage: Storage) -> None:
+    """Tyk's keys endpoints over a `KeyStore` (Tyk's names, hashing and lookup)."""
+
+    def __init__(self, secret: str, keys: KeyStore) -> None:
         self.secret = secret
-        self.storage = storage
+        self.keys = keys
 
     async def handle(self, request: web.Request) -> web.Response:
         denied = admin_denied(request, self.secret)
         if denied is not None:
             return denied
         key = request.match_info.get("key", "")
+        hashed = request.query.get("hashed", "") != ""
         try:
             if request.method == "POST" and request.path.rstrip("/") == "/tyk/keys/create":
-                return await self._write(request, os.urandom(16).hex(), "added")
+                return await self._create(request)
+            if request.method == "GET" and not key:
+                return await self._list(request)
+            if request.method == "POST":
+                return await self._create(request, key)
             if not key:
                 return _error(400, "the key is missing from the path")
+            if hashed and not self.keys.hashing:
+                return _error(400, "Key requested by hash but key hashing is not enabled")
             if request.method == "GET":
-                return await self._get(key)
+                return await self._get(request, key, hashed)
             if request.method == "DELETE":
-                return await self._delete(key)
-            return await self._write(request, key, "added" if request.method == "POST"
-                                     else "modified")
+                return await self._delete(request, key, hashed)
+            if request.method == "PUT":
+                return await self._update(request, key, hashed)
+            return _error(405, f"{request.method} is not supported on /tyk/keys")
         except StorageUnavailable as exc:
             log.error("keys API: storage unavailable: %s", exc)
             return _error(503, "Storage unavailable")
 
-    async def _get(self, key: str) -> web.Response:
-        session = await load_session(self.storage, key)
-        if session is None:
-            return _error(404, "Key not found")
-        return web.json_response(session)
+    async def _locate(self, request: web.Request, key: str, hashed: bool,
+                      org_id: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """(stored name, session) of the key in the path, or of the hash with ?hashed;
+        the org is the query's `org_id` (for a PUT, the body's, as in Tyk)."""
+        if hashed:
+            session = await self.keys.get_hashed(key)
+            return (key, session) if session is not None else None
+        org = request.query.get("org_id", "") if org_id is None else org_id
+        found = await self.keys.find(org, key)
+        return (self.keys.key_hash(found[0]), found[1]) if found is not None else None
 
-    async def _delete(self, key: str) -> web.Response:
-        if not await self.storage.delete(KEY_PREFIX + key):
+    async def _list(self, request: web.Request) -> web.Response:
+        if self.keys.hashing and not self.keys.options.enable_hashed_keys_listing:
+            return _error(404, "Hashed key listing is disabled in config "
+                               "(enable_hashed_keys_listing)")
+        api_id = request.query.get("api_id", "")
+        prefix = "" if self.keys.hashing else request.query.get("filter", "")
+        if api_id and not prefix and not self.keys.hashing:
+            return _error(400, "The 'filter' parameter (Org ID) is required when filtering "
+                               "by 'api_id' in legacy mode")
+        names = [n for n in await self.keys.names() if n.startswith(prefix)]
+        if api_id:
+            names = [n for n in names if api_id in
+                     ((await self.keys.get_hashed(n)) or {}).get("access_rights", {})]
+        return web.json_response({"keys": names})
+
+    async def _get(self, request: web.Request, key: str, hashed: bool) -> web.Response:
+        found = await self._locate(request, key, hashed)
+        if found is None:
             return _error(404, "Key not found")
-        await self.storage.delete(f"quota-{key}")
+        return web.json_response(found[1])
+
+    async def _delete(self, request: web.Request, key: str, hashed: bool) -> web.Response:
+        found = await self._locate(request, key, hashed)
+        if found is None or not await self.keys.delete_hashed(found[0]):
+            return _error(404, "There is no such key found")
         return web.json_response({"key": key, "status": "ok", "action": "deleted"})
 
-    async def _write(self, request: web.Request, key: str, action: str) -> web.Response:
-        if request.content_length is not None and request.content_length > _MAX_BODY:
-            return _error(413, f"a session is at most {_MAX_BODY} bytes")
-        try:
-            session: Any = json.loads(await request.read() or b"{}")
-        except ValueError as exc:
-            return _error(400, f"the body is not JSON: {exc}")
-        if not isinstance(session, dict):
-            return _error(400, "the body must be a JSON object (a Tyk session)")
-        if request.method == "PUT" and await load_session(self.storage, key) is None:
-            return _error(404, "Key not found")
+    async def _create(self, request: web.Request, key_id: str = "") -> web.Response:
+        session = await _session_body(request)
+        if isinstance(session, web.Response):
+            return session
+        org_id = session.get("org_id") if isinstance(session.get("org_id"), str) else ""
+        key = self.keys.make_key(str(org_id), key_id)  # Tyk names custom keys this way too
         session.setdefault("last_updated", str(int(time.time())))
-        await save_session(self.storage, key, session)
+        await self.keys.save(key, session)
+        await self._reset_quota(request, self.keys.key_hash(key))
+        reply = {"key": key, "status": "ok", "action": "added"}
+        if self.keys.hashing:
+            reply["key_hash"] = self.keys.key_hash(key)
+        return web.json_response(reply)
+
+    async def _update(self, request: web.Request, key: str, hashed: bool) -> web.Response:
+        session = await _session_body(request)
+        if isinstance(session, web.Response):
+            return session
+        org_id = session.get("org_id")
+        found = await self._locate(request, key, hashed,
+                                   org_id if isinstance(org_id, str) else "")
+        if found is None:
+            return _error(404, "Key is not found")
+        session.setdefault("last_updated", str(int(time.time())))
+        await self.keys.save_hashed(found[0], session)
+        await self._reset_quota(request, found[0])
+        return web.json_response({"key": key, "status": "ok", "action": "modified"})
+
+    async def _reset_quota(self, request: web.Request, name: str) -> None:
         # As Tyk: writing a key resets its quota unless asked not to.
         if request.query.get("suppress_reset") != "1":
-            await self.storage.delete(f"quota-{key}")
-        return web.json_response({"key": key, "status": "ok", "action": action})
+            await self.keys.storage.delete(f"quota-{name}")
 
 
-def add_key_routes(app: web.Application, secret: str, storage: Storage) -> None:
+async def _session_body(request: web.Request) -> dict[str, Any] | web.Response:
+    if request.content_length is not None and request.content_length > _MAX_BODY:
+        return _error(413, f"a session is at most {_MAX_BODY} bytes")
+    try:
+        session: Any = json.loads(await request.read() or b"{}")
+    except ValueError as exc:
+        return _error(400, f"the body is not JSON: {exc}")
+    if not isinstance(session, dict):
+        return _error(400, "the body must be a JSON object (a Tyk session)")
+    return session
+
+
+def add_key_routes(app: web.Application, secret: str, keys: KeyStore) -> None:
     """Register the keys API; warn when it is disabled (no secret)."""
     if not secret:
         log.warning("no `secret` in the gateway config: the admin API (/tyk/keys) is "
                     "disabled and answers 403")
-    api = KeysApi(secret, storage)
+    api = KeysApi(secret, keys)
     app.router.add_post("/tyk/keys/create", api.handle)
     app.router.add_route("*", "/tyk/keys/{key}", api.handle)
     app.router.add_route("*", "/tyk/keys/", api.handle)
+    app.router.add_route("*", "/tyk/keys", api.handle)
+
+
+def add_policy_routes(app: web.Application, secret: str, policies: PolicyStore) -> None:
+    """GET /tyk/policies and /tyk/policies/{id}: the policies loaded from files, as Tyk's."""
+
+    async def handle(request: web.Request) -> web.Response:
+        denied = admin_denied(request, secret)
+        if denied is not None:
+            return denied
+        if request.method != "GET":
+            return _error(405, "policies are read from files here: edit policies.policy_path "
+                               "(they are re-read when they change)")
+        policy_id = request.match_info.get("policy_id", "")
+        policies.refresh()
+        if not policy_id:
+            return web.json_response(list(policies.policies.values()))
+        policy = policies.get(policy_id)
+        return web.json_response(policy) if policy else _error(404, "Policy not found")
+
+    for path in ("/tyk/policies", "/tyk/policies/", "/tyk/policies/{policy_id}"):
+        app.router.add_route("*", path, handle)

@@ -22,8 +22,9 @@ from aiohttp import web
 
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
-from gateway.admin import add_key_routes
+from gateway.admin import add_key_routes, add_policy_routes
 from gateway.analytics.service import Observability
+from gateway.apis_admin import add_api_routes
 from gateway.auth import Authenticator
 from gateway.chain import Chain, HookCaller
 from gateway.control import (
@@ -39,7 +40,9 @@ from gateway.events import EventBus
 from gateway.health import make_hello
 from gateway.hooks import HookClient, HostCallHandler
 from gateway.host_calls import HostCalls
+from gateway.keys import KeyStore
 from gateway.plan import ApiPlan, api_spec, build_router
+from gateway.policy import PolicyStore
 from gateway.proxy import make_session
 from gateway.router import Router
 from gateway.storage import MemoryStorage, Storage, open_storage
@@ -73,6 +76,7 @@ CONFIG = web.AppKey("config", GatewayConfig)
 ROUTER = web.AppKey("router", Router[ApiPlan])
 CONTROL = web.AppKey("control", ControlChannel)
 STORE = web.AppKey("store", Storage)
+POLICIES = web.AppKey("policies", PolicyStore)
 EVENTS = web.AppKey("events", EventBus)
 HOOKS = web.AppKey("hooks", HookService)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
@@ -135,7 +139,10 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
         app.router.add_get(path, reload, allow_head=False)
         app.router.add_post(path, reload)
-    add_key_routes(app, cfg.secret, app[STORE])
+    add_key_routes(app, cfg.secret, KeyStore(app[STORE], cfg.keys))
+    add_api_routes(app, cfg.secret, cfg)
+    app[POLICIES] = PolicyStore(cfg.policies)
+    add_policy_routes(app, cfg.secret, app[POLICIES])
     app.router.add_route("*", "/{tail:.*}", serve_api)
     return app
 
@@ -171,7 +178,8 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
         hooks = observe.hooks(hooks)
         observe.add_stats("coproc_hook_client_events", "The hook client's counters",
                           lambda: getattr(app[HOOKS], "stats", {}))
-    auth = Authenticator(app[STORE], hooks, app[EVENTS].emit)
+    auth = Authenticator(app[STORE], hooks, app[EVENTS].emit,
+                         KeyStore(app[STORE], cfg.keys), app[POLICIES])
     chain = app[CHAIN] = Chain(app[ROUTER], hooks, session, cfg.gateway, auth)
     if observe is not None:
         observe.add_stats("coproc_gateway_events", "The chain's counters", lambda: chain.stats)

@@ -1,15 +1,15 @@
 """Authentication and session enforcement for protected APIs.
 
 Built-in token auth (the key in `auth.auth_header_name`, its session in
-storage), the `auth_check` plugin (with `id_extractor` session caching), or
-both, with `base_identity_provided_by` choosing the session that wins.  Then
-the session's checks: inactive, expired, access rights, rate limit, quota.
-Auth always fails closed; a storage outage is 503, never a free pass.
+storage under Tyk's key name: `gateway.keys`), the `auth_check` plugin (with
+`id_extractor` session caching), or both, with `base_identity_provided_by`
+choosing the session that wins.  Then the session's checks: inactive,
+expired, access rights, rate limit, quota.  Auth always fails closed; a
+storage outage is 503, never a free pass.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +17,9 @@ from typing import Any, Final, Protocol
 
 from config.apidef import HookDef
 from gateway.hooks import HookCallError
+from gateway.keys import KEY_PREFIX, KeyStore
 from gateway.plan import ApiPlan, AuthMode
+from gateway.policy import PolicyStore, apply_policies
 from gateway.ratelimit import enforce_limits
 from gateway.session import from_object, session_problem, to_object
 from gateway.storage import Storage, StorageUnavailable
@@ -29,11 +31,10 @@ from gateway.tyk_object import (
     request_object,
 )
 
-__all__ = ["KEY_PREFIX", "Authenticator", "Denied", "load_session", "save_session"]
+__all__ = ["KEY_PREFIX", "Authenticator", "Denied"]
 
 log = logging.getLogger("coproc.gateway.auth")
 
-KEY_PREFIX: Final = "apikey-"
 NOT_AUTHORISED: Final = "Key not authorised"
 FORBIDDEN: Final = "Forbidden"
 FIELD_MISSING: Final = "Authorization field missing"
@@ -58,23 +59,6 @@ class Denied(Exception):
         self.status, self.message, self.headers, self.reply = status, message, headers, reply
 
 
-async def load_session(storage: Storage, key: str) -> dict[str, Any] | None:
-    raw = await storage.get(KEY_PREFIX + key)
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-async def save_session(storage: Storage, key: str, session: Mapping[str, Any]) -> None:
-    lifetime = session.get("session_lifetime") or 0
-    ttl = float(lifetime) if isinstance(lifetime, (int, float)) and lifetime > 0 else 0.0
-    await storage.set(KEY_PREFIX + key, json.dumps(session).encode(), ttl)
-
-
 def strip_bearer(value: str) -> str:
     return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
 
@@ -83,8 +67,11 @@ class Authenticator:
     """One per gateway process; `check` runs for every request to a protected API."""
 
     def __init__(self, storage: Storage, hooks: HookCaller,
-                 emit: EmitEvent | None = None) -> None:
+                 emit: EmitEvent | None = None, keys: KeyStore | None = None,
+                 policies: PolicyStore | None = None) -> None:
         self.storage = storage
+        self.keys = keys or KeyStore(storage)
+        self.policies = policies or PolicyStore()
         self.hooks = hooks
         self.emit: EmitEvent = emit or (lambda api_id, name, meta, handlers: None)
         self._storage_logged = 0.0
@@ -97,18 +84,21 @@ class Authenticator:
         """
         try:
             key, session, fresh = await self._identify(plan, state, rid)
+            self._apply_policies(plan, key, session)
             problem = session_problem(session, plan.api_id)
             if problem is not None:
                 self._failed(plan, key, problem[1])
                 raise Denied(*problem)
-            limited, headers = await enforce_limits(self.storage, key, session)
+            # Counters are named by the key's hash when keys are hashed, as in Tyk.
+            limited, headers = await enforce_limits(self.storage, self.keys.key_hash(key),
+                                                    session)
             if limited is not None:
                 self.emit(plan.api_id, limited.event, {"message": limited.message, "key": key},
                           plan.api.event_handlers)
                 raise Denied(limited.status, limited.message, limited.headers)
             state.response_headers.update(headers)
             if fresh:  # a session the plugin just made, with the quota counts
-                await save_session(self.storage, key, session)
+                await self.keys.save(key, session)
         except StorageUnavailable as exc:
             self._storage_down(plan, exc, rid)
             raise Denied(503, "Storage unavailable", {"Retry-After": "1"}) from None
@@ -134,11 +124,11 @@ class Authenticator:
         if not key:
             self._failed(plan, "", FIELD_MISSING)
             raise Denied(401, FIELD_MISSING)
-        session = await load_session(self.storage, key)
-        if session is None:
+        found = await self.keys.find(plan.api.org_id, key)
+        if found is None:
             self._failed(plan, key, DISALLOWED)
             raise Denied(403, DISALLOWED)
-        return key, session
+        return found
 
     async def _plugin(self, plan: ApiPlan, state: RequestState,
                       rid: str) -> tuple[str, dict[str, Any], bool]:
@@ -151,7 +141,7 @@ class Authenticator:
                 self._failed(plan, "", FIELD_MISSING)
                 raise Denied(400, FIELD_MISSING)
             cache_key = plan.id_extractor.session_id(plan.api.org_id, value)
-            cached = await load_session(self.storage, cache_key)
+            cached = await self.keys.get(cache_key)
             if cached is not None and (cached.get("id_extractor_deadline") or 0) > time.time():
                 return cache_key, cached, False  # the plugin vouched for this credential
         state.session = {}  # the plugin starts from an empty session, as in Tyk
@@ -179,8 +169,18 @@ class Authenticator:
             self._failed(plan, "", FORBIDDEN)
             raise Denied(403, overrides.get("response_error") or FORBIDDEN)
         key = cache_key or token
-        session = from_object(returned, await load_session(self.storage, key), metadata)
+        session = from_object(returned, await self.keys.get(key), metadata)
         return key, session, True
+
+    def _apply_policies(self, plan: ApiPlan, key: str, session: dict[str, Any]) -> None:
+        """The session's `apply_policies`, as Tyk applies them after auth (refusal: 403)."""
+        problem = apply_policies(session, self.policies, plan.api.org_id)
+        if problem:
+            log.warning("key refused by its policies: %s", problem,
+                        extra={"fields": plan.log_fields})
+            message = DISALLOWED if plan.auth is AuthMode.BUILTIN else FORBIDDEN
+            self._failed(plan, key, message)
+            raise Denied(403, message)
 
     def _failed(self, plan: ApiPlan, key: str, message: str) -> None:
         self.emit(plan.api_id, "AuthFailure", {"message": message, "key": key},

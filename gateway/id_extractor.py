@@ -26,7 +26,7 @@ __all__ = ["IdExtractor"]
 class IdExtractor:
     source: str  # header | form | body
     method: str  # value | regex | xpath
-    name: str  # header_name / form_param_name ("" for body)
+    name: str  # header_name / param_name ("" for body)
     pattern: re.Pattern[str] | None = None
     match_index: int = 0
     xpath: str = ""
@@ -38,8 +38,12 @@ class IdExtractor:
         if not source or not method:
             return None
         ec = cfg.get("extractor_config") or {}
-        name = ec.get("header_name", "") if source == "header" else \
-            ec.get("form_param_name", "") if source == "form" else ""
+        if source == "header":
+            name = ec.get("header_name", "")
+        elif source == "form":  # Tyk's `param_name`; Coproc's older `form_param_name`
+            name = ec.get("param_name", "") or ec.get("form_param_name", "")
+        else:
+            name = ""
         pattern = re.compile(ec.get("regex_expression", "")) if method == "regex" else None
         return cls(source, method, name, pattern, int(ec.get("regex_match_index", 0) or 0),
                    ec.get("xpath_expression", ""))

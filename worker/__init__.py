@@ -19,7 +19,9 @@ Modules, in the order a call meets them:
 * `objects`, `containers` - proto-like objects built from `ipc.coprocess`;
 * `request` - the `request` wrapper hooks receive;
 * `loader`, `isolation` - finding plugins, one module namespace per plugin set;
-* `tyk_api`, `decorators`, `hostcalls` - what plugins import and call.
+  `vendoring` - libraries plugins ship in `vendor/`, loaded once;
+* `tyk_api`, `tyk_package`, `decorators`, `hostcalls` - what plugins import
+  and call (every module of Tyk's `tyk` package and the pb2 modules).
 
 This package never imports Coproc's `gateway` package: inside the worker the
 name `gateway` belongs to Tyk's plugin API.

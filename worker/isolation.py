@@ -14,7 +14,11 @@ Two APIs may both ship `middleware.py` defining `MyPreHook`, and each may
    directory comes first on `sys.path`;
 3. afterwards, every module that came from the directory is taken out of the
    global names (`helpers`) and kept as `coproc_plugins.<slug>.helpers`, so
-   the next set's `import helpers` finds its own file.
+   the next set's `import helpers` finds its own file;
+4. except vendored libraries: a package found in a folder the plugin put on
+   `sys.path` (`vendor/`) stays loaded under its own name, once for the whole
+   worker, like an installed library (`worker.vendoring` says how a second
+   set shipping another copy is served).
 
 Limits (documented for plugin authors):
 
@@ -24,8 +28,9 @@ Limits (documented for plugin authors):
 * a plugin-local module named like one already imported in the worker
   (`json.py`, `logging.py`, ...) is shadowed by that module, as in any Python
   program; a warning names it;
-* plugin sets share one interpreter: third-party libraries and their global
-  state are common to all plugins.  This is namespace hygiene, not a sandbox.
+* plugin sets share one interpreter: third-party libraries (vendored or
+  installed) and their global state are common to all plugins.  This is
+  namespace hygiene, not a sandbox.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ import sys
 import types
 from collections.abc import Sequence
 from pathlib import Path
+
+from worker.vendoring import REGISTRY, VendorGuard
 
 __all__ = ["ROOT_PACKAGE", "PluginNamespace", "identifier"]
 
@@ -72,6 +79,15 @@ class _LocalFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+def _package_dir(module: types.ModuleType) -> str | None:
+    """A namespace package has no `__file__`: the first folder of its path."""
+    path = getattr(module, "__path__", None)
+    try:
+        return next(iter(path)) if path is not None else None
+    except (StopIteration, TypeError):
+        return None
+
+
 class PluginNamespace:
     """The private namespace of one plugin set: `coproc_plugins.<slug>`."""
 
@@ -81,6 +97,8 @@ class PluginNamespace:
         self.package = f"{ROOT_PACKAGE}.{identifier(key)}_{digest}"
         #: Plugin-local modules by the name the plugin imported them under.
         self.local_modules: dict[str, types.ModuleType] = {}
+        #: This set's own copies of vendored packages another set claimed first.
+        self.private_vendored: dict[str, types.ModuleType] = {}
 
     def load(self, path: Path) -> types.ModuleType:
         """Import one plugin file of this set; any exception it raises propagates."""
@@ -91,10 +109,12 @@ class PluginNamespace:
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {path}: not a Python source file")
         module = importlib.util.module_from_spec(spec)
+        hidden = REGISTRY.hide_foreign(self.package)
         before = set(sys.modules)
         self._warn_shadowed(before)
-        finder = _LocalFinder(self.directory)
-        sys.meta_path.insert(0, finder)
+        finders = [VendorGuard(REGISTRY, self.package, self.directory, hidden),
+                   _LocalFinder(self.directory)]
+        sys.meta_path[0:0] = finders
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
@@ -102,8 +122,10 @@ class PluginNamespace:
             sys.modules.pop(name, None)
             raise
         finally:
-            sys.meta_path.remove(finder)
-            self._take_local_modules(before)
+            for finder in finders:
+                sys.meta_path.remove(finder)
+            vendored = self._take_local_modules(before)
+            self.private_vendored.update(REGISTRY.settle(self.package, vendored, hidden))
         return module
 
     def owns(self, filename: str | None) -> bool:
@@ -127,18 +149,34 @@ class PluginNamespace:
             package.__path__ = [str(self.directory)]
             sys.modules[self.package] = package
 
-    def _take_local_modules(self, before: set[str]) -> None:
-        """Move modules imported from the plugin directory out of the global names."""
+    def _take_local_modules(self, before: set[str]) -> list[str]:
+        """Move modules imported from the plugin directory out of the global names;
+        return the names of the vendored ones (left in place)."""
         prefix = self.package + "."
+        vendored = []
         for name in [n for n in sys.modules if n not in before]:
             if name.startswith(prefix) or name == self.package:
                 continue
             module = sys.modules[name]
-            if not self.owns(getattr(module, "__file__", None)):
+            file = getattr(module, "__file__", None) or _package_dir(module)
+            if file is None or not self.owns(file):
                 continue  # stdlib or third party, imported for the first time: keep it
+            if not self._is_local(name, file):
+                vendored.append(name)
+                continue
             del sys.modules[name]
             self.local_modules[name] = module
             sys.modules.setdefault(prefix + name, module)
+        return vendored
+
+    def _is_local(self, name: str, file: str) -> bool:
+        """Whether `name` was found in the plugin directory itself (not in a folder
+        the plugin put on `sys.path`): its top-level name is a file or folder there."""
+        try:
+            first = Path(file).resolve().relative_to(self.directory).parts[0]
+        except (OSError, ValueError, IndexError):
+            return True
+        return first.split(".")[0] == name.partition(".")[0]
 
     def _warn_shadowed(self, loaded: set[str]) -> None:
         try:

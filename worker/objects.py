@@ -43,6 +43,8 @@ __all__ = [
     "AccessDefinition",
     "AccessSpec",
     "BasicAuthData",
+    "Event",
+    "EventReply",
     "Header",
     "JWTData",
     "LazyText",
@@ -57,6 +59,7 @@ __all__ = [
     "ScalarList",
     "ScalarMap",
     "SessionState",
+    "StringSlice",
     "changed_fields",
 ]
 
@@ -375,10 +378,20 @@ BasicAuthData = _nested(SessionState, "basic_auth_data")
 JWTData = _nested(SessionState, "jwt_data")
 Monitor = _nested(SessionState, "monitor")
 
+# Messages of Tyk's protos that never travel in a CALL, for plugins that import them.
+# (Module constants: `_CLASSES` is keyed by the record's id, which must stay alive.)
+_STRING_SLICE = Record({"items": coprocess.STR_LIST})
+_EVENT = Record({"payload": str})
+_EVENT_REPLY = Record({})
+StringSlice = _class_for(_STRING_SLICE, "string_slice")
+Event = _class_for(_EVENT, "event")
+EventReply = _class_for(_EVENT_REPLY, "event_reply")
+
 #: Tyk's generated protobuf modules and the classes each defines; plugins that
 #: build messages (`from coprocess_session_state_pb2 import SessionState`) get these.
 PB2_MODULES: dict[str, tuple[type[Message], ...]] = {
-    "coprocess_object_pb2": (Object,),
+    "coprocess_common_pb2": (StringSlice,),
+    "coprocess_object_pb2": (Object, Event, EventReply),
     "coprocess_mini_request_object_pb2": (MiniRequestObject,),
     "coprocess_return_overrides_pb2": (ReturnOverrides,),
     "coprocess_session_state_pb2": (SessionState, AccessDefinition, AccessSpec, BasicAuthData,

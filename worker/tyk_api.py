@@ -1,11 +1,12 @@
 """The Tyk Python plugin API, installed as modules inside the worker process.
 
 Unmodified Tyk plugins do `from tyk.decorators import *` and
-`from gateway import TykGateway as tyk`.  `install_plugin_api` registers three
+`from gateway import TykGateway as tyk`.  `install_plugin_api` registers
 synthetic modules in `sys.modules` so those imports resolve here:
 
-* `tyk` (a package) and `tyk.decorators` (Hook, Event, and the legacy Pre,
-  Post, PostKeyAuth, CustomKeyCheck);
+* `tyk` (a package) and every module of Tyk's (`tyk.decorators`,
+  `tyk.session`, `tyk.object`, `tyk.request`, `tyk.event`, `tyk.loader`,
+  `tyk.middleware`; built by `worker.tyk_package`);
 * `gateway` with `TykGateway` (`log`, `log_error`, `store_data`, `get_data`,
   `trigger_event`), also reachable as `tyk.gateway` for older plugins;
 * Tyk's generated `coprocess_*_pb2` modules, holding the proto-like classes
@@ -26,13 +27,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-import types
 from collections.abc import Callable
 from typing import Any
 
-from worker import decorators
 from worker.hostcalls import HostCallError, HostCalls
-from worker.objects import PB2_MODULES
+from worker.tyk_package import build_modules
 
 __all__ = ["CURRENT_API", "TykGateway", "install_plugin_api"]
 
@@ -116,11 +115,8 @@ def _store_fields(key: Any, value: Any, ttl: Any) -> dict[str, Any]:
     return {"key": _text(key), "value": _data(value), "ttl": max(0, int(ttl or 0))}
 
 
-_DECORATORS = ("Hook", "Event", "Pre", "Post", "PostKeyAuth", "CustomKeyCheck")
-
-
 def install_plugin_api(host: HostCalls | None) -> Callable[[], None]:
-    """Register `tyk`, `tyk.decorators`, `tyk.gateway` and `gateway`; return an undo.
+    """Register `tyk`, every `tyk.*` module, `gateway` and the pb2 modules; return an undo.
 
     `host` serves TykGateway's calls (None: only `log` works, locally).  The
     undo restores `sys.modules` as it was; the worker never calls it, tests do.
@@ -128,23 +124,7 @@ def install_plugin_api(host: HostCalls | None) -> Callable[[], None]:
     global _host
     previous_host = _host
     _host = host
-    tyk = types.ModuleType("tyk", "Tyk's Python plugin API (Coproc worker).")
-    tyk.__path__ = []  # a package, so `import tyk.decorators` works
-    deco = types.ModuleType("tyk.decorators", decorators.__doc__)
-    for name in _DECORATORS:
-        setattr(deco, name, getattr(decorators, name))
-    deco.__all__ = list(_DECORATORS)  # type: ignore[attr-defined]
-    gw = types.ModuleType("gateway", "Tyk's gateway API for plugins (Coproc worker).")
-    gw.TykGateway = TykGateway  # type: ignore[attr-defined]
-    gw.__all__ = ["TykGateway"]  # type: ignore[attr-defined]
-    tyk.decorators = deco  # type: ignore[attr-defined]
-    tyk.gateway = gw  # type: ignore[attr-defined]
-    modules = {"tyk": tyk, "tyk.decorators": deco, "tyk.gateway": gw, "gateway": gw}
-    for name, classes in PB2_MODULES.items():
-        pb2 = types.ModuleType(name, f"Tyk's {name} messages, proto-like (Coproc worker).")
-        for cls in classes:
-            setattr(pb2, cls.__name__, cls)
-        modules[name] = pb2
+    modules = build_modules(TykGateway)
     saved = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)
 

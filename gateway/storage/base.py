@@ -30,6 +30,10 @@ class Hit:
 class Storage(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """The values of `keys`, in order (one round trip)."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None: ...
 
     async def delete(self, key: str) -> bool:
@@ -43,6 +47,10 @@ class Storage(Protocol):
     async def quota_hit(self, key: str, quota_max: int, renewal_s: int) -> Hit:
         """Count one use of a quota of `quota_max` that renews every `renewal_s` s
         (<= 0: never); the window starts at the first use."""
+        ...
+
+    async def scan(self, prefix: str) -> list[str]:
+        """Every key (of `set`) that starts with `prefix`; for the admin API's listings."""
         ...
 
     async def ping(self) -> bool: ...

@@ -45,6 +45,9 @@ class MemoryStore:
             return None
         return value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         deadline = self._clock() + ttl if ttl > 0 else 0.0
         self._data.pop(key, None)  # re-insert: eviction order is oldest write first
@@ -61,6 +64,11 @@ class MemoryStore:
 
     async def delete(self, key: str) -> bool:
         return await self.get(key) is not None and self._data.pop(key, None) is not None
+
+    async def scan(self, prefix: str) -> list[str]:
+        now = self._clock()
+        return [k for k, (_, deadline) in self._data.items()
+                if k.startswith(prefix) and not (deadline and deadline <= now)]
 
     def sweep(self) -> int:
         """Remove expired entries; return how many."""

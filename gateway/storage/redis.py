@@ -93,6 +93,10 @@ class RedisStorage:
         value: bytes | None = await self._run(self._client.get(key))
         return value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values: list[bytes | None] = await self._run(self._client.mget(keys))
+        return values
+
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         px = max(1, int(ttl * 1000)) if ttl > 0 else None
         await self._run(self._client.set(key, value, px=px))
@@ -100,6 +104,17 @@ class RedisStorage:
     async def delete(self, key: str) -> bool:
         removed: int = await self._run(self._client.delete(key))
         return removed > 0
+
+    async def scan(self, prefix: str) -> list[str]:
+        # SCAN, never KEYS: a big keyspace must not block the server.
+        pattern = prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?") \
+            .replace("[", "\\[") + "*"
+
+        async def collect() -> list[str]:
+            return [k.decode() if isinstance(k, bytes) else str(k)
+                    async for k in self._client.scan_iter(match=pattern, count=1000)]
+
+        return await self._run(collect())
 
     async def rate_hit(self, key: str, limit: int, per: float) -> Hit:
         self._seq += 1

@@ -117,3 +117,16 @@ async def test_unreachable_redis_is_storage_unavailable() -> None:
 
 def test_memory_is_the_default() -> None:
     assert isinstance(open_storage(StorageConfig()), MemoryStorage)
+
+
+async def test_get_many_and_scan(storage: Storage) -> None:
+    """The keys admin API's reads: several values in one call, names by prefix."""
+    prefix = key()
+    await storage.set(f"{prefix}a", b"1")
+    await storage.set(f"{prefix}b*", b"2")
+    await storage.set(f"{prefix}gone", b"3", ttl=0.05)
+    await asyncio.sleep(0.2)  # the TTL under test, not a readiness wait
+    assert await storage.get_many([f"{prefix}a", f"{prefix}x", f"{prefix}b*"]) == \
+        [b"1", None, b"2"]
+    assert sorted(await storage.scan(prefix)) == [f"{prefix}a", f"{prefix}b*"]
+    assert await storage.scan(f"{prefix}b*") == [f"{prefix}b*"]
