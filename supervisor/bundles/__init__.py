@@ -2,9 +2,10 @@
 
 One job per module: `fetch` (download with retries and conditional GET),
 `verify` (checksum and signature), `extract` (safe unzip), `cache` (Coproc's
-content-addressed cache and the refs file the worker reads), `store` (the
-per-instance `BundleStore` the supervisor calls), `build` (`coproc bundle
-build|verify`).
+content-addressed cache and the refs file the worker reads), `installer`
+(one bundle name: fetch or reuse, extract, verify, cache), `store` (the
+per-instance `BundleStore` the supervisor calls: what each API loads),
+`gate` (the supervisor's side), `build` (`coproc bundle build|verify`).
 """
 
 from supervisor.bundles.store import BundleReport, BundleStore, Outcome

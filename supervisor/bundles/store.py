@@ -1,7 +1,11 @@
-"""The instance's one bundle store: fetch, verify, extract, cache; what to load, or why not.
+"""The instance's one bundle store: which bundle each API loads, or why not.
 
 One `BundleStore` per instance, in the supervisor (never per gateway
 process); the worker is sandboxed and only loads what `refs.json` names.
+The store runs one `BundleInstaller.obtain` per bundle name (`installer.py`:
+fetch, extract, verify, cache), in parallel and again in the background
+after a failure; it turns their results into each API's `Outcome`, writes
+`refs.json`, and removes cache objects no generation can use any more.
 
 * `prepare(apis, wait_s)` at start: every bundle name is obtained in
   parallel; after `wait_s` the report says which are ready, and downloads
@@ -24,9 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +36,9 @@ from typing import Any, Protocol
 
 from config.bundles import bundle_names, tyk_layouts
 from config.gateway import GatewayConfig
-from config.reader import ConfigError
 from supervisor.bundles.cache import BundleCache
-from supervisor.bundles.extract import ExtractLimits, UnsafeBundle, extract_zip
-from supervisor.bundles.fetch import Fetcher, FetchError, Validators, mask_url
-from supervisor.bundles.verify import (
-    PublicKey,
-    VerifyError,
-    load_public_key,
-    read_manifest,
-    verify_directory,
-)
+from supervisor.bundles.installer import BundleInstaller, Obtained
+from supervisor.bundles.verify import VerifyError
 
 __all__ = ["BundleReport", "BundleStore", "Outcome"]
 
@@ -90,26 +84,14 @@ class BundleReport:
         return sorted({o.api_id for o in self.outcomes if o.state != "ready"})
 
 
-@dataclass(frozen=True, slots=True)
-class _Result:
-    """What the store has for one bundle name (Coproc's own copy)."""
-
-    digest: str = ""
-    directory: Path | None = None
-    source: str = ""
-    reason: str = ""  # why there is no (new) copy; set with a directory: a warning
-    short: str = ""
-    refused: str = ""  # a new version failed; `directory` is the version kept
-
-
-def _outcome_of(name: str, task: asyncio.Task[_Result]) -> _Result:
+def _outcome_of(name: str, task: asyncio.Task[Obtained]) -> Obtained:
     """A finished task's result; an unexpected error (disk full, a bug) fails the bundle."""
     try:
         return task.result()
     except Exception as exc:
         log.exception("bundle %r: could not be obtained", name)
-        return _Result(reason=f"bundle {name!r}: internal error ({type(exc).__name__}: {exc})",
-                       short=f"internal error ({type(exc).__name__})")
+        return Obtained(reason=f"bundle {name!r}: internal error ({type(exc).__name__}: {exc})",
+                        short=f"internal error ({type(exc).__name__})")
 
 
 class BundleStore:
@@ -120,26 +102,15 @@ class BundleStore:
         self._options = cfg.bundles
         self._middleware = cfg.middleware_path
         self._cache = BundleCache(cfg.middleware_path)
-        self._fetcher = Fetcher(self._options)
-        self._limits = ExtractLimits(self._options.max_entries, self._options.max_total_bytes,
-                                     self._options.max_ratio)
-        self._key: PublicKey | None = None
-        if self._options.public_key_path is not None:
-            try:
-                self._key = load_public_key(self._options.public_key_path)
-            except ValueError as exc:
-                raise ConfigError(cfg.path, "public_key_path", str(exc),
-                                  "use a PEM RSA public key (PUBLIC KEY or RSA PUBLIC KEY)"
-                                  ) from None
+        self._installer = BundleInstaller(cfg, self._cache)
         self._on_change = on_change
         self._apis: dict[str, tuple[str, list[str]]] = {}  # api_id -> (value, names)
-        self._results: dict[str, _Result] = {}
-        self._tasks: dict[str, asyncio.Task[_Result]] = {}
-        self._retries: dict[str, asyncio.Task[_Result]] = {}
-        self._claimed: set[asyncio.Task[_Result]] = set()
+        self._results: dict[str, Obtained] = {}
+        self._tasks: dict[str, asyncio.Task[Obtained]] = {}
+        self._retries: dict[str, asyncio.Task[Obtained]] = {}
+        self._claimed: set[asyncio.Task[Obtained]] = set()
         self._previous: set[str] = set()  # objects the previous generation may use
         self._outcomes: list[Outcome] = []
-        self._warned = False
 
     # -- the seam the supervisor calls -----------------------------------------------
 
@@ -168,7 +139,7 @@ class BundleStore:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._fetcher.close()
+        await self._installer.close()
 
     # -- one prepare/refresh pass -----------------------------------------------------
 
@@ -183,7 +154,7 @@ class BundleStore:
         if not wanted and not self._cache.root.exists():
             return BundleReport()
         if wanted:
-            self._warn_once()
+            self._installer.warn_once()
         self._cache.ensure()
         state = self._cache.read_state()
         for name in wanted:
@@ -191,7 +162,8 @@ class BundleStore:
             if retry is not None:  # obtained now instead
                 retry.cancel()
             if name not in self._tasks:
-                self._tasks[name] = asyncio.ensure_future(self._obtain(name, state.get(name)))
+                self._tasks[name] = asyncio.ensure_future(
+                    self._installer.obtain(name, state.get(name)))
         running = {name: self._tasks[name] for name in wanted}
         self._claimed.update(running.values())  # this pass settles them, not the callback
         try:
@@ -210,7 +182,7 @@ class BundleStore:
             if result.refused:
                 report.refused.append(result.refused)
             self._results[name] = result
-            self._remember(name, result)
+            self._installer.remember(name, result)
             if result.directory is None:
                 self._retry_later(name)
         report.outcomes = self._outcome_list(pending=set(self._tasks))
@@ -225,7 +197,7 @@ class BundleStore:
         self._previous = self._current_digests()
         return report
 
-    def _finished_late(self, name: str, task: asyncio.Task[_Result]) -> None:
+    def _finished_late(self, name: str, task: asyncio.Task[Obtained]) -> None:
         """A download that outlived the wait (unless a later pass already took it)."""
         if self._tasks.get(name) is not task or task in self._claimed:
             return
@@ -234,10 +206,10 @@ class BundleStore:
             return
         self._settle(name, _outcome_of(name, task))
 
-    def _settle(self, name: str, result: _Result) -> None:
+    def _settle(self, name: str, result: Obtained) -> None:
         """Publish a background result; ask for a reload when it made a bundle usable."""
         self._results[name] = result
-        self._remember(name, result)
+        self._installer.remember(name, result)
         if result.directory is None or result.refused:
             log.error("bundle %r: %s", name, result.refused or result.reason)
             if result.directory is None:
@@ -277,7 +249,7 @@ class BundleStore:
         return outcomes
 
     def _outcome(self, api_id: str, value: str, name: str) -> Outcome:
-        result = self._results.get(name, _Result(reason=f"bundle {name!r}: not obtained",
+        result = self._results.get(name, Obtained(reason=f"bundle {name!r}: not obtained",
                                                  short="not obtained"))
         if result.directory is not None:
             return Outcome(api_id, name, "ready", result.source, result.directory,
@@ -287,7 +259,7 @@ class BundleStore:
             if not (directory / "manifest.json").is_file():
                 continue
             try:
-                self._verify_cached(directory, name)
+                self._installer.verify_cached(directory, name)
             except VerifyError as exc:
                 problems.append(f"{source} copy in {directory}: {exc}")
                 return Outcome(api_id, name, "failed", reason="; ".join(problems),
@@ -299,130 +271,25 @@ class BundleStore:
     def _current_digests(self) -> set[str]:
         return {r.digest for r in self._results.values() if r.digest}
 
-    def _remember(self, name: str, result: _Result) -> None:
-        if not result.digest:
-            return
-        state = self._cache.read_state()
-        entry = state.get(name) if isinstance(state.get(name), dict) else None
-        if entry is None or entry.get("object") != result.digest:
-            state[name] = {"object": result.digest}
-            self._cache.write_state(state)
-
-    # -- obtaining one bundle name --------------------------------------------------
-
-    async def _obtain(self, name: str, saved: Any) -> _Result:
-        """Coproc's own verified copy of `name`: fresh, revalidated, or cached."""
-        saved = saved if isinstance(saved, dict) else {}
-        digest = str(saved.get("object", ""))
-        current = self._cached(name, digest) if digest and self._cache.has(digest) else None
-        if not self._options.active:
-            return current or _Result(reason=f"bundle {name!r}: no cached copy and the bundle "
-                                      "downloader is off (enable_bundle_downloader, "
-                                      "bundle_base_url)", short="not downloaded (downloader off)")
-        validators = Validators(str(saved.get("etag", "")), str(saved.get("last_modified", "")))
-        try:
-            fetched = await self._fetcher.fetch(name, validators if current and
-                                                current.directory else None)
-        except FetchError as exc:
-            if current is not None and current.directory is not None:
-                return _Result(current.digest, current.directory, "cache", str(exc), exc.reason)
-            return _Result(reason=str(exc), short=exc.reason)
-        if fetched.data is None and current is not None:
-            return current
-        data = fetched.data or b""
-        digest_new = hashlib.sha256(data).hexdigest()
-        try:
-            directory = self._install(name, data, digest_new)
-        except (UnsafeBundle, VerifyError) as exc:
-            reason = f"{exc} (from {self._fetcher_url(name)})"
-            if current is not None and current.directory is not None:
-                return _Result(current.digest, current.directory, "cache",
-                               refused=f"new version of {reason}; the current one keeps serving")
-            return _Result(reason=reason, short=str(exc))
-        self._save_validators(name, digest_new, fetched.validators)
-        return _Result(digest_new, directory, "download")
-
-    def _cached(self, name: str, digest: str) -> _Result:
-        directory = self._cache.object_dir(digest)
-        try:
-            self._verify_cached(directory, name)
-        except VerifyError as exc:
-            return _Result(reason=f"cached copy: {exc}", short=f"cached copy: {exc}")
-        return _Result(digest, directory, "cache")
-
-    def _install(self, name: str, data: bytes, digest: str) -> Path:
-        """Extract to a temporary directory, verify, then rename into the cache."""
-        if self._cache.has(digest):
-            self._verify_cached(self._cache.object_dir(digest), name)
-            return self._cache.object_dir(digest)
-        tmp = self._cache.new_tmp()
-        try:
-            written = extract_zip(data, tmp, name, self._limits)
-            manifest = verify_directory(tmp, self._key, f"bundle {name!r}")
-            self._check_unlisted(name, written, manifest.file_list)
-            return self._cache.commit(tmp, digest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def _check_unlisted(self, name: str, written: list[str], listed: tuple[str, ...]) -> None:
-        # A signature covers file_list only: with a key set, any other file
-        # would be code that runs unverified.
-        if self._key is None:
-            return
-        extra = sorted(set(written) - set(listed) - {"manifest.json"})
-        if extra:
-            raise UnsafeBundle(f"bundle {name!r}: unsafe entry {extra[0]!r}: not in file_list, "
-                               "so not covered by the signature")
-
-    def _verify_cached(self, directory: Path, name: str) -> None:
-        if self._options.skip_verify_existing:
-            read_manifest((directory / "manifest.json").read_bytes(), f"bundle {name!r}")
-            return
-        # A cached copy without a checksum is accepted as Tyk does, unless a key is set.
-        verify_directory(directory, self._key, f"bundle {name!r}", require_checksum=False)
-
-    def _save_validators(self, name: str, digest: str, validators: Validators) -> None:
-        state = self._cache.read_state()
-        state[name] = {"object": digest, "etag": validators.etag,
-                       "last_modified": validators.last_modified}
-        self._cache.write_state(state)
-
-    def _fetcher_url(self, name: str) -> str:
-        return mask_url(self._fetcher.url(name))
+    # -- trying again in the background ------------------------------------------
 
     def _retry_later(self, name: str) -> None:
         """After every attempt failed: try again every retry_interval_s, in the background."""
         if not self._options.active or name in self._retries:
             return
 
-        async def retry() -> _Result:
+        async def retry() -> Obtained:
             await asyncio.sleep(self._options.retry_interval_s)
-            return await self._obtain(name, self._cache.read_state().get(name))
+            return await self._installer.obtain(name, self._cache.read_state().get(name))
 
         task = asyncio.ensure_future(retry())
         self._retries[name] = task
         task.add_done_callback(functools.partial(self._retried, name))
 
-    def _retried(self, name: str, task: asyncio.Task[_Result]) -> None:
+    def _retried(self, name: str, task: asyncio.Task[Obtained]) -> None:
         if self._retries.get(name) is not task:
             return
         del self._retries[name]
         if task.cancelled():
             return
         self._settle(name, _outcome_of(name, task))
-
-    def _warn_once(self) -> None:
-        if self._warned:
-            return
-        self._warned = True
-        o = self._options
-        if o.insecure_skip_verify:
-            log.warning("bundle_insecure_skip_verify is true: the bundle server's TLS "
-                        "certificate is not checked")
-        if o.public_key_path is None:
-            log.warning("public_key_path is not set: bundle signatures are not checked "
-                        "(only their checksums)")
-        if o.skip_verify_existing:
-            log.warning("skip_verify_existing_plugin_bundle is true: cached bundles are "
-                        "loaded without checking their checksum or signature")
