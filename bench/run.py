@@ -5,8 +5,8 @@ What is measured (all on 127.0.0.1, against the same minimal upstream):
 * a bare aiohttp reverse proxy, and the same with an aiohttp middleware that
   sets one header (the in-process ceiling: what a user writes without isolation);
 * Coproc with no hooks, with one no-op pre hook (also as an `async def` hook,
-  which runs on the worker's event loop instead of its thread pool), and with
-  pre+post+response;
+  which runs on the worker's event loop instead of its call threads, and as a
+  Lua hook, `driver: "lua"`), and with pre+post+response;
 * 1 MiB and 10 MiB POST bodies through a pre hook that reads the body, with
   the shared-memory arena and with inline transfer (threshold set out of reach);
 * the hook round trip as the gateway times it (p50/p99 µs, from GET /hello),
@@ -82,6 +82,12 @@ def ReadBody(request, session, spec):
     return request, session
 '''
 
+LUA_PLUGIN = """
+function NoopLua(request, session, spec)
+  return request, session
+end
+"""
+
 
 def _api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
     middleware: dict[str, Any] = {"driver": "python"}
@@ -91,6 +97,15 @@ def _api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
             "proxy": {"listen_path": f"/{api_id}/", "target_url": target,
                       "strip_listen_path": True},
             "custom_middleware": middleware}
+
+
+def _lua_api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
+    definition = _api(api_id, target, **phases)
+    middleware = definition["custom_middleware"]
+    middleware["driver"] = "lua"
+    for phase in phases:
+        middleware[phase] = [{**h, "path": "bench/mw.lua"} for h in middleware[phase]]
+    return definition
 
 
 @dataclass
@@ -181,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(middleware.stop)
 
         def coproc(apis: dict[str, Any], **ipc: Any) -> Coproc:
-            inst = Coproc(apis, {"bench/mw.py": PLUGIN}, {"coproc": {"ipc": ipc}} if ipc else {})
+            inst = Coproc(apis, {"bench/mw.py": PLUGIN, "bench/mw.lua": LUA_PLUGIN},
+                          {"coproc": {"ipc": ipc}} if ipc else {})
             stack.callback(inst.stop)
             return inst
 
         plain = coproc({"plain": _api("plain", up)})
         pre = coproc({"pre": _api("pre", up, pre=["NoopPre"])})
         apre = coproc({"apre": _api("apre", up, pre=["AsyncNoopPre"])})
+        lua = coproc({"lua": _lua_api("lua", up, pre=["NoopLua"])})
         three = coproc({"three": _api("three", up, pre=["GreetPre"], post=["NoopPost"],
                                       response=["NoopResponse"])})
         probes = {"pre_noop": coproc({"pre": _api("pre", up, pre=["NoopPre"])}),
@@ -206,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                      coproc=pre),
             Scenario("pre_async_noop", "coproc, 1 no-op async pre hook",
                      lambda: apre.url + "/apre/x", c, coproc=apre),
+            Scenario("lua_noop", "coproc, 1 no-op Lua pre hook", lambda: lua.url + "/lua/x", c,
+                     coproc=lua),
             Scenario("pre_post_response", "coproc, pre+post+response hooks",
                      lambda: three.url + "/three/x", c, coproc=three),
             Scenario("body_1mib_shm", "1 MiB body, body-reading pre hook, shm",
@@ -249,6 +268,7 @@ def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[
         "no_hooks_vs_bare_proxy": ("no_hooks", "bare_proxy"),
         "pre_noop_vs_no_hooks": ("pre_noop", "no_hooks"),
         "pre_async_noop_vs_no_hooks": ("pre_async_noop", "no_hooks"),
+        "lua_noop_vs_no_hooks": ("lua_noop", "no_hooks"),
         "pre_post_response_vs_no_hooks": ("pre_post_response", "no_hooks"),
         "pre_noop_vs_inprocess_middleware": ("pre_noop", "inprocess_middleware"),
         "body_1mib_shm_vs_inline": ("body_1mib_shm", "body_1mib_inline"),
@@ -292,6 +312,7 @@ def _table(report: dict[str, Any]) -> str:
         ("no-op pre hook / no hooks", ratios["pre_noop_vs_no_hooks"], ">= 0.75", 0.75, True),
         ("no-op async pre hook / no hooks", ratios["pre_async_noop_vs_no_hooks"], "", None,
          True),
+        ("no-op Lua pre hook / no hooks", ratios["lua_noop_vs_no_hooks"], "", None, True),
         ("pre+post+response / no hooks", ratios["pre_post_response_vs_no_hooks"], ">= 0.55",
          0.55, True),
         ("no hooks / bare aiohttp proxy", ratios["no_hooks_vs_bare_proxy"], ">= 0.80", 0.80,
