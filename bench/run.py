@@ -83,6 +83,12 @@ def ReadBody(request, session, spec):
     return request, session
 '''
 
+LUA_PLUGIN = """
+function NoopLua(request, session, spec)
+  return request, session
+end
+"""
+
 
 def _api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
     middleware: dict[str, Any] = {"driver": "python"}
@@ -99,6 +105,15 @@ def _grpc_api(api_id: str, target: str) -> dict[str, Any]:
     api = _api(api_id, target)
     api["custom_middleware"] = {"driver": "grpc", "pre": [{"name": "NoopPre"}]}
     return api
+
+
+def _lua_api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
+    definition = _api(api_id, target, **phases)
+    middleware = definition["custom_middleware"]
+    middleware["driver"] = "lua"
+    for phase in phases:
+        middleware[phase] = [{**h, "path": "bench/mw.lua"} for h in middleware[phase]]
+    return definition
 
 
 @dataclass
@@ -189,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(middleware.stop)
 
         def coproc(apis: dict[str, Any], **ipc: Any) -> Coproc:
-            inst = Coproc(apis, {"bench/mw.py": PLUGIN}, {"coproc": {"ipc": ipc}} if ipc else {})
+            inst = Coproc(apis, {"bench/mw.py": PLUGIN, "bench/mw.lua": LUA_PLUGIN},
+                          {"coproc": {"ipc": ipc}} if ipc else {})
             stack.callback(inst.stop)
             return inst
 
@@ -201,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(gpre.stop)
         pre = coproc({"pre": _api("pre", up, pre=["NoopPre"])})
         apre = coproc({"apre": _api("apre", up, pre=["AsyncNoopPre"])})
+        lua = coproc({"lua": _lua_api("lua", up, pre=["NoopLua"])})
         three = coproc({"three": _api("three", up, pre=["GreetPre"], post=["NoopPost"],
                                       response=["NoopResponse"])})
         probes = {"pre_noop": coproc({"pre": _api("pre", up, pre=["NoopPre"])}),
@@ -221,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                      lambda: apre.url + "/apre/x", c, coproc=apre),
             Scenario("pre_noop_grpc", "coproc, 1 no-op pre hook via gRPC",
                      lambda: gpre.url + "/gpre/x", c, coproc=gpre),
+            Scenario("lua_noop", "coproc, 1 no-op Lua pre hook", lambda: lua.url + "/lua/x", c,
+                     coproc=lua),
             Scenario("pre_post_response", "coproc, pre+post+response hooks",
                      lambda: three.url + "/three/x", c, coproc=three),
             Scenario("body_1mib_shm", "1 MiB body, body-reading pre hook, shm",
@@ -265,6 +284,7 @@ def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[
         "pre_noop_vs_no_hooks": ("pre_noop", "no_hooks"),
         "pre_async_noop_vs_no_hooks": ("pre_async_noop", "no_hooks"),
         "pre_noop_grpc_vs_no_hooks": ("pre_noop_grpc", "no_hooks"),
+        "lua_noop_vs_no_hooks": ("lua_noop", "no_hooks"),
         "pre_post_response_vs_no_hooks": ("pre_post_response", "no_hooks"),
         "pre_noop_vs_inprocess_middleware": ("pre_noop", "inprocess_middleware"),
         "body_1mib_shm_vs_inline": ("body_1mib_shm", "body_1mib_inline"),
@@ -310,6 +330,7 @@ def _table(report: dict[str, Any]) -> str:
          True),
         ("no-op pre hook via gRPC / no hooks", ratios["pre_noop_grpc_vs_no_hooks"], "", None,
          True),
+        ("no-op Lua pre hook / no hooks", ratios["lua_noop_vs_no_hooks"], "", None, True),
         ("pre+post+response / no hooks", ratios["pre_post_response_vs_no_hooks"], ">= 0.55",
          0.55, True),
         ("no hooks / bare aiohttp proxy", ratios["no_hooks_vs_bare_proxy"], ">= 0.80", 0.80,

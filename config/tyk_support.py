@@ -35,14 +35,13 @@ __all__ = [
     "unapplied_warnings",
 ]
 
-#: Drivers whose hooks Coproc runs: the worker (Python), a Tyk gRPC plugin server.
-SUPPORTED_DRIVERS = ("", "python", "grpc")
+#: Drivers whose hooks Coproc runs: the worker (Python, Lua), a Tyk gRPC plugin server.
+SUPPORTED_DRIVERS = ("", "python", "lua", "grpc")
 
 #: Tyk's other plugin drivers, and why Coproc refuses an API that uses one.
 UNSUPPORTED_DRIVERS: dict[str, str] = {
     "otto": "JavaScript (JSVM) plugins are not supported yet",
     "javascript": "JavaScript (JSVM) plugins are not supported yet",
-    "lua": "Lua plugins are not supported",
     "goplugin": "Go plugins are not supported",
 }
 
@@ -192,7 +191,7 @@ def check_driver(file: Path, where: str, driver: str, has_hooks: bool) -> None:
     why = UNSUPPORTED_DRIVERS.get(driver, f"{driver!r} is not a plugin driver Coproc knows")
     raise ConfigError(file, where, f"{driver!r}: {why}; this API's hooks cannot run, and "
                       "Coproc never runs them as Python",
-                      "use a driver Coproc runs (python, grpc), or serve this API from Tyk")
+                      "use a driver Coproc runs (python, lua, grpc), or serve this API from Tyk")
 
 
 def check_classic(file: Path, raw: Mapping[str, Any]) -> None:

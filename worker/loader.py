@@ -166,6 +166,8 @@ def load_plugins(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> HookTable
 
 def load_api(api: APIDefinition, middleware_path: Path) -> ApiPlugins:
     """Import one API's plugin files and collect its hooks (never raises)."""
+    if api.custom_middleware.driver == "lua":
+        return _load_lua(api)
     plugins = ApiPlugins(api.api_id)
     configured = api.custom_middleware.all_hooks()
     files: dict[Path, list[str]] = {}
@@ -197,6 +199,15 @@ def load_api(api: APIDefinition, middleware_path: Path) -> ApiPlugins:
             continue
         _collect(module, path, wanted, plugins)
     return plugins
+
+
+def _load_lua(api: APIDefinition) -> ApiPlugins:
+    try:
+        from worker.lua import load_lua_api  # lupa is needed only by Lua APIs
+    except ImportError as exc:
+        return ApiPlugins(api.api_id, load_error=f"the Lua driver needs lupa ({exc}): "
+                          "pip install 'coproc[lua]'")
+    return load_lua_api(api)
 
 
 def describe_load_error(exc: BaseException, namespace: PluginNamespace) -> str:
