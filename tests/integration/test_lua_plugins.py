@@ -3,12 +3,16 @@ and an endless loop stopped at the hook's deadline while the worker keeps servin
 
 from __future__ import annotations
 
+import json
+import subprocess
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.harness import Instance, api_def, echo_header, hook
+from integration.bundlekit import Keys, ServerThread
+from integration.harness import Instance, api_def, coproc_command, echo_header, hook
 
 LUA = textwrap.dedent("""
     function MyPreMiddleware(request, session, spec)
@@ -88,3 +92,35 @@ def test_endless_loop_is_a_504_and_the_next_request_is_served(gw: Instance) -> N
     # The stopped loop freed its thread: a second endless call stops the same way.
     gw.expect(gw.get("/spin/"), 504)
     gw.expect(gw.get("/pre/again"), 200)
+
+
+def test_lua_bundle_built_and_verified_by_the_cli_is_served(
+        coproc_factory: Any, echo_upstream: Any, tmp_path: Path) -> None:
+    """1. `coproc bundle build -k` makes a signed bundle of a Lua manifest;
+    2. `coproc bundle verify --key` accepts it; 3. a bundle server serves it and an
+    instance with `public_key_path` downloads, verifies and runs its Lua pre hook."""
+    keys = Keys.make(tmp_path)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "mw.lua").write_text(LUA)
+    (source / "manifest.json").write_text(json.dumps({
+        "file_list": ["mw.lua"],
+        "custom_middleware": {"driver": "lua", "pre": [{"name": "MyPreMiddleware"}]}}))
+    bundle = tmp_path / "lua-bundle.zip"
+    built = subprocess.run([*coproc_command(), "bundle", "build", "-m", "manifest.json",
+                            "-o", str(bundle), "-k", str(keys.private_path)],
+                           cwd=source, capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    verified = subprocess.run([*coproc_command(), "bundle", "verify", str(bundle), "--key",
+                               str(keys.public_path)], capture_output=True, text=True,
+                              timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    with ServerThread() as server:
+        server.publish("lua-bundle.zip", bundle.read_bytes())
+        api = api_def("luab", "/luab/", echo_upstream.url,
+                      custom_middleware_bundle="lua-bundle.zip")
+        inst = coproc_factory({"luab": api}, {}, {
+            "enable_bundle_downloader": True, "bundle_base_url": server.url,
+            "public_key_path": str(keys.public_path)})
+        echo = inst.expect(inst.get("/luab/z"), 200).json()
+        assert echo_header(echo, "customheader") == "customvalue"
