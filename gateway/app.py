@@ -33,7 +33,8 @@ from gateway.control import (
     report_status,
 )
 from gateway.events import EventBus
-from gateway.health import make_hello
+from gateway.health import HealthRegistry, Phase, Status
+from gateway.health_routes import add_health_routes, api_checks, watch_storage, worker_check
 from gateway.hooks import HookClient, HostCallHandler
 from gateway.host_calls import HostCalls
 from gateway.plan import ApiPlan, api_spec, build_router
@@ -46,6 +47,7 @@ __all__ = [
     "CHAIN",
     "CONFIG",
     "CONTROL",
+    "HEALTH",
     "HOOKS",
     "HookService",
     "build_app",
@@ -73,6 +75,8 @@ EVENTS = web.AppKey("events", EventBus)
 HOOKS = web.AppKey("hooks", HookService)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 CHAIN = web.AppKey("chain", Chain)
+#: Where every part of the gateway reports its components' health (gateway/health.py).
+HEALTH = web.AppKey("health", HealthRegistry)
 
 # aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
 _NO_LIMIT = 1 << 62
@@ -96,11 +100,16 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[EVENTS] = EventBus(lambda api_id: handlers.get(api_id, {}),
                            specs={api.api_id: api_spec(api) for api in apis if api.active})
     app[CONTROL] = ControlChannel(control_sock)
+    app[HEALTH] = health = HealthRegistry()
+    if not cfg.enable_coprocess:
+        health.loaded = True  # nothing to load: APIs with plugins report themselves closed
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
         hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
         await hooks.start()
         app[HOOKS] = hooks
+        if cfg.enable_coprocess:
+            health.watch("worker", lambda: _worker_check(health, hooks.health()))
         events = app[EVENTS]
         events.send_event = getattr(hooks, "send_event", None)  # @Event handlers
         watched = [a for a, h in handlers.items() if h.get("WorkerRestarted")]
@@ -109,8 +118,9 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
             yield
         await hooks.close()
 
-    app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx])
-    app.router.add_get("/hello", make_hello(lambda: app[HOOKS]))
+    app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx, _serving_ctx])
+    add_health_routes(app, health, cfg.secret, lambda: {
+        "gateway": {"pid": os.getpid()}, "worker": app[HOOKS].health()})
     reload = make_reload(cfg.secret, app[CONTROL])
     for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
         app.router.add_get(path, reload, allow_head=False)
@@ -124,15 +134,32 @@ async def _serve_api(request: web.Request) -> web.StreamResponse:
     return await request.app[CHAIN].handle(request)
 
 
+def _worker_check(health: HealthRegistry, worker: dict[str, Any]) -> Any:
+    check = worker_check(worker)
+    if check.status is Status.PASS:
+        health.loaded = True  # a worker loaded the plugins at least once
+    return check
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store, events = app[STORE], app[EVENTS]
-    if not isinstance(store, MemoryStorage):
+    store, events, health = app[STORE], app[EVENTS], app[HEALTH]
+    shared = not isinstance(store, MemoryStorage)
+    if shared:
         where = getattr(store, "where", "")
-        if await store.ping():
+        up = await store.ping()
+        if up:
             log.info("storage: %s", where)
         else:  # not fatal: requests that need it get 503 until it answers
             log.error("storage %s is not reachable yet", where)
+        health.set("storage", Status.PASS if up else Status.FAIL,
+                   "" if up else "storage unreachable", kind="datastore", required=True,
+                   detail={"where": where})
+    else:
+        health.set("storage", Status.PASS, kind="datastore", detail={"type": "memory"})
     async with contextlib.AsyncExitStack() as stack:
+        if shared:
+            await stack.enter_async_context(
+                _background(watch_storage(health, store.ping, where)))
         # Webhook deliveries get their own client: upstream limits must not apply.
         events.http = await stack.enter_async_context(aiohttp.ClientSession())
         await stack.enter_async_context(_background(events.run()))
@@ -146,7 +173,17 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
     auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit)
-    app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
+    app[CHAIN] = chain = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
+    hooks = app[HOOKS]
+
+    def unserved() -> dict[str, Any]:
+        # The chain's router: a reload swaps it (gateway/control.py).
+        broken = ((p.api_id, p.broken, p.broken_status) for p in chain.router.values()
+                  if p.broken)
+        plugins = hooks.health().get("plugins", {}) if cfg.enable_coprocess else {}
+        return api_checks(broken, plugins)
+
+    app[HEALTH].watch_group("apis", unserved)
     yield
     await session.close()
 
@@ -160,6 +197,14 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     async with _background(report_status(channel, hooks, app[CHAIN].stats)):
         yield
     channel.close()
+
+
+async def _serving_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Last to start: from here on the gateway is serving (readiness may pass)."""
+    health = app[HEALTH]
+    health.phase = Phase.SERVING
+    yield
+    health.phase = Phase.STOPPING
 
 
 @contextlib.asynccontextmanager
@@ -188,6 +233,7 @@ async def serve(cfg: GatewayConfig, apis: list[APIDefinition], sock: socket.sock
         gctune.settle()  # start-up is over: see ipc/gctune.py
         app[CONTROL].send({"type": "ready", "role": "gateway", "pid": os.getpid()})
         await _stop_requested()
+        app[HEALTH].phase = Phase.STOPPING  # /ready: 503 while in-flight requests drain
         log.info("stopping: draining in-flight requests (up to %d ms)",
                  cfg.gateway.drain_grace_ms)
     finally:

@@ -94,6 +94,13 @@ class Router(Generic[T]):
         """False when no API names a domain: callers may then skip parsing Host."""
         return bool(self._by_domain)
 
+    def values(self) -> list[T]:
+        """Every routed value (for reports; not on the request path)."""
+        out = list(self._any_host.values())
+        for table in self._by_domain.values():
+            out.extend(table.values())
+        return out
+
     def match(self, host: str, path: str) -> T | None:
         """The value whose listen path is the longest segment prefix of `path`."""
         if self._by_domain:
