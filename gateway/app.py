@@ -21,6 +21,7 @@ from aiohttp import web
 
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
+from gateway import header_bytes
 from gateway.admin import add_key_routes
 from gateway.auth import Authenticator
 from gateway.chain import Chain, HookCaller
@@ -33,6 +34,13 @@ from gateway.control import (
     report_status,
 )
 from gateway.events import EventBus
+from gateway.frontdoor import (
+    ConnectionGuard,
+    GuardedSite,
+    connection_cap,
+    framing_middleware,
+    handler_args,
+)
 from gateway.health import HealthRegistry, Phase, Status
 from gateway.health_routes import add_health_routes, api_checks, watch_storage, worker_check
 from gateway.hooks import HookClient, HostCallHandler
@@ -86,10 +94,12 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
               control_sock: socket.socket | None = None,
               hook_factory: HookFactory = HookClient) -> web.Application:
     opts = cfg.gateway
+    header_bytes.install()  # any header byte reaches the upstream as received
     app = web.Application(
         client_max_size=opts.max_body_bytes or _NO_LIMIT,
         handler_args={"max_line_size": opts.max_header_bytes,
                       "max_field_size": opts.max_header_bytes},
+        middlewares=[framing_middleware(opts.max_header_bytes)],
     )
     app[CONFIG] = cfg
     apis = list(apis)
@@ -226,10 +236,13 @@ async def serve(cfg: GatewayConfig, apis: list[APIDefinition], sock: socket.sock
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=cfg.gateway.drain_grace_ms / 1000)
     await runner.setup()
+    opts = cfg.gateway
+    guard = ConnectionGuard(connection_cap(opts), opts.header_read_timeout_ms / 1000)
     try:
-        site = web.SockSite(runner, sock)
+        site = GuardedSite(runner, sock, guard, handler_args(opts))
         await site.start()
-        log.info("serving %d API(s) on %s", sum(1 for a in apis if a.active), site.name)
+        log.info("serving %d API(s) on %s (at most %d connections)",
+                 sum(1 for a in apis if a.active), site.name, guard.cap)
         gctune.settle()  # start-up is over: see ipc/gctune.py
         app[CONTROL].send({"type": "ready", "role": "gateway", "pid": os.getpid()})
         await _stop_requested()
