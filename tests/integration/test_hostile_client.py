@@ -238,3 +238,19 @@ def test_coprocess_disabled_closes_plugin_apis_instead_of_key_auth(
                                             "status": "fail", "output": "plugins disabled"}
     assert "worker" not in hello["details"]
     inst.expect(inst.ready(), 200)
+
+
+def test_non_utf8_key_with_redis_storage_is_403_not_500(module_coproc_factory: Any,
+                                                        echo_upstream: Any,
+                                                        redis_server: Any) -> None:
+    """Built-in key auth and the id-extractor cache look keys up in Redis: a key with
+    bytes that are not UTF-8 is an unknown key (403), never a 500."""
+    apis = _apis(echo_upstream.url)
+    inst = module_coproc_factory({"keys": apis["keys"], "auth": apis["auth"]},
+                                 {"h/mw.py": PLUGIN}, {"secret": SECRET, **redis_server.settings()})
+    assert parsed(raw(inst.port, get(b"/keys/x", b"Authorization: \xff\xfe")))[0] == 403
+    assert parsed(raw(inst.port, get(b"/auth/x", b"Authorization: valid_\xff")))[0] == 200
+    status, _ = parsed(raw(inst.port, get(b"/tyk/keys/\xff", b"X-Tyk-Authorization: "
+                                          + SECRET.encode())))
+    assert status in (200, 400, 404)
+    assert "Traceback" not in inst.logs(50_000)
