@@ -42,7 +42,12 @@ from gateway.frontdoor import (
     handler_args,
 )
 from gateway.health import HealthRegistry, Phase, Status
-from gateway.health_routes import add_health_routes, api_checks, watch_storage, worker_check
+from gateway.health_routes import (
+    add_health_routes,
+    report_storage,
+    watch_gateway,
+    watch_storage,
+)
 from gateway.hooks import HookClient, HostCallHandler
 from gateway.host_calls import HostCalls
 from gateway.plan import ApiPlan, api_spec, build_router
@@ -111,15 +116,15 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
                            specs={api.api_id: api_spec(api) for api in apis if api.active})
     app[CONTROL] = ControlChannel(control_sock)
     app[HEALTH] = health = HealthRegistry()
-    if not cfg.enable_coprocess:
-        health.loaded = True  # nothing to load: APIs with plugins report themselves closed
+    # Probes read at each request; requests come only once the contexts below started.
+    watch_gateway(health, coprocess=cfg.enable_coprocess, worker=lambda: app[HOOKS].health(),
+                  unserved=lambda: ((p.api_id, p.broken, p.broken_status)  # the live router
+                                    for p in app[CHAIN].router.values() if p.broken))
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
         hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
         await hooks.start()
         app[HOOKS] = hooks
-        if cfg.enable_coprocess:
-            health.watch("worker", lambda: _worker_check(health, hooks.health()))
         events = app[EVENTS]
         events.send_event = getattr(hooks, "send_event", None)  # @Event handlers
         watched = [a for a, h in handlers.items() if h.get("WorkerRestarted")]
@@ -144,13 +149,6 @@ async def _serve_api(request: web.Request) -> web.StreamResponse:
     return await request.app[CHAIN].handle(request)
 
 
-def _worker_check(health: HealthRegistry, worker: dict[str, Any]) -> Any:
-    check = worker_check(worker)
-    if check.status is Status.PASS:
-        health.loaded = True  # a worker loaded the plugins at least once
-    return check
-
-
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store, events, health = app[STORE], app[EVENTS], app[HEALTH]
     shared = not isinstance(store, MemoryStorage)
@@ -161,9 +159,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             log.info("storage: %s", where)
         else:  # not fatal: requests that need it get 503 until it answers
             log.error("storage %s is not reachable yet", where)
-        health.set("storage", Status.PASS if up else Status.FAIL,
-                   "" if up else "storage unreachable", kind="datastore", required=True,
-                   detail={"where": where})
+        report_storage(health, up, where)
     else:
         health.set("storage", Status.PASS, kind="datastore", detail={"type": "memory"})
     async with contextlib.AsyncExitStack() as stack:
@@ -183,17 +179,7 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     session = app[UPSTREAM] = make_session(cfg.gateway)
     auth = Authenticator(app[STORE], app[HOOKS], app[EVENTS].emit)
-    app[CHAIN] = chain = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
-    hooks = app[HOOKS]
-
-    def unserved() -> dict[str, Any]:
-        # The chain's router: a reload swaps it (gateway/control.py).
-        broken = ((p.api_id, p.broken, p.broken_status) for p in chain.router.values()
-                  if p.broken)
-        plugins = hooks.health().get("plugins", {}) if cfg.enable_coprocess else {}
-        return api_checks(broken, plugins)
-
-    app[HEALTH].watch_group("apis", unserved)
+    app[CHAIN] = Chain(app[ROUTER], app[HOOKS], session, cfg.gateway, auth)
     yield
     await session.close()
 

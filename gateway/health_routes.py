@@ -22,7 +22,15 @@ from aiohttp import web
 from gateway.admin import admin_denied
 from gateway.health import Check, HealthRegistry, Status
 
-__all__ = ["STATUS_PATH", "add_health_routes", "api_checks", "watch_storage", "worker_check"]
+__all__ = [
+    "STATUS_PATH",
+    "add_health_routes",
+    "api_checks",
+    "report_storage",
+    "watch_gateway",
+    "watch_storage",
+    "worker_check",
+]
 
 log = logging.getLogger("coproc.gateway.health")
 
@@ -56,6 +64,35 @@ def add_health_routes(app: web.Application, registry: HealthRegistry, secret: st
     app.router.add_get("/hello", hello)
     app.router.add_get("/ready", ready)
     app.router.add_get(STATUS_PATH, status)
+
+
+def watch_gateway(registry: HealthRegistry, *, coprocess: bool,
+                  worker: Callable[[], Mapping[str, Any]],
+                  unserved: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+    """Register the gateway's probes: `worker` (the hook client's health record) and
+    one `api:<id>` per API that cannot serve (`unserved`: (api_id, why, status))."""
+    if not coprocess:
+        registry.loaded = True  # nothing to load: APIs with plugins report themselves closed
+
+    def worker_probe() -> Check:
+        check = worker_check(worker())
+        if check.status is Status.PASS:
+            registry.loaded = True  # a worker loaded the plugins at least once
+        return check
+
+    def apis_probe() -> dict[str, Check]:
+        return api_checks(unserved(), worker().get("plugins", {}) if coprocess else {})
+
+    if coprocess:
+        registry.watch("worker", worker_probe)
+    registry.watch_group("apis", apis_probe)
+
+
+def report_storage(registry: HealthRegistry, up: bool, where: str) -> None:
+    """The `storage` component of a shared (Redis) store: required for readiness."""
+    registry.set("storage", Status.PASS if up else Status.FAIL,
+                 "" if up else "storage unreachable", kind="datastore", required=True,
+                 detail={"where": where})
 
 
 def worker_check(health: Mapping[str, Any]) -> Check:
@@ -95,9 +132,7 @@ async def watch_storage(registry: HealthRegistry, ping: Callable[[], Awaitable[b
         except (TimeoutError, OSError):
             up = False
         was = registry.checks().get("storage")
-        registry.set("storage", Status.PASS if up else Status.FAIL,
-                     "" if up else "storage unreachable", kind="datastore", required=True,
-                     detail={"where": where})
+        report_storage(registry, up, where)
         if was is not None and (was.status is Status.PASS) != up:
             (log.info if up else log.error)("storage %s is %s", where,
                                             "reachable again" if up else "unreachable")
