@@ -216,7 +216,7 @@ def _gateway(r: Reader) -> GatewayOptions:
         max_header_bytes=r.number("max_header_bytes", int, d.max_header_bytes, 1024),
         header_read_timeout_ms=r.number("header_read_timeout_ms", int,
                                         d.header_read_timeout_ms, 0),
-        idle_timeout_ms=r.number("idle_timeout_ms", int, d.idle_timeout_ms, 0),
+        idle_timeout_ms=r.number("idle_timeout_ms", int, d.idle_timeout_ms, 1),
         max_connections=r.number("max_connections", int, d.max_connections, 0),
         upstream_timeout_ms=r.number("upstream_timeout_ms", int, d.upstream_timeout_ms, 1),
         upstream_connect_timeout_ms=r.number(
