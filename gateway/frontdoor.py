@@ -10,7 +10,8 @@ needs, without touching the request path of a well-formed request:
   interval with counts, never once per connection;
 * a **header read timeout**: a connection that has not sent a complete request
   head within it (from accept, or from the end of the previous response) is
-  closed.  aiohttp's keep-alive timer is the **idle timeout** between requests;
+  closed.  aiohttp's keep-alive timer is the **idle timeout** between requests
+  (it also runs from accept, so a first head gets the shorter of the two);
 * malformed requests answer Tyk's JSON error template without echoing the
   client's bytes and without a traceback in the log: a line or header over
   `max_header_bytes` (or too many headers) is `431`, anything else `400`.
