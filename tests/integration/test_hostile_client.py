@@ -254,3 +254,56 @@ def test_non_utf8_key_with_redis_storage_is_403_not_500(module_coproc_factory: A
                                           + SECRET.encode())))
     assert status in (200, 400, 404)
     assert "Traceback" not in inst.logs(50_000)
+
+
+# -- item 12: readiness before the first plugin load ----------------------------------------
+
+SLOW_IMPORT = textwrap.dedent('''
+    import time
+
+    from tyk.decorators import *
+
+    time.sleep(6)  # a plugin whose import is slow: the instance is up, not yet ready
+
+
+    @Hook
+    def Tag(request, session, spec):
+        request.add_header("X-Tag", "loaded")
+        return request, session
+''')
+
+
+def test_ready_waits_for_the_first_plugin_load(coproc_factory: Any,
+                                               echo_upstream: Any) -> None:
+    """1. A plugin takes 6 s to import.
+    2. Meanwhile /hello answers 200 naming the worker as not passing (no pid, no
+       path), and /ready answers 503.
+    3. Once the plugin loaded: /ready 200, /hello pass, the hook runs."""
+    inst = coproc_factory({"slow": api_def("slow", "/slow/", echo_upstream.url,
+                                           pre=[hook("Tag", "slow/mw.py")])},
+                          {"slow/mw.py": SLOW_IMPORT}, wait=False)
+
+    def port() -> int:
+        try:
+            return int((inst.run_dir / "http.port").read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    inst.port = poll("http.port", port, 20)
+
+    def hello_up() -> dict[str, Any] | None:
+        try:
+            return dict(inst.hello(timeout=2).json())
+        except (OSError, ValueError):
+            return None
+
+    early = poll("GET /hello from the gateway", hello_up, 20)
+    assert early["details"]["worker"]["status"] == "fail", early
+    assert early["details"]["worker"]["output"].startswith("plugin worker ")
+    assert "mw.py" not in json.dumps(early)
+    not_ready = inst.ready()
+    assert not_ready.status == 503, (not_ready.status, not_ready.body)
+    assert not_ready.json()["status"] == "error"
+    poll("GET /ready == 200", lambda: inst.ready().status == 200, 30)
+    assert inst.hello().json()["status"] == "pass"
+    assert echo_header(inst.expect(inst.get("/slow/x"), 200).json(), "X-Tag") == "loaded"
