@@ -6,9 +6,11 @@ non-UTF-8 header bytes, oversized heads, slow heads, encoded dot segments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import textwrap
+import threading
 import time
 from typing import Any
 
@@ -307,3 +309,55 @@ def test_ready_waits_for_the_first_plugin_load(coproc_factory: Any,
     poll("GET /ready == 200", lambda: inst.ready().status == 200, 30)
     assert inst.hello().json()["status"] == "pass"
     assert echo_header(inst.expect(inst.get("/slow/x"), 200).json(), "X-Tag") == "loaded"
+
+
+def test_upstream_header_bytes_reach_the_client_unchanged(module_coproc_factory: Any) -> None:
+    """1. An upstream answers with a header holding 0xFF 0xFE (not UTF-8).
+    2. Through the gateway, with and without a response hook, the client gets the same
+       bytes; the response hook saw them as latin-1 text."""
+    listener = socket.create_server((HOST, 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n"
+              b"X-Up: a\xff\xfeb\r\n\r\nok")
+
+    def serve() -> None:
+        while not stop.is_set():  # bounded by the test: stop is set in `finally`
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    upstream = f"http://{HOST}:{listener.getsockname()[1]}"
+    response_hook = textwrap.dedent('''
+        from tyk.decorators import *
+
+
+        @Hook
+        def SeeUp(request, response, session, metadata, spec):
+            value = response.headers["X-Up"]
+            response.headers["X-Up-Seen"] = value.encode("latin-1").hex()
+            return response
+    ''')
+    try:
+        inst = module_coproc_factory(
+            {"up": api_def("up", "/up/", upstream),
+             "uphook": api_def("uphook", "/uphook/", upstream,
+                               response=[hook("SeeUp", "r/mw.py")])},
+            {"r/mw.py": response_hook})
+        for path in (b"/up/x", b"/uphook/x"):
+            got = raw(inst.port, get(path))
+            assert got.startswith(b"HTTP/1.1 200"), got
+            assert b"\r\nX-Up: a\xff\xfeb\r\n" in got, got
+        assert b"\r\nX-Up-Seen: 61fffe62\r\n" in got, got
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
