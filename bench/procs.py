@@ -29,6 +29,8 @@ __all__ = ["HOST", "Coproc", "Server", "stop_process"]
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_DEADLINE_S = 30.0
+# The admin secret of bench instances: their worker details are read from /coproc/status.
+_SECRET = "bench-secret"  # noqa: S105 (a throwaway bench instance's secret)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -97,7 +99,7 @@ class Coproc:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(source)
         config = {"listen_address": HOST, "listen_port": 0, "app_path": "apps",
-                  "middleware_path": "middleware",
+                  "middleware_path": "middleware", "secret": _SECRET,
                   "coproc": {"run_dir": str(self.base / "run"), "log_level": "warning",
                              "worker": {"drain_grace_ms": 2000},
                              "gateway": {"drain_grace_ms": 2000},
@@ -137,8 +139,11 @@ class Coproc:
         raise RuntimeError(f"coproc serve did not become ready:\n{tail}")
 
     def hello(self) -> dict[str, Any]:
+        """The full health detail (GET /coproc/status): overall status and `worker`."""
+        request = urllib.request.Request(f"{self.url}/coproc/status",  # noqa: S310
+                                         headers={"X-Tyk-Authorization": _SECRET})
         try:
-            with urllib.request.urlopen(f"{self.url}/hello", timeout=5) as resp:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
                 return dict(json.loads(resp.read()))
         except Exception:  # 503 while the worker boots, refused before the port is up
             return {}

@@ -110,6 +110,13 @@ class WorkerOptions:
 class GatewayOptions:
     max_body_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
+    # The front door (gateway/frontdoor.py): a complete request head must arrive
+    # within header_read_timeout_ms of accept; a kept-alive connection may sit
+    # idle idle_timeout_ms between requests; max_connections per gateway
+    # process (0: what the fd limit leaves after upstream connections).
+    header_read_timeout_ms: int = 10000
+    idle_timeout_ms: int = 60000
+    max_connections: int = 0
     upstream_timeout_ms: int = 30000
     upstream_connect_timeout_ms: int = 5000
     upstream_max_connections: int = 512
@@ -362,6 +369,10 @@ def _gateway(r: Reader) -> GatewayOptions:
     return GatewayOptions(
         max_body_bytes=r.number("max_body_bytes", int, d.max_body_bytes, 0),
         max_header_bytes=r.number("max_header_bytes", int, d.max_header_bytes, 1024),
+        header_read_timeout_ms=r.number("header_read_timeout_ms", int,
+                                        d.header_read_timeout_ms, 0),
+        idle_timeout_ms=r.number("idle_timeout_ms", int, d.idle_timeout_ms, 1),
+        max_connections=r.number("max_connections", int, d.max_connections, 0),
         upstream_timeout_ms=r.number("upstream_timeout_ms", int, d.upstream_timeout_ms, 1),
         upstream_connect_timeout_ms=r.number(
             "upstream_connect_timeout_ms", int, d.upstream_connect_timeout_ms, 1),

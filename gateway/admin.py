@@ -41,7 +41,8 @@ def admin_denied(request: web.Request, secret: str) -> web.Response | None:
 
     With no secret configured every admin endpoint is refused.
     """
-    given = request.headers.get("X-Tyk-Authorization", "").encode()
+    # Any bytes (a non-UTF-8 one arrives as a surrogate escape): never a 500.
+    given = request.headers.get("X-Tyk-Authorization", "").encode("utf-8", "surrogateescape")
     if secret and hmac.compare_digest(given, secret.encode()):
         return None
     return _error(403, _DENIED)

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
+from gateway import header_bytes
 from gateway.admin import add_key_routes, add_policy_routes
 from gateway.analytics.service import Observability
 from gateway.apis_admin import add_api_routes
@@ -37,7 +38,20 @@ from gateway.control import (
 )
 from gateway.drivers import DriverRouter, grpc_apis, open_grpc
 from gateway.events import EventBus
-from gateway.health import make_hello
+from gateway.frontdoor import (
+    ConnectionGuard,
+    GuardedSite,
+    connection_cap,
+    framing_middleware,
+    handler_args,
+)
+from gateway.health import HealthRegistry, Phase, Status
+from gateway.health_routes import (
+    add_health_routes,
+    report_storage,
+    watch_gateway,
+    watch_storage,
+)
 from gateway.hooks import HookClient, HostCallHandler
 from gateway.host_calls import HostCalls
 from gateway.keys import KeyStore
@@ -53,6 +67,7 @@ __all__ = [
     "CHAIN",
     "CONFIG",
     "CONTROL",
+    "HEALTH",
     "HOOKS",
     "HookService",
     "build_app",
@@ -83,6 +98,8 @@ UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 CHAIN = web.AppKey("chain", Chain)
 OBSERVE = web.AppKey("observe", Observability)
 CALLER = web.AppKey("caller", DriverRouter)  # hook calls, by their API's driver
+#: Where every part of the gateway reports its components' health (gateway/health.py).
+HEALTH = web.AppKey("health", HealthRegistry)
 
 # aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
 _NO_LIMIT = 1 << 62
@@ -92,10 +109,12 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
               control_sock: socket.socket | None = None,
               hook_factory: HookFactory = HookClient) -> web.Application:
     opts = cfg.gateway
+    header_bytes.install()  # any header byte reaches the upstream as received
     app = web.Application(
         client_max_size=opts.max_body_bytes or _NO_LIMIT,
         handler_args={"max_line_size": opts.max_header_bytes,
                       "max_field_size": opts.max_header_bytes},
+        middlewares=[framing_middleware(opts.max_header_bytes)],
     )
     app[CONFIG] = cfg
     apis = list(apis)
@@ -106,6 +125,11 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[EVENTS] = EventBus(lambda api_id: handlers.get(api_id, {}),
                            specs={api.api_id: api_spec(api) for api in apis if api.active})
     app[CONTROL] = ControlChannel(control_sock)
+    app[HEALTH] = health = HealthRegistry()
+    # Probes read at each request; requests come only once the contexts below started.
+    watch_gateway(health, coprocess=cfg.enable_coprocess, worker=lambda: app[HOOKS].health(),
+                  unserved=lambda: ((p.api_id, _unserved_reason(p), p.broken)  # the live router
+                                    for p in app[CHAIN].router.values() if p.broken))
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
         hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
@@ -133,8 +157,9 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         app.cleanup_ctx.append(observe.ctx)  # first in, last out: flushes after requests
         observe.add_routes(app)
         serve_api = observe.handler(_serve_api)
-    app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx])
-    app.router.add_get("/hello", make_hello(lambda: app[HOOKS]))
+    app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx, _serving_ctx])
+    add_health_routes(app, health, cfg.secret, lambda: {
+        "gateway": {"pid": os.getpid()}, "worker": app[HOOKS].health()})
     reload = make_reload(cfg.secret, app[CONTROL])
     for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
         app.router.add_get(path, reload, allow_head=False)
@@ -152,14 +177,22 @@ async def _serve_api(request: web.Request) -> web.StreamResponse:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store, events = app[STORE], app[EVENTS]
-    if not isinstance(store, MemoryStorage):
+    store, events, health = app[STORE], app[EVENTS], app[HEALTH]
+    shared = not isinstance(store, MemoryStorage)
+    if shared:
         where = getattr(store, "where", "")
-        if await store.ping():
+        up = await store.ping()
+        if up:
             log.info("storage: %s", where)
         else:  # not fatal: requests that need it get 503 until it answers
             log.error("storage %s is not reachable yet", where)
+        report_storage(health, up, where)
+    else:
+        health.set("storage", Status.PASS, kind="datastore", detail={"type": "memory"})
     async with contextlib.AsyncExitStack() as stack:
+        if shared:
+            await stack.enter_async_context(
+                _background(watch_storage(health, store.ping, where)))
         # Webhook deliveries get their own client: upstream limits must not apply.
         events.http = await stack.enter_async_context(aiohttp.ClientSession())
         await stack.enter_async_context(_background(events.run()))
@@ -200,6 +233,14 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     channel.close()
 
 
+async def _serving_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Last to start: from here on the gateway is serving (readiness may pass)."""
+    health = app[HEALTH]
+    health.phase = Phase.SERVING
+    yield
+    health.phase = Phase.STOPPING
+
+
 @contextlib.asynccontextmanager
 async def _background(coro: Any) -> AsyncIterator[None]:
     task = asyncio.ensure_future(coro)
@@ -219,13 +260,17 @@ async def serve(cfg: GatewayConfig, apis: list[APIDefinition], sock: socket.sock
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=cfg.gateway.drain_grace_ms / 1000)
     await runner.setup()
+    opts = cfg.gateway
+    guard = ConnectionGuard(connection_cap(opts), opts.header_read_timeout_ms / 1000)
     try:
-        site = web.SockSite(runner, sock)
+        site = GuardedSite(runner, sock, guard, handler_args(opts))
         await site.start()
-        log.info("serving %d API(s) on %s", sum(1 for a in apis if a.active), site.name)
+        log.info("serving %d API(s) on %s (at most %d connections)",
+                 sum(1 for a in apis if a.active), site.name, guard.cap)
         gctune.settle()  # start-up is over: see ipc/gctune.py
         app[CONTROL].send(ControlType.READY, {"role": "gateway", "pid": os.getpid()})
         await _stop_requested()
+        app[HEALTH].phase = Phase.STOPPING  # /ready: 503 while in-flight requests drain
         log.info("stopping: draining in-flight requests (up to %d ms)",
                  cfg.gateway.drain_grace_ms)
     finally:
@@ -248,3 +293,10 @@ async def _stop_requested() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
+
+
+def _unserved_reason(plan: ApiPlan) -> str:
+    """The public (/hello) reason an API cannot serve: names only, no URL or path."""
+    if plan.broken_status == 503:
+        return "plugins disabled"
+    return f"bundle {plan.api.custom_middleware_bundle} unusable"

@@ -145,7 +145,8 @@ class Chain:
             self.stats["bad_path"] += 1
             return json_error(400, "Dot segments are not allowed in the path")
         if plan.broken:
-            return json_error(500, MIDDLEWARE_ERROR)
+            return json_error(plan.broken_status, MIDDLEWARE_ERROR if plan.broken_status == 500
+                              else "Plugins unavailable")
         rid = request.headers.get("X-Request-Id", "")
         if not rid or len(rid) > _MAX_REQUEST_ID:
             rid = os.urandom(16).hex()

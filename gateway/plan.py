@@ -20,9 +20,13 @@ from gateway.id_extractor import IdExtractor
 from gateway.proxy import Target
 from gateway.router import Router
 
-__all__ = ["ApiPlan", "AuthMode", "api_spec", "build_plan", "build_router", "bundle_hash"]
+__all__ = ["PLUGINS_DISABLED", "ApiPlan", "AuthMode", "api_spec", "build_plan", "build_router",
+           "bundle_hash"]
 
 log = logging.getLogger("coproc.gateway.plan")
+
+#: The reason an API with plugins is closed when coprocess is switched off.
+PLUGINS_DISABLED = "plugins disabled (enable_coprocess is false)"
 
 
 class AuthMode(enum.Enum):
@@ -45,9 +49,13 @@ class ApiPlan:
     response: tuple[HookDef, ...]
     needs_body: bool  # a request-phase hook runs: read the body whole
     log_fields: dict[str, str]
-    # Why the API's plugins cannot run (an unusable bundle): Tyk answers such an
-    # API's requests with 500 rather than letting them through unchecked.
+    # Why the API's plugins cannot run: it then answers every request with
+    # `broken_status` rather than letting it through unchecked.  An unusable
+    # bundle is Tyk's 500; plugins switched off (`enable_coprocess: false`) is
+    # 503, and never a change of auth method (a plugin-protected API must not
+    # fall back to built-in key auth).
     broken: str = ""
+    broken_status: int = 500
     auth_header: str = "Authorization"
     id_extractor: IdExtractor | None = None
     base_identity: str = ""  # Tyk's base_identity_provided_by
@@ -81,7 +89,9 @@ def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
         log.error("API %s answers 500 until its bundle is usable: %s", api.api_id,
                   api.bundle_error)
     if not coprocess and api.has_plugins:
-        log.warning("coprocess is disabled: plugins of API %s will not run", api.api_id)
+        log.error("coprocess is disabled: API %s has plugins, so it answers 503 until "
+                  "coprocess_options.enable_coprocess is true", api.api_id)
+        return _plugins_off(api)
     auth_hook = mw.auth_check if coprocess and api.enable_coprocess_auth else None
     if auth_hook is not None and auth_hook.disabled:
         auth_hook = None
@@ -110,11 +120,19 @@ def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
         response=phase("response"),
         needs_body=bool(pre or auth_hook or post_key_auth or post),
         log_fields={"api_id": api.api_id},
-        broken=api.bundle_error if coprocess else "",
+        broken=api.bundle_error,
         auth_header=api.auth_header_name,
         id_extractor=IdExtractor.from_config(mw.id_extractor) if auth_hook else None,
         base_identity=api.base_identity_provided_by,
     )
+
+
+def _plugins_off(api: APIDefinition) -> ApiPlan:
+    """An API whose plugins cannot run: closed, whatever its auth settings say."""
+    return ApiPlan(api=api, target=Target.from_proxy(api.proxy), spec=api_spec(api),
+                   auth=AuthMode.PLUGIN, auth_hook=None, pre=(), post_key_auth=(), post=(),
+                   response=(), needs_body=False, log_fields={"api_id": api.api_id},
+                   broken=PLUGINS_DISABLED, broken_status=503)
 
 
 def build_router(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> Router[ApiPlan]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from typing import Generic, TypeVar
+from urllib.parse import unquote
 
 __all__ = ["Router", "has_dot_segment", "host_without_port", "listen_prefix", "strip_prefix"]
 
@@ -47,14 +48,15 @@ def has_dot_segment(path: str) -> bool:
     """True if `path` has a "." or ".." segment, plain or percent-encoded.
 
     The upstream would resolve them and could leave the API's listen path or
-    target base path; clients normalise them away, so none should arrive.
+    target base path; clients normalise them away, so none should arrive.  A
+    segment is what lies between "/" -- or "\\", or their encodings %2F and
+    %5C -- after one percent-decoding, so "..%2f", "%2E%2E%2F" and "..\\" all
+    count; so does "..;x" (a path parameter, which some servers drop).
     """
-    if "/." not in path and "%2" not in path:
-        return False  # the common case, decided without splitting
-    for segment in path.split("/"):
-        if segment and len(segment) <= 6 and segment.lower().replace("%2e", ".") in (".", ".."):
-            return True
-    return False
+    if "/." not in path and "%2" not in path and "\\." not in path and "%5" not in path:
+        return False  # the common case ("/x.json" too), decided without decoding
+    decoded = unquote(path).replace("\\", "/")
+    return any(segment.split(";", 1)[0] in (".", "..") for segment in decoded.split("/"))
 
 
 def _lookup(table: dict[str, T], path: str) -> T | None:
@@ -93,6 +95,13 @@ class Router(Generic[T]):
     def uses_domains(self) -> bool:
         """False when no API names a domain: callers may then skip parsing Host."""
         return bool(self._by_domain)
+
+    def values(self) -> list[T]:
+        """Every routed value (for reports; not on the request path)."""
+        out = list(self._any_host.values())
+        for table in self._by_domain.values():
+            out.extend(table.values())
+        return out
 
     def match(self, host: str, path: str) -> T | None:
         """The value whose listen path is the longest segment prefix of `path`."""

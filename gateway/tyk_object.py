@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.apidef import HookDef
+from gateway.header_bytes import plugin_text
 from ipc.coprocess import MISSING, LazyText, replaced, utf8_text
 
 __all__ = [
@@ -87,7 +88,7 @@ def header_map(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     for name, value in headers:
         key = canonical_header(name)
         if key not in out:
-            out[key] = value
+            out[key] = plugin_text(value)  # any bytes: see gateway/header_bytes.py
     return out
 
 
@@ -95,7 +96,7 @@ def multivalue_headers(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any
     """Tyk's `multivalue_headers`: [{"key": canonical name, "values": [...]}] in order."""
     groups: dict[str, list[str]] = {}
     for name, value in headers:
-        groups.setdefault(canonical_header(name), []).append(value)
+        groups.setdefault(canonical_header(name), []).append(plugin_text(value))
     return [{"key": key, "values": values} for key, values in groups.items()]
 
 

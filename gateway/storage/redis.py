@@ -72,6 +72,9 @@ class RedisStorage:
             # One immediate retry: a pooled connection that died with a restarted
             # server is replaced at once instead of failing a request.
             retry=Retry(NoBackoff(), 1),
+            # Keys come from client headers, whose bytes need not be UTF-8 (aiohttp
+            # hands them over surrogate-escaped): store them as the bytes received.
+            encoding_errors="surrogateescape",
         )
         self._rate = self._client.register_script(_RATE)
         self._quota = self._client.register_script(_QUOTA)

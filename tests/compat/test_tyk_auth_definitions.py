@@ -99,6 +99,13 @@ def test_protected_api_without_plugin_uses_key_auth(tmp_path: Path) -> None:
     assert plan.auth is AuthMode.BUILTIN and plan.auth_hook is None
 
 
+def test_plugins_disabled_closes_the_api_instead_of_key_auth(tmp_path: Path) -> None:
+    """enable_coprocess false: a plugin-protected API answers 503, never key auth."""
+    plan = build_plan(_load(tmp_path, _tyk_definition()), coprocess=False)
+    assert plan.broken and plan.broken_status == 503
+    assert plan.auth is not AuthMode.BUILTIN and plan.auth_hook is None
+
+
 def test_unknown_event_handler_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="handler_name"):
         _load(tmp_path, _tyk_definition(event_handlers={"events": {"AuthFailure": [

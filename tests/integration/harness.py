@@ -67,6 +67,9 @@ TEST_SETTINGS: dict[str, Any] = {
     },
 }
 
+#: The admin secret test instances get unless a test sets its own.
+TEST_SECRET = "coproc-test-secret"
+
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 20.0
 
@@ -296,7 +299,8 @@ def write_instance(base: Path, apis: Mapping[str, Mapping[str, Any]],
     config = {
         "listen_address": HOST,
         "listen_port": 0,
-        "secret": "",
+        # The admin secret: GET /coproc/status (Instance.status) needs one.
+        "secret": TEST_SECRET,
         "app_path": "apps",
         "middleware_path": "middleware",
         "coprocess_options": {"enable_coprocess": True},
@@ -386,6 +390,28 @@ class Instance:
     def hello(self, timeout: float = 5.0) -> Response:
         return self.get("/hello", timeout=timeout)
 
+    def ready(self, timeout: float = 5.0) -> Response:
+        return self.get("/ready", timeout=timeout)
+
+    def status(self, timeout: float = 5.0) -> Response:
+        """GET /coproc/status with the config's admin secret: the full health detail."""
+        secret = json.loads(self.config_path.read_text()).get("secret", "")
+        return self.get("/coproc/status", {"X-Tyk-Authorization": secret}, timeout=timeout)
+
+    def worker(self) -> dict[str, Any]:
+        """The worker's full record (pid, plugins, sandbox, counters) from /coproc/status."""
+        return dict(self.expect(self.status(), 200).json()["worker"])
+
+    def serving(self, timeout: float = 2.0) -> bool:
+        """Ready (GET /ready 200) with a routable plugin worker, when there is one."""
+        try:
+            if self.ready(timeout=timeout).status != 200:
+                return False
+            worker = self.hello(timeout=timeout).json()["details"].get("worker")
+        except (OSError, ValueError):
+            return False
+        return worker is None or worker["status"] == "pass"
+
     def expect(self, resp: Response, status: int) -> Response:
         """Assert the status; the message carries the body and the instance's log tail."""
         assert resp.status == status, (
@@ -396,7 +422,7 @@ class Instance:
     # -- lifecycle
 
     def wait_ready(self, timeout: float = START_DEADLINE_S) -> None:
-        """Wait for <run_dir>/http.port, then for GET /hello == 200."""
+        """Wait for <run_dir>/http.port, then until `serving()` (ready, worker routable)."""
         def port_known() -> int:
             self._check_alive("http.port")
             try:
@@ -407,17 +433,15 @@ class Instance:
         started = time.monotonic()
         try:
             self.port = poll("<run_dir>/http.port", port_known, timeout)
-            poll("GET /hello == 200", self._hello_ok, timeout - (time.monotonic() - started))
+            poll("GET /ready == 200 and a routable worker", self._serving,
+                 timeout - (time.monotonic() - started))
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n--- coproc log (tail) ---\n{self.logs()}") from None
         self.children()
 
-    def _hello_ok(self) -> bool:
-        self._check_alive("GET /hello == 200")
-        try:
-            return self.hello(timeout=2.0).status == 200
-        except OSError:
-            return False
+    def _serving(self) -> bool:
+        self._check_alive("GET /ready == 200")
+        return self.serving()
 
     def _check_alive(self, waiting_for: str) -> None:
         if self.proc.poll() is not None:

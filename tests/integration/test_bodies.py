@@ -3,7 +3,7 @@
 Each test drives `coproc serve` over real HTTP, with the echo upstream telling
 what it received (length and sha256), and a plugin telling what it saw.
 Sizes straddle the shared-memory threshold; the arena's state is read from
-GET /hello (`worker.shm`).
+GET /coproc/status (`worker.shm`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def gw(module_coproc_factory: Any, echo_upstream: Any) -> Instance:
 
 
 def _shm(inst: Instance) -> dict[str, Any]:
-    return inst.hello().json()["worker"]["shm"]
+    return inst.worker()["shm"]
 
 
 def _post(inst: Instance, path: str, body: bytes, **headers: str) -> Response:
@@ -158,7 +158,7 @@ def test_full_arena_falls_back_to_inline(coproc_factory: Any, echo_upstream: Any
 
 
 def _worker_pid(inst: Instance) -> int:
-    return int(inst.hello().json()["worker"]["pid"])
+    return int(inst.worker()["pid"])
 
 
 def _in_background(inst: Instance, body: bytes, **headers: str) -> tuple[threading.Thread,
@@ -182,7 +182,7 @@ def test_worker_sigkill_mid_call_frees_its_slots(coproc_factory: Any,
     thread.join(25)
     assert out and out[0].status == 500, out
     poll("the slot freed", lambda: _shm(inst)["in_use"] == 0, 10)
-    poll("a new worker", lambda: inst.hello().status == 200 and _worker_pid(inst) != pid, 20)
+    poll("a new worker", lambda: inst.serving() and _worker_pid(inst) != pid, 20)
     echo = _post(inst, "/bodies/post", _binary(MIB), **{"X-Change": "reverse"}).json()
     assert echo["body_sha256"] == hashlib.sha256(_binary(MIB)[::-1]).hexdigest()
 
@@ -214,7 +214,7 @@ def test_no_shared_memory_left_after_stop_even_after_gateway_sigkill(
     def replaced() -> bool:
         entries = _arena_entries(inst)
         try:
-            return len(entries) == 1 and entries != first and inst.hello().status == 200
+            return len(entries) == 1 and entries != first and inst.serving()
         except OSError:
             return False
 

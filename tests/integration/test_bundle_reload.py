@@ -65,11 +65,13 @@ def test_unfetchable_bundle_leaves_only_its_api_unserved(
         assert echo_header(echo, "X-Bundle") == "ok"
         assert inst.get("/gone/x").status == 500
         hello = inst.expect(inst.hello(), 200).json()
-        report = hello["worker"]["plugins"]
+        assert hello["details"]["api:gone"]["output"] == "bundle gone.zip unusable"
+        assert "api:ok" not in hello["details"]
+        assert "127.0.0.1" not in json.dumps(hello) and "404" not in json.dumps(hello)
+        report = inst.worker()["plugins"]
         assert report["ok"]["ok"] and not report["gone"]["ok"]
         assert "gone.zip" in report["gone"]["error"]
         assert "HTTP status 404" in report["gone"]["error"]
-        assert "127.0.0.1" not in json.dumps(hello)
         done = ctl(inst, "status", "--json")
         assert done.returncode == 0, done.stderr
         bundles = {b["api_id"]: b for b in json.loads(done.stdout)["bundles"]}

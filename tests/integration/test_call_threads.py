@@ -65,13 +65,13 @@ def test_a_blocked_hook_does_not_stop_other_calls(coproc_factory: Any,
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         blocked = pool.submit(gw.get, "/block/", None, 40.0)
         poll("request A's hook to be running",
-             lambda: gw.hello().json().get("worker", {}).get("inflight", 0) >= 1, 10)
+             lambda: gw.worker().get("inflight", 0) >= 1, 10)
         release = pool.submit(gw.get, "/block/release", None, 40.0)
         gw.expect(release.result(40), 200)
         first = gw.expect(blocked.result(40), 200)
     assert echo_header(first.json(), "X-Released") == "True"
-    # The hand-off shows on /hello (from the worker's heartbeats).
-    counters = poll("the hand-off in /hello", lambda: (
-        c := gw.hello().json()["worker"].get("call_threads", {})).get("handoffs", 0) >= 1
+    # The hand-off shows on /coproc/status (from the worker's heartbeats).
+    counters = poll("the hand-off in /coproc/status", lambda: (
+        c := gw.worker().get("call_threads", {})).get("handoffs", 0) >= 1
         and c, 10)
     assert counters["threads"] >= 2 and counters["calls"] >= 2 and counters["deadlines"] == 0

@@ -23,13 +23,13 @@ def test_garbage_and_forged_workers_are_rejected_while_serving(coproc_factory: A
     """1. A live instance serves through its worker (generation 1).
     2. A peer connects to hooks.sock and sends garbage frames, then a HELLO with a
        forged token and a higher generation, then a REPLY for a call it never got.
-    3. It gets REJECT, REJECT, RESYNC; /hello still names the same worker, and
+    3. It gets REJECT, REJECT, RESYNC; /coproc/status still names the same worker, and
        requests still carry the real plugin's header.
     """
     gw = coproc_factory({"t": api_def("t", "/t/", echo_upstream.url,
                                       pre=[hook("Tag", "t/middleware.py")])},
                         {"t/middleware.py": PLUGIN})
-    before = gw.expect(gw.hello(), 200).json()["worker"]
+    before = gw.worker()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -47,7 +47,7 @@ def test_garbage_and_forged_workers_are_rejected_while_serving(coproc_factory: A
     finally:
         sock.close()
         ctx.term()
-    after = gw.expect(gw.hello(), 200).json()["worker"]
+    after = gw.worker()
     assert (after["generation"], after["pid"]) == (before["generation"], before["pid"])
     for _ in range(3):
         assert echo_header(gw.expect(gw.get("/t/"), 200).json(), "X-Tag") == "real-worker"

@@ -53,14 +53,15 @@ def _running(pid: int) -> bool:
 
 
 def hello(gw: Instance) -> dict[str, Any]:
-    return gw.expect(gw.hello(), 200).json()
+    """The full health detail (GET /coproc/status): the worker's pid and generation."""
+    return gw.expect(gw.status(), 200).json()
 
 
 def test_worker_crash_fails_the_request_fast_and_worker_is_replaced(
         coproc_factory: Any, echo_upstream: Any) -> None:
     """1. A pre hook (deadline 5 s) calls os._exit(1) when asked to.
     2. That request fails with 500 well before the deadline (< 2 s).
-    3. /hello reports a new worker generation (new pid) within a bounded wait.
+    3. /coproc/status reports a new worker generation (new pid) within a bounded wait.
     4. The next requests are served by the new worker.
     """
     crash = TYK_IMPORTS + textwrap.dedent('''
@@ -86,7 +87,7 @@ def test_worker_crash_fails_the_request_fast_and_worker_is_replaced(
 
     def replaced() -> dict[str, Any] | None:
         try:
-            r = gw.hello()
+            r = gw.status()
         except OSError:
             return None
         if r.status != 200:
@@ -94,7 +95,7 @@ def test_worker_crash_fails_the_request_fast_and_worker_is_replaced(
         w = r.json()["worker"]
         return w if w["ready"] and w["generation"] > before["generation"] else None
 
-    after = poll("a new worker generation in /hello", replaced, 20)
+    after = poll("a new worker generation in /coproc/status", replaced, 20)
     assert after["pid"] != before["pid"]
     assert not _running(before["pid"]), "the crashed worker is still running"
     for _ in range(5):

@@ -118,8 +118,9 @@ def test_rate_limit_is_exact_for_one_instance(coproc_factory: Any, echo_upstream
 def test_redis_outage_is_503_then_recovers(coproc_factory: Any, echo_upstream: Any,
                                           own_redis: RedisServer) -> None:
     """1. a key works; 2. Redis stopped: 503 for keyed requests and plugin data,
-    the gateway stays up (GET /hello, keyless APIs without storage); 3. Redis
-    started again on the same port: 200 again, same gateway process."""
+    the gateway stays up (GET /hello 200 naming storage as failing, GET /ready 503,
+    keyless APIs without storage); 3. Redis started again on the same port: 200
+    again (and /ready), same gateway process."""
     gw = start(coproc_factory, echo_upstream, own_redis)
     key = add_key(gw, {})
     gw.expect(gw.get("/keys/", {"Authorization": key}), 200)
@@ -128,7 +129,10 @@ def test_redis_outage_is_503_then_recovers(coproc_factory: Any, echo_upstream: A
     own_redis.stop()
     resp = gw.expect(gw.get("/keys/", {"Authorization": key}), 503)
     assert resp.json() == {"error": "Storage unavailable"}
-    gw.expect(gw.hello(), 200)
+    poll("/hello to name the storage as failing", lambda: gw.expect(gw.hello(), 200).json()
+         ["details"]["storage"]["status"] == "fail", 10)
+    assert gw.hello().json()["details"]["storage"]["output"] == "storage unreachable"
+    gw.expect(gw.ready(), 503)
     # A plugin whose get_data needs Redis: the request needs the storage, so 503 too.
     kv = gw.expect(gw.get("/kv/", {"X-Kv-Key": "k"}), 503)
     assert kv.json() == {"error": "Storage unavailable"} and kv.headers["Retry-After"] == "1"
@@ -138,5 +142,6 @@ def test_redis_outage_is_503_then_recovers(coproc_factory: Any, echo_upstream: A
     poll("the key API to reach Redis again",
          lambda: gw.request("POST", f"/tyk/keys/{key}", ADMIN, b"{}").status == 200, 15)
     gw.expect(gw.get("/keys/", {"Authorization": key}), 200)
+    poll("/ready == 200 again", lambda: gw.ready().status == 200, 10)
     assert gw.pid == pid and gw.proc.poll() is None
     assert "storage unavailable" in gw.logs(20000)

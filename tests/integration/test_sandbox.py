@@ -193,8 +193,8 @@ def test_strict_starts_with_every_layer_it_can_and_says_so(strict: Any) -> None:
     for layer in ("cgroup", "netns", "rlimits", "pdeathsig", "no_new_privs", "landlock",
                   "seccomp"):
         assert layer in active, log
-    # The same report travels in HELLO and shows in the gateway's /hello.
-    reported = strict.expect(strict.hello(), 200).json()["worker"]["sandbox"]
+    # The same report travels in HELLO and shows in the gateway's /coproc/status.
+    reported = strict.worker()["sandbox"]
     assert reported["seccomp"] == "active: seccomp (44 rules)"
     assert reported["landlock"].startswith("active: landlock ABI")
 

@@ -130,12 +130,12 @@ def test_coproc_demo_runs_the_quick_start(tmp_path: Path) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"coproc demo exited {proc.returncode}\n{log.read_text()}")
         try:
-            return get("/hello").status == 200
+            return get("/ready").status == 200
         except OSError:
             return False
 
     try:
-        poll("coproc demo: GET /hello == 200", ready, 30)
+        poll("coproc demo: GET /ready == 200", ready, 30)
         for p in psutil.Process(proc.pid).children(recursive=True):
             seen[p.pid] = p
         assert len(seen) >= 3, f"expected echo upstream, gateway, worker: {seen}"

@@ -236,7 +236,9 @@ def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: Instance
                                                         echo_upstream: EchoUpstream) -> None:
     """1. A plugin that exits at import: the worker flaps (3 exits in the window).
     2. The worker is FATAL: `coproc status` says so with the exit reasons, /hello
-       too, and the auth-protected API answers 403 at once.
+       names it (200, a short reason, no exit detail), /ready stays 503 (no plugin
+       load ever succeeded), /coproc/status has the reasons, and the
+       auth-protected API answers 403 at once.
     3. `coproc reload` with the plugin still broken: exit 1, still FATAL (no
        new crash loop).
     4. Fix the plugin, `coproc reload`: exit 0, the API answers 200.
@@ -250,9 +252,13 @@ def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: Instance
     st = status(inst)
     assert "fatal" in ctl(inst, "status").stdout.lower()
     assert any("exited 1" in e["reason"] for e in st["last_exits"])
-    hello = inst.hello()
-    assert hello.status == 503 and hello.json()["worker"]["state"] == "fatal"
-    assert "exited 1" in hello.json()["worker"]["detail"]
+    hello = inst.expect(inst.hello(), 200).json()
+    assert hello["details"]["worker"] == {**hello["details"]["worker"], "status": "fail",
+                                          "output": "plugin worker fatal"}
+    assert "exited" not in inst.hello().text()
+    inst.expect(inst.ready(), 503)
+    worker = inst.worker()
+    assert worker["state"] == "fatal" and "exited 1" in worker["detail"]
     denied = inst.get("/s/x")
     assert denied.status == 403 and denied.elapsed < 2.0
 

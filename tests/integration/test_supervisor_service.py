@@ -33,7 +33,7 @@ def test_notify_socket_gets_ready_watchdog_and_stopping(
         coproc_factory: InstanceFactory, echo_upstream: EchoUpstream,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """1. Bind a datagram socket; start coproc with NOTIFY_SOCKET and WATCHDOG_USEC.
-    2. READY=1 arrives once the worker is ready (after it, /hello is 200).
+    2. READY=1 arrives once the worker is ready (after it, /ready is 200).
     3. WATCHDOG=1 arrives periodically; SIGHUP gives RELOADING=1 then READY=1.
     4. SIGTERM: STOPPING=1.
     """
@@ -56,7 +56,7 @@ def test_notify_socket_gets_ready_watchdog_and_stopping(
     try:
         inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
         poll("READY=1", lambda: any(m.get("READY") == "1" for m in collect()), 20)
-        assert inst.hello().status == 200
+        assert inst.serving()
         ready_at = next(i for i, m in enumerate(received) if m.get("READY") == "1")
         poll("3 watchdog pings",
              lambda: sum(m.get("WATCHDOG") == "1" for m in collect()[ready_at:]) >= 3, 10)
@@ -97,7 +97,7 @@ def test_gateway_sigkill_connections_wait_in_the_backlog(
     for t in threads:
         t.start()
     poll("a new gateway", lambda: status(inst)["gateway"]["pid"] not in (None, gateway_pid)
-         and inst.hello().status == 200, 10, interval=0.05)
+         and inst.serving(), 10, interval=0.05)
     took = time.monotonic() - killed
     for t in threads:
         t.join(30)
@@ -137,7 +137,7 @@ def test_hook_stuck_in_c_holding_the_gil_is_killed(coproc_factory: InstanceFacto
     print(f"\nhung call failed after {took:.2f} s (heartbeat timeout 1 s + SIGABRT grace 1 s)")
     assert took < 5.0, f"the hung call took {took:.1f} s"
     poll("a new generation", lambda: status(inst)["worker"]["generation"]
-         not in (None, before["generation"]) and inst.hello().status == 200, 20)
+         not in (None, before["generation"]) and inst.serving(), 20)
     resp = inst.expect(inst.get("/h/x"), 200)
     assert resp.json()["headers"]["X-Pid"] != str(before["pid"])
     logs = inst.logs(20000)

@@ -287,8 +287,9 @@ def echoed(gw: Instance, method: str, path: str, headers: dict[str, str] | None 
 
 def test_hello_reports_a_ready_worker(gw: Instance) -> None:
     body = gw.expect(gw.hello(), 200).json()
-    assert body["status"] == "pass"
-    worker = body["worker"]
+    assert body["status"] == "pass" and body["version"] and body["description"]
+    assert body["details"]["worker"]["status"] == "pass"
+    worker = gw.worker()
     assert worker["ready"] is True
     assert worker["generation"] >= 1
     assert worker["pid"] in {p.pid for p in gw.children()}
@@ -578,7 +579,6 @@ def test_sync_hooks_run_concurrently_on_a_thread_pool(gw: Instance) -> None:
 
 def test_instance_still_healthy_after_failures(gw: Instance) -> None:
     """The failure tests above must not have cost the worker its life."""
-    body = gw.expect(gw.hello(), 200).json()
-    assert body["worker"]["ready"] is True
+    assert gw.worker()["ready"] is True
     echo = echoed(gw, "GET", "/config/")
     assert echo_header(echo, "X-Config-Foo") == "bar"

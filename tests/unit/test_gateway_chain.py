@@ -298,9 +298,17 @@ async def test_response_hook_failing_closed(gateway: Any, echo: str) -> None:
 async def test_hello(gateway: Any, echo: str) -> None:
     env = await gateway(api("a", "/", echo))
     status, got, _ = await env.request("GET", "/hello")
-    assert status == 200 and got["status"] == "pass" and got["worker"]["ready"]
+    assert status == 200 and got["status"] == "pass" and got["description"] == "Coproc GW"
+    assert got["details"]["worker"]["status"] == "pass"
+    assert got["details"]["storage"]["componentType"] == "datastore"
+    assert "worker" not in got and "gateway" not in got  # no pids on the public probe
+    assert (await env.request("GET", "/ready"))[0] == 200
     env.fake.ready = False
     status, got, _ = await env.request("GET", "/hello")
-    assert status == 503 and got["status"] == "fail"
+    # Liveness stays 200 (Tyk): the worker is named, with a short reason.
+    assert status == 200 and got["status"] == "warn"
+    assert got["details"]["worker"]["output"] == "plugin worker restarting"
+    # Plugins loaded once already: still ready (keyless APIs serve).
+    assert (await env.request("GET", "/ready"))[0] == 200
     # Other methods on /hello belong to the API on "/".
     assert (await env.request("POST", "/hello"))[1]["path"] == "/hello"

@@ -109,8 +109,9 @@ def test_gateway_process_contract(tmp_path: Path, echo_port: int) -> None:
         assert status == 200 and got["path_qs"] == "/x?a=1"
         assert _get(port, "/nope") == (404, {"error": "No API is listening on this path"})
         status, health = _get(port, "/hello")
-        assert status == 503 and health["status"] == "fail"  # no worker in this test
-        assert health["gateway"]["pid"] == proc.pid
+        # No worker in this test: alive (200), the worker named as failing, not ready.
+        assert status == 200 and health["details"]["worker"]["status"] == "fail"
+        assert _get(port, "/ready")[0] == 503
         stats = _recv_control(parent, "status")["stats"]
         assert stats["requests"] >= 2
         with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw:
