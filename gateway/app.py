@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -56,11 +56,18 @@ log = logging.getLogger("coproc.gateway")
 
 
 class HookService(HookCaller, WorkerEvents, Protocol):
-    """The hook client as the application uses it (a fake in unit tests)."""
+    """Everything the application uses of the hook client (`gateway.hooks.HookClient`;
+    a fake in unit tests)."""
+
+    #: Called with each generation that becomes active (a reload's routes switch then).
+    on_activate: Callable[[int], None] | None
 
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
+                   spec: Mapping[str, str]) -> bool: ...
 
 
 HookFactory = Callable[[GatewayConfig, bytes, HostCallHandler], HookService]
@@ -102,7 +109,7 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         await hooks.start()
         app[HOOKS] = hooks
         events = app[EVENTS]
-        events.send_event = getattr(hooks, "send_event", None)  # @Event handlers
+        events.send_event = hooks.send_event  # @Event handlers
         watched = [a for a, h in handlers.items() if h.get("WorkerRestarted")]
         async with _background(events.watch_worker(
                 lambda: hooks.health().get("generation"), watched)):
@@ -154,8 +161,7 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     channel, hooks = app[CONTROL], app[HOOKS]
     switch = RouterSwitch(app[CONFIG], app[CHAIN], lambda: hooks.health().get("generation"))
-    if isinstance(hooks, HookClient):
-        hooks.on_activate = switch.on_activated
+    hooks.on_activate = switch.on_activated
     channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis))
     async with _background(report_status(channel, hooks, app[CHAIN].stats)):
         yield
