@@ -34,8 +34,8 @@ from gateway.control import (
 )
 from gateway.events import EventBus
 from gateway.health import make_hello
-from gateway.hooks import HookClient, HostCallHandler
-from gateway.host_calls import HostCalls
+from gateway.hooks import HookClient
+from gateway.host_calls import HostCallHandler, HostCalls
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.proxy import make_session
 from gateway.router import Router
