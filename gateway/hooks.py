@@ -133,9 +133,9 @@ class HookClient:
             raise HookFailed(ErrorCode.PROTOCOL, str(exc)) from None
         finally:
             self._calls.close(pending)
-            if slots and bodies is not None:
-                bodies.release(peer, pending.call_id, slots,
-                               pending.answered or not self._peers.holds(peer))
+            if slots and self._bodies is not None:  # None: closed, the arena is gone
+                self._bodies.release(peer, pending.call_id, slots,
+                                     pending.answered or not self._peers.holds(peer))
         return merge_reply(obj, got)
 
     def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
