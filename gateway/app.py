@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -52,8 +52,8 @@ from gateway.health_routes import (
     watch_gateway,
     watch_storage,
 )
-from gateway.hooks import HookClient, HostCallHandler
-from gateway.host_calls import HostCalls
+from gateway.hooks import HookClient
+from gateway.host_calls import HostCallHandler, HostCalls
 from gateway.keys import KeyStore
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.policy import PolicyStore
@@ -78,11 +78,18 @@ log = logging.getLogger("coproc.gateway")
 
 
 class HookService(HookCaller, WorkerEvents, Protocol):
-    """The hook client as the application uses it (a fake in unit tests)."""
+    """Everything the application uses of the hook client (`gateway.hooks.HookClient`;
+    a fake in unit tests)."""
+
+    #: Called with each generation that becomes active (a reload's routes switch then).
+    on_activate: Callable[[int], None] | None
 
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
+                   spec: Mapping[str, str]) -> bool: ...
 
 
 HookFactory = Callable[[GatewayConfig, bytes, HostCallHandler], HookService]
@@ -223,8 +230,7 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     channel, hooks = app[CONTROL], app[HOOKS]
     switch = RouterSwitch(app[CONFIG], app[CHAIN], lambda: hooks.health().get("generation"))
-    if isinstance(hooks, HookClient):
-        hooks.on_activate = switch.on_activated
+    hooks.on_activate = switch.on_activated
     channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis))
     grpc = app[CALLER].grpc
     stats = collections.ChainMap(app[CHAIN].stats, getattr(grpc, "stats", {}))  # live views

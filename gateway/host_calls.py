@@ -1,20 +1,28 @@
 """Plugin API calls served by the gateway: store_data/get_data, log, trigger_event.
 
 The worker forwards `TykGateway.store_data` & co. as HOST_CALL messages; the
-hook client hands them to `HostCalls.host_call`.  Plugin data lives in the
-gateway's storage (`gateway.storage`: memory, or Redis shared by every
-instance) under Tyk's `coprocess-data:` key prefix.
+hook client hands each to `HostCallServer.serve`, which runs it as a task
+(a storage round trip must not hold the socket's reader) through a
+`HostCallHandler` and answers the worker: HOST_REPLY, or ERROR with
+`unavailable` (the storage is down) or `host_call_failed`.  `HostCalls` is
+that handler: plugin data lives in the gateway's storage (`gateway.storage`:
+memory, or Redis shared by every instance) under Tyk's `coprocess-data:` key
+prefix.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
+from gateway.storage.base import StorageUnavailable
 from gateway.storage.memory import MemoryStore
+from ipc.protocol import ErrorCode, Message, MsgType
 
-__all__ = ["KEY_PREFIX", "HostCalls", "KVStore", "MemoryStore"]
+__all__ = ["KEY_PREFIX", "HostCallHandler", "HostCallServer", "HostCalls", "KVStore",
+           "MemoryStore"]
 
 KEY_PREFIX: Final = "coprocess-data:"
 
@@ -72,3 +80,55 @@ class HostCalls:
                 self._emit(target, name, {"message": message})
             return None
         raise ValueError(f"unknown host call {op!r}")
+
+
+class HostCallHandler(Protocol):
+    """Serves one HOST_CALL payload (`HostCalls`; a fake in unit tests)."""
+
+    async def host_call(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
+#: (routing id, message type, call_id, payload): sends one message to a worker,
+#: quietly (a worker that is gone gets no answer).
+SendQuietly = Callable[[bytes, MsgType, int, Mapping[str, Any]], None]
+
+
+class HostCallServer:
+    """Runs each HOST_CALL as a task and answers the worker that sent it."""
+
+    def __init__(self, handler: HostCallHandler, send: SendQuietly,
+                 stats: dict[str, int]) -> None:
+        self._handler, self._send = handler, send
+        self._stats = stats  # counts host_calls
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def serve(self, identity: bytes, message: Message) -> None:
+        """Start serving a (validated) HOST_CALL from the worker at `identity`."""
+        self._stats["host_calls"] += 1
+        task = asyncio.ensure_future(self._serve(identity, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _serve(self, identity: bytes, message: Message) -> None:
+        payload = message.payload
+        try:
+            result = await self._handler.host_call(payload.get("api_id", ""), payload)
+        except StorageUnavailable as exc:
+            # Expected while Redis is down: the storage layer already logs it.
+            self._answer_error(identity, message, ErrorCode.UNAVAILABLE, str(exc))
+            return
+        except Exception as exc:
+            log.exception("host call %s failed", payload["op"])
+            self._answer_error(identity, message, ErrorCode.HOST_CALL_FAILED, str(exc))
+            return
+        if message.call_id:  # 0: the worker wants no answer
+            self._send(identity, MsgType.HOST_REPLY, message.call_id, result or {})
+
+    def _answer_error(self, identity: bytes, message: Message, code: str, text: str) -> None:
+        if message.call_id:
+            self._send(identity, MsgType.ERROR, message.call_id,
+                       {"code": code, "message": text or code})

@@ -40,7 +40,6 @@ from ipc.coprocess import MISSING, LazyText, replaced, utf8_text
 
 __all__ = [
     "Headers",
-    "PendingText",
     "Reply",
     "RequestState",
     "ResponseState",
@@ -166,8 +165,6 @@ class RequestState:
         return self.headers
 
 
-#: The deferred `body` text: the one lazy-text type (gateway/bodies.py and tests use this name).
-PendingText = LazyText
 
 
 def _text_field(raw: bytes, raw_body_only: bool, defer: bool,

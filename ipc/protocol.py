@@ -40,6 +40,7 @@ __all__ = [
     "ProtocolError",
     "decode",
     "encode",
+    "peek_call_id",
 ]
 
 PROTOCOL_VERSION: Final = 2
@@ -207,6 +208,18 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     if mtype is MsgType.HOST_CALL and payload["op"] not in HOST_OPS:
         raise ProtocolError(f"HOST_CALL: unknown op {payload['op']!r}")
     return Message(mtype, call_id, payload)
+
+
+def peek_call_id(frames: Sequence[bytes]) -> int | None:
+    """The call_id in a message's header, the rest unchecked; None without a header.
+
+    For a message `decode` refused: the receiver fails the call it was meant
+    to answer at once instead of letting that call run into its deadline.
+    """
+    if len(frames) != 1 or len(frames[0]) < _HEADER.size:
+        return None
+    call_id: int = _HEADER.unpack_from(frames[0])[2]
+    return call_id
 
 
 _TYPES: Final = {int(t): t for t in MsgType}

@@ -25,7 +25,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.grpc._pb import coprocess_pb2 as pb
-from gateway.tyk_object import PendingText
+from ipc.coprocess import LazyText
 
 __all__ = ["HOOK_TYPES", "from_proto", "to_proto"]
 
@@ -162,7 +162,7 @@ def _scalar(fd: FieldDescriptor, value: Any) -> Any:
 def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, PendingText):
+    if isinstance(value, LazyText):
         return value.text()
     # Tyk JSON-encodes non-string metadata values into these string maps.
     return json.dumps(value, separators=(",", ":"))

@@ -7,7 +7,7 @@ the real app, router, proxy and echo upstream, without processes or ZeroMQ.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +19,7 @@ from config.apidef import HookDef, load_api_definitions
 from config.gateway import GatewayConfig
 from gateway.app import build_app
 from gateway.echo_upstream import make_app as make_echo
-from gateway.hooks import merge_reply
+from ipc.coprocess import merge_reply
 
 __all__ = ["Env", "FakeHooks", "echo_server", "gateway_factory"]
 
@@ -28,13 +28,16 @@ Behaviour = Callable[[dict[str, Any]], dict[str, Any] | Exception]
 
 
 class FakeHooks:
-    """Runs `behaviours[hook name](object)`: a REPLY object, or an exception to raise."""
+    """A `gateway.app.HookService` that runs `behaviours[hook name](object)`: a REPLY
+    object, or an exception to raise."""
 
     def __init__(self) -> None:
         self.behaviours: dict[str, Behaviour] = {}
         self.calls: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.events: list[tuple[str, str, dict[str, str]]] = []
         self.stats = {"calls": 0}
         self.ready = True
+        self.on_activate: Callable[[int], None] | None = None
 
     async def start(self) -> None:
         pass
@@ -50,6 +53,11 @@ class FakeHooks:
         if isinstance(result, Exception):
             raise result
         return merge_reply(obj, result)
+
+    def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
+                   spec: Mapping[str, str]) -> bool:
+        self.events.append((api_id, handler, dict(event)))
+        return self.ready
 
     def on_worker_exited(self, generation: int, reason: str) -> None:
         pass

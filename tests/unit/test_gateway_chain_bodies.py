@@ -16,7 +16,7 @@ from unit import inprocess
 
 from config.apidef import HookDef
 from config.gateway import GatewayOptions
-from gateway.tyk_object import PendingText
+from ipc.coprocess import LazyText
 
 
 def api(api_id: str, listen: str, target: str, **phases: list[str]) -> dict[str, Any]:
@@ -28,20 +28,20 @@ def api(api_id: str, listen: str, target: str, **phases: list[str]) -> dict[str,
 
 class ArenaHooks(inprocess.FakeHooks):
     """A fake hook client that says it has a body arena, as `HookClient.arena` does:
-    the chain then leaves `body` as a `PendingText`, which this client resolves
+    the chain then leaves `body` as a `LazyText`, which this client resolves
     the way `gateway.bodies.Bodies.send_side` does for a body sent inline."""
 
     arena = object()
 
     def __init__(self) -> None:
         super().__init__()
-        self.pending: list[tuple[str, PendingText, str]] = []
+        self.pending: list[tuple[str, LazyText, str]] = []
 
     async def call(self, api_id: str, hook_type: str, hook: HookDef,
                    obj: dict[str, Any]) -> dict[str, Any]:
         for part in ("request", "response"):
             text = (obj.get(part) or {}).get("body")
-            if isinstance(text, PendingText):
+            if isinstance(text, LazyText):
                 self.pending.append((part, text, text.text()))
         return await super().call(api_id, hook_type, hook, obj)
 

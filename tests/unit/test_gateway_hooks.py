@@ -17,7 +17,8 @@ import zmq.asyncio
 
 from config.apidef import HookDef
 from config.gateway import GatewayConfig, HookOptions
-from gateway.hooks import HookClient, HookFailed, HookTimeout, NoWorker, WorkerLost, merge_reply
+from gateway.hooks import HookClient, HookFailed, HookTimeout, NoWorker, WorkerLost
+from ipc.coprocess import merge_reply
 from ipc.protocol import MsgType, decode, encode
 from ipc.tokens import worker_token
 
@@ -265,3 +266,24 @@ async def test_answers_sent_before_the_exit_report_still_count(env: Any) -> None
     assert (await task)["metadata"] == {"last": "1"}
     with pytest.raises(NoWorker):
         await client.call("x", "pre", HOOK, {})
+
+
+async def test_a_disconnected_worker_is_dropped_by_the_send_that_finds_it_gone(env: Any) -> None:
+    """The one send path: a CALL to a worker whose socket is gone fails at once with
+    WorkerLost (not at its deadline), and the worker is no longer routed to."""
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    worker.sock.close()
+    lost = None
+    for _ in range(50):  # bounded: until the ROUTER has seen the disconnect
+        try:
+            await client.call("x", "pre", replace(HOOK, timeout_ms=50), {})
+        except HookTimeout:
+            continue  # sent before the ROUTER knew: nobody answers
+        except WorkerLost as exc:
+            lost = exc
+            break
+    assert lost is not None and "worker disconnected" in str(lost)
+    assert client.health()["ready"] is False and client.stats["worker_lost"] >= 1
+    assert not client.send_event("x", "OnEvent", {}, {})

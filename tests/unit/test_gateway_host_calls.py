@@ -1,12 +1,17 @@
-"""Plugin host calls: the KV store with TTL, log and trigger_event."""
+"""Plugin host calls: the KV store with TTL, log and trigger_event; serving and answers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
-from gateway.host_calls import KEY_PREFIX, HostCalls, MemoryStore
+from gateway.host_calls import KEY_PREFIX, HostCalls, HostCallServer, MemoryStore
+from gateway.storage.base import StorageUnavailable
+from ipc.protocol import Message, MsgType
 
 
 class Clock:
@@ -80,3 +85,38 @@ async def test_log_and_event(caplog: pytest.LogCaptureFixture) -> None:
     assert plugin[0].fields == {"api_id": "api1"}
     event = [r for r in caplog.records if "Quota" in r.getMessage()]
     assert event[0].levelno == logging.INFO and event[0].fields == {"api_id": "api2"}
+
+
+class _Handler:
+    """Answers get_data; store_data finds the storage down; anything else raises."""
+
+    async def host_call(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        if payload["op"] == "get_data":
+            return {"value": b"v", "found": True}
+        if payload["op"] == "store_data":
+            raise StorageUnavailable("redis is down")
+        if payload["op"] == "log":
+            return None
+        raise RuntimeError("boom")
+
+
+async def test_host_calls_are_served_and_answered_to_their_sender() -> None:
+    sent: list[tuple[bytes, MsgType, int, Mapping[str, Any]]] = []
+    stats = {"host_calls": 0}
+    server = HostCallServer(_Handler(), lambda *message: sent.append(message), stats)
+    calls = [(1, "get_data"), (2, "store_data"), (3, "trigger_event"), (4, "log"),
+             (0, "get_data")]  # call_id 0: the worker wants no answer
+    for call_id, op in calls:
+        server.serve(b"w1", Message(MsgType.HOST_CALL, call_id, {"op": op}))
+    for _ in range(100):  # bounded: each is answered within a few loop turns
+        if len(sent) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(sent, key=lambda m: m[2]) == [
+        (b"w1", MsgType.HOST_REPLY, 1, {"value": b"v", "found": True}),
+        (b"w1", MsgType.ERROR, 2, {"code": "unavailable", "message": "redis is down"}),
+        (b"w1", MsgType.ERROR, 3, {"code": "host_call_failed", "message": "boom"}),
+        (b"w1", MsgType.HOST_REPLY, 4, {}),
+    ]
+    assert stats["host_calls"] == 5
+    server.close()

@@ -9,7 +9,6 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.apidef import HookDef
-from gateway.hooks import merge_reply
 from gateway.tyk_object import (
     Reply,
     RequestState,
@@ -23,6 +22,7 @@ from gateway.tyk_object import (
     request_object,
     response_object,
 )
+from ipc.coprocess import merge_reply
 
 HOOK = HookDef(name="MyHook")
 RAW_ONLY = HookDef(name="MyHook", raw_body_only=True)

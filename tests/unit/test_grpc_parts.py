@@ -27,7 +27,7 @@ from gateway.grpc.convert import from_proto, to_proto
 from gateway.grpc.target import channel_options, grpc_target
 from gateway.hooks import HookFailed, HookTimeout, NoWorker
 from gateway.tyk_object import (
-    PendingText,
+    LazyText,
     RequestState,
     ResponseState,
     apply_request,
@@ -108,7 +108,7 @@ def test_request_object_round_trip_changes_nothing() -> None:
 def test_deferred_body_text_is_resolved_for_the_wire() -> None:
     state = _state()
     obj = request_object(state, {}, "pre", HOOK, defer_text=True)
-    assert isinstance(obj["request"]["body"], PendingText)
+    assert isinstance(obj["request"]["body"], LazyText)
     assert to_proto(obj).request.body == '{"a": 1}'
 
 

@@ -20,13 +20,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.apidef import HookDef
 from gateway.bodies import Bodies, defers_text
-from gateway.hooks import merge_reply
-from gateway.tyk_object import PendingText, RequestState, apply_request, request_object
+from gateway.tyk_object import RequestState, apply_request, request_object
+from ipc.coprocess import LazyText, merge_reply
 from ipc.protocol import MsgType, decode, encode
 from ipc.shm import GRANULE, Arena, ArenaView
 from worker.dispatch import Call, Dispatcher
 from worker.loader import ApiPlugins, HookEntry, HookTable
-from worker.objects import LazyText, MiniRequestObject, changed_fields
+from worker.objects import MiniRequestObject, changed_fields
 
 THRESHOLD = 16 * 1024
 MIB = 1024 * 1024
@@ -220,7 +220,7 @@ def test_pending_text_is_resolved_inline_and_dropped_for_shared_memory(arena: Ar
     for body in (small, large):
         obj = request_object(_state(body), SPEC, "pre", SEE, defer_text=True)
         pending = obj["request"]["body"]
-        assert isinstance(pending, PendingText) and pending.raw is body
+        assert isinstance(pending, LazyText) and pending.raw is body
         payload: dict[str, Any] = {"object": obj}
         slots = bodies.send_side(payload)
         assert obj["request"]["body"] is pending  # the caller's object is left alone

@@ -1,7 +1,8 @@
 """HookClient's shared-memory side against a scripted worker on a real DEALER socket.
 
 The scripted worker maps the arena the WELCOME names, as a real worker does,
-and answers by hand: forged references, late answers, vanished workers.
+and answers by hand: forged references, late answers, vanished workers.  The
+quarantine (gateway.bodies.Quarantine) is also tested alone.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import zmq.asyncio
 
 from config.apidef import HookDef
 from config.gateway import GatewayConfig, HookOptions, IpcOptions
+from gateway.bodies import Quarantine, Slots
 from gateway.hooks import HookClient, HookFailed, HookTimeout, WorkerLost
 from ipc.protocol import MsgType
-from ipc.shm import ArenaView
+from ipc.shm import ArenaView, Slot
 from tests.unit.test_gateway_hooks import KEY, FakeWorker, _Host
 
 HOOK = HookDef(name="MyHook", timeout_ms=2000)
@@ -134,3 +136,21 @@ async def test_small_bodies_stay_inline(env: Any) -> None:
     await worker.send(MsgType.REPLY, call.call_id, {"object": {}})
     await task
     assert client.stats["shm_bodies"] == 0
+
+
+def test_quarantine_frees_on_a_late_answer_or_the_workers_loss_only() -> None:
+    freed: list[Slots] = []
+    quarantine = Quarantine(freed.append)
+    one, two, three = ({"request": Slot(offset, 64)} for offset in (0, 64, 128))
+    old, new = object(), object()
+    quarantine.hold(old, 1, one)
+    quarantine.hold(old, 2, two)
+    quarantine.hold(new, 1, three)
+    assert len(quarantine) == 3
+    quarantine.answered(new, 2)  # not a call of `new` it holds: nothing to free
+    quarantine.answered(old, 1)
+    assert freed == [one] and len(quarantine) == 2
+    quarantine.forget(old)
+    assert freed == [one, two] and len(quarantine) == 1
+    quarantine.forget(old)  # forgotten already
+    assert freed == [one, two]
