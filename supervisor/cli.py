@@ -12,6 +12,7 @@ be used, or when the gateway keeps failing.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from supervisor.listener import ListenError
 from supervisor.lock import LockedError
 from supervisor.rundir import RunDirError
 
-__all__ = ["build_parser", "main", "serve"]
+__all__ = ["build_parser", "main", "serve", "version"]
 
 _EPILOG = """\
 signals (serve): SIGTERM/SIGINT stop gracefully (the gateway drains, then the
@@ -67,11 +68,20 @@ def serve(config_path: Path, commands: ChildCommands | None = None) -> int:
         return 1
 
 
+def version() -> str:
+    """The installed distribution's version (a source tree run without install: unknown)."""
+    try:
+        return importlib.metadata.version("coproc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coproc", description="An API gateway whose Tyk-compatible Python plugins run "
         "out of process in one supervised plugin worker.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"coproc {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "serve", help="run the gateway and its plugin worker in the foreground",
