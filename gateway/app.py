@@ -39,7 +39,7 @@ from gateway.drivers import DriverRouter, grpc_apis, open_grpc
 from gateway.events import EventBus
 from gateway.health import make_hello
 from gateway.hooks import HookClient, HostCallHandler
-from gateway.host_calls import HostCalls
+from gateway.host_calls import HostCalls, storage_bound_s
 from gateway.keys import KeyStore
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.policy import PolicyStore
@@ -108,7 +108,8 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[CONTROL] = ControlChannel(control_sock)
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
-        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
+        bound = storage_bound_s(cfg.storage.timeout_ms, cfg.hooks.timeout_ms)
+        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit, bound))
         await hooks.start()
         app[HOOKS] = hooks
         grpc_ids = grpc_apis(apis)
