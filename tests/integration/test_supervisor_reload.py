@@ -234,7 +234,8 @@ def Auth(request, session, metadata, spec):
 
 def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: InstanceFactory,
                                                         echo_upstream: EchoUpstream) -> None:
-    """1. A plugin that exits at import: the worker flaps (3 exits in the window).
+    """1. A plugin that exits at import (os._exit): the worker flaps (3 exits in the
+       window), each exit naming the plugin file being imported.
     2. The worker is FATAL: `coproc status` says so with the exit reasons, /hello
        too, and the auth-protected API answers 403 at once.
     3. `coproc reload` with the plugin still broken: exit 1, still FATAL (no
@@ -250,6 +251,12 @@ def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: Instance
     st = status(inst)
     assert "fatal" in ctl(inst, "status").stdout.lower()
     assert any("exited 1" in e["reason"] for e in st["last_exits"])
+    # Issue #11 item 15: the exits name the plugin being imported; the log has its path.
+    assert any(e["reason"].endswith("while importing plugin mw.py of API s")
+               for e in st["last_exits"]), st["last_exits"]
+    plugin_path = str(inst.base / "middleware" / "s" / "mw.py")
+    assert f"died while importing the plugin file {plugin_path} (API s)" in inst.logs(), \
+        inst.logs()
     hello = inst.hello()
     assert hello.status == 503 and hello.json()["worker"]["state"] == "fatal"
     assert "exited 1" in hello.json()["worker"]["detail"]
