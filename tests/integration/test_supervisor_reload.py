@@ -186,6 +186,13 @@ def test_failed_reload_keeps_the_old_generation_and_names_the_error(
     done = ctl(inst, "reload")
     assert done.returncode == 1, done.stdout
     assert "no_such_module_xyz" in done.stderr
+    # Issue #11 item 16: a syntax error is refused naming the file and the line.
+    write_plugin(inst, "v/mw.py", STAMP.format(version=8) + "\ndef broken(:\n    pass\n")
+    done = ctl(inst, "reload")
+    assert done.returncode == 1, done.stdout
+    bad_line = len((STAMP.format(version=8) + "\n").splitlines()) + 1
+    assert "SyntaxError" in done.stderr and \
+        f'{inst.base / "middleware" / "v" / "mw.py"}, line {bad_line})' in done.stderr, done.stderr
     resp = inst.expect(inst.get("/v/x"), 200)
     assert resp.header("X-Response-Version") == "1"
     after = status(inst)
