@@ -26,6 +26,7 @@ from supervisor.contract import ChildCommands
 from supervisor.listener import ListenError
 from supervisor.lock import LockedError
 from supervisor.rundir import RunDirError
+from supervisor.worker_python import check_worker_python
 
 __all__ = ["build_parser", "main", "serve", "version"]
 
@@ -58,6 +59,12 @@ def serve(config_path: Path, commands: ChildCommands | None = None) -> int:
         print(f"coproc: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     setup_logging("supervisor", cfg.log_level, cfg.log_format)
+    if commands is None and cfg.worker.python:
+        problem = check_worker_python(cfg.worker.python)
+        if problem:
+            print(f"coproc: {cfg.path}: {problem}", file=sys.stderr)
+            return exitcodes.CONFIG
+        commands = ChildCommands.default(cfg.path, worker_python=cfg.worker.python)
     try:
         return runtime.serve(cfg, commands)
     except LockedError as exc:
