@@ -9,6 +9,7 @@ serve` at start (exit 78) with the field named, before any child starts.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -16,10 +17,9 @@ import venv
 from pathlib import Path
 from typing import Any
 
+from supervisor.worker_python import check_worker_python
 from tests.conftest import InstanceFactory
 from tests.integration.harness import EchoUpstream, api_def, coproc_command, echo_header, hook
-
-from supervisor.worker_python import check_worker_python
 
 PLUGIN = '''
 import sys
@@ -70,8 +70,8 @@ def test_a_worker_python_without_coproc_fails_at_start(tmp_path: Path) -> None:
     config = tmp_path / "coproc.json"
     (tmp_path / "apps").mkdir()
     (tmp_path / "middleware").mkdir()
-    config.write_text('{"coproc": {"run_dir": "%s", "worker": {"python": "%s"}}}'
-                      % (tmp_path / "run", python))
+    config.write_text(json.dumps({"coproc": {"run_dir": str(tmp_path / "run"),
+                                             "worker": {"python": str(python)}}}))
     done = subprocess.run([*coproc_command(), "serve", "--config", str(config)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 78, done.stderr
