@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,9 @@ class WorkerOptions:
     # How long a plain hook may run on the thread that reads the hooks socket
     # before another thread takes over the reading (worker/callthreads.py).
     handoff_ms: int = 2
+    # The interpreter that runs the worker (`<python> -m worker`), e.g. a venv
+    # holding the plugins' dependencies; "": the supervisor's own interpreter.
+    python: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +258,7 @@ def load_gateway_config(path: Path | str,
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         log_format=coproc.choice("log_format", ("text", "json"), "text"),
         hooks=_hooks(coproc.child("hooks")),
-        worker=_worker(coproc.child("worker")),
+        worker=_worker(coproc.child("worker"), base),
         gateway=_gateway(coproc.child("gateway")),
         ipc=_ipc(coproc.child("ipc")),
         supervisor=_supervisor(coproc.child("supervisor")),
@@ -348,7 +352,22 @@ def _hooks(r: Reader) -> HookOptions:
     )
 
 
-def _worker(r: Reader) -> WorkerOptions:
+def _worker_python(r: Reader, base: Path) -> str:
+    """`coproc.worker.python`: an absolute path (symlinks kept: a venv's
+    bin/python is one, and resolving it would leave the venv)."""
+    value = r.get("python", str, "")
+    if not value:
+        return ""
+    found = (shutil.which(value) if "/" not in value
+             else os.path.abspath(base / os.path.expanduser(value)))
+    if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        raise r.error("python", f"{value!r} is not an executable file",
+                      "give the path of a Python interpreter, e.g. /opt/plugins-venv/bin/python "
+                      "(a venv where coproc is installed too)")
+    return found
+
+
+def _worker(r: Reader, base: Path) -> WorkerOptions:
     d = WorkerOptions()
     return WorkerOptions(
         threads=r.number("threads", int, d.threads, 1, 1024),
@@ -361,6 +380,7 @@ def _worker(r: Reader) -> WorkerOptions:
         max_rss_mb=r.number("max_rss_mb", int, d.max_rss_mb, 0),
         watch=r.get("watch", bool, d.watch),
         handoff_ms=r.number("handoff_ms", int, d.handoff_ms, 1, 60_000),
+        python=_worker_python(r, base),
     )
 
 

@@ -53,7 +53,7 @@ from gateway.health_routes import (
     watch_storage,
 )
 from gateway.hooks import HookClient
-from gateway.host_calls import HostCallHandler, HostCalls
+from gateway.host_calls import HostCallHandler, HostCalls, storage_bound_s
 from gateway.keys import KeyStore
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.policy import PolicyStore
@@ -139,7 +139,8 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
                                     for p in app[CHAIN].router.values() if p.broken))
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
-        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
+        bound = storage_bound_s(cfg.storage.timeout_ms, cfg.hooks.timeout_ms)
+        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit, bound))
         await hooks.start()
         app[HOOKS] = hooks
         grpc_ids = grpc_apis(apis)

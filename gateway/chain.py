@@ -50,6 +50,7 @@ from gateway.tyk_object import (
     request_object,
     response_object,
 )
+from ipc.ratelog import Throttle
 
 __all__ = ["STATS", "Chain", "HookCaller", "json_error"]
 
@@ -58,6 +59,9 @@ log = logging.getLogger("coproc.gateway.chain")
 NOT_AUTHORISED = "Key not authorised"
 MIDDLEWARE_ERROR = "Middleware error"
 _MAX_REQUEST_ID = 200
+#: A hook failing the same way on every request (a FATAL worker, a storage
+#: outage) logs one line per this interval, with the count held back.
+HOOK_FAILURE_LOG_S = 10.0
 # Headers that would contradict the body the gateway writes: it sets its own length.
 _FRAMING = HOP_BY_HOP | {"content-length"}
 # Read-ahead for a body read whole without a size limit (as aiohttp's request.read()).
@@ -128,6 +132,8 @@ class Chain:
         self.session = session
         self.max_body = opts.max_body_bytes  # 0: no limit
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        # One throttle per (api, hook, outcome, error kind): bounded by the config.
+        self._hook_logs: dict[tuple[str, str, str, str], Throttle] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.stats["requests"] += 1
@@ -234,13 +240,25 @@ class Chain:
             if hook.failure_policy == "fail_open":
                 self.stats["hooks_fail_open"] += 1
                 observe.failed_open(plan.api_id, hook_type, hook.name)
-                log.warning("%s hook %s failed open (skipped): %s", hook_type, hook.name, exc,
-                            extra={"fields": fields})
+                self._log_hook_failure(plan, hook_type, hook, exc, fields, "failed open (skipped)")
                 return None
             self.stats["hooks_fail_closed"] += 1
-            log.warning("%s hook %s failed: %s", hook_type, hook.name, exc,
-                        extra={"fields": fields})
+            self._log_hook_failure(plan, hook_type, hook, exc, fields, "failed")
             raise _Stop(_fail_closed(exc)) from None
+
+    def _log_hook_failure(self, plan: ApiPlan, hook_type: str, hook: HookDef,
+                          exc: HookCallError, fields: dict[str, Any], outcome: str) -> None:
+        """One WARNING per interval for a repeating failure, naming how many were held."""
+        key = (plan.api_id, hook.name, outcome, type(exc).__name__)
+        throttle = self._hook_logs.get(key)
+        if throttle is None:
+            throttle = self._hook_logs[key] = Throttle(HOOK_FAILURE_LOG_S)
+        held = throttle.due()
+        if held is None:
+            return
+        suffix = f" ({held} more like it in the last {HOOK_FAILURE_LOG_S:.0f} s)" if held else ""
+        log.warning("%s hook %s %s: %s%s", hook_type, hook.name, outcome, exc, suffix,
+                    extra={"fields": fields})
 
     # -- auth ------------------------------------------------------------------
 

@@ -228,7 +228,9 @@ class HookClient:
         self._calls.fail_peer(peer, reason)
         if self._bodies is not None:
             self._bodies.quarantine.forget(peer)  # a dead worker writes nothing more
-        log.warning("%s", reason)
+        # A drained generation leaving cleanly is a hot restart's normal end.
+        expected = peer.draining and reason.endswith("exited 0")
+        log.log(logging.INFO if expected else logging.WARNING, "%s", reason)
 
     def _activated(self, generation: int) -> None:
         if self.on_activate is not None:

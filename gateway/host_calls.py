@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, Protocol, TypeVar
 
 from gateway.storage.base import StorageUnavailable
 from gateway.storage.memory import MemoryStore
 from ipc.protocol import ErrorCode, Message, MsgType
 
 __all__ = ["KEY_PREFIX", "HostCallHandler", "HostCallServer", "HostCalls", "KVStore",
-           "MemoryStore"]
+           "MemoryStore", "storage_bound_s"]
+
+T = TypeVar("T")
 
 KEY_PREFIX: Final = "coprocess-data:"
 
@@ -35,6 +37,13 @@ _LEVELS: Final = {
     "critical": logging.CRITICAL,
 }
 _MAX_LOGGED_CHARS: Final = 8192
+
+
+def storage_bound_s(storage_timeout_ms: int, hook_timeout_ms: int) -> float:
+    """How long one plugin storage call may take: within the storage timeout, and
+    early enough in the hook's deadline (half of it) for the plugin to fail and the
+    worker to answer, so a frozen Redis is a 503 (storage) and never a 504 (hook)."""
+    return min(storage_timeout_ms, hook_timeout_ms / 2) / 1000
 
 
 class KVStore(Protocol):
@@ -52,18 +61,30 @@ EmitEvent = Callable[[str, str, dict[str, Any]], None]
 class HostCalls:
     """Serves HOST_CALL payloads (already validated by `ipc.protocol.decode`)."""
 
-    def __init__(self, store: KVStore, emit: EmitEvent | None = None) -> None:
+    def __init__(self, store: KVStore, emit: EmitEvent | None = None,
+                 bound_s: float | None = None) -> None:
         self._store = store
         self._emit = emit
+        self._bound_s = bound_s  # None: the storage's own timeout only
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        if self._bound_s is None:
+            return await call
+        try:
+            async with asyncio.timeout(self._bound_s):
+                return await call
+        except TimeoutError:
+            raise StorageUnavailable(f"no answer from the storage within "
+                                     f"{self._bound_s * 1000:.0f} ms") from None
 
     async def host_call(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         op = payload["op"]
         if op == "get_data":
-            value = await self._store.get(KEY_PREFIX + payload.get("key", ""))
+            value = await self._bounded(self._store.get(KEY_PREFIX + payload.get("key", "")))
             return {"value": value or b"", "found": value is not None}
         if op == "store_data":
-            await self._store.set(KEY_PREFIX + payload.get("key", ""),
-                                  payload.get("value", b""), payload.get("ttl", 0))
+            await self._bounded(self._store.set(KEY_PREFIX + payload.get("key", ""),
+                                                payload.get("value", b""), payload.get("ttl", 0)))
             return {}
         if op == "log":
             level = _LEVELS.get(payload.get("level", "info").lower(), logging.INFO)

@@ -67,6 +67,7 @@ class ControlType(enum.Enum):
     WORKER_EXITED = "worker_exited"
     RELOAD_APIS = "reload_apis"
     ADMIT = "admit"
+    IMPORTING = "importing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,10 @@ CONTROL_MESSAGES: Final[Mapping[ControlType, Record]] = {
          "sandbox": _SANDBOX},
         required=frozenset({"type", "generation", "pid"}),
     ),
+    # worker -> supervisor: about to import this plugin file, so that a worker
+    # killed by it (os._exit at import) is reported with the file's name.
+    ControlType.IMPORTING: Record({"type": str, "api_id": str, "file": str},
+                                  required=frozenset({"type", "file"})),
     # supervisor -> worker: go ahead and HELLO the gateway.
     ControlType.ADMIT: Record({"type": str, "generation": int},
                               required=frozenset({"type", "generation"})),

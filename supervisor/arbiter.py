@@ -63,7 +63,8 @@ ABANDON_WAIT_S: Final = 1.0
 #: What each role may send; anything else is logged and ignored.
 _EXPECTED: Final = {
     Role.GATEWAY: frozenset({ControlType.READY, ControlType.STATUS, ControlType.RELOAD_REQUEST}),
-    Role.WORKER: frozenset({ControlType.READY, ControlType.LOADED, ControlType.HEARTBEAT}),
+    Role.WORKER: frozenset({ControlType.READY, ControlType.LOADED, ControlType.HEARTBEAT,
+                            ControlType.IMPORTING}),
 }
 
 log = logging.getLogger("coproc.supervisor.arbiter")

@@ -12,6 +12,7 @@ be used, or when the gateway keeps failing.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from collections.abc import Sequence
@@ -25,8 +26,9 @@ from supervisor.contract import ChildCommands
 from supervisor.listener import ListenError
 from supervisor.lock import LockedError
 from supervisor.rundir import RunDirError
+from supervisor.worker_python import check_worker_python
 
-__all__ = ["build_parser", "main", "serve"]
+__all__ = ["build_parser", "main", "serve", "version"]
 
 _EPILOG = """\
 signals (serve): SIGTERM/SIGINT stop gracefully (the gateway drains, then the
@@ -57,6 +59,12 @@ def serve(config_path: Path, commands: ChildCommands | None = None) -> int:
         print(f"coproc: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     setup_logging("supervisor", cfg.log_level, cfg.log_format)
+    if commands is None and cfg.worker.python:
+        problem = check_worker_python(cfg.worker.python)
+        if problem:
+            print(f"coproc: {cfg.path}: {problem}", file=sys.stderr)
+            return exitcodes.CONFIG
+        commands = ChildCommands.default(cfg.path, worker_python=cfg.worker.python)
     try:
         return runtime.serve(cfg, commands)
     except LockedError as exc:
@@ -67,11 +75,20 @@ def serve(config_path: Path, commands: ChildCommands | None = None) -> int:
         return 1
 
 
+def version() -> str:
+    """The installed distribution's version (a source tree run without install: unknown)."""
+    try:
+        return importlib.metadata.version("coproc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coproc", description="An API gateway whose Tyk-compatible Python plugins run "
         "out of process in one supervised plugin worker.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"coproc {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "serve", help="run the gateway and its plugin worker in the foreground",

@@ -37,10 +37,11 @@ class ChildCommands:
     worker: tuple[str, ...]
 
     @classmethod
-    def default(cls, config_path: Path) -> ChildCommands:
+    def default(cls, config_path: Path, worker_python: str = "") -> ChildCommands:
+        """`worker_python`: coproc.worker.python (plugins' venv); "": ours."""
         config = ("--config", str(config_path))
         return cls(gateway=(sys.executable, "-m", "gateway", *config),
-                   worker=(sys.executable, "-m", "worker", *config))
+                   worker=(worker_python or sys.executable, "-m", "worker", *config))
 
 
 def _base_env(inherited: Mapping[str, str]) -> dict[str, str]:

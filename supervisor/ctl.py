@@ -93,15 +93,16 @@ def format_status(status: dict[str, Any]) -> str:
     gw, wk = status.get("gateway", {}), status.get("worker", {})
     rss = wk.get("rss_bytes")
     lines = [
-        f"supervisor  pid {status.get('pid')}  {status.get('phase')}  "
+        f"supervisor  {_pid(status.get('pid'))}  {_dash(status.get('phase'))}  "
         f"up {_duration(status.get('uptime_s'))}",
-        f"gateway     pid {gw.get('pid')}  {gw.get('state')}",
-        f"worker      pid {wk.get('pid')}  generation {wk.get('generation')}  "
+        f"gateway     {_pid(gw.get('pid'))}  {gw.get('state')}",
+        f"worker      {_pid(wk.get('pid'))}  generation {_dash(wk.get('generation'))}  "
         f"{str(wk.get('state')).upper()}  up {_duration(wk.get('uptime_s'))}",
         f"            rss {f'{rss / 1048576:.1f} MiB' if rss else '-'}  "
         f"in flight {_dash(wk.get('inflight'))}  calls {_dash(wk.get('calls'))}  "
         f"heartbeat {_dash(wk.get('heartbeat_age_s'))} s ago",
-        f"            restarts {wk.get('restarts')}  hot restarts {wk.get('hot_restarts')}"
+        f"            restarts {_dash(wk.get('restarts'))}  "
+        f"hot restarts {_dash(wk.get('hot_restarts'))}"
         + (f"  next try in {_duration(wk['retry_in_s'])}" if wk.get("retry_in_s") is not None
            else ""),
     ]
@@ -122,8 +123,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("last exits:")
         for ex in exits[-5:]:
             when = time.strftime("%H:%M:%S", time.localtime(ex.get("time", 0)))
-            lines.append(f"  {when} {ex.get('child')} generation {ex.get('generation')} "
-                         f"(pid {ex.get('pid')}): {ex.get('reason')}")
+            lines.append(f"  {when} {ex.get('child')} generation {_dash(ex.get('generation'))} "
+                         f"({_pid(ex.get('pid'))}): {ex.get('reason')}")
     return "\n".join(lines)
 
 
@@ -134,6 +135,11 @@ def _layers(sandbox: dict[str, str]) -> str:
     active, skipped = named("active"), named("skipped")
     return (f"active [{', '.join(active) or 'none'}]"
             + (f"  skipped [{', '.join(skipped)}]" if skipped else ""))
+
+
+def _pid(value: Any) -> str:
+    # No process (not started yet, exited, FATAL) reads as such, never "pid None".
+    return f"pid {value}" if isinstance(value, int) else "no process"
 
 
 def _dash(value: Any) -> str:

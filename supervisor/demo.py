@@ -23,8 +23,10 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import config
+from config import ConfigError, load_gateway_config
+from config.gateway import default_run_dir
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_UPSTREAM_PORT", "run_demo", "shipped_config"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_UPSTREAM_PORT", "describe", "run_demo", "shipped_config"]
 
 DEFAULT_PORT: Final = 8080
 DEFAULT_UPSTREAM_PORT: Final = 8081
@@ -51,9 +53,21 @@ def run_demo(port: int, upstream_port: int, serve: Callable[[Path], int]) -> int
                 return 1
             print(f"coproc demo: gateway on http://127.0.0.1:{port} -> echo upstream on "
                   f"http://127.0.0.1:{upstream_port}; Ctrl-C stops both", file=sys.stderr)
+            print(describe(config_path), file=sys.stderr)
             return serve(config_path)
         finally:
             _stop(upstream)
+
+
+def describe(config_path: Path) -> str:
+    """Where this demo's config and run directory are, and how to reach it."""
+    try:
+        run_dir = load_gateway_config(config_path).run_dir
+    except ConfigError:  # `serve` names the problem right after
+        run_dir = default_run_dir(config_path.resolve())
+    return (f"coproc demo: config {config_path}\n"
+            f"coproc demo: run dir {run_dir}\n"
+            f"coproc demo: try `coproc status --config {config_path}` in another shell")
 
 
 def _retargeted_copy(tmp: Path, port: int, upstream_port: int) -> Path:

@@ -111,7 +111,9 @@ class HotRestart:
         reload = self._handover.reload
         if reload is None or child is not self._handover.candidate:
             return
-        if message.type is ControlType.LOADED:
+        if message.type is ControlType.IMPORTING:
+            self._worker.imports.note(child, message)
+        elif message.type is ControlType.LOADED:
             serving = self._watch if self._worker.child is not None else None
             worse = regressions(serving.report if serving else None, message.get("plugins", {}))
             if worse:
@@ -126,6 +128,7 @@ class HotRestart:
             self.admit(child)
         elif message.type is ControlType.READY and message.get("role") == "worker" \
                 and child.mark_ready(now):
+            self._worker.imports.ready(child)
             self._adopt(child, message, now)
             self._finish(reload)
 
@@ -237,7 +240,7 @@ class HotRestart:
                     answer(waiter, handover.last or {"ok": False, "error": "not run"})
 
     def _gone(self, child: ChildProcess, status: ExitStatus) -> str:
+        reason = status.describe() + self._worker.imports.exit_note(child)
         self._readers.forget(child)
-        reason = status.describe()
         self._link.worker_exited(child.generation, reason)
         return reason

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,21 @@ def regressions(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[s
             continue
         before = old.get(api_id)
         if before is None or before.get("ok", False):
-            error = str(entry.get("error", "")).strip().splitlines()
-            problems.append(f"API {api_id}: {error[-1] if error else 'plugins failed to load'}")
+            problems.append(f"API {api_id}: {summarise(str(entry.get('error', '')))}")
     return problems
+
+
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)', re.MULTILINE)
+
+
+def summarise(error: str) -> str:
+    """A load error's last line, with where it happened (the last traceback frame:
+    the plugin's line for a SyntaxError), so `coproc reload` alone is enough."""
+    lines = error.strip().splitlines()
+    if not lines:
+        return "plugins failed to load"
+    frames = _FRAME.findall(error)
+    if not frames:
+        return lines[-1]
+    file, line = frames[-1]
+    return f"{lines[-1]} ({file}, line {line})"

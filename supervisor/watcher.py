@@ -19,6 +19,7 @@ from ipc.control import ControlMessage, ControlType
 from supervisor.child import ChildProcess, ChildState
 from supervisor.exits import ExitHistory
 from supervisor.gateway_link import Reporter
+from supervisor.imports import ImportNotes
 from supervisor.liveness import hang_reason
 from supervisor.policy import RestartPolicy, Verdict
 from supervisor.readers import ChildReaders
@@ -49,6 +50,8 @@ class Watcher:
         self._restarts = 0  # exits that were not asked for
         self._sandbox: dict[str, str] = {}  # the child's layers, from `loaded`/`ready`
         self._stats: dict[str, int] = {}  # the child's last `status` counters
+        #: The plugin file each booting worker imports (named if it dies there).
+        self.imports = ImportNotes()
 
     @property
     def state(self) -> SlotState:
@@ -101,6 +104,9 @@ class Watcher:
         if message.type is ControlType.STATUS:
             self._stats = dict(message.get("stats", {}))
             return False
+        if message.type is ControlType.IMPORTING:
+            self.imports.note(child, message)
+            return False
         if message.type is not ControlType.READY:
             return False
         if message["role"] != child.role.value:
@@ -108,6 +114,7 @@ class Watcher:
             return False
         if not child.mark_ready(now):
             return False
+        self.imports.ready(child)
         self._sandbox = dict(message.get("sandbox", {}))
         log.info("%s is ready after %.2f s", child.name, now - child.started_at)
         if self._slot.state is SlotState.STARTING:
@@ -121,8 +128,9 @@ class Watcher:
         status = child.reap() if child is not None else None
         if child is None or status is None:
             return
+        reason = status.describe() + self.imports.exit_note(child)
         self._readers.forget(child)
-        reason, uptime = status.describe(), now - child.started_at
+        uptime = now - child.started_at
         if slot.state in (SlotState.STOPPING, SlotState.STOPPED):
             slot.stopped()
             log.info("%s %s after %.1f s (stopping)", child.name, reason, uptime)

@@ -37,6 +37,7 @@ from config.gateway import GatewayConfig
 from ipc.protocol import ErrorCode
 from worker import decorators
 from worker.isolation import PluginNamespace
+from worker.supervisor_link import ImportAnnouncer
 
 __all__ = [
     "ApiPlugins",
@@ -149,23 +150,34 @@ def load_plugins(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> HookTable
     if not cfg.enable_coprocess:
         log.info("coprocess_options.enable_coprocess is false: no plugins loaded")
         return table
-    for api in apis:
-        if api.active and (api.has_plugins or api.custom_middleware_bundle):
-            plugins = load_api(api, cfg.middleware_path)
-            table.apis[api.api_id] = plugins
-            if plugins.ok:
-                log.info("API %s: loaded hooks %s from %s", api.api_id,
-                         ", ".join(sorted(plugins.hooks)) or "(none)", plugins.source)
-            elif plugins.load_error:
-                log.error("API %s: plugin failed to load; its hooks will answer "
-                          "load_failed:\n%s", api.api_id, plugins.load_error)
-            else:
-                log.error("API %s: %s", api.api_id, "; ".join(plugins.problems))
+    announcer = ImportAnnouncer()
+    try:
+        for api in apis:
+            if api.active and (api.has_plugins or api.custom_middleware_bundle):
+                _load_into(table, api, cfg.middleware_path, announcer.importing)
+    finally:
+        announcer.close()
     return table
 
 
-def load_api(api: APIDefinition, middleware_path: Path) -> ApiPlugins:
-    """Import one API's plugin files and collect its hooks (never raises)."""
+def _load_into(table: HookTable, api: APIDefinition, middleware_path: Path,
+               announce: Callable[[str, Path], None]) -> None:
+    plugins = load_api(api, middleware_path, announce)
+    table.apis[api.api_id] = plugins
+    if plugins.ok:
+        log.info("API %s: loaded hooks %s from %s", api.api_id,
+                 ", ".join(sorted(plugins.hooks)) or "(none)", plugins.source)
+    elif plugins.load_error:
+        log.error("API %s: plugin failed to load; its hooks will answer "
+                  "load_failed:\n%s", api.api_id, plugins.load_error)
+    else:
+        log.error("API %s: %s", api.api_id, "; ".join(plugins.problems))
+
+
+def load_api(api: APIDefinition, middleware_path: Path,
+             announce: Callable[[str, Path], None] | None = None) -> ApiPlugins:
+    """Import one API's plugin files and collect its hooks (never raises); `announce`
+    hears of each file right before its import (supervisor_link.ImportAnnouncer)."""
     if api.custom_middleware.driver == "lua":
         return _load_lua(api)
     plugins = ApiPlugins(api.api_id)
@@ -191,6 +203,8 @@ def load_api(api: APIDefinition, middleware_path: Path) -> ApiPlugins:
     for path, wanted in files.items():
         directory = path.parent.resolve()
         namespace = namespaces.setdefault(directory, PluginNamespace(api.api_id, directory))
+        if announce is not None:
+            announce(api.api_id, path)
         try:
             module = namespace.load(path)
         except (Exception, SystemExit) as exc:  # a plugin must never take the worker down

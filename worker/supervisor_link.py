@@ -10,6 +10,10 @@ Admission gate: when the supervisor sets `$COPROC_ADMIT_GATE=1`, the worker
 first sends `loaded` (its plugin load report) and waits for `admit` before
 it says HELLO to the gateway, so that a hot restart whose new plugins fail to
 load is refused before the gateway ever routes to it (docs/PROTOCOL.md).
+
+While plugins load (before the link exists), `ImportAnnouncer` says
+`importing <file>` before each import: a plugin that kills the worker at
+import time (`os._exit`, a segfault) is then named by the supervisor.
 """
 
 from __future__ import annotations
@@ -18,12 +22,38 @@ import asyncio
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from ipc.contract import ADMIT_GATE_ENV
+from ipc.contract import ADMIT_GATE_ENV, CONTROL_FD_ENV
 from ipc.control import ControlEndpoint, ControlType
 
-__all__ = ["SupervisorLink"]
+__all__ = ["ImportAnnouncer", "SupervisorLink"]
+
+
+class ImportAnnouncer:
+    """Says `importing` on a duplicate of the inherited control socket (the
+    original is adopted by `SupervisorLink` later); a no-op when run by hand."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        raw = (os.environ if environ is None else environ).get(CONTROL_FD_ENV, "")
+        self._endpoint: ControlEndpoint | None = None
+        if raw.isdigit():
+            try:
+                sock = socket.socket(fileno=os.dup(int(raw)))
+            except OSError:
+                return  # no such descriptor: nothing to announce to
+            sock.setblocking(False)
+            self._endpoint = ControlEndpoint(sock, "worker control (imports)")
+
+    def importing(self, api_id: str, path: Path) -> None:
+        if self._endpoint is not None:
+            self._endpoint.send(ControlType.IMPORTING, {"api_id": api_id, "file": str(path)})
+
+    def close(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
 
 
 class SupervisorLink:

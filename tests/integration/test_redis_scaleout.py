@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import textwrap
 import time
 import uuid
@@ -145,3 +147,35 @@ def test_redis_outage_is_503_then_recovers(coproc_factory: Any, echo_upstream: A
     poll("/ready == 200 again", lambda: gw.ready().status == 200, 10)
     assert gw.pid == pid and gw.proc.poll() is None
     assert "storage unavailable" in gw.logs(20000)
+
+
+def test_frozen_redis_is_503_before_the_hook_deadline(coproc_factory: Any, echo_upstream: Any,
+                                                      own_redis: RedisServer) -> None:
+    """Issue #11 item 14: redis-server frozen (SIGSTOP) while a plugin calls get_data /
+    store_data, with the hook's deadline equal to the storage timeout (1000 ms both):
+    each request answers 503 Storage unavailable within the hook's deadline, never 504,
+    with at most one log line each; thawed (SIGCONT), the same gateway serves 200."""
+    settings = {**own_redis.settings(), "secret": SECRET,
+                "coproc": {"hooks": {"timeout_ms": 1000}}}
+    settings["storage"] = {**settings["storage"], "timeout_ms": 1000}
+    gw = coproc_factory(apis(echo_upstream.url), {"kv/mw.py": PLUGIN}, settings)
+    gw.expect(gw.get("/kv/", {"X-Kv-Key": "k", "X-Kv-Op": "store", "X-Kv-Value": "v"}), 200)
+    assert own_redis.proc is not None
+    before = len(gw.logs(200000).splitlines())
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    try:
+        for headers in ({"X-Kv-Key": "k"}, {"X-Kv-Key": "k", "X-Kv-Op": "store",
+                                            "X-Kv-Value": "w"}, {"X-Kv-Key": "k"}):
+            started = time.monotonic()
+            resp = gw.expect(gw.get("/kv/", headers), 503)
+            elapsed = time.monotonic() - started
+            assert resp.json() == {"error": "Storage unavailable"}, resp.json()
+            assert elapsed < 1.0, f"answered after {elapsed:.2f} s: the hook's deadline"
+    finally:
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+    new = gw.logs(200000).splitlines()[before:]
+    # The worker's line per failed hook, plus the gateway's, once per interval.
+    assert len(new) <= 3 + 1, "\n".join(new)
+    assert "timed out" not in "\n".join(new) and "exceeded" not in "\n".join(new)
+    poll("plugin data served again after SIGCONT",
+         lambda: gw.get("/kv/", {"X-Kv-Key": "k"}).status == 200, 15)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -141,6 +142,14 @@ def test_coproc_demo_runs_the_quick_start(tmp_path: Path) -> None:
         assert len(seen) >= 3, f"expected echo upstream, gateway, worker: {seen}"
         check_echo_api(get)
         check_local_api(get)
+        # Issue #11 item 19: the demo names its config and run dir, so status works.
+        printed = re.search(r"coproc demo: config (\S+)", log.read_text())
+        assert printed, log.read_text()
+        assert re.search(r"coproc demo: run dir \S+", log.read_text()), log.read_text()
+        status = subprocess.run([*coproc_command(), "status", "--config", printed.group(1)],
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert status.returncode == 0, status.stderr
+        assert "worker      pid " in status.stdout and "None" not in status.stdout, status.stdout
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)

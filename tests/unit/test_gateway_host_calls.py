@@ -120,3 +120,26 @@ async def test_host_calls_are_served_and_answered_to_their_sender() -> None:
     ]
     assert stats["host_calls"] == 5
     server.close()
+
+
+async def test_a_storage_call_is_bounded_within_the_hooks_deadline() -> None:
+    """A frozen storage answers StorageUnavailable at the bound, before the hook's
+    deadline, whatever the storage's own timeout (issue #11 item 14)."""
+    import asyncio
+    import time
+
+    from gateway.host_calls import storage_bound_s
+    from gateway.storage.base import StorageUnavailable
+
+    class Frozen(MemoryStore):
+        async def get(self, key: str) -> bytes | None:
+            await asyncio.sleep(60)
+            return None
+
+    assert storage_bound_s(1000, 1000) == 0.5
+    assert storage_bound_s(200, 1000) == 0.2
+    host = HostCalls(Frozen(), bound_s=0.05)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="within 50 ms"):
+        await host.host_call("api", {"op": "get_data", "key": "k"})
+    assert time.monotonic() - started < 1.0

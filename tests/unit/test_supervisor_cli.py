@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 from collections.abc import Iterator
@@ -30,6 +31,31 @@ def test_help_names_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "serve" in out and "demo" in out and "SIGTERM" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"coproc {importlib.metadata.version('coproc')}"
+
+
+def test_status_never_prints_pid_none() -> None:
+    from supervisor.ctl import format_status
+
+    text = format_status({"pid": 7, "gateway": {"pid": None, "state": "starting"},
+                          "worker": {"pid": None, "state": "fatal"},
+                          "last_exits": [{"child": "worker", "pid": None, "reason": "x"}]})
+    assert "None" not in text and "supervisor  pid 7" in text
+    assert "gateway     no process" in text and "worker      no process" in text
+
+
+def test_demo_names_its_config_and_run_dir(tmp_path: Path) -> None:
+    copy = demo._retargeted_copy(tmp_path, 9090, 9091)
+    text = demo.describe(copy)
+    run_dir = cli.load_gateway_config(copy).run_dir
+    assert f"config {copy}" in text and f"run dir {run_dir}" in text
+    assert f"coproc status --config {copy}" in text
 
 
 def test_serve_requires_config(capsys: pytest.CaptureFixture[str]) -> None:

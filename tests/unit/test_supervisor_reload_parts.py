@@ -103,3 +103,15 @@ def test_format_status_mentions_fatal_and_exits() -> None:
                           "last_exits": [{"time": 0, "child": "worker", "generation": 3,
                                           "pid": 9, "reason": "exited 1"}]})
     assert "FATAL" in text and "exited 1" in text and "1m01s" in text
+
+
+def test_a_refused_reload_names_the_file_and_line_of_a_syntax_error() -> None:
+    from supervisor.reload import regressions
+
+    error = ('SyntaxError: invalid syntax\nTraceback (most recent call last):\n'
+             '  File "/srv/mw/api/mw.py", line 7\n    def broken(:\n               ^\n'
+             'SyntaxError: invalid syntax')
+    got = regressions({"a": {"ok": True}}, {"a": {"ok": False, "error": error}})
+    assert got == ["API a: SyntaxError: invalid syntax (/srv/mw/api/mw.py, line 7)"]
+    assert regressions({"a": {"ok": True}}, {"a": {"ok": False, "error": "ImportError: x"}}) \
+        == ["API a: ImportError: x"]
