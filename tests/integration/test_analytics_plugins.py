@@ -164,8 +164,11 @@ def test_worker_kills_and_reloads_move_the_metrics_and_lose_no_record(
     got = poll("every record written", all_written, 40)
     assert sorted(r["path"] for r in got) == [f"/keep/{n}" for n in range(6)]
     assert all("plugin-seen" in r["tags"] for r in got)  # all through the plugin
-    after = poll("the exits counted", lambda: (s := scrape(gw.port, headers=ADMIN))
-                 if value(s, "coproc_worker_exits_total", reason="clean") >= 1 else None, 20)
+    def exits_counted() -> dict[Any, float] | None:
+        samples = scrape(gw.port, headers=ADMIN)
+        return samples if value(samples, "coproc_worker_exits_total", reason="clean") else None
+
+    after = poll("the exits counted", exits_counted, 20)
     assert value(after, "coproc_worker_exits_total", reason="signal") == 1
     assert value(after, "coproc_worker_generation") >= first["generation"] + 2
     assert value(after, "coproc_worker_fatal") == 0
