@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unit.test_analytics import SPEC, ListSink, exchange, until
 
 from config import ConfigError
 from config.analytics import AnalyticsConfig
@@ -18,7 +19,6 @@ from gateway.analytics.pipeline import Pipeline
 from gateway.analytics.plugins import PluginTransform
 from gateway.hook_errors import HookTimeout, WorkerLost
 from gateway.metrics import WorkerWatch, exit_class
-from unit.test_analytics import SPEC, ListSink, exchange, until
 from worker.analytics import load_analytics, run_batch
 
 PLUGIN = """
