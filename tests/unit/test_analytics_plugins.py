@@ -203,3 +203,24 @@ def test_worker_counters_add_up_over_generations() -> None:
     for generation in range(3, 9):  # old generations fold into the base: still counted
         watch.heartbeat(generation, {"generation": generation, "calls": {"calls": 1}})
     assert watch.totals()["calls"] == 16
+
+
+def test_a_manifests_traffic_logs_names_the_bundles_function(tmp_path: Path) -> None:
+    from config.apidef import _traffic_logs
+    from config.reader import Reader
+
+    (tmp_path / "middleware.py").write_text(PLUGIN)
+    manifest = tmp_path / "manifest.json"
+
+    def read(traffic_logs: dict[str, Any]) -> Any:
+        return _traffic_logs(Reader({"custom_middleware": {"traffic_logs": traffic_logs}},
+                                    manifest), tmp_path)
+
+    got = read({"name": "tag", "path": ""})
+    assert got is not None and got.func_name == "tag"
+    assert got.path == str((tmp_path / "middleware.py").resolve())
+    assert read({"name": "tag", "disabled": True}) is None
+    assert read({"name": ""}) is None  # Tyk: no name, no plugin
+    with pytest.raises(ConfigError) as err:
+        read({"name": "tag", "path": "../outside.py"})
+    assert "custom_middleware.traffic_logs.path" in str(err.value)
