@@ -161,11 +161,13 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         await hooks.close()
 
     serve_api: Callable[[web.Request], Awaitable[web.StreamResponse]] = _serve_api
-    # Analytics plugins run in the worker over batches (gateway/analytics/plugins.py).
+    # Analytics plugins run in the worker over batches (gateway/analytics/plugins.py);
+    # without a worker (enable_coprocess: false) records are stored as they are.
     transform = PluginTransform(
         lambda: _hook_client(app),
         lambda: {p.api_id for p in app[CHAIN].router.values()
-                 if p.api.analytics_plugin is not None} if CHAIN in app else ())
+                 if p.api.analytics_plugin is not None}
+        if CHAIN in app and cfg.enable_coprocess else ())
     observe = Observability.from_config(cfg, transform)  # None when both are off
     if observe is not None:
         observe.add_stats("coproc_analytics_plugin_events", "Analytics plugin batches, "
