@@ -9,10 +9,10 @@ turns them into metric families only when /metrics is scraped (its own
 What the gateway already counts (the chain's and the hook client's stats, the
 analytics queue) is read at scrape time too.
 
-Other processes add their metrics through `add_source` (a callable giving
-metric families at scrape time): the supervisor and the worker will report
-theirs over their existing channels and the gateway serves them together, so
-one scrape sees the instance.
+Other processes' metrics come in through `add_source` (a callable giving
+metric families at scrape time): `WorkerWatch` turns what the gateway already
+receives from the supervisor (`worker_state`, `worker_exited`) and from the
+worker (HEARTBEAT) into families, so one scrape sees the instance.
 
 `/metrics` is served on its own listener (`coproc.metrics.listen_address` and
 `listen_port`, 127.0.0.1:9464 by default), or with `listen_port: 0` on the
