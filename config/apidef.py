@@ -30,6 +30,7 @@ from config.tyk_support import check_classic, check_driver
 __all__ = [
     "REQUEST_HOOK_PHASES",
     "APIDefinition",
+    "AnalyticsPlugin",
     "CustomMiddleware",
     "HookDef",
     "ProxyDef",
@@ -82,6 +83,15 @@ class CustomMiddleware:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalyticsPlugin:
+    """Tyk's `analytics_plugin` (or a bundle manifest's `traffic_logs`): a Python
+    function the worker runs over each of the API's analytics records."""
+
+    path: str  # the .py file, resolved
+    func_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyDef:
     listen_path: str
     target_url: str
@@ -116,6 +126,7 @@ class APIDefinition:
     event_handlers: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # Every bundle's directory, in `custom_middleware_bundle` order (config/bundles.py).
     bundle_dirs: tuple[Path, ...] = ()
+    analytics_plugin: AnalyticsPlugin | None = None
 
     @property
     def has_plugins(self) -> bool:
@@ -180,11 +191,15 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
                              resolve_paths=not bundle)
     bundle_dirs: tuple[Path, ...] = ()
     bundle_error = ""
+    analytics = _analytics_plugin(r.child("analytics_plugin"), cfg, path)
     if bundle:
         bundle_dirs, manifests, bundle_error = _find_bundles(cfg, api_id, bundle)
         try:
             middleware = (_merge_manifests(manifests, cfg, hook_defaults) if manifests
                           else middleware)
+            # Tyk: an enabled `traffic_logs` in a manifest replaces analytics_plugin.
+            for directory, manifest in zip(bundle_dirs, manifests, strict=True):
+                analytics = _traffic_logs(manifest, directory) or analytics
         except ConfigError as exc:  # a bad bundle fails its API, never the gateway
             bundle_dirs, bundle_error = (), str(exc)
     driver_file = Path(bundle_dirs[0] / "manifest.json") if bundle_dirs else path
@@ -213,7 +228,47 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
         use_standard_auth=r.get("use_standard_auth", bool, False),
         base_identity_provided_by=r.get("base_identity_provided_by", str, ""),
         event_handlers=_event_handlers(r.child("event_handlers")),
+        analytics_plugin=analytics,
     )
+
+
+def _analytics_plugin(r: Reader, cfg: GatewayConfig, source: Path) -> AnalyticsPlugin | None:
+    """`analytics_plugin {enable, plugin_path, func_name}`; a `.py` file here, not a `.so`."""
+    if not r.get("enable", bool, False):
+        return None
+    func = r.get("func_name", str, "")
+    if not func.isidentifier():
+        raise r.error("func_name", f"{func!r} is not a Python function name",
+                      "name the function in plugin_path that takes each analytics record")
+    value = r.get("plugin_path", str, "")
+    if not value.endswith(".py"):
+        raise r.error("plugin_path", f"{value!r} is not a Python file (Coproc runs analytics "
+                      "plugins in Python, not Go .so files)", "point plugin_path at a .py file")
+    candidate = Path(value)
+    options = ([candidate] if candidate.is_absolute()
+               else [cfg.middleware_path / candidate, source.parent / candidate])
+    for option in options:
+        if option.is_file():
+            return AnalyticsPlugin(str(option.resolve()), func)
+    raise r.error("plugin_path", f"no such file: tried {', '.join(str(o) for o in options)}",
+                  "point plugin_path at the .py file (relative to middleware_path or to "
+                  "this API definition's directory)")
+
+
+def _traffic_logs(manifest: Reader, directory: Path) -> AnalyticsPlugin | None:
+    """A manifest's `custom_middleware.traffic_logs {name, path, disabled}` (Tyk's shape)."""
+    t = manifest.child("custom_middleware").child("traffic_logs")
+    name = t.get("name", str, "")
+    if t.get("disabled", bool, False) or not name:
+        return None
+    if not name.isidentifier():
+        raise t.error("name", f"{name!r} is not a Python function name",
+                      "name the analytics function of the bundle")
+    file = directory / (t.get("path", str, "") or "middleware.py")
+    if not file.resolve().is_relative_to(directory.resolve()) or not file.is_file():
+        raise t.error("path", f"no such file in the bundle: {file}",
+                      "name the bundle's .py file holding the analytics function")
+    return AnalyticsPlugin(str(file.resolve()), name)
 
 
 _ID_SOURCES = ("header", "form", "body")

@@ -24,6 +24,7 @@ from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from gateway import header_bytes
 from gateway.admin import add_key_routes, add_policy_routes
+from gateway.analytics.plugins import PluginTransform
 from gateway.analytics.service import Observability
 from gateway.apis_admin import add_api_routes
 from gateway.auth import Authenticator
@@ -143,6 +144,8 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit, bound))
         await hooks.start()
         app[HOOKS] = hooks
+        if observe is not None and observe.metrics is not None and isinstance(hooks, HookClient):
+            observe.metrics.add_source(hooks.watch.families)  # the worker, the supervisor
         grpc_ids = grpc_apis(apis)
         grpc = open_grpc(cfg, needed=bool(grpc_ids))
         if grpc is not None:
@@ -159,7 +162,17 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         await hooks.close()
 
     serve_api: Callable[[web.Request], Awaitable[web.StreamResponse]] = _serve_api
-    observe = Observability.from_config(cfg)  # metrics, analytics: None when both are off
+    # Analytics plugins run in the worker over batches (gateway/analytics/plugins.py);
+    # without a worker (enable_coprocess: false) records are stored as they are.
+    transform = PluginTransform(
+        lambda: _hook_client(app),
+        lambda: {p.api_id for p in app[CHAIN].router.values()
+                 if p.api.analytics_plugin is not None}
+        if CHAIN in app and cfg.enable_coprocess else ())
+    observe = Observability.from_config(cfg, transform)  # None when both are off
+    if observe is not None:
+        observe.add_stats("coproc_analytics_plugin_events", "Analytics plugin batches, "
+                          "retries, failures, timeouts", transform.stats)
     if observe is not None:
         app[OBSERVE] = observe
         app.cleanup_ctx.append(observe.ctx)  # first in, last out: flushes after requests
@@ -178,6 +191,11 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     add_policy_routes(app, cfg.secret, app[POLICIES])
     app.router.add_route("*", "/{tail:.*}", serve_api)
     return app
+
+
+def _hook_client(app: web.Application) -> HookClient | None:
+    hooks = app.get(HOOKS)
+    return hooks if isinstance(hooks, HookClient) else None
 
 
 async def _serve_api(request: web.Request) -> web.StreamResponse:

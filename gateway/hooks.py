@@ -31,6 +31,7 @@ from gateway.hook_errors import (
 from gateway.hook_socket import HookSocket
 from gateway.host_calls import HostCallHandler, HostCallServer
 from gateway.latency import Histogram
+from gateway.metrics import WorkerWatch
 from gateway.peers import Peer, PeerTable
 from gateway.pending import PendingCalls
 from gateway.sandbox_access import share_with_worker
@@ -59,6 +60,8 @@ class HookClient:
         self._cfg = cfg
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.latency = Histogram()
+        #: The worker as /metrics shows it: exits, state, heartbeats (gateway/metrics.py).
+        self.watch = WorkerWatch()
         #: Called with the generation that just became active (hot restart: the
         #: gateway switches to reloaded API definitions at that moment).
         self.on_activate: Callable[[int], None] | None = None
@@ -124,6 +127,24 @@ class HookClient:
                                      pending.answered or not self._peers.holds(peer))
         return merge_reply(obj, got)
 
+    async def analytics(self, records: list[dict[str, Any]], timeout_s: float
+                        ) -> tuple[list[dict[str, Any]], int]:
+        """Run the analytics plugins over one batch in the active worker: (the records
+        kept, how many its plugins failed on).  WorkerLost / NoWorker: send it again
+        (gateway/analytics/plugins.py); HookTimeout after `timeout_s`."""
+        peer = self._peers.active
+        if peer is None:
+            peer = await self._peers.wait_for_active(timeout_s)
+        assert self._loop is not None  # start() ran: a programming error otherwise
+        pending = self._calls.open_analytics(self._loop, peer, timeout_s)
+        try:
+            self._socket.send(peer.identity, MsgType.ANALYTICS, pending.call_id,
+                              {"records": records})
+            reply = await pending.future
+        finally:
+            self._calls.close(pending)
+        return reply["records"], reply.get("failed", 0)
+
     def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
                    spec: Mapping[str, str]) -> bool:
         """Ask the active worker to run an @Event handler; False when none is there."""
@@ -149,6 +170,7 @@ class HookClient:
         overtake them: the socket is read first, then calls get EXIT_GRACE_S.
         """
         self._socket.read_now()
+        self.watch.exited(reason)
         text = f"worker generation {generation} exited: {reason}"
         for peer in self._peers.exited(generation):
             if self._loop is None or not self._calls.has_calls(peer):
@@ -158,6 +180,7 @@ class HookClient:
 
     def on_worker_state(self, state: str, generation: int | None, detail: str) -> None:
         self._peers.set_state(state, detail)
+        self.watch.state(state, generation)
 
     def _on_message(self, identity: bytes, message: Message) -> None:
         peer, mtype = self._peers.get(identity), message.type
@@ -165,7 +188,7 @@ class HookClient:
             self._admit(identity, message.payload)
         elif peer is None:  # a worker we do not know (we restarted, or it never said HELLO)
             self._socket.send_quietly(identity, MsgType.RESYNC, 0, {})
-        elif mtype is MsgType.REPLY:
+        elif mtype is MsgType.REPLY or mtype is MsgType.ANALYTICS_DONE:
             self._resolve(peer, message.call_id, message.payload, None)
         elif mtype is MsgType.ERROR:
             self._resolve(peer, message.call_id, None, error_from_reply(message.payload))
@@ -173,6 +196,7 @@ class HookClient:
             self._host.serve(identity, message)
         elif mtype is MsgType.HEARTBEAT:
             self._peers.heartbeat(peer, message.payload)
+            self.watch.heartbeat(peer.generation, message.payload)
         elif mtype is MsgType.DRAIN_ACK:
             log.info("worker generation %d drained", peer.generation)
         else:

@@ -9,10 +9,10 @@ turns them into metric families only when /metrics is scraped (its own
 What the gateway already counts (the chain's and the hook client's stats, the
 analytics queue) is read at scrape time too.
 
-Other processes add their metrics through `add_source` (a callable giving
-metric families at scrape time): the supervisor and the worker will report
-theirs over their existing channels and the gateway serves them together, so
-one scrape sees the instance.
+Other processes' metrics come in through `add_source` (a callable giving
+metric families at scrape time): `WorkerWatch` turns what the gateway already
+receives from the supervisor (`worker_state`, `worker_exited`) and from the
+worker (HEARTBEAT) into families, so one scrape sees the instance.
 
 `/metrics` is served on its own listener (`coproc.metrics.listen_address` and
 `listen_port`, 127.0.0.1:9464 by default), or with `listen_port: 0` on the
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -40,7 +41,8 @@ from prometheus_client.registry import Collector
 from config.analytics import MetricsOptions
 from gateway.admin import admin_denied
 
-__all__ = ["GatewayMetrics", "add_metrics_route", "counters", "gauge", "start_metrics_site"]
+__all__ = ["GatewayMetrics", "WorkerWatch", "add_metrics_route", "counters", "exit_class", "gauge",
+           "start_metrics_site"]
 
 log = logging.getLogger("coproc.gateway.metrics")
 
@@ -223,3 +225,105 @@ async def start_metrics_site(metrics: GatewayMetrics, opts: MetricsOptions
         return None
     log.info("metrics on http://%s:%d%s", opts.listen_address, opts.listen_port, opts.path)
     return runner
+
+
+# -- the worker and the supervisor, as the gateway hears of them ----------------------
+
+#: The worker's HEARTBEAT counters that only grow (the rest are gauges).
+_WORKER_COUNTERS = ("calls", "handoffs", "deadlines", "analytics_batches", "analytics_records",
+                    "analytics_dropped", "analytics_failures")
+#: Generations whose last counters are kept apart (older ones are folded into a base).
+_KEEP_GENERATIONS = 4
+
+
+def exit_class(reason: str) -> str:
+    """A bounded label for the supervisor's exit description (supervisor/exits.py)."""
+    if "oom" in reason:
+        return "oom"
+    if "by the supervisor" in reason:
+        return "killed_by_supervisor"
+    if reason.startswith("killed"):
+        return "signal"
+    if reason == "exited 0":
+        return "clean"
+    if reason.startswith("exited"):
+        return "error"
+    return "other"
+
+
+class WorkerWatch:
+    """The supervisor's and the worker's metrics, from what the gateway already receives.
+
+    The supervisor's `worker_state` / `worker_exited` messages (restarts by
+    reason, FATAL, the generation) and each worker's HEARTBEAT (RSS, its call
+    threads' and analytics counters, and its age) reach the hook client; the
+    gateway serves them with its own (`GatewayMetrics.add_source(watch.families)`),
+    so the other processes need no metrics endpoint of their own.  A worker's
+    counters start at 0 in each generation: the totals add up the generations.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.exits: dict[str, int] = {}
+        self.state_name = "starting"
+        self.generation = 0
+        self.rss = 0
+        self.last_beat: float | None = None
+        self.gauges: dict[str, int] = {}
+        self._by_generation: dict[int, dict[str, int]] = {}
+        self._base: dict[str, int] = dict.fromkeys(_WORKER_COUNTERS, 0)
+
+    def exited(self, reason: str) -> None:
+        kind = exit_class(reason)
+        self.exits[kind] = self.exits.get(kind, 0) + 1
+
+    def state(self, state: str, generation: int | None) -> None:
+        self.state_name = state
+        if generation:
+            self.generation = max(self.generation, generation)
+
+    def heartbeat(self, generation: int, payload: dict[str, Any]) -> None:
+        if generation < self.generation:
+            pass  # a draining generation: its counters count, its gauges do not
+        else:
+            self.generation = generation
+            self.rss = int(payload.get("rss", 0))
+            self.last_beat = self._clock()
+            calls = payload.get("calls") or {}
+            self.gauges = {k: v for k, v in calls.items() if k not in _WORKER_COUNTERS}
+        calls = payload.get("calls") or {}
+        self._by_generation[generation] = {k: calls.get(k, 0) for k in _WORKER_COUNTERS}
+        while len(self._by_generation) > _KEEP_GENERATIONS:
+            oldest = min(self._by_generation)
+            for k, v in self._by_generation.pop(oldest).items():
+                self._base[k] += v
+
+    def totals(self) -> dict[str, int]:
+        out = dict(self._base)
+        for values in self._by_generation.values():
+            for k, v in values.items():
+                out[k] += v
+        return out
+
+    def families(self) -> list[Metric]:
+        out: list[Metric] = [
+            counters("coproc_worker_exits", "Worker exits reported by the supervisor, by "
+                     "reason (clean: drained or stopped; error; signal; oom; "
+                     "killed_by_supervisor)", self.exits, "reason"),
+            gauge("coproc_worker_fatal", "1 when the supervisor gave up restarting the worker",
+                  1 if self.state_name == "fatal" else 0),
+            gauge("coproc_worker_generation", "The newest worker generation", self.generation),
+            gauge("coproc_worker_rss_bytes", "The active worker's resident memory, as its "
+                  "last heartbeat said", self.rss),
+            counters("coproc_worker_events", "The worker's counters, over every generation: "
+                     "calls, hand-offs, deadlines, analytics batches/records/dropped/failures",
+                     self.totals(), "event"),
+        ]
+        if self.last_beat is not None:
+            out.append(gauge("coproc_worker_heartbeat_age_seconds", "Time since the active "
+                             "worker's last heartbeat", self._clock() - self.last_beat))
+        for name in ("inflight", "threads"):
+            if name in self.gauges:
+                out.append(gauge(f"coproc_worker_{name}", f"The active worker's {name}",
+                                 self.gauges[name]))
+        return out

@@ -30,6 +30,9 @@ class Pending:
     peer: Peer
     timer: asyncio.TimerHandle
     answered: bool = False  # the worker sent REPLY or ERROR: it no longer touches the slots
+    #: An ANALYTICS batch, not a hook call: not in the hook counters, and not a call
+    #: a draining worker waits to answer (the gateway sends it to the next one).
+    analytics: bool = False
 
 
 class PendingCalls:
@@ -51,6 +54,16 @@ class PendingCalls:
         pending = self._pending[call_id] = Pending(call_id, future, peer, timer)
         return pending
 
+    def open_analytics(self, loop: asyncio.AbstractEventLoop, peer: Peer,
+                       timeout_s: float) -> Pending:
+        """A new ANALYTICS batch to `peer`, failing with HookTimeout after `timeout_s`."""
+        call_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        timer = loop.call_later(timeout_s, _fail_later, future, HookTimeout,
+                                f"analytics batch unanswered after {timeout_s:g} s")
+        pending = self._pending[call_id] = Pending(call_id, future, peer, timer, analytics=True)
+        return pending
+
     def close(self, pending: Pending) -> None:
         """The caller is done with the call (answered, failed or given up)."""
         pending.timer.cancel()
@@ -68,10 +81,11 @@ class PendingCalls:
             return True
         if error is None:
             assert obj is not None  # REPLY payloads always carry an object (validated)
-            self._stats["replies"] += 1
+            if not pending.analytics:
+                self._stats["replies"] += 1
             pending.future.set_result(obj)
         else:
-            if not isinstance(error, HookTimeout):
+            if not isinstance(error, HookTimeout) and not pending.analytics:
                 self._stats["errors"] += 1
             pending.future.set_exception(error)
         return True
@@ -102,12 +116,16 @@ class PendingCalls:
     def call_ids(self, peer: Peer) -> list[int]:
         """The ids of `peer`'s open calls, in the order they were made."""
         return sorted(call_id for call_id, pending in self._pending.items()
-                      if pending.peer is peer)
+                      if pending.peer is peer and not pending.analytics)
 
 
 def _expire(future: asyncio.Future[Any], hook: HookDef) -> None:
     # The error is built only when a call does time out: not on every call's path.
     _fail(future, HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms"))
+
+
+def _fail_later(future: asyncio.Future[Any], kind: type[Exception], text: str) -> None:
+    _fail(future, kind(text))
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:

@@ -64,6 +64,8 @@ class MsgType(enum.IntEnum):
     HOST_CALL = 11  # worker -> gateway: a plugin API call (store_data, get_data, ...)
     HOST_REPLY = 12  # gateway -> worker: the answer to a HOST_CALL
     EVENT = 13  # gateway -> worker: run an @Event handler (no answer)
+    ANALYTICS = 14  # gateway -> worker: run the analytics plugins over a batch of records
+    ANALYTICS_DONE = 15  # worker -> gateway: the batch after its plugins (dropped ones gone)
 
 
 class ErrorCode(enum.StrEnum):
@@ -113,6 +115,9 @@ _ARENA = Record({"name": str, "size": int, "threshold": int},
                 required=frozenset({"name", "size", "threshold"}))
 
 _ERROR = Record({"code": str, "message": str}, required=frozenset({"code", "message"}))
+
+#: Analytics records: Tyk's JSON names (gateway/analytics/record.py), any values.
+_ANALYTICS_RECORDS = ListOf(MapOf(object))
 
 PAYLOADS: Final[Mapping[MsgType, Shape]] = {
     MsgType.HELLO: Record(
@@ -175,6 +180,13 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
          "timeout_ms": int},
         required=frozenset({"api_id", "handler", "event"}),
     ),
+    # records: one batch, in order; a record of an API without an analytics plugin
+    # comes back as it went (docs/PROTOCOL.md, Analytics).
+    MsgType.ANALYTICS: Record({"records": _ANALYTICS_RECORDS}, required=frozenset({"records"})),
+    # records: those kept (changed or not), in order; failed: records whose plugin
+    # raised or returned something unusable (kept as they were).
+    MsgType.ANALYTICS_DONE: Record({"records": _ANALYTICS_RECORDS, "failed": int},
+                                   required=frozenset({"records"})),
 }
 
 #: Host call operations a worker may ask for.

@@ -48,6 +48,7 @@ from typing import Any, Final, Protocol, cast
 
 from ipc.coprocess import CallPayload
 from ipc.protocol import ErrorCode, Message, MsgType
+from worker.analytics import AnalyticsRunner
 from worker.answers import Answers
 from worker.channel import Channel
 from worker.dispatch import Call, Dispatcher, EventCall, Outcome, Ran, error
@@ -120,6 +121,8 @@ class CallThreads:
         self.calls = 0  # CALLs read, in total (the loop's too)
         self.handoffs = 0
         self.deadlines = 0  # calls the watchdog answered with ERROR `deadline`
+        #: Runs ANALYTICS batches on its own threads (worker/analytics.py).
+        self.analytics: AnalyticsRunner | None = None
 
     @property
     def threads(self) -> int:
@@ -127,8 +130,12 @@ class CallThreads:
 
     def counters(self) -> dict[str, int]:
         """For HEARTBEAT, and from there `GET /hello` (`worker.call_threads`)."""
-        return {"calls": self.calls, "inflight": self.inflight, "threads": len(self._threads),
-                "handoffs": self.handoffs, "deadlines": self.deadlines}
+        counters = {"calls": self.calls, "inflight": self.inflight,
+                    "threads": len(self._threads), "handoffs": self.handoffs,
+                    "deadlines": self.deadlines}
+        if self.analytics is not None:
+            counters.update(self.analytics.counters())
+        return counters
 
     def start(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
         """Start leading; `deliver` gets the control messages on `loop`."""
@@ -231,6 +238,8 @@ class CallThreads:
                     self._to_loop(self._loop_calls.start_event, event)
                 else:
                     self._queue.append((0, event))
+            elif kind is MsgType.ANALYTICS and self.analytics is not None:
+                self.analytics.submit(message)  # its own threads: never a call thread
             elif kind is MsgType.HOST_REPLY:
                 if not self._host_replies.resolve(message.call_id, message.payload):
                     log.debug("late or unknown HOST_REPLY %d", message.call_id)

@@ -40,6 +40,7 @@ from ipc.child import die_with_parent
 from ipc.contract import GENERATION_ENV, WORKER_TOKEN_ENV
 from ipc.control import inherited_control_socket
 from ipc.protocol import Limits
+from worker.analytics import AnalyticsFunc, AnalyticsRunner, load_analytics
 from worker.answers import Answers, CallLedger
 from worker.callthreads import CallThreads
 from worker.channel import Channel
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_plugin_api(hostcalls)
     try:
         table = load_plugins(cfg, apis)
+        analytics = load_analytics(apis)
     except Exception:  # the loader itself broke (plugin errors never get here)
         log.exception("loading plugins failed")
         return exitcodes.PLUGINS_FAILED
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f" ({', '.join(failed)})" if failed else "")
     gctune.settle()  # plugins are loaded: see ipc/gctune.py
     try:
-        code = eventloop.run(_serve(cfg, identity, table, hostcalls))
+        code = eventloop.run(_serve(cfg, identity, table, hostcalls, analytics))
     finally:
         sandbox.cleanup()
     log.info("worker generation %d exiting with code %d", identity.generation, code)
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
-                 hostcalls: HostCalls) -> int:
+                 hostcalls: HostCalls, analytics: dict[str, AnalyticsFunc]) -> int:
     limits = Limits(max_message_bytes=cfg.ipc.max_message_bytes)
     channel = Channel(cfg.hooks_endpoint, limits)
     link = SupervisorLink(inherited_control_socket(), sandbox=identity.sandbox)
@@ -111,6 +113,8 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
     calls = CallThreads(channel, dispatcher, answers, loop_calls, hostcalls,
                         cfg.worker.threads, cfg.worker.handoff_ms / 1000)
     hostcalls.before_blocking = calls.before_blocking
+    calls.analytics = AnalyticsRunner(channel, analytics)
+    calls.analytics.start()
     worker = Worker(
         identity, channel, dispatcher, hostcalls, link, table.report(),
         Timing(heartbeat_s=cfg.worker.heartbeat_interval_ms / 1000,
@@ -120,6 +124,7 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
     try:
         return await worker.run()
     finally:
+        calls.analytics.close()
         # Give DRAIN_ACK a bounded moment to leave before the socket goes.
         channel.close(linger_ms=1000)
         link.close()
@@ -139,6 +144,8 @@ def _sandbox(cfg: GatewayConfig, apis: Sequence[APIDefinition]) -> SandboxReport
     """Confine this process (docs/SECURITY.md); None if a required layer failed."""
     plugin_dirs = {Path(h.path).parent for api in apis
                    for h in api.custom_middleware.all_hooks() if h.path}
+    plugin_dirs |= {Path(api.analytics_plugin.path).parent for api in apis
+                    if api.analytics_plugin is not None}
     try:
         report = apply_sandbox(resolve_policy(cfg, sorted(plugin_dirs)))
     except SandboxError as exc:

@@ -5,8 +5,8 @@ no allocation beyond the tuple); when the queue is full the record is
 dropped and counted, never waited for, and one warning per interval says how
 many were lost.  A dispatcher task takes batches (`batch_size` records, or
 what is there after `flush_interval_ms`), builds the records, runs the
-`transform` (where analytics plugins in the worker will plug in: it may change
-records or drop them), applies Tyk's finishing touches and hands the batch to
+`transform` (analytics plugins in the worker, gateway/analytics/plugins.py: it
+may change records or drop them), applies Tyk's finishing touches and hands the batch to
 the sink, with at most `pool_size` batches being written at once.
 """
 
