@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from integration.harness import HOST, RedisServer, _stop_process, free_port, poll
+from integration.harness import HOST, RedisServer, free_port, poll
 
 __all__ = ["MASTER_NAME", "RedisClusterSet", "RedisNode", "SentinelSet"]
 

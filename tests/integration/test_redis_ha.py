@@ -59,7 +59,8 @@ def cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClust
 
 def _pair(factory: Any, echo: Any, settings: dict[str, Any]) -> tuple[Instance, Instance]:
     def one() -> Instance:
-        inst: Instance = factory(apis(echo.url), {"kv/mw.py": PLUGIN}, {"secret": SECRET, **settings})
+        inst: Instance = factory(apis(echo.url), {"kv/mw.py": PLUGIN},
+                                 {"secret": SECRET, **settings})
         return inst
     return one(), one()
 
