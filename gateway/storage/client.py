@@ -6,9 +6,8 @@ credentials are handled alike everywhere:
 
 - single: `redis.asyncio.Redis` on the first address;
 - sentinel: the sentinels are asked for `master_name`'s master
-  (`Sentinel.master_for`); after a failover a connection to the old master
-  fails (its READONLY answer is turned into a connection error by redis-py),
-  and the next connection asks the sentinels again;
+  (`Sentinel.master_for`) whenever a connection (re)connects (`sentinel.py`),
+  so after a failover every new or retried command reaches the new master;
 - cluster: `redis.asyncio.cluster.RedisCluster` from the seed nodes; it routes
   each command to its key's slot and follows MOVED/ASK.
 """
@@ -25,6 +24,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from config.storage import StorageConfig
+from gateway.storage.sentinel import FailoverConnection, FailoverSSLConnection
 
 __all__ = ["RedisClient", "describe", "redis_client", "tls_options"]
 
@@ -79,7 +79,9 @@ def redis_client(cfg: StorageConfig, pool_size: int | None = None) -> RedisClien
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(cfg.nodes), sentinel_kwargs=sentinel_kwargs, db=cfg.database,
                             **kwargs)
-        master: aioredis.Redis = sentinel.master_for(cfg.master_name)
+        connection = FailoverSSLConnection if cfg.use_ssl else FailoverConnection
+        master: aioredis.Redis = sentinel.master_for(cfg.master_name,
+                                                     connection_class=connection)
         return master
     host, port = cfg.nodes[0]
     return aioredis.Redis(host=host, port=port, db=cfg.database, **kwargs)

@@ -116,9 +116,13 @@ class SentinelSet:
         reply = self.sentinels[sentinel].text("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
         return int(reply.split("\r\n")[4])
 
+    def _node(self, port: int) -> RedisNode:
+        return self.master if port == self.master.port else self.replica
+
     def failover(self, timeout: float = 30.0) -> int:
-        """`SENTINEL FAILOVER`; the new master's port once every sentinel reports it
-        and it accepts writes."""
+        """`SENTINEL FAILOVER`; the new master's port once every sentinel reports it,
+        it accepts writes, and the old master has been turned into its replica (from
+        then on a client still on the old master gets READONLY for every write)."""
         old = self.master_port()
         reply = self.sentinels[0].text("SENTINEL", "FAILOVER", MASTER_NAME)
         assert reply.startswith("+OK"), reply
@@ -128,10 +132,15 @@ class SentinelSet:
             if len(ports) != 1 or old in ports:
                 return None
             new = ports.pop()
-            node = self.master if new == self.master.port else self.replica
-            return new if node.info("replication").get("role") == "master" else None
+            if self._node(new).info("replication").get("role") != "master":
+                return None
+            demoted = self._node(old).info("replication")
+            if demoted.get("role") != "slave" or demoted.get("master_port") != str(new):
+                return None
+            return new
 
-        port: int = poll("the sentinels to announce the new master", switched, timeout)
+        port: int = poll("the new master, announced, and the old one its replica", switched,
+                         timeout)
         return port
 
     def settings(self, **extra: Any) -> dict[str, Any]:

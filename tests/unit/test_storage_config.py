@@ -17,6 +17,7 @@ from config.gateway import load_gateway_config
 from config.reader import ConfigError
 from config.storage import StorageConfig
 from gateway.storage.client import describe, redis_client, tls_options
+from gateway.storage.sentinel import FailoverConnection, FailoverSSLConnection
 
 
 def _load(tmp_path: Path, storage: dict[str, Any], environ: dict[str, str] | None = None,
@@ -120,9 +121,14 @@ async def test_each_topology_gets_its_client() -> None:
     sentinel = redis_client(StorageConfig(type="redis", addrs=("s:26379",), master_name="m"))
     assert isinstance(sentinel, aioredis.Redis)
     assert isinstance(sentinel.connection_pool, SentinelConnectionPool)
+    # Connections that look the master up again on every reconnect (gateway/storage/sentinel.py).
+    assert sentinel.connection_pool.connection_class is FailoverConnection
+    tls = redis_client(StorageConfig(type="redis", addrs=("s:26379",), master_name="m",
+                                     use_ssl=True, ssl_insecure_skip_verify=True))
+    assert tls.connection_pool.connection_class is FailoverSSLConnection
     cluster = redis_client(StorageConfig(type="redis", addrs=("c:7000",), enable_cluster=True))
     assert isinstance(cluster, RedisCluster)
-    for client in (single, sentinel, cluster):
+    for client in (single, sentinel, tls, cluster):
         await client.aclose()
 
 
