@@ -24,6 +24,7 @@ from config.analytics import AnalyticsConfig, MetricsOptions, parse_analytics, p
 from config.policies import PolicyOptions
 from config.reader import ConfigError, Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
+from config.storage import StorageConfig, parse_storage
 
 __all__ = [
     "ENV_OVERRIDES",
@@ -54,19 +55,18 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
     "TYK_GW_STORAGE_USERNAME": (("storage", "username"), str),
     "TYK_GW_STORAGE_PASSWORD": (("storage", "password"), str),
     "TYK_GW_STORAGE_DATABASE": (("storage", "database"), int),
+    # Comma-separated, as Tyk's envconfig reads a []string.
+    "TYK_GW_STORAGE_ADDRS": (("storage", "addrs"), list),
+    "TYK_GW_STORAGE_MASTERNAME": (("storage", "master_name"), str),
+    "TYK_GW_STORAGE_SENTINELPASSWORD": (("storage", "sentinel_password"), str),
+    "TYK_GW_STORAGE_ENABLECLUSTER": (("storage", "enable_cluster"), bool),
+    "TYK_GW_STORAGE_USESSL": (("storage", "use_ssl"), bool),
+    "TYK_GW_STORAGE_TIMEOUT": (("storage", "timeout"), int),
 }
 
-
-@dataclass(frozen=True, slots=True)
-class StorageConfig:
-    type: str = "memory"
-    host: str = "127.0.0.1"
-    port: int = 6379
-    database: int = 0
-    username: str = ""
-    password: str = ""
-    timeout_ms: int = 1000
-    max_connections: int = 64
+# Go's strconv.ParseBool, which Tyk's envconfig uses.
+_ENV_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_ENV_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
 #: Tyk's `hash_key_function` values ("" generates legacy `<org><id>` keys).
@@ -251,7 +251,7 @@ def load_gateway_config(path: Path | str,
         middleware_path=_resolve(base, r.get("middleware_path", str, "middleware")),
         enable_coprocess=r.child("coprocess_options").get("enable_coprocess", bool, True),
         grpc=_grpc(r.child("coprocess_options")),
-        storage=_storage(r.child("storage")),
+        storage=parse_storage(r.child("storage"), base),
         keys=_keys(r),
         policies=_policies(r.child("policies"), base),
         run_dir=run_dir,
@@ -279,14 +279,7 @@ def _apply_env(doc: dict[str, object], path: Path,
         raw = environ.get(name)
         if raw is None:
             continue
-        value: object = raw
-        if kind is int:
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(path, ".".join(keys), f"environment variable {name} must be "
-                                  f"an integer, got {raw!r}", f"set {name} to a number or "
-                                  "unset it") from None
+        value = _env_value(path, name, keys, kind, raw)
         node = doc
         for key in keys[:-1]:
             child = node.get(key)
@@ -298,22 +291,25 @@ def _apply_env(doc: dict[str, object], path: Path,
     return doc
 
 
+def _env_value(path: Path, name: str, keys: tuple[str, ...], kind: type, raw: str) -> object:
+    if kind is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if kind is bool and raw in (*_ENV_TRUE, *_ENV_FALSE):
+        return raw in _ENV_TRUE
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    elif kind is not bool:
+        return raw
+    expected = "an integer" if kind is int else "true or false"
+    raise ConfigError(path, ".".join(keys), f"environment variable {name} must be {expected}, "
+                      f"got {raw!r}", f"set {name} to {expected} or unset it")
+
+
 def _resolve(base: Path, value: str) -> Path:
     return (base / os.path.expanduser(value)).resolve()
-
-
-def _storage(r: Reader) -> StorageConfig:
-    d = StorageConfig()
-    return StorageConfig(
-        type=r.choice("type", ("memory", "redis"), d.type),
-        host=r.get("host", str, d.host),
-        port=r.number("port", int, d.port, 1, 65535),
-        database=r.number("database", int, d.database, 0),
-        username=r.get("username", str, d.username),
-        password=r.get("password", str, d.password),
-        timeout_ms=r.number("timeout_ms", int, d.timeout_ms, 1),
-        max_connections=r.number("max_connections", int, d.max_connections, 1),
-    )
 
 
 def _policies(r: Reader, base: Path) -> PolicyOptions:

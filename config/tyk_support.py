@@ -84,11 +84,10 @@ UNAPPLIED_GATEWAY: tuple[Unapplied, ...] = (
     Unapplied("use_db_app_configs", "API definitions from the Dashboard (only app_path is "
               "read)"),
     Unapplied("slave_options.use_rpc", "MDCB / RPC worker mode"),
-    Unapplied("storage.enable_cluster", "Redis Cluster (storage.host/port is used)"),
-    Unapplied("storage.addrs", "several Redis addresses (storage.host/port is used)"),
-    Unapplied("storage.hosts", "several Redis addresses (storage.host/port is used)"),
-    Unapplied("storage.master_name", "Redis Sentinel (storage.host/port is used)"),
-    Unapplied("storage.use_ssl", "TLS to Redis"),
+    Unapplied("storage.tls_max_version", "a maximum TLS version to Redis (the Python ssl "
+              "default maximum is used)"),
+    Unapplied("storage.optimisation_max_idle", "a separate idle pool size (the pool keeps "
+              "up to optimisation_max_active connections)"),
     Unapplied("global_session_lifetime", "a gateway-wide session lifetime"),
     Unapplied("force_global_session_lifetime", "a gateway-wide session lifetime"),
     Unapplied("min_token_length", "a minimum key length"),

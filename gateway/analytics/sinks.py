@@ -108,18 +108,14 @@ class RedisSink:
 
     def __init__(self, storage: StorageConfig, sharded: bool, expire_s: int) -> None:
         # Imported only when used, as gateway.storage does for its Redis backend.
-        import redis.asyncio as aioredis
+        from gateway.storage.client import describe, redis_client
 
-        # Its own pool on the storage settings: a burst of analytics writes never
-        # queues behind (or ahead of) the session and rate-limit calls.
-        timeout = storage.timeout_ms / 1000
-        self._client: Any = aioredis.Redis(
-            host=storage.host, port=storage.port, db=storage.database,
-            username=storage.username or None, password=storage.password or None,
-            socket_timeout=timeout, socket_connect_timeout=timeout,
-            max_connections=storage.max_connections)
+        # Its own pool on the storage settings (one server, Sentinel or Cluster): a
+        # burst of analytics writes never queues behind (or ahead of) the session
+        # and rate-limit calls.  RPUSH and EXPIRE name one key: one slot on a cluster.
+        self._client: Any = redis_client(storage)
+        self.where = describe(storage)
         self.sharded, self.expire_s = sharded, expire_s
-        self.where = f"redis://{storage.host}:{storage.port}/{storage.database}"
 
     async def write(self, records: list[Record]) -> None:
         key = tyk_format.list_key(self.sharded)

@@ -1,8 +1,9 @@
 """Gateway state behind one async interface: sessions, counters, plugin data.
 
 `memory` (one instance, zero set-up) and `redis` (shared by every instance
-that points at the same server) implement `Storage`; `open_storage` picks one
-from the gateway config.
+that points at the same Redis: one server, Sentinel or Cluster, see
+`client.py`) implement `Storage`; `open_storage` picks one from the gateway
+config.
 """
 
 from __future__ import annotations

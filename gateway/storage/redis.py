@@ -1,11 +1,16 @@
-"""The Redis backend: state shared by every gateway instance using the same server.
+"""The Redis backend: state shared by every gateway instance using the same Redis.
 
-redis-py's asyncio client with a bounded connection pool; every call runs
-under `storage.timeout_ms`.  The counters are Lua scripts, so each hit is one
-atomic step on the server (exact under any concurrency, across instances),
-and they read the server's clock, so instances with skewed clocks agree.
-A connection or timeout error becomes `StorageUnavailable`; the pool
-reconnects by itself on the next call once the server is back.
+redis-py's asyncio client (one server, Sentinel or Cluster: `client.py`) with
+a bounded connection pool; every call runs under `storage.timeout_ms`.  The
+counters are Lua scripts, so each hit is one atomic step on the server (exact
+under any concurrency, across instances), and they read the server's clock,
+so instances with skewed clocks agree.  A connection or timeout error becomes
+`StorageUnavailable`; the pool reconnects by itself on the next call once the
+server (or, after a failover, the new master) answers.
+
+Cluster safety: every operation touches one key, except `get_many` (split
+into one MGET per slot) and `scan` (run on every master).  Key names are
+never given hash tags: Tyk and Tyk Pump read these keys by their plain names.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ import os
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException, RedisError
 
-from config.gateway import StorageConfig
+from config.storage import StorageConfig
 from gateway.storage.base import Hit, StorageUnavailable
+from gateway.storage.client import describe, redis_client
 
 __all__ = ["RedisStorage"]
 
@@ -59,37 +64,30 @@ return {1, tonumber(ARGV[1]) - used, ttl}
 
 
 class RedisStorage:
-    """`Storage` on a Redis server (one pool per gateway process)."""
+    """`Storage` on Redis: one server, Sentinel or Cluster (one pool per gateway process)."""
 
     def __init__(self, cfg: StorageConfig) -> None:
         self.cfg = cfg
         self._timeout = cfg.timeout_ms / 1000
-        self._client = aioredis.Redis(
-            host=cfg.host, port=cfg.port, db=cfg.database,
-            username=cfg.username or None, password=cfg.password or None,
-            socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
-            max_connections=cfg.max_connections,
-            # One immediate retry: a pooled connection that died with a restarted
-            # server is replaced at once instead of failing a request.
-            retry=Retry(NoBackoff(), 1),
-            # Keys come from client headers, whose bytes need not be UTF-8 (aiohttp
-            # hands them over surrogate-escaped): store them as the bytes received.
-            encoding_errors="surrogateescape",
-        )
-        self._rate = self._client.register_script(_RATE)
-        self._quota = self._client.register_script(_QUOTA)
+        self._client = redis_client(cfg)
+        # Scripts name their one key in KEYS, so a cluster routes them by its slot
+        # (and loads them on every master).  redis-py's stubs type register_script
+        # for the single-server client only; RedisCluster has it as well.
+        scripts: Any = self._client
+        self._rate: AsyncScript = scripts.register_script(_RATE)
+        self._quota: AsyncScript = scripts.register_script(_QUOTA)
         self._member = os.urandom(4).hex()  # makes log members unique across instances
         self._seq = 0
 
     @property
     def where(self) -> str:
-        return f"redis://{self.cfg.host}:{self.cfg.port}/{self.cfg.database}"
+        return describe(self.cfg)
 
     async def _run(self, call: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self._timeout):
                 return await call
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise StorageUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from None
 
     async def get(self, key: str) -> bytes | None:
@@ -97,7 +95,11 @@ class RedisStorage:
         return value
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        values: list[bytes | None] = await self._run(self._client.mget(keys))
+        if isinstance(self._client, RedisCluster):
+            # One MGET per slot (a cross-slot MGET is refused by a cluster).
+            values: list[bytes | None] = await self._run(self._client.mget_nonatomic(keys))
+        else:
+            values = await self._run(self._client.mget(keys))
         return values
 
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
@@ -109,7 +111,8 @@ class RedisStorage:
         return removed > 0
 
     async def scan(self, prefix: str) -> list[str]:
-        # SCAN, never KEYS: a big keyspace must not block the server.
+        # SCAN, never KEYS: a big keyspace must not block the server.  On a cluster,
+        # redis-py's scan_iter walks every master's keyspace in turn.
         pattern = prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?") \
             .replace("[", "\\[") + "*"
 
