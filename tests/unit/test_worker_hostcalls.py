@@ -108,8 +108,8 @@ async def test_log_and_trigger_event_do_not_wait(hostcalls: HostCalls) -> None:
 
     await asyncio.to_thread(hook)
     assert gateway.ops() == [
-        (0, {"op": "log", "level": "warning", "message": "hello"}),
-        (0, {"op": "log", "level": "error", "message": "bad"}),
+        (0, {"op": "log", "level": "warning", "message": "hello", "api_id": "api-7"}),
+        (0, {"op": "log", "level": "error", "message": "bad", "api_id": "api-7"}),
         (0, {"op": "trigger_event", "name": "MyEvent", "payload": "details", "api_id": "api-7"}),
     ]
 
