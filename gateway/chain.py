@@ -11,7 +11,6 @@ each hook's `failure_policy`; auth always fails closed.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -38,8 +37,10 @@ from gateway.proxy import (
     send,
     upstream_headers,
 )
+from gateway.request_id import REQUEST_INFO, request_id, with_request_id
 from gateway.router import Router, has_dot_segment
 from gateway.tyk_object import (
+    Headers,
     Reply,
     RequestState,
     ResponseState,
@@ -57,7 +58,6 @@ log = logging.getLogger("coproc.gateway.chain")
 
 NOT_AUTHORISED = "Key not authorised"
 MIDDLEWARE_ERROR = "Middleware error"
-_MAX_REQUEST_ID = 200
 # Headers that would contradict the body the gateway writes: it sets its own length.
 _FRAMING = HOP_BY_HOP | {"content-length"}
 # Read-ahead for a body read whole without a size limit (as aiohttp's request.read()).
@@ -147,10 +147,12 @@ class Chain:
         if plan.broken:
             return json_error(plan.broken_status, MIDDLEWARE_ERROR if plan.broken_status == 500
                               else "Plugins unavailable")
-        rid = request.headers.get("X-Request-Id", "")
-        if not rid or len(rid) > _MAX_REQUEST_ID:
-            rid = os.urandom(16).hex()
-        state = RequestState(request.method, path, query, raw, request.scheme, request.headers)
+        rid, given = request_id(request.headers)
+        REQUEST_INFO.set((plan.api_id, rid))  # the access log's, the span's
+        headers: Headers = request.headers
+        if not given and (plan.needs_body or plan.response):  # hooks see the upstream's id
+            headers = with_request_id(headers, rid)
+        state = RequestState(request.method, path, query, raw, request.scheme, headers)
         observe.matched(plan, state, rid)
         try:
             await self._request_phases(request, plan, state, rid)
