@@ -60,7 +60,8 @@ def otlp_endpoint(opts: TracingOptions) -> str:
 class Tracing:
     """One per gateway process: the tracer provider, its exporter and the propagator."""
 
-    def __init__(self, opts: TracingOptions, path: str = "") -> None:
+    def __init__(self, opts: TracingOptions, path: str = "", exporter: Any = None) -> None:
+        """`exporter`: a span exporter to use instead of the configured one (tests)."""
         try:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
@@ -71,7 +72,7 @@ class Tracing:
         self.opts = opts
         self.provider = TracerProvider(resource=Resource.create(
             {"service.name": opts.resource_name}), sampler=_sampler(opts))
-        self.provider.add_span_processor(_processor(opts))
+        self.provider.add_span_processor(_processor(opts, exporter or _exporter(opts)))
         self.tracer = self.provider.get_tracer("coproc.gateway")
         self.propagator = _propagator(opts)
 
@@ -168,10 +169,9 @@ def _sampler(opts: TracingOptions) -> Any:
     return sampling.ParentBased(base) if opts.sampling_parent_based else base
 
 
-def _processor(opts: TracingOptions) -> Any:
+def _processor(opts: TracingOptions, exporter: Any) -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    exporter = _exporter(opts)
     if opts.span_processor_type == "simple":
         return SimpleSpanProcessor(exporter)
     return BatchSpanProcessor(exporter)

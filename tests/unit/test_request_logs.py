@@ -205,3 +205,36 @@ def test_tracing_off_builds_nothing() -> None:
                                                  endpoint="127.0.0.1:9"))
     assert tracing is not None
     tracing.close()
+
+
+# -- the request span around a handler ------------------------------------------------------
+
+async def test_the_request_span_carries_bodies_and_replaces_the_context() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracingOptions(enabled=True, span_processor_type="simple"),
+                      exporter=exporter)
+    seen: dict[str, Any] = {}
+
+    async def inner(request: web.Request) -> web.StreamResponse:
+        seen["traceparent"] = request.headers.getall("traceparent")
+        seen["body"] = await request.read()  # the clone reads the client's body
+        return web.Response(status=201)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", tracing.handler(inner))
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/x", data=b"payload" * 1000,
+                                 headers={"traceparent": parent})
+        assert resp.status == 201
+    tracing.close()
+    assert seen["body"] == b"payload" * 1000
+    (ours,) = seen["traceparent"]  # the client's replaced, not added to
+    (span,) = exporter.get_finished_spans()
+    assert span.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736
+    assert ours == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+    assert span.attributes["http.response.status_code"] == 201
