@@ -24,8 +24,8 @@ from config.gateway import GatewayOptions
 from gateway.analytics import observer as observe
 from gateway.auth import Authenticator, Denied
 from gateway.bodies import defers_text
-from gateway.hooks import BackendUnavailable, HookCallError, HookFailed, HookTimeout, NoWorker
-from gateway.log_once import Once
+from gateway.hooks import BackendUnavailable, HookCallError, HookTimeout, NoWorker
+from gateway.log_once import hook_failure_level
 from gateway.plan import ApiPlan, AuthMode
 from gateway.proxy import (
     HOP_BY_HOP,
@@ -52,7 +52,6 @@ from gateway.tyk_object import (
     request_object,
     response_object,
 )
-from ipc.protocol import ErrorCode
 
 __all__ = ["STATS", "Chain", "HookCaller", "json_error"]
 
@@ -130,7 +129,6 @@ class Chain:
         self.session = session
         self.max_body = opts.max_body_bytes  # 0: no limit
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
-        self._load_failed = Once()  # a plugin that failed to load: logged once
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.stats["requests"] += 1
@@ -236,17 +234,14 @@ class Chain:
             return await self.hooks.call(plan.api_id, hook_type, hook, obj)
         except HookCallError as exc:
             fields = {**plan.log_fields, "hook": hook.name, "request_id": rid}
+            level = hook_failure_level(plan.api_id, hook.name, exc)  # load_failed: once
             if hook.failure_policy == "fail_open":
                 self.stats["hooks_fail_open"] += 1
                 observe.failed_open(plan.api_id, hook_type, hook.name)
-                log.warning("%s hook %s failed open (skipped): %s", hook_type, hook.name, exc,
-                            extra={"fields": fields})
+                log.log(level, "%s hook %s failed open (skipped): %s", hook_type, hook.name,
+                        exc, extra={"fields": fields})
                 return None
             self.stats["hooks_fail_closed"] += 1
-            level = logging.WARNING
-            if isinstance(exc, HookFailed) and exc.code == ErrorCode.LOAD_FAILED and \
-                    not self._load_failed.first((plan.api_id, hook.name, str(exc))):
-                level = logging.DEBUG  # logged once (and by the worker at load)
             log.log(level, "%s hook %s failed: %s", hook_type, hook.name, exc,
                     extra={"fields": fields})
             raise _Stop(_fail_closed(exc)) from None

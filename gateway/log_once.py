@@ -2,15 +2,20 @@
 
 A plugin that failed to load answers every call with `load_failed`; the
 worker logs the import error once per generation when it loads, and the
-gateway logs the first failed call per API, hook and error text (a new
-generation with a different error is logged again).  Later ones go to debug.
+gateway (`hook_failure_level`) logs the first failed call per API, hook and
+error text at warning, later ones at debug (a new generation with a different
+error is logged again).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 
-__all__ = ["Once"]
+from gateway.hook_errors import HookCallError, HookFailed
+from ipc.protocol import ErrorCode
+
+__all__ = ["Once", "hook_failure_level"]
 
 
 class Once:
@@ -27,3 +32,15 @@ class Once:
             self._seen.clear()
         self._seen.add(key)
         return True
+
+
+_load_failures = Once()  # one gateway process: one set, whichever part called the hook
+
+
+def hook_failure_level(api_id: str, hook: str, exc: HookCallError) -> int:
+    """The level to log a failed hook call at: warning, or debug for a plugin that
+    failed to load once its first failure was logged."""
+    if isinstance(exc, HookFailed) and exc.code == ErrorCode.LOAD_FAILED and \
+            not _load_failures.first((api_id, hook, str(exc))):
+        return logging.DEBUG
+    return logging.WARNING
