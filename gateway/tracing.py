@@ -90,6 +90,8 @@ class Tracing:
 
         tracer, propagator = self.tracer, self.propagator
         fields = tuple(propagator.fields)
+        if self.opts.context_propagation == "b3":  # the client's other B3 forms go too
+            fields += ("b3", "x-b3-parentspanid", "x-b3-flags")
 
         async def traced(request: web.Request) -> web.StreamResponse:
             parent = propagator.extract(request.headers)
