@@ -38,7 +38,7 @@ from gateway.proxy import (
     send,
     upstream_headers,
 )
-from gateway.request_id import REQUEST_INFO, request_id, with_request_id
+from gateway.request_id import REQUEST_INFO, TRACE_HEADERS, request_id, with_request_id
 from gateway.router import Router, has_dot_segment
 from gateway.tyk_object import (
     Headers,
@@ -151,8 +151,9 @@ class Chain:
         rid, given = request_id(request.headers)
         REQUEST_INFO.set((plan.api_id, rid))  # the access log's, the span's
         headers: Headers = request.headers
-        if not given and (plan.needs_body or plan.response):  # hooks see the upstream's id
-            headers = with_request_id(headers, rid)
+        trace = TRACE_HEADERS.get()  # tracing on: the request span's context replaces theirs
+        if trace is not None or (not given and (plan.needs_body or plan.response)):
+            headers = with_request_id(headers, rid, trace)  # hooks see the upstream's id
         state = RequestState(request.method, path, query, raw, request.scheme, headers)
         observe.matched(plan, state, rid)
         try:

@@ -6,7 +6,8 @@ or called: the app adds no wrapper, so requests pay nothing.
 
 Per request, a SERVER span is started from the incoming trace context (W3C
 `traceparent` or B3, by `context_propagation`), and that span's context
-replaces the propagation headers of the request as the chain sees it.  So:
+replaces the client's propagation headers in the request the chain forwards
+(`gateway.request_id.TRACE_HEADERS`).  So:
 
 * plugins read it in the request headers of the object they get
   (`request.object.headers["traceparent"]`, or the `b3` header), and can
@@ -27,12 +28,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from config.apidef import HookDef
 from config.reader import ConfigError
 from config.tracing import TracingOptions
-from gateway.request_id import REQUEST_INFO
+from gateway.request_id import REQUEST_INFO, TRACE_HEADERS, TraceHeaders
 from ipc.coprocess import RUN_NS
 
 if TYPE_CHECKING:
@@ -103,11 +103,13 @@ class Tracing:
             try:
                 carrier: dict[str, str] = {}
                 propagator.inject(carrier)
-                headers = CIMultiDict(request.headers)
-                for name in fields:  # the client's context is replaced by ours
-                    headers.popall(name, None)
-                headers.update(carrier)
-                response = await inner(request.clone(headers=headers))
+                # The chain puts these in the request it forwards (the request itself is
+                # left alone: its headers may hold any byte, see gateway/header_bytes.py).
+                headers_token = TRACE_HEADERS.set(TraceHeaders(fields, carrier))
+                try:
+                    response = await inner(request)
+                finally:
+                    TRACE_HEADERS.reset(headers_token)
                 _finish(span, response.status)
                 return response
             except Exception as exc:

@@ -207,34 +207,39 @@ def test_tracing_off_builds_nothing() -> None:
     tracing.close()
 
 
-# -- the request span around a handler ------------------------------------------------------
+# -- spans in-process ----------------------------------------------------------------------
 
-async def test_the_request_span_carries_bodies_and_replaces_the_context() -> None:
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
+async def test_request_and_hook_spans_and_the_context_forwarded(
+        tmp_path: Path, echo: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    exporter = InMemorySpanExporter()
-    tracing = Tracing(TracingOptions(enabled=True, span_processor_type="simple"),
-                      exporter=exporter)
-    seen: dict[str, Any] = {}
+    import gateway.tracing
 
-    async def inner(request: web.Request) -> web.StreamResponse:
-        seen["traceparent"] = request.headers.getall("traceparent")
-        seen["body"] = await request.read()  # the clone reads the client's body
-        return web.Response(status=201)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", tracing.handler(inner))
-    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    async with TestClient(TestServer(app)) as client:
-        resp = await client.post("/x", data=b"payload" * 1000,
-                                 headers={"traceparent": parent})
-        assert resp.status == 201
-    tracing.close()
-    assert seen["body"] == b"payload" * 1000
-    (ours,) = seen["traceparent"]  # the client's replaced, not added to
-    (span,) = exporter.get_finished_spans()
-    assert span.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736
-    assert ours == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
-    assert span.attributes["http.response.status_code"] == 201
+    exporter = InMemorySpanExporter()  # instead of the OTLP one the settings name
+    monkeypatch.setattr(gateway.tracing, "_exporter", lambda opts: exporter)
+    opts = TracingOptions(enabled=True, span_processor_type="simple")
+    async with inprocess.gateway_factory(tmp_path, inprocess.FakeHooks) as start:
+        env = await start(api("a", "/a", echo, custom_middleware={"pre": hooks("Pre")}),
+                          api("s", "/s", echo), tracing=opts,
+                          metrics=MetricsOptions(enabled=False))
+        parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        body = b"payload" * 1000
+        # A header byte that is not UTF-8 (see gateway/header_bytes.py) must not matter.
+        status, got, _ = await env.request("POST", "/a/x", data=body, headers={
+            "traceparent": parent, "X-Request-Id": "sp-1", "X-Raw": "caf\udce9"})
+        assert status == 200 and got["body_len"] == len(body)
+        status, streamed, _ = await env.request("POST", "/s/x", data=body)  # no hooks
+        assert status == 200 and streamed["body_len"] == len(body)
+    spans = {s.name: s for s in exporter.get_finished_spans()
+             if s.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736}
+    request_span, hook_span = spans["POST request"], spans["pre Pre"]
+    assert request_span.parent is not None and request_span.parent.span_id == 0x00f067aa0ba902b7
+    assert hook_span.parent is not None and hook_span.parent.span_id == \
+        request_span.context.span_id
+    ours = f"00-{request_span.context.trace_id:032x}-{request_span.context.span_id:016x}-01"
+    assert got["headers"]["traceparent"] == ours  # the client's replaced, not added to
+    assert env.fake.calls[0][3]["request"]["headers"]["Traceparent"] == ours
+    assert request_span.attributes["coproc.request_id"] == "sp-1"
+    assert request_span.attributes["http.response.status_code"] == 200
+    assert hook_span.attributes["coproc.hook.name"] == "Pre"
+    assert streamed["headers"]["traceparent"].split("-")[1] != ours.split("-")[1]
