@@ -11,6 +11,7 @@ present and enabled, takes precedence over the root-level fields, as in Tyk.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 from config.reader import Reader
@@ -42,9 +43,20 @@ class TracingOptions:
 def parse_tracing(r: Reader) -> TracingOptions:
     """The `opentelemetry` block (`r`); `traces` wins when it is there and enabled."""
     traces = r.child("traces")
-    if traces.get("enabled", bool, False):
-        return _parse(traces)
-    return _parse(r)
+    reader = traces if traces.get("enabled", bool, False) else r
+    opts = _parse(reader)
+    if opts.enabled and not _sdk_installed():
+        raise reader.error("enabled", "tracing needs the OpenTelemetry SDK, which is not "
+                           "installed", "install coproc[otel], or set it to false")
+    return opts
+
+
+def _sdk_installed() -> bool:
+    # Checked when the config is read, so `coproc serve` stops with the config's exit code.
+    try:
+        return importlib.util.find_spec("opentelemetry.sdk.trace") is not None
+    except ModuleNotFoundError:  # no `opentelemetry` package at all
+        return False
 
 
 def _parse(r: Reader) -> TracingOptions:

@@ -243,3 +243,15 @@ async def test_request_and_hook_spans_and_the_context_forwarded(
     assert request_span.attributes["http.response.status_code"] == 200
     assert hook_span.attributes["coproc.hook.name"] == "Pre"
     assert streamed["headers"]["traceparent"].split("-")[1] != ours.split("-")[1]
+
+
+def test_tracing_without_the_sdk_is_refused_naming_the_field(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import config.tracing
+
+    monkeypatch.setattr(config.tracing, "_sdk_installed", lambda: False)
+    with pytest.raises(ConfigError) as failure:
+        _config(tmp_path, {"opentelemetry": {"enabled": True}})
+    assert "opentelemetry.enabled" in str(failure.value)
+    assert "coproc[otel]" in str(failure.value)
+    assert not _config(tmp_path, {"opentelemetry": {"enabled": False}}).tracing.enabled
