@@ -25,6 +25,7 @@ from config.policies import PolicyOptions
 from config.reader import ConfigError, Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
 from config.storage import StorageConfig, parse_storage
+from config.tracing import TracingOptions, parse_tracing
 
 __all__ = [
     "ENV_OVERRIDES",
@@ -213,6 +214,8 @@ class GatewayConfig:
     bundles: BundleOptions = field(default_factory=BundleOptions)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    tracing: TracingOptions = field(default_factory=TracingOptions)  # Tyk: opentelemetry
+    access_log: bool = False  # coproc.access_log: one line per request
     #: The file as read (Tyk fields Coproc does not apply are reported from it).
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -266,6 +269,8 @@ def load_gateway_config(path: Path | str,
         bundles=_bundles(r, coproc.child("bundles"), base),
         analytics=parse_analytics(r, coproc, base, run_dir),
         metrics=parse_metrics(coproc.child("metrics")),
+        tracing=parse_tracing(r.child("opentelemetry")),
+        access_log=coproc.get("access_log", bool, False),
         raw=raw,
     )
     coproc.reject_unknown()

@@ -3,7 +3,12 @@
 All three log to stderr (systemd's journal, or the terminal) with the
 component and pid on every line; `log_format: json` gives one JSON object per
 line for log shippers.  Extra fields passed with `extra={"fields": {...}}`
-(a request id, an API id) are appended in both formats.
+(a request id, an API id, a hook name) are appended in both formats.
+
+One event is one line in json mode: a traceback (and a stack) is folded into
+the `exc` (`stack`) field, newlines in a message are escaped, and a field
+never replaces the line's own keys (`ts`, `level`, `msg`, ...).  Text mode is
+for people: a traceback follows its line as Python prints it.
 """
 
 from __future__ import annotations
@@ -42,9 +47,14 @@ class _JsonFormatter(_TextFormatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(getattr(record, "fields", None) or {})
+        for key, value in (getattr(record, "fields", None) or {}).items():
+            entry.setdefault(key, value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
 
 

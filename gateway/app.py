@@ -23,6 +23,7 @@ from aiohttp import web
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from gateway import header_bytes
+from gateway.access_log import access_logged
 from gateway.admin import add_key_routes, add_policy_routes
 from gateway.analytics.plugins import PluginTransform
 from gateway.analytics.service import Observability
@@ -61,6 +62,7 @@ from gateway.policy import PolicyStore
 from gateway.proxy import make_session
 from gateway.router import Router
 from gateway.storage import MemoryStorage, Storage, open_storage
+from gateway.tracing import Tracing
 from ipc import gctune
 from ipc.control import ControlType
 
@@ -106,6 +108,7 @@ UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 CHAIN = web.AppKey("chain", Chain)
 OBSERVE = web.AppKey("observe", Observability)
 CALLER = web.AppKey("caller", DriverRouter)  # hook calls, by their API's driver
+TRACING = web.AppKey("tracing", Tracing)  # only with opentelemetry.enabled
 #: Where every part of the gateway reports its components' health (gateway/health.py).
 HEALTH = web.AppKey("health", HealthRegistry)
 
@@ -178,6 +181,13 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         app.cleanup_ctx.append(observe.ctx)  # first in, last out: flushes after requests
         observe.add_routes(app)
         serve_api = observe.handler(_serve_api)
+    tracing = Tracing.from_config(cfg.tracing, str(cfg.path))  # None: no cost at all
+    if tracing is not None:
+        app[TRACING] = tracing
+        app.cleanup_ctx.append(_tracing_ctx)
+        serve_api = tracing.handler(serve_api)  # outside analytics: its record sees our headers
+    if cfg.access_log:
+        serve_api = access_logged(serve_api)
     app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx, _serving_ctx])
     add_health_routes(app, health, cfg.secret, lambda: {
         "gateway": {"pid": os.getpid()}, "worker": app[HOOKS].health()})
@@ -233,6 +243,8 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     session = app[UPSTREAM] = make_session(cfg.gateway)
     hooks: HookCaller = app[CALLER]  # by each API's driver
     observe = app.get(OBSERVE)
+    if TRACING in app:  # a span per hook call
+        hooks = app[TRACING].hooks(hooks)
     if observe is not None:  # every hook call timed, its outcome counted
         hooks = observe.hooks(hooks)
         observe.add_stats("coproc_hook_client_events", "The hook client's counters",
@@ -244,6 +256,12 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
         observe.add_stats("coproc_gateway_events", "The chain's counters", lambda: chain.stats)
     yield
     await session.close()
+
+
+async def _tracing_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Last spans out once requests drained; off the loop: the exporter blocks.
+    await asyncio.to_thread(app[TRACING].close)
 
 
 async def _control_ctx(app: web.Application) -> AsyncIterator[None]:

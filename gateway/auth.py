@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol
 from config.apidef import HookDef
 from gateway.hooks import HookCallError
 from gateway.keys import KEY_PREFIX, KeyStore
+from gateway.log_once import hook_failure_level
 from gateway.plan import ApiPlan, AuthMode
 from gateway.policy import PolicyStore, apply_policies
 from gateway.ratelimit import enforce_limits
@@ -149,8 +150,9 @@ class Authenticator:
         try:
             got = await self.hooks.call(plan.api_id, "auth_check", hook, obj)
         except HookCallError as exc:
-            log.warning("auth_check hook %s failed: %s", hook.name, exc,
-                        extra={"fields": {**plan.log_fields, "request_id": rid}})
+            log.log(hook_failure_level(plan.api_id, hook.name, exc),  # load_failed: once
+                    "auth_check hook %s failed: %s", hook.name, exc,
+                    extra={"fields": {**plan.log_fields, "hook": hook.name, "request_id": rid}})
             self._failed(plan, "", NOT_AUTHORISED)
             raise Denied(403, NOT_AUTHORISED) from None
         request = got.get("request") or {}

@@ -11,7 +11,6 @@ each hook's `failure_policy`; auth always fails closed.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from gateway.analytics import observer as observe
 from gateway.auth import Authenticator, Denied
 from gateway.bodies import defers_text
 from gateway.hooks import BackendUnavailable, HookCallError, HookTimeout, NoWorker
+from gateway.log_once import hook_failure_level
 from gateway.plan import ApiPlan, AuthMode
 from gateway.proxy import (
     HOP_BY_HOP,
@@ -38,8 +38,10 @@ from gateway.proxy import (
     send,
     upstream_headers,
 )
+from gateway.request_id import REQUEST_INFO, TRACE_HEADERS, request_id, with_request_id
 from gateway.router import Router, has_dot_segment
 from gateway.tyk_object import (
+    Headers,
     Reply,
     RequestState,
     ResponseState,
@@ -58,7 +60,6 @@ log = logging.getLogger("coproc.gateway.chain")
 
 NOT_AUTHORISED = "Key not authorised"
 MIDDLEWARE_ERROR = "Middleware error"
-_MAX_REQUEST_ID = 200
 #: A hook failing the same way on every request (a FATAL worker, a storage
 #: outage) logs one line per this interval, with the count held back.
 HOOK_FAILURE_LOG_S = 10.0
@@ -153,10 +154,13 @@ class Chain:
         if plan.broken:
             return json_error(plan.broken_status, MIDDLEWARE_ERROR if plan.broken_status == 500
                               else "Plugins unavailable")
-        rid = request.headers.get("X-Request-Id", "")
-        if not rid or len(rid) > _MAX_REQUEST_ID:
-            rid = os.urandom(16).hex()
-        state = RequestState(request.method, path, query, raw, request.scheme, request.headers)
+        rid, given = request_id(request.headers)
+        REQUEST_INFO.set((plan.api_id, rid))  # the access log's, the span's
+        headers: Headers = request.headers
+        trace = TRACE_HEADERS.get()  # tracing on: the request span's context replaces theirs
+        if trace is not None or (not given and (plan.needs_body or plan.response)):
+            headers = with_request_id(headers, rid, trace)  # hooks see the upstream's id
+        state = RequestState(request.method, path, query, raw, request.scheme, headers)
         observe.matched(plan, state, rid)
         try:
             await self._request_phases(request, plan, state, rid)
@@ -237,19 +241,27 @@ class Chain:
             return await self.hooks.call(plan.api_id, hook_type, hook, obj)
         except HookCallError as exc:
             fields = {**plan.log_fields, "hook": hook.name, "request_id": rid}
+            level = hook_failure_level(plan.api_id, hook.name, exc)  # load_failed: once
             if hook.failure_policy == "fail_open":
                 self.stats["hooks_fail_open"] += 1
                 observe.failed_open(plan.api_id, hook_type, hook.name)
-                self._log_hook_failure(plan, hook_type, hook, exc, fields, "failed open (skipped)")
+                self._log_hook_failure(plan, hook_type, hook, exc, fields,
+                                       "failed open (skipped)", level)
                 return None
             self.stats["hooks_fail_closed"] += 1
-            self._log_hook_failure(plan, hook_type, hook, exc, fields, "failed")
+            self._log_hook_failure(plan, hook_type, hook, exc, fields, "failed", level)
             raise _Stop(_fail_closed(exc)) from None
 
     def _log_hook_failure(self, plan: ApiPlan, hook_type: str, hook: HookDef,
-                          exc: HookCallError, fields: dict[str, Any], outcome: str) -> None:
-        """One WARNING per interval for a repeating failure, naming how many were held."""
-        key = (plan.api_id, hook.name, outcome, type(exc).__name__)
+                          exc: HookCallError, fields: dict[str, Any], outcome: str,
+                          level: int) -> None:
+        """One line per interval for a repeating failure, naming how many were held;
+        below WARNING (a load failure already reported once) it is not throttled."""
+        if level < logging.WARNING:
+            log.log(level, "%s hook %s %s: %s", hook_type, hook.name, outcome, exc,
+                    extra={"fields": fields})
+            return
+        key = (plan.api_id, hook.name, outcome, f"{type(exc).__name__}:{getattr(exc, 'code', '')}")
         throttle = self._hook_logs.get(key)
         if throttle is None:
             throttle = self._hook_logs[key] = Throttle(HOOK_FAILURE_LOG_S)
@@ -257,8 +269,8 @@ class Chain:
         if held is None:
             return
         suffix = f" ({held} more like it in the last {HOOK_FAILURE_LOG_S:.0f} s)" if held else ""
-        log.warning("%s hook %s %s: %s%s", hook_type, hook.name, outcome, exc, suffix,
-                    extra={"fields": fields})
+        log.log(level, "%s hook %s %s: %s%s", hook_type, hook.name, outcome, exc, suffix,
+                extra={"fields": fields})
 
     # -- auth ------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from gateway.metrics import WorkerWatch
 from gateway.peers import Peer, PeerTable
 from gateway.pending import PendingCalls
 from gateway.sandbox_access import share_with_worker
-from ipc.coprocess import merge_reply
+from ipc.coprocess import RUN_NS, merge_reply
 from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import ErrorCode, Message, MsgType, ProtocolError, peek_call_id
 from ipc.shm import Arena
@@ -125,7 +125,9 @@ class HookClient:
             if slots and self._bodies is not None:  # None: closed, the arena is gone
                 self._bodies.release(peer, pending.call_id, slots,
                                      pending.answered or not self._peers.holds(peer))
-        return merge_reply(obj, got)
+        merged = merge_reply(obj, got)
+        merged[RUN_NS] = reply.get("run_ns", 0)  # the hook's own time (tracing, metrics)
+        return merged
 
     async def analytics(self, records: list[dict[str, Any]], timeout_s: float
                         ) -> tuple[list[dict[str, Any]], int]:

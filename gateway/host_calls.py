@@ -89,8 +89,10 @@ class HostCalls:
         if op == "log":
             level = _LEVELS.get(payload.get("level", "info").lower(), logging.INFO)
             if plugin_log.isEnabledFor(level):
+                fields = {"api_id": api_id, "hook": payload.get("hook", ""),
+                          "request_id": payload.get("request_id", "")}
                 plugin_log.log(level, "%s", payload.get("message", "")[:_MAX_LOGGED_CHARS],
-                               extra={"fields": {"api_id": api_id}})
+                               extra={"fields": {k: v for k, v in fields.items() if v}})
             return None
         if op == "trigger_event":
             name, message = payload.get("name", ""), payload.get("payload", "")

@@ -30,6 +30,7 @@ __all__ = [
     "REQUEST",
     "RESPONSE",
     "RETURN_OVERRIDES",
+    "RUN_NS",
     "SESSION",
     "BodyRefPayload",
     "CallPayload",
@@ -204,6 +205,12 @@ class ReplyPayload(TypedDict):
 
     object: CoprocessObject
     bodies: NotRequired[dict[str, BodyRefPayload]]
+    run_ns: NotRequired[int]  # the hook's own run time in the worker
+
+
+#: The key under which the gateway's hook client hands the REPLY's `run_ns` on with
+#: the merged object (`gateway.hooks`); tracing and metrics read it from there.
+RUN_NS: Final = "run_ns"
 
 
 # -- the REPLY delta -----------------------------------------------------------------------

@@ -147,7 +147,8 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
         },
         required=frozenset({"api_id", "hook_type", "hook_name", "object"}),
     ),
-    MsgType.REPLY: Record({"object": OBJECT, "bodies": BODY_REFS},
+    # run_ns: how long the hook itself ran in the worker (its own timing, per hook).
+    MsgType.REPLY: Record({"object": OBJECT, "bodies": BODY_REFS, "run_ns": int},
                           required=frozenset({"object"})),
     MsgType.ERROR: _ERROR,
     MsgType.HEARTBEAT: Record(
@@ -171,6 +172,9 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "name": str,
             "payload": str,
             "api_id": str,
+            # log: the hook and request the plugin logged from (worker/tyk_api.py)
+            "hook": str,
+            "request_id": str,
         },
         required=frozenset({"op"}),
     ),

@@ -73,6 +73,7 @@ class Ran:
 
     call: Call
     result: dict[str, Any]  # the REPLY object (`ipc.coprocess.record_delta`)
+    run_ns: int = 0  # how long the hook ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,15 +153,15 @@ class Dispatcher:
         deadline answered the call the gateway may have given that slot away.
         """
         try:
-            return Ran(call, run_sync(Invocation(call.api_id, call.entry, call.hook_type,
-                                                 call.wire)))
+            invocation = Invocation(call.api_id, call.entry, call.hook_type, call.wire)
+            return Ran(call, run_sync(invocation), invocation.run_ns)
         except HookFailed as exc:
             return error(exc.code, exc.message)
 
     def finish(self, ran: Ran | Outcome) -> Outcome:
         """The REPLY (or ERROR) for what `run_here` returned."""
         if isinstance(ran, Ran):
-            return self._reply(ran.call, ran.result)
+            return self._reply(ran.call, ran.result, ran.run_ns)
         return ran
 
     async def run_async(self, call: Call) -> Outcome:
@@ -172,10 +173,11 @@ class Dispatcher:
             return error(exc.code, exc.message)
         except TimeoutError:  # hook exceptions arrive as HookFailed, so this is ours
             return call.deadline_error()
-        return self._reply(call, result)
+        return self._reply(call, result, invocation.run_ns)
 
-    def _reply(self, call: Call, result: dict[str, Any]) -> Outcome:
-        reply: dict[str, Any] = {"object": result}  # an `ipc.coprocess.ReplyPayload`
+    def _reply(self, call: Call, result: dict[str, Any], run_ns: int) -> Outcome:
+        # an `ipc.coprocess.ReplyPayload`; run_ns: per hook, even if calls are batched
+        reply: dict[str, Any] = {"object": result, "run_ns": run_ns}
         if call.refs:
             self._bodies_back(reply, call.refs)
         return MsgType.REPLY, reply

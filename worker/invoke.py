@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -48,7 +49,7 @@ from worker.objects import (
     changed_fields,
 )
 from worker.request import HookRequest
-from worker.tyk_api import CURRENT_API
+from worker.tyk_api import CURRENT_API, CURRENT_HOOK, running
 
 __all__ = ["HookFailed", "Invocation", "effective_arity", "run_async", "run_sync"]
 
@@ -88,6 +89,13 @@ class Invocation:
         # Generated classes: their fields are descriptors mypy cannot see.
         self.obj: Any = cast(Any, Object.from_wire(wire))
         self.request = HookRequest(self.obj.request)
+        self.run_ns = 0  # how long the hook function ran (the REPLY's `run_ns`)
+
+    @property
+    def request_id(self) -> str:
+        """The X-Request-Id the gateway put in the request headers ("" without one)."""
+        headers = (self.wire.get("request") or {}).get("headers") or {}
+        return str(headers.get("X-Request-Id") or headers.get("x-request-id") or "")
 
     def arguments(self) -> tuple[Any, ...]:
         obj, request = self.obj, self.request
@@ -180,26 +188,35 @@ class Invocation:
 
 def run_sync(invocation: Invocation) -> dict[str, Any]:
     """Run a plain hook (on a call thread) and return the REPLY object."""
-    token = CURRENT_API.set(invocation.api_id)
+    api_token, hook_token = running(invocation.api_id, invocation.entry.name,
+                                    invocation.request_id)
+    started = time.perf_counter_ns()
     try:
         try:
             result = invocation.entry.func(*invocation.arguments())
         except BaseException as exc:  # SystemExit in a hook must not end the worker
             raise _hook_failed(invocation, exc) from None
+        finally:
+            invocation.run_ns = time.perf_counter_ns() - started
         return _finish(invocation, result)
     finally:
-        CURRENT_API.reset(token)
+        CURRENT_HOOK.reset(hook_token)
+        CURRENT_API.reset(api_token)
 
 
 async def run_async(invocation: Invocation) -> dict[str, Any]:
     """Run an `async def` hook on the loop (the caller bounds it with a deadline)."""
-    CURRENT_API.set(invocation.api_id)  # this task's own context copy
+    running(invocation.api_id, invocation.entry.name,  # this task's own context copy
+            invocation.request_id)
+    started = time.perf_counter_ns()
     try:
         result = await invocation.entry.func(*invocation.arguments())
     except asyncio.CancelledError:
         raise  # the deadline, or the worker stopping
     except BaseException as exc:  # SystemExit in a hook must not stop the loop
         raise _hook_failed(invocation, exc) from None
+    finally:
+        invocation.run_ns = time.perf_counter_ns() - started
     return _finish(invocation, result)
 
 

@@ -33,10 +33,19 @@ from typing import Any
 from worker.hostcalls import HostCallError, HostCalls
 from worker.tyk_package import build_modules
 
-__all__ = ["CURRENT_API", "TykGateway", "install_plugin_api"]
+__all__ = ["CURRENT_API", "CURRENT_HOOK", "TykGateway", "install_plugin_api", "running"]
 
 #: The API whose hook is running (set by the dispatcher); trigger_event reports it.
 CURRENT_API: contextvars.ContextVar[str] = contextvars.ContextVar("coproc_api_id", default="")
+#: (hook name, request id) of the running hook: `log` lines carry them.
+CURRENT_HOOK: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "coproc_hook", default=("", ""))
+
+
+def running(api_id: str, hook: str, request_id: str) -> tuple[contextvars.Token[str],
+                                                              contextvars.Token[tuple[str, str]]]:
+    """Mark this context as running `hook` of `api_id` for `request_id`; tokens to reset."""
+    return CURRENT_API.set(api_id), CURRENT_HOOK.set((hook, request_id))
 
 _plugin_log = logging.getLogger("plugin")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -72,13 +81,18 @@ class TykGateway:
     def log(message: Any, level: str = "info") -> None:
         text, level = _text(message), str(level).lower()
         host = _host
+        hook, request_id = CURRENT_HOOK.get()
+        # Only what is known: a log at import time has no API, hook or request.
+        fields = {k: v for k, v in (("api_id", CURRENT_API.get()), ("hook", hook),
+                                    ("request_id", request_id)) if v}
         if host is not None and host.available:
             try:
-                host.notify("log", {"level": level, "message": text})
+                host.notify("log", {"level": level, "message": text, **fields})
                 return
             except HostCallError:
                 pass  # not connected (e.g. at import time): log here instead
-        _plugin_log.log(_LEVELS.get(level, logging.INFO), "%s", text)
+        _plugin_log.log(_LEVELS.get(level, logging.INFO), "%s", text,
+                        extra={"fields": fields})
 
     @staticmethod
     def log_error(message: Any) -> None:

@@ -514,3 +514,12 @@ async def test_calls_after_a_drain_are_refused(worker: Harness) -> None:
     assert answer["code"] == ErrorCode.DRAINING
     await asyncio.sleep(0)  # the DRAIN was handed to this loop before the CALL was read
     assert [m.type for m in worker.delivered] == [MsgType.DRAIN]
+
+
+@pytest.mark.parametrize("name", ["Three", "AsyncHook"])
+async def test_each_reply_carries_its_hooks_own_run_time(worker: Harness, name: str) -> None:
+    started = time.perf_counter_ns()
+    answer = await worker.call(name)
+    elapsed = time.perf_counter_ns() - started
+    assert answer.type is MsgType.REPLY, answer
+    assert 0 < answer.payload["run_ns"] <= elapsed  # the hook's time, within the round trip

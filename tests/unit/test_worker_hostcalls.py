@@ -20,7 +20,7 @@ import pytest
 
 from ipc.protocol import Message, MsgType, decode, encode
 from worker.hostcalls import HostCallError, HostCalls
-from worker.tyk_api import CURRENT_API, TykGateway, install_plugin_api
+from worker.tyk_api import CURRENT_API, TykGateway, install_plugin_api, running
 
 
 class FakeGateway:
@@ -108,8 +108,8 @@ async def test_log_and_trigger_event_do_not_wait(hostcalls: HostCalls) -> None:
 
     await asyncio.to_thread(hook)
     assert gateway.ops() == [
-        (0, {"op": "log", "level": "warning", "message": "hello"}),
-        (0, {"op": "log", "level": "error", "message": "bad"}),
+        (0, {"op": "log", "level": "warning", "message": "hello", "api_id": "api-7"}),
+        (0, {"op": "log", "level": "error", "message": "bad", "api_id": "api-7"}),
         (0, {"op": "trigger_event", "name": "MyEvent", "payload": "details", "api_id": "api-7"}),
     ]
 
@@ -167,3 +167,15 @@ def test_before_the_loop_runs_log_is_local_and_data_calls_fail(
         TykGateway.get_data("k")
     with pytest.raises(TypeError):
         TykGateway.store_data("k", 5, 0)
+
+
+async def test_log_lines_name_the_hook_and_request(hostcalls: HostCalls) -> None:
+    gateway = bind(hostcalls, mode="silent")
+
+    def hook() -> None:
+        running("api-9", "MyHook", "rid-1")
+        TykGateway.log("from the hook")
+
+    await asyncio.to_thread(hook)
+    assert gateway.ops() == [(0, {"op": "log", "level": "info", "message": "from the hook",
+                                  "api_id": "api-9", "hook": "MyHook", "request_id": "rid-1"})]

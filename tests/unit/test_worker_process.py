@@ -199,7 +199,9 @@ def answer_get_data(gateway: Gateway, value: bytes) -> None:
 def reply_after_log(gateway: Gateway) -> Message:
     log = gateway.recv()
     assert log.type is MsgType.HOST_CALL and log.call_id == 0
-    assert log.payload == {"op": "log", "level": "info", "message": "AddGreeting ran"}
+    # the API and hook that logged (no request id: the test's request has none)
+    assert log.payload == {"op": "log", "level": "info", "message": "AddGreeting ran",
+                           "api_id": "api1", "hook": "AddGreeting"}
     return gateway.recv()
 
 
@@ -245,7 +247,8 @@ def test_admission_call_host_call_and_drain(worker: WorkerProcess) -> None:
         answer_get_data(gateway, b"hello")
         reply = reply_after_log(gateway)
         assert reply.type is MsgType.REPLY and reply.call_id == 42
-        assert reply.payload == {"object": GREETED}
+        assert reply.payload == {"object": GREETED, "run_ns": reply.payload["run_ns"]}
+        assert reply.payload["run_ns"] > 0  # the hook's own run time
 
         call(gateway, 43, name="NoSuchHook")
         error = gateway.recv(skip=(MsgType.HEARTBEAT, MsgType.HELLO))
@@ -289,7 +292,8 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(worker: WorkerProce
         gateway.send(MsgType.HOST_REPLY, host_call.call_id, {"value": b"hello", "found": True})
         reply = reply_after_log(gateway)
         assert reply.type is MsgType.REPLY and reply.call_id == 1
-        assert reply.payload == {"object": GREETED}
+        assert reply.payload == {"object": GREETED, "run_ns": reply.payload["run_ns"]}
+        assert reply.payload["run_ns"] > 0  # the hook's own run time
         ack = gateway.recv(skip=(MsgType.HEARTBEAT, MsgType.HELLO))
         assert ack.type is MsgType.DRAIN_ACK and ack.payload == {"inflight": 0}
         assert worker.wait() == 0, worker.output()
