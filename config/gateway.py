@@ -209,6 +209,10 @@ class GatewayConfig:
     bundles: BundleOptions = field(default_factory=BundleOptions)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    #: `coproc.strict_definitions` (or `coproc serve --strict`): a definition that
+    #: does not load stops the start (exit 78) and refuses a reload, instead of
+    #: leaving that API unserved.
+    strict_definitions: bool = False
     #: The file as read (Tyk fields Coproc does not apply are reported from it).
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -262,6 +266,7 @@ def load_gateway_config(path: Path | str,
         bundles=_bundles(r, coproc.child("bundles"), base),
         analytics=parse_analytics(r, coproc, base, run_dir),
         metrics=parse_metrics(coproc.child("metrics")),
+        strict_definitions=coproc.get("strict_definitions", bool, False),
         raw=raw,
     )
     coproc.reject_unknown()
