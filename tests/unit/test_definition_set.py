@@ -212,7 +212,7 @@ def test_strict_switch_in_the_config(tmp_path: Path) -> None:
     config.write_text(json.dumps({"coproc": {"strict_definitions": True}}))
     assert load_gateway_config(config).strict_definitions is True
     config.write_text(json.dumps({"coproc": {"strict_definitions": "yes"}}))
-    with pytest.raises(ConfigError, match="coproc.strict_definitions"):
+    with pytest.raises(ConfigError, match=r"coproc\.strict_definitions"):
         load_gateway_config(config)
 
 
