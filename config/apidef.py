@@ -11,6 +11,12 @@ and the definition's own `custom_middleware` is not looked at, as in Tyk.
 Where each bundle is comes from `config/bundles.py`; a bundle that is not
 there (not downloaded, not verified) sets `bundle_error`: that API answers
 500 and every other API serves.
+
+A definition that does not load never stops the gateway (Tyk skips it too):
+`load_definition_set` returns the good ones and the broken ones (file, api_id,
+the error naming field and fix); the broken are unserved and named in health
+answers.  `coproc serve --strict` (or `coproc.strict_definitions`) turns any
+broken file back into a start failure.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ __all__ = [
     "REQUEST_HOOK_PHASES",
     "APIDefinition",
     "AnalyticsPlugin",
+    "BrokenDefinition",
     "CustomMiddleware",
+    "DefinitionSet",
     "HookDef",
     "ProxyDef",
-    "check_unique",
     "load_api_definition",
     "load_api_definitions",
+    "load_definition_set",
 ]
 
 #: Phases with a list of hooks, in the order they run around the upstream call.
@@ -135,34 +143,131 @@ class APIDefinition:
                 and bool(self.custom_middleware.all_hooks()))
 
 
-def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
-    """Every `*.json` under `app_path`, sorted by file name; raise `ConfigError`."""
+@dataclass(frozen=True, slots=True)
+class BrokenDefinition:
+    """One definition file that is not served, and why.
+
+    `api_id` is "" when the file does not say (or cannot be read).  `component`
+    is its name in health answers: `api:<api_id>`, or `apidef:<file name>` when
+    the id is unknown or belongs to another file's API (a duplicate).
+    """
+
+    file: Path
+    api_id: str
+    error: ConfigError
+    component: str
+
+    @property
+    def reason(self) -> str:
+        """A short public reason: the file's base name and the field, never a path."""
+        where = f"field '{self.error.field}' " if self.error.field else ""
+        return f"definition {self.file.name} not served: {where}invalid"
+
+    def summary(self) -> dict[str, str]:
+        """JSON-ready, for status answers (full message, paths included)."""
+        return {"file": str(self.file), "api_id": self.api_id,
+                "component": self.component, "error": str(self.error)}
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionSet:
+    """The definitions of `app_path`: those that load, and those that do not."""
+
+    apis: tuple[APIDefinition, ...]
+    broken: tuple[BrokenDefinition, ...] = ()
+
+    def strict(self) -> list[APIDefinition]:
+        """Every definition, or the first broken one's `ConfigError` (`--strict`)."""
+        if self.broken:
+            raise self.broken[0].error
+        return list(self.apis)
+
+    def breaks(self, serving: DefinitionSet) -> list[BrokenDefinition]:
+        """The entries of this set that would take an API of `serving` out of service.
+
+        An active API of `serving` is broken by this set when no loaded API here
+        has its api_id and a broken entry is its file (edited into an error, or
+        now losing its listen path to an earlier file) or names its api_id.  A
+        deleted file or a changed api_id is a removal, not breakage.
+        """
+        loaded = {api.api_id for api in self.apis if api.active}
+        out: list[BrokenDefinition] = []
+        for api in serving.apis:
+            if not api.active or api.api_id in loaded:
+                continue
+            out.extend(b for b in self.broken if b not in out and (
+                b.file == api.source or (b.api_id and b.api_id == api.api_id)))
+        return out
+
+
+def load_definition_set(cfg: GatewayConfig,
+                        overrides: dict[Path, dict[str, Any]] | None = None) -> DefinitionSet:
+    """Every `*.json` under `app_path`, sorted by file name: the good ones and the broken.
+
+    The one loader of the supervisor, the gateway and the worker.  A file that
+    does not load is left out (as Tyk does), never fatal; of two active APIs
+    with one api_id, or one domain and listen path, the first file by name is
+    served and the later one is broken.  Raises `ConfigError` only when
+    `app_path` itself is unusable (the gateway config is wrong).  `overrides`:
+    file -> JSON to use instead of what is on disk (the admin API checks a
+    write before making it).
+    """
     if not cfg.app_path.is_dir():
         raise ConfigError(cfg.path, "app_path", f"{cfg.app_path} is not a directory",
                           "create it or point app_path at the directory of API definitions")
-    apis = [load_api_definition(p, cfg) for p in sorted(cfg.app_path.glob("*.json"))]
-    check_unique(apis)
-    return apis
-
-
-def check_unique(apis: list[APIDefinition]) -> None:
-    """Refuse two active APIs with one api_id, or one domain and listen path."""
-    seen: dict[tuple[str, str], APIDefinition] = {}
-    ids: dict[str, APIDefinition] = {}
-    for api in apis:
-        if not api.active:
+    overrides = overrides or {}
+    paths = sorted({*cfg.app_path.glob("*.json"), *overrides})
+    apis: list[APIDefinition] = []
+    broken: list[BrokenDefinition] = []
+    served = _Served()
+    for path in paths:
+        raw: dict[str, Any] | None = overrides.get(path)
+        try:
+            raw = load_json(path) if raw is None else raw
+            api = load_api_definition(path, cfg, raw)
+        except ConfigError as exc:
+            api_id = raw.get("api_id") if isinstance(raw, dict) else None
+            api_id = api_id if isinstance(api_id, str) else ""
+            broken.append(BrokenDefinition(path, api_id, exc,
+                                           f"api:{api_id}" if api_id else f"apidef:{path.name}"))
             continue
-        if api.api_id in ids:
-            raise ConfigError(api.source, "api_id", f"{api.api_id!r} is also used by "
-                              f"{ids[api.api_id].source}" + (
-                                  " (neither file has an api_id)" if not api.api_id else ""),
-                              "give every API a unique api_id")
-        ids[api.api_id] = api
+        clash = served.add(api)
+        if clash is not None:
+            broken.append(BrokenDefinition(path, api.api_id, clash, f"apidef:{path.name}"))
+            continue
+        apis.append(api)
+    return DefinitionSet(tuple(apis), tuple(broken))
+
+
+def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
+    """Every definition of `app_path`, or `ConfigError` for the first that does not load."""
+    return load_definition_set(cfg).strict()
+
+
+class _Served:
+    """The active APIs kept so far, by api_id and by (domain, listen path)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, APIDefinition] = {}
+        self.paths: dict[tuple[str, str], APIDefinition] = {}
+
+    def add(self, api: APIDefinition) -> ConfigError | None:
+        """Keep `api`, or say why it cannot be served beside the earlier ones."""
+        if not api.active:
+            return None
+        other = self.ids.get(api.api_id)
+        if other is not None:
+            return ConfigError(api.source, "api_id", f"{api.api_id!r} is also used by "
+                               f"{other.source}" + (" (neither file has an api_id)"
+                                                    if not api.api_id else ""),
+                               "give every API a unique api_id")
         key = (api.domain, api.proxy.listen_path)
-        if key in seen:
-            raise ConfigError(api.source, "proxy.listen_path", f"{api.proxy.listen_path!r} is "
-                              f"also used by {seen[key].source}", "use distinct listen paths")
-        seen[key] = api
+        other = self.paths.get(key)
+        if other is not None:
+            return ConfigError(api.source, "proxy.listen_path", f"{api.proxy.listen_path!r} "
+                               f"is also used by {other.source}", "use distinct listen paths")
+        self.ids[api.api_id], self.paths[key] = api, api
+        return None
 
 
 def load_api_definition(path: Path, cfg: GatewayConfig,
@@ -174,7 +279,7 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
     r = Reader(raw, path)
     # Tyk's file loader takes a definition without api_id as it is: the API's id
     # is "" (only its API writes generate one).  Two such files collide, which
-    # `check_unique` reports.
+    # `load_definition_set` reports (the later file is not served).
     api_id = r.get("api_id", str, "")
     opts = r.child("coproc")
     hook_defaults = HookDef(

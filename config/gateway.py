@@ -216,6 +216,10 @@ class GatewayConfig:
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     tracing: TracingOptions = field(default_factory=TracingOptions)  # Tyk: opentelemetry
     access_log: bool = False  # coproc.access_log: one line per request
+    #: `coproc.strict_definitions` (or `coproc serve --strict`): a definition that
+    #: does not load stops the start (exit 78) and refuses a reload, instead of
+    #: leaving that API unserved.
+    strict_definitions: bool = False
     #: The file as read (Tyk fields Coproc does not apply are reported from it).
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -271,6 +275,7 @@ def load_gateway_config(path: Path | str,
         metrics=parse_metrics(coproc.child("metrics")),
         tracing=parse_tracing(r.child("opentelemetry")),
         access_log=coproc.get("access_log", bool, False),
+        strict_definitions=coproc.get("strict_definitions", bool, False),
         raw=raw,
     )
     coproc.reject_unknown()

@@ -17,7 +17,7 @@ import sys
 
 import zmq
 
-from config import ConfigError, load_api_definitions, load_gateway_config
+from config import ConfigError, load_definition_set, load_gateway_config
 from config.gateway import GatewayConfig
 from config.logs import setup_logging
 from config.policies import load_policies
@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         cfg = load_gateway_config(args.config)
-        apis = load_api_definitions(cfg)
+        # A definition that does not load is left out, named by /hello; only an
+        # unusable app_path (the gateway config) stops the gateway.
+        definitions = load_definition_set(cfg)
+        apis = list(definitions.apis)
         load_policies(cfg.policies)  # a broken policy file fails the start, named
     except ConfigError as exc:
         setup_logging("gateway")
@@ -84,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return exitcodes.BOOT_FAILED
+    for broken in definitions.broken:  # under a supervisor, it logged them already
+        (log.debug if control is not None else log.error)(
+            "API definition not served (%s): %s", broken.component, broken.error)
     try:
-        eventloop.run(serve(cfg, apis, sock, instance_key=key, control_sock=control))
+        eventloop.run(serve(cfg, apis, sock, instance_key=key, control_sock=control,
+                            broken=definitions.broken))
     except asyncio.CancelledError:
         pass  # a second signal: stop now
     except (OSError, zmq.ZMQError) as exc:

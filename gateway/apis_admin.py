@@ -5,8 +5,10 @@ As Tyk's gateway API does when it has no Dashboard: definitions live as
 the next `/tyk/reload` (or `coproc reload`).  Differences, each on purpose:
 
 * a body is validated by the same loader as the files, with the same
-  messages (file, field, fix), and against the other definitions (unique
-  api_id and listen path) before anything is written;
+  messages (file, field, fix), and against the other definitions before
+  anything is written: a write is refused when its own definition does not
+  load or when it would take a serving API out of service (its api_id or
+  listen path taken); definition files already broken never block a write;
 * files are written atomically (a temporary file in `app_path`, fsync, then
   rename), so a reload never reads half a definition;
 * an API whose definition sits in another file of `app_path` (`echo.json`
@@ -32,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from config.apidef import APIDefinition, check_unique, load_api_definition
+from config.apidef import load_definition_set
 from config.gateway import GatewayConfig
 from config.reader import ConfigError
 from gateway.admin import admin_denied
@@ -120,7 +122,7 @@ class ApisApi:
         if not _SAFE_ID.match(api_id) or api_id in (".", ".."):
             return _error(400, "invalid API ID")
         target = files[api_id][0] if api_id in files else self.cfg.app_path / f"{api_id}.json"
-        problem = self._validate(target, raw, files)
+        problem = self._validate(target, raw)
         if problem:
             return _error(400, f"Validation of API Definition failed. Reason: {problem}.")
         await asyncio.to_thread(_write_atomically, target, raw)
@@ -128,21 +130,19 @@ class ApisApi:
                  target)
         return _ok(api_id, action)
 
-    def _validate(self, target: Path, raw: dict[str, Any],
-                  files: dict[str, tuple[Path, dict[str, Any]]]) -> str:
+    def _validate(self, target: Path, raw: dict[str, Any]) -> str:
+        """Why writing `raw` to `target` must not happen ("" when it may): the
+        definition does not load, or it would take another API out of service
+        (its listen path or api_id taken).  Files already broken stay the
+        loader's to report; they never block a write."""
         try:
-            new = load_api_definition(target, self.cfg, raw)
-            others: list[APIDefinition] = []
-            for path, data in files.values():
-                if path != target:
-                    try:
-                        others.append(load_api_definition(path, self.cfg, data))
-                    except ConfigError:
-                        continue  # already broken: reported by the loader, not this write
-            check_unique([*others, new])
+            before = load_definition_set(self.cfg)
+            after = load_definition_set(self.cfg, {target: raw})
         except ConfigError as exc:
             return str(exc)
-        return ""
+        own = [b for b in after.broken if b.file == target]
+        problems = own or after.breaks(before)
+        return "; ".join(str(b.error) for b in problems)
 
     async def _delete(self, api_id: str) -> web.Response:
         found = self._files().get(api_id)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from config.apidef import APIDefinition
+from config.apidef import APIDefinition, BrokenDefinition
 from config.gateway import GatewayConfig
 from gateway import header_bytes
 from gateway.access_log import access_logged
@@ -49,8 +49,10 @@ from gateway.frontdoor import (
 )
 from gateway.health import HealthRegistry, Phase, Status
 from gateway.health_routes import (
+    BrokenDefinitions,
     add_health_routes,
     report_storage,
+    watch_definitions,
     watch_gateway,
     watch_storage,
 )
@@ -111,6 +113,8 @@ CALLER = web.AppKey("caller", DriverRouter)  # hook calls, by their API's driver
 TRACING = web.AppKey("tracing", Tracing)  # only with opentelemetry.enabled
 #: Where every part of the gateway reports its components' health (gateway/health.py).
 HEALTH = web.AppKey("health", HealthRegistry)
+#: The definition files the live routes left out (named by health; a reload replaces them).
+BROKEN = web.AppKey("broken", BrokenDefinitions)
 
 # aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
 _NO_LIMIT = 1 << 62
@@ -118,7 +122,8 @@ _NO_LIMIT = 1 << 62
 
 def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key: bytes,
               control_sock: socket.socket | None = None,
-              hook_factory: HookFactory = HookClient) -> web.Application:
+              hook_factory: HookFactory = HookClient,
+              broken: Iterable[BrokenDefinition] = ()) -> web.Application:
     opts = cfg.gateway
     header_bytes.install()  # any header byte reaches the upstream as received
     app = web.Application(
@@ -141,6 +146,8 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     watch_gateway(health, coprocess=cfg.enable_coprocess, worker=lambda: app[HOOKS].health(),
                   unserved=lambda: ((p.api_id, _unserved_reason(p), p.broken)  # the live router
                                     for p in app[CHAIN].router.values() if p.broken))
+    app[BROKEN] = BrokenDefinitions(broken)
+    watch_definitions(health, app[BROKEN])
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
         bound = storage_bound_s(cfg.storage.timeout_ms, cfg.hooks.timeout_ms)
@@ -266,7 +273,8 @@ async def _tracing_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     channel, hooks = app[CONTROL], app[HOOKS]
-    switch = RouterSwitch(app[CONFIG], app[CHAIN], lambda: hooks.health().get("generation"))
+    switch = RouterSwitch(app[CONFIG], app[CHAIN], lambda: hooks.health().get("generation"),
+                          app[BROKEN].replace)
     hooks.on_activate = switch.on_activated
     channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis))
     grpc = app[CALLER].grpc
@@ -296,9 +304,12 @@ async def _background(coro: Any) -> AsyncIterator[None]:
 
 
 async def serve(cfg: GatewayConfig, apis: list[APIDefinition], sock: socket.socket, *,
-                instance_key: bytes, control_sock: socket.socket | None) -> None:
-    """Serve on `sock` until SIGTERM/SIGINT, then drain in-flight requests."""
-    app = build_app(cfg, apis, instance_key=instance_key, control_sock=control_sock)
+                instance_key: bytes, control_sock: socket.socket | None,
+                broken: Iterable[BrokenDefinition] = ()) -> None:
+    """Serve on `sock` until SIGTERM/SIGINT, then drain in-flight requests;
+    `broken`: the definition files left out (health names them)."""
+    app = build_app(cfg, apis, instance_key=instance_key, control_sock=control_sock,
+                    broken=broken)
     # In-flight requests get drain_grace_ms to finish once the site stops accepting.
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=cfg.gateway.drain_grace_ms / 1000)

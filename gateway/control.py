@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from config import ConfigError, load_api_definitions
+from config import BrokenDefinition, ConfigError, load_definition_set
 from config.gateway import GatewayConfig
 from gateway.admin import admin_denied
 from gateway.plan import ApiPlan, build_router
@@ -102,24 +102,27 @@ class RouterSwitch:
 
     `reload_apis(N)` builds the new router at once (reading files off the
     request path), but the chain keeps the old one until worker generation N
-    is active: routes and plugins change together.  A definition that no
-    longer loads keeps the old router (the supervisor checked the files before
-    the reload, so this is a race with an editor; it is logged).
+    is active: routes and plugins change together.  Definitions that do not
+    load are left out, and handed to `on_broken` at the switch (health names
+    them); an unusable app_path keeps the old router (logged).
     """
 
     def __init__(self, cfg: GatewayConfig, target: RouterTarget,
-                 active_generation: Callable[[], int | None]) -> None:
+                 active_generation: Callable[[], int | None],
+                 on_broken: Callable[[tuple[BrokenDefinition, ...]], None] | None = None
+                 ) -> None:
         self._cfg, self._target, self._active = cfg, target, active_generation
-        self._pending: tuple[int, Router[ApiPlan]] | None = None
+        self._on_broken = on_broken
+        self._pending: tuple[int, Router[ApiPlan], tuple[BrokenDefinition, ...]] | None = None
 
     def on_reload_apis(self, generation: int) -> None:
         try:
-            router = build_router(self._cfg, load_api_definitions(self._cfg))
+            loaded = load_definition_set(self._cfg)
         except ConfigError as exc:
             log.error("reload: API definitions not reloaded, keeping the current routes: %s",
                       exc)
             return
-        self._pending = (generation, router)
+        self._pending = (generation, build_router(self._cfg, loaded.apis), loaded.broken)
         active = self._active()
         if active is not None and active >= generation:
             self.on_activated(active)
@@ -128,6 +131,8 @@ class RouterSwitch:
         pending = self._pending
         if pending is not None and generation >= pending[0]:
             self._target.router, self._pending = pending[1], None
+            if self._on_broken is not None:
+                self._on_broken(pending[2])
             log.info("worker generation %d active: switched to the reloaded API definitions",
                      generation)
 

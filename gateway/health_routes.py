@@ -4,10 +4,13 @@ GET /hello (liveness: always 200), GET /ready (readiness: 503 with Tyk's
 `{"status": "error", "message": ...}` until ready), GET /coproc/status (full
 detail; the admin secret in `X-Tyk-Authorization`, as Tyk's admin API).
 
-The gateway reports three kinds of component here: `worker` (the plugin
+The gateway reports four kinds of component here: `worker` (the plugin
 worker, when coprocess is on), `storage` (the session store; required when it
-is Redis) and one `api:<api_id>` per API that cannot serve (its plugins are
-disabled, its bundle is unusable or a plugin failed to import).
+is Redis), one `api:<api_id>` per API that cannot serve (its plugins are
+disabled, its bundle is unusable or a plugin failed to import), and one per
+API definition file that does not load (`api:<api_id>`, or `apidef:<file
+name>` when the id is unknown or another file's API has it): the public
+reason names the file's base name and field, `/coproc/status` the full message.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from typing import Any
 
 from aiohttp import web
 
+from config.apidef import BrokenDefinition
 from gateway.admin import admin_denied
 from gateway.health import Check, HealthRegistry, Status
 
 __all__ = [
     "STATUS_PATH",
+    "BrokenDefinitions",
     "add_health_routes",
     "api_checks",
     "report_storage",
+    "watch_definitions",
     "watch_gateway",
     "watch_storage",
     "worker_check",
@@ -87,6 +93,25 @@ def watch_gateway(registry: HealthRegistry, *, coprocess: bool,
     if coprocess:
         registry.watch("worker", worker_probe)
     registry.watch_group("apis", apis_probe)
+
+
+class BrokenDefinitions:
+    """The definition files the live routes left out (replaced when a reload switches)."""
+
+    def __init__(self, broken: Iterable[BrokenDefinition] = ()) -> None:
+        self.items: tuple[BrokenDefinition, ...] = tuple(broken)
+
+    def replace(self, broken: Iterable[BrokenDefinition]) -> None:
+        self.items = tuple(broken)
+
+
+def watch_definitions(registry: HealthRegistry, broken: BrokenDefinitions) -> None:
+    """One failing component per definition file that does not load."""
+    def probe() -> dict[str, Check]:
+        return {b.component: Check(Status.FAIL, b.reason, detail=b.summary())
+                for b in broken.items}
+
+    registry.watch_group("definitions", probe)
 
 
 def report_storage(registry: HealthRegistry, up: bool, where: str) -> None:

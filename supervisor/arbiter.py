@@ -40,6 +40,7 @@ from supervisor.bundles.gate import BundleGate
 from supervisor.child import ChildProcess, Role
 from supervisor.contract import ChildCommands
 from supervisor.control_server import ControlRequest, ControlServer
+from supervisor.definitions import ServedDefinitions
 from supervisor.events import ControlEvent, Event, SignalEvent, install_signals, remove_signals
 from supervisor.gateway_link import GatewayLink, GatewayReporter, WorkerReporter
 from supervisor.hot_restart import HotRestart, answer
@@ -99,8 +100,11 @@ class Arbiter:
             if cfg.enable_coprocess else None
         #: Every role's watcher, the gateway's first.
         self._roles = (self._gateway,) if self._worker is None else (self._gateway, self._worker)
+        #: Which API definitions serve and which are broken (`coproc status`).
+        self._definitions = ServedDefinitions(cfg)
         self._hot = HotRestart(cfg, self._worker, self._link, self._readers, self._status,
-                               self._describe, clock) if self._worker is not None else None
+                               self._describe, clock, self._definitions) \
+            if self._worker is not None else None
         self._shutdown = Shutdown(cfg, self._status, self._gateway, self._worker, self._hot,
                                   self._children)
         # Bundles: one fetcher per instance; a bundle that arrives late asks for a
@@ -175,6 +179,7 @@ class Arbiter:
             "worker": {**{k: worker[k] for k in _WORKER_KEYS}, **hot},
             "reload": reload, "last_exits": exits[-EXIT_HISTORY:],
             "bundles": self._bundles.status() if self._bundles is not None else [],
+            "definitions": self._definitions.status(),
         }
 
     def _reconcile(self, now: float) -> None:

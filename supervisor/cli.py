@@ -1,9 +1,11 @@
 """The `coproc` command line (console script `coproc = supervisor.cli:main`).
 
 Exit codes: 0 after a graceful stop; 78 (`ipc.exitcodes.CONFIG`) for an
-invalid config or API definition; 75 (`LOCKED`) when another instance holds
-the run directory; 1 when the run directory or the listening address cannot
-be used, or when the gateway keeps failing.
+invalid config (or, with `--strict` / `coproc.strict_definitions`, an invalid
+API definition: without it that API is left unserved and named); 75
+(`LOCKED`) when another instance holds the run directory; 1 when the run
+directory or the listening address cannot be used, or when the gateway keeps
+failing.
 
 `status`, `reload`, `restart-worker` and `stop` talk to a running `serve`
 (see ctl.py): 0 done, 1 failed (named on stderr), 69 no instance running.
@@ -12,13 +14,15 @@ be used, or when the gateway keeps failing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from config import ConfigError, load_api_definitions, load_gateway_config
+from config import ConfigError, load_definition_set, load_gateway_config
 from config.logs import setup_logging
 from ipc import exitcodes
 from supervisor import bundle_cli, ctl, demo, runtime
@@ -29,6 +33,8 @@ from supervisor.rundir import RunDirError
 from supervisor.worker_python import check_worker_python
 
 __all__ = ["build_parser", "main", "serve", "version"]
+
+log = logging.getLogger("coproc.supervisor")
 
 _EPILOG = """\
 signals (serve): SIGTERM/SIGINT stop gracefully (the gateway drains, then the
@@ -47,18 +53,27 @@ _CONTROL = {
 
 
 
-def serve(config_path: Path, commands: ChildCommands | None = None) -> int:
-    """`coproc serve`: validate the config, then supervise until stopped."""
+def serve(config_path: Path, commands: ChildCommands | None = None,
+          strict: bool = False) -> int:
+    """`coproc serve`: validate the config, then supervise until stopped.
+
+    `strict` (`--strict`): any API definition that does not load fails the start.
+    """
     setup_logging("supervisor")
     try:
         cfg = load_gateway_config(config_path)
-        # A broken API definition must fail here, with its message, and not
-        # as a gateway crash loop.
-        load_api_definitions(cfg)
+        if strict:
+            cfg = dataclasses.replace(cfg, strict_definitions=True)
+        definitions = load_definition_set(cfg)
+        if cfg.strict_definitions:
+            # Fail here, with the file's message, and not as a gateway crash loop.
+            definitions.strict()
     except ConfigError as exc:
         print(f"coproc: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     setup_logging("supervisor", cfg.log_level, cfg.log_format)
+    for broken in definitions.broken:  # logged once, here (gateway and worker skip them)
+        log.error("API definition not served (%s): %s", broken.component, broken.error)
     if commands is None and cfg.worker.python:
         problem = check_worker_python(cfg.worker.python)
         if problem:
@@ -97,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
     run.add_argument("--config", required=True, type=Path, metavar="FILE",
                      help="the gateway config file (JSON, tyk.conf-style)")
+    run.add_argument("--strict", action="store_true",
+                     help="exit 78 if any API definition does not load, and refuse a reload "
+                     "that leaves one broken (default: that API is unserved, the others "
+                     "serve; also coproc.strict_definitions)")
     quick = commands.add_parser(
         "demo", help="start an echo upstream and serve the shipped example config",
         description="Quick start: run an echo upstream on 127.0.0.1:UPSTREAM_PORT and serve "
@@ -156,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo.run_demo(args.port, args.upstream_port, serve)
     if args.command in _CONTROL:
         return control(args.command, args.config, args.json)
-    return serve(args.config)
+    return serve(args.config, strict=args.strict)
 
 
 if __name__ == "__main__":

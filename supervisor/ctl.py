@@ -118,6 +118,9 @@ def format_status(status: dict[str, Any]) -> str:
         if bundle.get("state") != "ready" or bundle.get("reason"):
             lines.append(f"bundle {bundle.get('bundle')} (API {bundle.get('api_id')}): "
                          f"{bundle.get('state')}: {bundle.get('reason')}")
+    for broken in (status.get("definitions") or {}).get("broken") or []:
+        lines.append(f"API definition {broken.get('component')} not served: "
+                     f"{broken.get('error')}")
     exits = status.get("last_exits") or []
     if exits:
         lines.append("last exits:")

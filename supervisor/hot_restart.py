@@ -17,10 +17,10 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from config import ConfigError, load_api_definitions
 from config.gateway import GatewayConfig
 from ipc.control import ControlMessage, ControlType
 from supervisor.child import ChildProcess, ChildState
+from supervisor.definitions import ServedDefinitions
 from supervisor.exits import ExitStatus
 from supervisor.gateway_link import GatewayLink
 from supervisor.handover import Handover
@@ -48,8 +48,10 @@ def answer(waiter: Waiter, result: dict[str, Any]) -> None:
 class HotRestart:
     def __init__(self, cfg: GatewayConfig, worker: Watcher, link: GatewayLink,
                  readers: ChildReaders, status: ServiceStatus, describe: Callable[[], str],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 definitions: ServedDefinitions | None = None) -> None:
         self._cfg, self._worker, self._link, self._readers = cfg, worker, link, readers
+        self.definitions = definitions or ServedDefinitions(cfg)
         self._status, self._describe, self._clock = status, describe, clock
         self._handover = Handover(cfg.worker.drain_grace_ms / 1000 + RETIRE_MARGIN_S)
         self._watch: WorkerWatch | None = None  # the active generation's
@@ -75,12 +77,11 @@ class HotRestart:
             log.info("reload requested (%s) while one runs: it follows", reason)
             return
         reload = Reload(reason, now, waiters=[waiter] if waiter is not None else [])
-        try:
-            # The gateway and the new worker read the files themselves; checked
-            # here first so that a broken definition fails the reload, not a boot.
-            load_api_definitions(self._cfg)
-        except ConfigError as exc:
-            self._finish(reload, f"API definitions not reloaded: {exc}")
+        # The gateway and the new worker read the files themselves; checked here
+        # first: a reload that would take a serving API out of service is refused.
+        refused = self.definitions.check()
+        if refused:
+            self._finish(reload, f"API definitions not reloaded: {refused}")
             return
         revived = self._worker.state is SlotState.FATAL
         if revived:
@@ -225,6 +226,8 @@ class HotRestart:
         handover = self._handover
         was_running = handover.reload is reload
         followers = handover.finish(reload, error)
+        if was_running:  # the definitions it checked serve now, or never did
+            self.definitions.settle(ok=not error)
         if error:
             log.error("reload (%s) failed: %s", reload.reason, error)
             self._worker.reinstate(handover.take_outgoing(), self._clock(), reload.revived)

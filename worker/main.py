@@ -3,7 +3,8 @@
 Boot order matters:
 
 1. `die_with_parent` before anything else (the supervisor may already be gone);
-2. config and API definitions (a bad file exits 78, `ipc.exitcodes.CONFIG`);
+2. config and API definitions (a bad config exits 78, `ipc.exitcodes.CONFIG`; a bad
+   definition is skipped);
 3. the admission token is taken out of the environment *before* any plugin
    code runs, so plugins (and their subprocesses) never see it;
 4. the sandbox (`worker.sandbox`) confines this process, before any plugin
@@ -31,7 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from config import ConfigError, load_api_definitions, load_gateway_config
+from config import ConfigError, load_definition_set, load_gateway_config
 from config.apidef import APIDefinition
 from config.gateway import GatewayConfig
 from config.logs import setup_logging
@@ -68,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("worker")
     try:
         cfg = load_gateway_config(args.config)
-        apis = load_api_definitions(cfg)
+        # A definition that does not load has no plugins here (its API is unserved;
+        # the supervisor logs it); only an unusable app_path stops the worker.
+        apis = list(load_definition_set(cfg).apis)
     except ConfigError as exc:
         log.error("%s", exc)
         return exitcodes.CONFIG

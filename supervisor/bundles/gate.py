@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from config import ConfigError, load_api_definitions
+from config import ConfigError, load_definition_set
 from config.apidef import APIDefinition
 from config.bundles import store_root
 from config.gateway import GatewayConfig
@@ -87,6 +87,6 @@ class BundleGate:
 
 def _apis(cfg: GatewayConfig) -> list[APIDefinition]:
     try:
-        return load_api_definitions(cfg)
+        return list(load_definition_set(cfg).apis)  # a broken file has no bundle to fetch
     except ConfigError:
-        return []  # the reload reports it; bundles of the last good set stay
+        return []  # app_path unusable: the reload reports it; bundles of the last set stay

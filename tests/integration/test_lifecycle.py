@@ -227,12 +227,13 @@ def test_bad_config_exits_78_naming_file_and_field() -> None:
         remove_base(base)
 
 
-def test_bad_api_definition_exits_78_naming_file_and_field(echo_upstream: Any) -> None:
+def test_bad_api_definition_exits_78_naming_file_and_field_with_strict(
+        echo_upstream: Any) -> None:
     base = new_base_dir()
     try:
         bad = api_def("bad", "no-leading-slash/", echo_upstream.url)
         config = write_instance(base, {"bad": bad}, {})
-        proc = subprocess.run([*coproc_command(), "serve", "--config", str(config)],
+        proc = subprocess.run([*coproc_command(), "serve", "--strict", "--config", str(config)],
                               cwd=REPO_ROOT, capture_output=True, timeout=20,
                               stdin=subprocess.DEVNULL)
         stderr = proc.stderr.decode(errors="replace")

@@ -74,14 +74,14 @@ def test_bad_config_exits_78_with_the_message(tmp_path: Path,
     assert str(config) in err and "listen_port" in err and "Fix:" in err
 
 
-def test_broken_api_definition_exits_78(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_api_definition_exits_78_with_strict(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "apps").mkdir()
     (tmp_path / "apps" / "broken.json").write_text("{ not json")
     config = tmp_path / "coproc.json"
     config.write_text(json.dumps({"app_path": "apps",
                                   "coproc": {"run_dir": str(tmp_path / "run")}}))
-    assert cli.main(["serve", "--config", str(config)]) == 78
+    assert cli.main(["serve", "--strict", "--config", str(config)]) == 78
     assert "broken.json" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing was started
 
