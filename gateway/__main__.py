@@ -1,7 +1,9 @@
 """`python -m gateway --config FILE`: the gateway process, normally started by `coproc serve`.
 
 The supervisor passes the listening socket ($COPROC_LISTEN_FD), the control
-channel ($COPROC_CONTROL_FD) and the instance key ($COPROC_INSTANCE_KEY).
+channel ($COPROC_CONTROL_FD) and the instance key (in the memfd named by
+$COPROC_SECRET_FD: never the environment, which a plugin of the same uid could
+read back from /proc/<gateway pid>/environ).
 Run by hand, `--listen HOST:PORT` (or the config's listen address) is bound
 here and a random instance key is drawn.
 """
@@ -25,8 +27,8 @@ from config.tyk_support import unapplied_warnings
 from gateway.app import serve
 from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
-from ipc.contract import INSTANCE_KEY_ENV, LISTEN_FD_ENV
-from ipc.control import inherited_control_socket
+from ipc.contract import LISTEN_FD_ENV, SECRET_FD_ENV
+from ipc.control import inherited_control_socket, read_inherited_secret
 from ipc.tokens import new_instance_key
 
 log = logging.getLogger("coproc.gateway")
@@ -55,17 +57,25 @@ def listening_socket(listen: str, cfg: GatewayConfig) -> socket.socket:
 
 
 def instance_key() -> bytes:
-    raw = os.environ.get(INSTANCE_KEY_ENV, "")
+    """The key from the inherited secret fd (read once, closed); random when run by hand.
+    Raise ValueError for a secret fd that holds no key."""
+    raw = read_inherited_secret()
     if raw:
-        return bytes.fromhex(raw)
+        return bytes.fromhex(raw.decode("ascii"))
     log.warning("%s is not set: drew a random key, so only workers started by this "
-                "process's supervisor could be admitted", INSTANCE_KEY_ENV)
+                "process's supervisor could be admitted", SECRET_FD_ENV)
     return new_instance_key()
 
 
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = _parse_args(argv)
+    try:
+        key = instance_key()  # first: the secret fd is closed as early as possible
+    except ValueError as exc:
+        setup_logging("gateway")
+        log.error("cannot start: %s", exc)
+        return exitcodes.BOOT_FAILED
     try:
         cfg = load_gateway_config(args.config)
         apis = load_api_definitions(cfg)
@@ -79,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", line)  # Tyk settings Coproc reads as known but does not apply
     try:
         sock = listening_socket(args.listen, cfg)
-        key = instance_key()
         control = inherited_control_socket()
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)

@@ -18,15 +18,14 @@ from pathlib import Path
 from ipc.contract import (
     ADMIT_GATE_ENV,
     GENERATION_ENV,
-    INSTANCE_KEY_ENV,
     LISTEN_FD_ENV,
     NEVER_INHERITED,
     SUPERVISOR_PID_ENV,
-    WORKER_TOKEN_ENV,
 )
 from ipc.tokens import worker_token
 
-__all__ = ["ChildCommands", "gateway_env", "scratch_dir", "worker_env"]
+__all__ = ["ChildCommands", "gateway_env", "gateway_secret", "scratch_dir", "worker_env",
+           "worker_secret"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,21 +48,27 @@ def _base_env(inherited: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def gateway_env(listen_fd: int, instance_key: bytes,
-                inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The gateway's environment, except COPROC_CONTROL_FD (set at spawn)."""
+def gateway_env(listen_fd: int, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The gateway's environment, except COPROC_CONTROL_FD and COPROC_SECRET_FD (set at spawn)."""
     env = _base_env(inherited)
     env[LISTEN_FD_ENV] = str(listen_fd)
-    env[INSTANCE_KEY_ENV] = instance_key.hex()
     return env
 
 
-def worker_env(generation: int, instance_key: bytes,
-               inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The worker's environment, except COPROC_CONTROL_FD (set at spawn)."""
+def gateway_secret(instance_key: bytes) -> bytes:
+    """What the gateway reads from its secret fd: the instance key (hex)."""
+    return instance_key.hex().encode()
+
+
+def worker_secret(instance_key: bytes, generation: int) -> bytes:
+    """What a worker reads from its secret fd: its generation's admission token."""
+    return worker_token(instance_key, generation).encode()
+
+
+def worker_env(generation: int, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The worker's environment, except COPROC_CONTROL_FD and COPROC_SECRET_FD (set at spawn)."""
     env = _base_env(inherited)
     env[GENERATION_ENV] = str(generation)
-    env[WORKER_TOKEN_ENV] = worker_token(instance_key, generation)
     env[ADMIT_GATE_ENV] = "1"
     # A plugin edited twice within one second keeps its size: a cached .pyc
     # (keyed by mtime seconds and size) would then load the old code on reload.

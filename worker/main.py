@@ -4,8 +4,9 @@ Boot order matters:
 
 1. `die_with_parent` before anything else (the supervisor may already be gone);
 2. config and API definitions (a bad file exits 78, `ipc.exitcodes.CONFIG`);
-3. the admission token is taken out of the environment *before* any plugin
-   code runs, so plugins (and their subprocesses) never see it;
+3. the admission token is read from the inherited secret fd (and the fd
+   closed) first thing, so plugins (and their subprocesses) never see it:
+   it never was in the environment, which /proc/self/environ would keep;
 4. the sandbox (`worker.sandbox`) confines this process, before any plugin
    code is imported; a required layer that fails exits 3 (BOOT_FAILED);
 5. the Tyk plugin API is installed, then every API's plugins are imported;
@@ -14,8 +15,9 @@ Boot order matters:
 6. the event loop runs `worker.runtime.Worker` until drained (0), rejected (5)
    or broken; then threads still running are given a moment and the process exits.
 
-Environment (docs/PROTOCOL.md): COPROC_GENERATION, COPROC_WORKER_TOKEN,
-COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when run by hand).
+Environment (docs/PROTOCOL.md): COPROC_GENERATION, COPROC_SECRET_FD (the fd
+holding the token), COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when
+run by hand).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from config.gateway import GatewayConfig
 from config.logs import setup_logging
 from ipc import eventloop, exitcodes, gctune
 from ipc.child import die_with_parent
-from ipc.contract import GENERATION_ENV, WORKER_TOKEN_ENV
-from ipc.control import inherited_control_socket
+from ipc.contract import GENERATION_ENV, SECRET_FD_ENV
+from ipc.control import inherited_control_socket, read_inherited_secret
 from ipc.protocol import Limits
 from worker.answers import Answers, CallLedger
 from worker.callthreads import CallThreads
@@ -66,13 +68,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.enable()  # the supervisor's SIGABRT on a hang dumps every thread's stack
     setup_logging("worker")
     try:
+        secret = read_inherited_secret()  # first: the fd is closed before anything else
+    except ValueError as exc:
+        log.error("%s", exc)
+        return exitcodes.BOOT_FAILED
+    try:
         cfg = load_gateway_config(args.config)
         apis = load_api_definitions(cfg)
     except ConfigError as exc:
         log.error("%s", exc)
         return exitcodes.CONFIG
     setup_logging("worker", cfg.log_level, cfg.log_format)
-    identity = _identity(cfg)
+    identity = _identity(cfg, secret)
     if identity is None:
         return exitcodes.BOOT_FAILED
     sandbox = _sandbox(cfg, apis)  # before any plugin code is imported
@@ -125,14 +132,14 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
         link.close()
 
 
-def _identity(cfg: GatewayConfig) -> Identity | None:
+def _identity(cfg: GatewayConfig, secret: bytes | None) -> Identity | None:
     generation = os.environ.get(GENERATION_ENV, "")
-    token = os.environ.pop(WORKER_TOKEN_ENV, "")  # before any plugin code can read it
-    if not generation.isdigit() or not token:
+    if not generation.isdigit() or not secret:
         log.error("%s and %s must be set: the worker is started by `coproc serve`",
-                  GENERATION_ENV, WORKER_TOKEN_ENV)
+                  GENERATION_ENV, SECRET_FD_ENV)
         return None
-    return Identity(int(generation), token, os.getpid(), cfg.worker.threads)
+    return Identity(int(generation), secret.decode("ascii", "replace"), os.getpid(),
+                    cfg.worker.threads)
 
 
 def _sandbox(cfg: GatewayConfig, apis: Sequence[APIDefinition]) -> SandboxReport | None:

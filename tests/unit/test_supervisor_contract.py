@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from ipc.tokens import new_instance_key, verify_worker_token
-from supervisor.contract import ChildCommands, gateway_env, worker_env
+from supervisor.contract import (
+    ChildCommands,
+    gateway_env,
+    gateway_secret,
+    worker_env,
+    worker_secret,
+)
 from supervisor.listener import BACKLOG, ListenError, bind_listener, bound_port
 
 INHERITED = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "1",
@@ -19,20 +25,23 @@ INHERITED = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHD
 
 def test_gateway_env() -> None:
     key = new_instance_key()
-    env = gateway_env(5, key, INHERITED)
+    env = gateway_env(5, INHERITED)
     assert env["COPROC_LISTEN_FD"] == "5"
-    assert env["COPROC_INSTANCE_KEY"] == key.hex()
+    assert "COPROC_INSTANCE_KEY" not in env  # an inherited one is never passed on
+    assert not any(key.hex() in v for v in env.values())
+    assert gateway_secret(key) == key.hex().encode()
     assert env["COPROC_SUPERVISOR_PID"] == str(os.getpid())
     assert env["PATH"] == "/usr/bin" and env["LANG"] == "C.UTF-8"
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
 
 
-def test_worker_env_has_its_token_and_no_key() -> None:
+def test_worker_env_has_no_secret_and_its_secret_is_its_token() -> None:
     key = new_instance_key()
-    env = worker_env(3, key, INHERITED)
+    env = worker_env(3, INHERITED)
     assert env["COPROC_GENERATION"] == "3"
-    assert verify_worker_token(key, 3, env["COPROC_WORKER_TOKEN"])
-    assert not verify_worker_token(key, 4, env["COPROC_WORKER_TOKEN"])
+    token = worker_secret(key, 3).decode()
+    assert verify_worker_token(key, 3, token) and not verify_worker_token(key, 4, token)
+    assert not any(token in v or key.hex() in v for v in env.values())
     assert "COPROC_INSTANCE_KEY" not in env and "COPROC_LISTEN_FD" not in env
     assert "NOTIFY_SOCKET" not in env
 
