@@ -4,7 +4,8 @@ Order (each step needs the one before, or would be blocked by the one after):
 cgroup join (needs root to write the limits) -> network namespace (needs
 CAP_SYS_ADMIN) -> rlimits -> uid/gid -> pdeathsig + parent check (a uid change
 clears it) -> no_new_privs (Landlock and seccomp require it without
-CAP_SYS_ADMIN) -> Landlock -> seccomp (last: it denies what the others use).
+CAP_SYS_ADMIN) -> Landlock scope (`standard`) or Landlock -> seccomp (last: it
+denies what the others use).
 
 No `preexec_fn`: the worker is a fresh interpreter and confines itself.
 A required layer that fails raises `SandboxError` (the worker exits
@@ -140,6 +141,8 @@ def apply_sandbox(policy: Policy) -> SandboxReport:
     run.step(Layer.NNP, policy.nnp, False, prctl.set_no_new_privs)
     writable = [*policy.write_paths, *([report.scratch] if report.scratch else []),
                 Path(os.devnull)]
+    run.step(Layer.SCOPE, policy.scope, False,
+             lambda: _single_threaded(landlock.scope_only))
     run.step(Layer.LANDLOCK, policy.landlock, False, lambda: _single_threaded(
         lambda: landlock.restrict(policy.read_paths, writable, policy.shm_paths)))
     run.step(Layer.SECCOMP, policy.seccomp, False,

@@ -34,6 +34,8 @@ class Layer(enum.Enum):
     IDENTITY = "identity"
     PDEATHSIG = "pdeathsig"
     NNP = "no_new_privs"
+    #: `standard`: a Landlock domain with no file rules, only scoping (signals, ptrace).
+    SCOPE = "scope"
     LANDLOCK = "landlock"
     SECCOMP = "seccomp"
 
@@ -78,6 +80,8 @@ class Policy:
     ids: tuple[int, int] | None
     ids_required: bool
     nnp: bool
+    #: Landlock scoping alone (`standard`; `strict`'s Landlock layer includes it).
+    scope: bool
     landlock: bool
     seccomp: bool
     cgroup_dirs: tuple[Path, ...]
@@ -121,6 +125,7 @@ def resolve_policy(cfg: GatewayConfig, plugin_dirs: Iterable[Path] = (),
         ids=worker_ids(opts) if (base.confine or opts.user) else None,
         ids_required=bool(opts.user) and os.geteuid() == 0,
         nnp=base.confine,
+        scope=base.confine and not base.strict,
         landlock=base.strict,
         seccomp=base.strict,
         cgroup_dirs=cgroups,
