@@ -1,0 +1,230 @@
+"""A hostile plugin against its own instance (issue #11 items 1-3, docs/SECURITY.md's table).
+
+Each probe runs inside a real hook of a real `coproc serve` and answers
+`blocked: <exception>` or `allowed: <what it got>`.  On this machine the worker
+keeps the supervisor's uid even as root when the interpreter lives under a
+private home (the uid drop is then skipped): exactly the `standard` case
+without a uid drop, which the Landlock scope layer must hold on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.integration.harness import Instance, api_def, hook
+from worker.sandbox.landlock import abi_version
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's layers are tested "
+                                "as root (CI runs as root)")
+
+PROBE = textwrap.dedent('''
+    import ctypes, json, os, re, signal, socket
+
+    import zmq
+    from tyk.decorators import *
+    from ipc.protocol import MsgType, decode, encode
+
+    HEX64 = re.compile(rb"[0-9a-f]{64}")
+
+    def environ(p):
+        """What the plugin can read of its own, its parent's and the gateway's environment."""
+        found = {}
+        for who, pid in (("self", "self"), ("parent", str(os.getppid())),
+                         ("gateway", p["gateway"])):
+            try:
+                with open("/proc/%s/environ" % pid, "rb") as f:
+                    env = f.read()
+            except OSError as exc:
+                found[who] = "blocked: %s" % type(exc).__name__
+                continue
+            secret = HEX64.search(env) or b"COPROC_INSTANCE_KEY" in env \\
+                or b"COPROC_WORKER_TOKEN" in env
+            found[who] = "secret" if secret else "clean"
+        return json.dumps(found, sort_keys=True)
+
+    def mem(p):
+        """Read the first mapped page of another process: where a key would be found."""
+        pid = int(p["pid"])
+        with open("/proc/%d/maps" % pid) as f:
+            start = int(f.readline().split("-")[0], 16)
+        with open("/proc/%d/mem" % pid, "rb") as f:
+            f.seek(start)
+            return len(f.read(16))
+
+    def kill(p):
+        os.kill(int(p["pid"]), signal.SIGKILL)
+
+    def ptrace(p):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pid = int(p["pid"])
+        if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+            raise PermissionError(os.strerror(ctypes.get_errno()))
+        os.waitpid(pid, 0x40000000)  # __WALL: the attach stop
+        libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+        return "attached"
+
+    def stop(p):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(p["path"])
+        s.sendall(b'{"command": "stop"}\\n')
+        answer = json.loads(s.makefile().readline())
+        s.close()
+        if not answer.get("ok"):
+            raise PermissionError(answer.get("error"))
+        return answer
+
+    def hello(p):
+        """Say HELLO on a DEALER of our own, with any token we could find."""
+        token = "0" * 64
+        for path in ("/proc/self/environ", "/proc/%d/environ" % os.getppid()):
+            try:
+                with open(path, "rb") as f:
+                    m = HEX64.search(f.read())
+            except OSError:
+                continue
+            if m:
+                token = m.group().decode()
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 3000)
+        sock.connect(p["endpoint"])
+        generation = int(os.environ.get("COPROC_GENERATION", "1"))
+        sock.send_multipart(encode(MsgType.HELLO, 0, {"generation": generation,
+                                                      "pid": os.getpid(), "token": token}))
+        try:
+            answer = decode(sock.recv_multipart())
+        finally:
+            sock.close()
+            ctx.term()
+        if answer.type is not MsgType.WELCOME:
+            raise PermissionError("%s %s" % (answer.type.name, answer.payload))
+        return "WELCOME"
+
+    ACTIONS = {f.__name__: f for f in (environ, mem, kill, ptrace, stop, hello)}
+
+    @Hook
+    def Probe(request, session, spec):
+        p = request.object.params
+        try:
+            outcome = "allowed: %s" % (ACTIONS[p["try"]](p),)
+        except Exception as exc:
+            outcome = "blocked: %s: %s" % (type(exc).__name__, exc)
+        request.object.return_overrides.response_code = 200
+        request.object.return_overrides.response_body = outcome
+        return request, session
+''')
+
+PLUGINS = {"probe/middleware.py": PROBE}
+
+
+def apis(upstream: str) -> dict[str, Any]:
+    return {"probe": api_def("probe", "/probe/", upstream,
+                             pre=[hook("Probe", "probe/middleware.py")]),
+            "plain": api_def("plain", "/plain/", upstream)}
+
+
+def settings(profile: str) -> dict[str, Any]:
+    return {"coproc": {"sandbox": {"profile": profile},
+                       "supervisor": {"restart_backoff_initial_ms": 50}}}
+
+
+def probe(inst: Instance, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return inst.expect(inst.get(f"/probe/x?{query}"), 200).text()
+
+
+def gateway_pid(inst: Instance) -> int:
+    for proc in inst.children():
+        if "-m gateway" in " ".join(proc.cmdline()):
+            return proc.pid
+    raise AssertionError(f"no gateway among {inst.children()}\n{inst.logs()}")
+
+
+def worker_pid(inst: Instance) -> int:
+    for proc in inst.children():
+        if "-m worker" in " ".join(proc.cmdline()):
+            return proc.pid
+    raise AssertionError(f"no worker among {inst.children()}\n{inst.logs()}")
+
+
+def still_serving(inst: Instance, gateway: int, worker: int) -> None:
+    """The supervisor, the gateway and the worker are the same processes and answer."""
+    assert inst.proc.poll() is None, inst.logs()
+    inst.expect(inst.get("/plain/get"), 200)
+    assert "allowed: " in probe(inst, **{"try": "environ", "gateway": str(gateway)})
+    assert gateway_pid(inst) == gateway and worker_pid(inst) == worker
+    assert psutil.pid_exists(gateway)
+
+
+@pytest.fixture(scope="module")
+def standard(module_coproc_factory: Any, echo_upstream: Any) -> Instance:
+    inst: Instance = module_coproc_factory(apis(echo_upstream.url), PLUGINS,
+                                           settings("standard"))
+    return inst
+
+
+@pytest.fixture(scope="module")
+def off(module_coproc_factory: Any, echo_upstream: Any) -> Instance:
+    inst: Instance = module_coproc_factory(apis(echo_upstream.url), PLUGINS, settings("off"))
+    return inst
+
+
+def test_standard_worker_here_keeps_the_supervisors_uid_and_is_scoped(standard: Instance) -> None:
+    """The case of the issue: no uid drop (interpreter under /root), Landlock scope active."""
+    worker = psutil.Process(worker_pid(standard))
+    assert worker.uids().real == os.geteuid(), "this machine dropped the uid: the no-drop " \
+        "rows need an interpreter the worker's uid cannot read"
+    if abi_version() >= 6:
+        assert "scope" in standard.logs(40000).split("active [", 1)[1].split("]", 1)[0]
+
+
+@pytest.mark.parametrize("profile", ["off", "standard"])
+def test_no_token_or_key_in_any_environment_a_plugin_can_read(
+        profile: str, request: pytest.FixtureRequest) -> None:
+    inst: Instance = request.getfixturevalue(profile)
+    found = json.loads(probe(inst, **{"try": "environ", "gateway": str(gateway_pid(inst))})
+                       [len("allowed: "):])
+    # Readable (Landlock does not scope PTRACE_MODE_READ /proc files), but clean.
+    assert found == {"self": "clean", "parent": "clean", "gateway": "clean"}, found
+
+
+@pytest.mark.parametrize("profile", ["off", "standard"])
+def test_a_plugins_own_hello_is_not_admitted(profile: str,
+                                             request: pytest.FixtureRequest) -> None:
+    inst: Instance = request.getfixturevalue(profile)
+    gateway, worker = gateway_pid(inst), worker_pid(inst)
+    endpoint = f"ipc://{inst.run_dir}/hooks.sock"
+    result = probe(inst, **{"try": "hello", "endpoint": endpoint})
+    assert result.startswith("blocked: PermissionError: REJECT"), result
+    still_serving(inst, gateway, worker)
+
+
+@pytest.mark.parametrize("profile", ["off", "standard"])
+def test_a_plugin_sending_stop_on_the_control_socket_is_refused(
+        profile: str, request: pytest.FixtureRequest) -> None:
+    inst: Instance = request.getfixturevalue(profile)
+    gateway, worker = gateway_pid(inst), worker_pid(inst)
+    result = probe(inst, **{"try": "stop", "path": str(inst.run_dir / "control.sock")})
+    assert result.startswith("blocked: PermissionError: refused: "), result
+    still_serving(inst, gateway, worker)
+
+
+@pytest.mark.skipif(abi_version() < 6, reason="Landlock signal scoping needs Linux 6.12: "
+                    "docs/SECURITY.md lists this row as allowed on older kernels")
+@pytest.mark.parametrize("target", ["supervisor", "gateway"])
+@pytest.mark.parametrize("action", ["kill", "ptrace", "mem"])
+def test_standard_plugin_cannot_signal_or_ptrace_the_instance(
+        standard: Instance, target: str, action: str) -> None:
+    gateway, worker = gateway_pid(standard), worker_pid(standard)
+    pid = standard.pid if target == "supervisor" else gateway
+    result = probe(standard, **{"try": action, "pid": str(pid)})
+    assert result.startswith("blocked: PermissionError"), result
+    still_serving(standard, gateway, worker)
