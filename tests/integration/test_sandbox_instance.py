@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
+from ipc.grants import instance_arenas
+from ipc.shm_names import shm_prefix
 from tests.integration.harness import Instance, api_def, hook
 from worker.sandbox.landlock import abi_version
 
@@ -228,3 +230,24 @@ def test_standard_plugin_cannot_signal_or_ptrace_the_instance(
     result = probe(standard, **{"try": action, "pid": str(pid)})
     assert result.startswith("blocked: PermissionError"), result
     still_serving(standard, gateway, worker)
+
+
+def test_a_worker_that_stays_root_hands_nothing_to_nobody(standard: Instance) -> None:
+    """Item 4: the default `nobody` exists, but the worker kept uid 0: the hooks socket,
+    the run dir and the body arena stay the supervisor's (nobody's daemons get nothing)."""
+    assert psutil.Process(worker_pid(standard)).uids().real == os.geteuid()
+    check_large_body(standard)  # the arena is in use
+    sock = (standard.run_dir / "hooks.sock").stat()
+    assert (sock.st_uid, sock.st_mode & 0o777) == (os.geteuid(), 0o600)
+    assert standard.run_dir.stat().st_mode & 0o077 == 0
+    arenas = instance_arenas(shm_prefix(standard.run_dir))
+    assert arenas, "no body arena found"
+    for arena in arenas:
+        st = arena.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o600), arena
+
+
+def check_large_body(inst: Instance) -> None:
+    body = b"0123456789abcdef" * 8192  # 128 KiB: above the shared-memory threshold
+    resp = inst.expect(inst.request("POST", "/plain/post", body=body), 200)
+    assert resp.json()["body_len"] == len(body)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipc.contract import SCRATCH_DIR_ENV
+from ipc.grants import grant_instance_files, instance_arenas
 from worker.sandbox import cgroup, identity, landlock, netns, prctl, rlimits, seccomp
 from worker.sandbox.errors import LayerUnavailable
 from worker.sandbox.policy import Layer, Policy
@@ -194,6 +195,14 @@ def _drop(policy: Policy) -> str:
         raise LayerUnavailable(
             f"uid {uid} cannot read {blocked} (the interpreter or plugins live under a "
             "private directory; see docs/SECURITY.md)")
+    # Now that the drop will happen, and only then: the hooks socket and the body
+    # arena go to the uid we become (a worker that stays root hands nothing out).
+    try:
+        grant_instance_files(policy.hooks_socket, instance_arenas(policy.arena_prefix)
+                             if policy.arena_prefix else [], uid, gid)
+    except OSError as exc:
+        raise LayerUnavailable(f"cannot give uid {uid} the hooks socket or the body "
+                               f"arena: {exc}") from None
     identity.drop_identity(uid, gid)
     return f"uid {uid} gid {gid}"
 
