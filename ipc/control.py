@@ -52,8 +52,8 @@ __all__ = [
 MAX_DATAGRAM: Final = 256 * 1024
 #: Datagrams read per wake-up: a flooding peer cannot starve an event loop.
 READ_BATCH: Final = 64
-#: A child's secret is a key or a token: anything longer is not one.
-MAX_SECRET_BYTES: Final = 4096
+#: A child's secret: a key, or a worker's token with its part of the config.
+MAX_SECRET_BYTES: Final = 1 << 20
 #: At most one line per this many seconds about a peer's invalid datagrams.
 BAD_DATAGRAM_LOG_S: Final = 10.0
 
@@ -309,7 +309,8 @@ def read_inherited_secret(environ: MutableMapping[str, str] | None = None) -> by
         raise ValueError(f"{SECRET_FD_ENV}={raw!r} is not a file descriptor number")
     fd = int(raw)
     try:
-        data = os.read(fd, MAX_SECRET_BYTES + 1)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"{SECRET_FD_ENV}={fd}: cannot read the secret: {exc.strerror}") \
             from None

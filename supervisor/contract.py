@@ -7,6 +7,7 @@ from the names of `ipc.contract` (which also says what is never inherited).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -14,7 +15,9 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
+from config.gateway import GatewayConfig
 from ipc.contract import (
     ADMIT_GATE_ENV,
     GENERATION_ENV,
@@ -24,8 +27,12 @@ from ipc.contract import (
 )
 from ipc.tokens import worker_token
 
-__all__ = ["ChildCommands", "gateway_env", "gateway_secret", "scratch_dir", "worker_env",
-           "worker_secret"]
+__all__ = ["WORKER_SECTIONS", "ChildCommands", "gateway_env", "gateway_secret", "scratch_dir",
+           "worker_config", "worker_env", "worker_secret"]
+
+#: The parts of `coproc` a worker reads: never storage, keys, admin secret, bundles'
+#: headers, analytics or anything else the gateway config holds.
+WORKER_SECTIONS: Final = ("log_level", "log_format", "hooks", "worker", "ipc", "sandbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +67,32 @@ def gateway_secret(instance_key: bytes) -> bytes:
     return instance_key.hex().encode()
 
 
-def worker_secret(instance_key: bytes, generation: int) -> bytes:
-    """What a worker reads from its secret fd: its generation's admission token."""
-    return worker_token(instance_key, generation).encode()
+def worker_config(cfg: GatewayConfig) -> dict[str, Any]:
+    """The part of the gateway config a worker needs, as a config document.
+
+    The worker gets this from us (in its secret fd) instead of reading the config
+    file: the file holds the admin `secret` and storage passwords, and is often
+    world-readable.  Paths are resolved here (the worker resolves nothing)."""
+    coproc = cfg.raw.get("coproc")
+    coproc = coproc if isinstance(coproc, dict) else {}
+    options = cfg.raw.get("coprocess_options")
+    return {
+        "app_path": str(cfg.app_path),
+        "middleware_path": str(cfg.middleware_path),
+        "coprocess_options": options if isinstance(options, dict) else {},
+        "coproc": {**{k: coproc[k] for k in WORKER_SECTIONS if k in coproc},
+                   "run_dir": str(cfg.run_dir)},
+    }
+
+
+def worker_secret(instance_key: bytes, generation: int,
+                  config: Mapping[str, Any] | None = None) -> bytes:
+    """What a worker reads from its secret fd: JSON with its generation's admission
+    token and (from `coproc serve`) its part of the config (`worker_config`)."""
+    boot: dict[str, Any] = {"token": worker_token(instance_key, generation)}
+    if config is not None:
+        boot["config"] = config
+    return json.dumps(boot).encode()
 
 
 def worker_env(generation: int, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -9,8 +9,9 @@ one more spec, not one more branch in the supervisor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.child import ChildProcess, Role
 from supervisor.contract import (
@@ -50,8 +51,11 @@ def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes) -
                      pass_fds=(listen_fd,))
 
 
-def worker_spec(commands: ChildCommands, instance_key: bytes) -> SpawnSpec:
+def worker_spec(commands: ChildCommands, instance_key: bytes,
+                config: Mapping[str, Any] | None = None) -> SpawnSpec:
+    """`config`: the worker's part of the gateway config (`worker_config`), handed
+    over with its token so that it never reads the config file."""
     return SpawnSpec(Role.WORKER, commands.worker,
                      lambda generation: worker_env(generation),
-                     secret=lambda generation: worker_secret(instance_key, generation),
+                     secret=lambda generation: worker_secret(instance_key, generation, config),
                      confined=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import faulthandler
+import json
 import logging
 import os
 import sys
@@ -32,10 +33,11 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from config import ConfigError, load_api_definitions, load_gateway_config
 from config.apidef import APIDefinition
-from config.gateway import GatewayConfig
+from config.gateway import GatewayConfig, parse_gateway_config
 from config.logs import setup_logging
 from ipc import eventloop, exitcodes, gctune
 from ipc.child import die_with_parent
@@ -73,13 +75,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return exitcodes.BOOT_FAILED
     try:
-        cfg = load_gateway_config(args.config)
+        token, boot_config = _boot(secret)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return exitcodes.BOOT_FAILED
+    try:
+        # From `coproc serve`, the worker's part of the config came with the token:
+        # the config file (admin secret, storage passwords) is never opened here.
+        cfg = (parse_gateway_config(boot_config, Path(args.config).resolve())
+               if boot_config is not None else load_gateway_config(args.config))
         apis = load_api_definitions(cfg)
     except ConfigError as exc:
         log.error("%s", exc)
         return exitcodes.CONFIG
     setup_logging("worker", cfg.log_level, cfg.log_format)
-    identity = _identity(cfg, secret)
+    identity = _identity(cfg, token)
     if identity is None:
         return exitcodes.BOOT_FAILED
     sandbox = _sandbox(cfg, apis)  # before any plugin code is imported
@@ -132,14 +142,31 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
         link.close()
 
 
-def _identity(cfg: GatewayConfig, secret: bytes | None) -> Identity | None:
+def _boot(secret: bytes | None) -> tuple[str, dict[str, Any] | None]:
+    """(token, config document or None) from the secret fd's content: JSON
+    `{"token", "config"}` from `coproc serve` (supervisor/contract.py), or a bare
+    token (a worker started by hand or by a test).  Raise ValueError."""
+    if not secret:
+        return "", None
+    if not secret.startswith(b"{"):
+        return secret.decode("ascii", "replace"), None
+    try:
+        boot = json.loads(secret)
+    except ValueError:
+        raise ValueError(f"{SECRET_FD_ENV}: not the JSON `coproc serve` writes") from None
+    token, config = boot.get("token"), boot.get("config")
+    if not isinstance(token, str) or not (config is None or isinstance(config, dict)):
+        raise ValueError(f"{SECRET_FD_ENV}: expected a token and a config object")
+    return token, config
+
+
+def _identity(cfg: GatewayConfig, token: str) -> Identity | None:
     generation = os.environ.get(GENERATION_ENV, "")
-    if not generation.isdigit() or not secret:
+    if not generation.isdigit() or not token:
         log.error("%s and %s must be set: the worker is started by `coproc serve`",
                   GENERATION_ENV, SECRET_FD_ENV)
         return None
-    return Identity(int(generation), secret.decode("ascii", "replace"), os.getpid(),
-                    cfg.worker.threads)
+    return Identity(int(generation), token, os.getpid(), cfg.worker.threads)
 
 
 def _sandbox(cfg: GatewayConfig, apis: Sequence[APIDefinition]) -> SandboxReport | None:
