@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import textwrap
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from ipc.grants import instance_arenas
 from ipc.shm_names import shm_prefix
-from tests.integration.harness import Instance, api_def, hook
+from tests.integration.harness import Instance, api_def, hook, poll
 from worker.sandbox.landlock import abi_version
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's layers are tested "
@@ -49,6 +50,17 @@ PROBE = textwrap.dedent('''
                 or b"COPROC_WORKER_TOKEN" in env
             found[who] = "secret" if secret else "clean"
         return json.dumps(found, sort_keys=True)
+
+    def find(p):
+        """Where the plugin can find `needle`: per path, found / absent / blocked."""
+        seen = {}
+        for path in p["paths"].split(","):
+            try:
+                with open(path, "rb") as f:
+                    seen[path] = "found" if p["needle"].encode() in f.read() else "absent"
+            except OSError as exc:
+                seen[path] = "blocked: %s" % type(exc).__name__
+        return json.dumps(seen, sort_keys=True)
 
     def mem(p):
         """Read the first mapped page of another process: where a key would be found."""
@@ -110,7 +122,7 @@ PROBE = textwrap.dedent('''
             raise PermissionError("%s %s" % (answer.type.name, answer.payload))
         return "WELCOME"
 
-    ACTIONS = {f.__name__: f for f in (environ, mem, kill, ptrace, stop, hello)}
+    ACTIONS = {f.__name__: f for f in (environ, find, mem, kill, ptrace, stop, hello)}
 
     @Hook
     def Probe(request, session, spec):
@@ -251,3 +263,26 @@ def check_large_body(inst: Instance) -> None:
     body = b"0123456789abcdef" * 8192  # 128 KiB: above the shared-memory threshold
     resp = inst.expect(inst.request("POST", "/plain/post", body=body), 200)
     assert resp.json()["body_len"] == len(body)
+
+
+def test_a_new_worker_never_opens_the_config_file(coproc_factory: Any,
+                                                   echo_upstream: Any) -> None:
+    """Item 5: 1. serve; 2. the config file goes away; 3. a hot restart (SIGHUP)
+    starts a new worker generation, which loads and serves: the supervisor
+    handed it its part of the config, it did not read the file."""
+    inst: Instance = coproc_factory(apis(echo_upstream.url), PLUGINS, settings("standard"))
+    first = worker_pid(inst)
+    hidden = inst.config_path.with_name("hidden.json")
+    inst.config_path.rename(hidden)
+    try:
+        os.kill(inst.pid, signal.SIGHUP)
+        poll("generation 2 serving alone", lambda: workers(inst) not in ([], [first])
+             and len(workers(inst)) == 1 and "generation 2" in inst.logs(200000), 30)
+        assert "allowed: " in probe(inst, **{"try": "environ", "gateway": str(gateway_pid(inst))})
+        assert workers(inst) != [first]
+    finally:
+        hidden.rename(inst.config_path)
+
+
+def workers(inst: Instance) -> list[int]:
+    return [p.pid for p in inst.children() if "-m worker" in " ".join(p.cmdline())]
