@@ -158,8 +158,8 @@ def test_a_required_layer_that_fails_stops_the_worker_with_the_reason(
          inst.logs(50000), 30)
 
 
-ADMIN_SECRET = "admin-s3cret-for-the-test"  # noqa: S105 (a test value)
-REDIS_SECRET = "redis-s3cret-for-the-test"  # noqa: S105
+ADMIN_SECRET = "admin-s3cret-for-the-test"
+REDIS_SECRET = "redis-s3cret-for-the-test"
 
 
 def test_a_dropped_worker_loads_without_the_config_file_and_finds_no_secret(
