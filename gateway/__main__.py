@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import socket
+import stat
 import sys
+from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -67,6 +71,41 @@ def instance_key() -> bytes:
     return new_instance_key()
 
 
+#: Fields of a gateway config file that hold a credential: (path, name in the warning).
+SECRET_FIELDS = ((("secret",), "the admin secret"), (("node_secret",), "node_secret"),
+                 (("storage", "password"), "the storage (Redis) password"),
+                 (("coproc", "bundles", "headers"), "the bundle server's headers"))
+
+
+def readable_secrets_warning(path: Path) -> str | None:
+    """A warning when `path` is readable by every user and holds credentials.
+
+    The worker no longer reads the file (it gets its part from the supervisor),
+    but any other local user or process could."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not mode & stat.S_IROTH or not isinstance(doc, dict):
+        return None
+    held = [name for keys, name in SECRET_FIELDS if _value(doc, keys)]
+    if not held:
+        return None
+    return (f"{path} is readable by every user (mode {mode:04o}) and holds "
+            f"{', '.join(held)}. Fix: chmod 600 {path} (0640 with the service's group), or "
+            "set them through the environment (e.g. TYK_GW_SECRET, TYK_GW_STORAGE_PASSWORD)")
+
+
+def _value(doc: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    node: Any = doc
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = _parse_args(argv)
@@ -85,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return exitcodes.CONFIG
     setup_logging("gateway", cfg.log_level, cfg.log_format)
+    warning = readable_secrets_warning(cfg.path)
+    if warning is not None:
+        log.warning("%s", warning)
     for line in unapplied_warnings(cfg.path, cfg.raw, [(a.source, a.raw) for a in apis]):
         log.warning("%s", line)  # Tyk settings Coproc reads as known but does not apply
     try:
