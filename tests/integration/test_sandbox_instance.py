@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -20,7 +21,16 @@ import pytest
 
 from ipc.grants import instance_arenas
 from ipc.shm_names import shm_prefix
-from tests.integration.harness import Instance, api_def, hook, poll
+from tests.integration.harness import (
+    Instance,
+    api_def,
+    hook,
+    launch,
+    new_base_dir,
+    poll,
+    remove_base,
+    write_instance,
+)
 from worker.sandbox.landlock import abi_version
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's layers are tested "
@@ -286,3 +296,44 @@ def test_a_new_worker_never_opens_the_config_file(coproc_factory: Any,
 
 def workers(inst: Instance) -> list[int]:
     return [p.pid for p in inst.children() if "-m worker" in " ".join(p.cmdline())]
+
+
+def _cgroups_of(supervisor: int) -> list[Path]:
+    return list(Path("/sys/fs/cgroup").glob(f"**/coproc-{supervisor}-w*"))
+
+
+def test_the_next_start_removes_only_its_own_killed_predecessors_leftovers(
+        coproc_factory: Any, echo_upstream: Any) -> None:
+    """Item 3: 1. instance A and, beside it, instance B serve (cgroups, arenas);
+    2. A's supervisor is SIGKILLed: its children die, its worker cgroup and its
+    arena stay; 3. A starts again on the same run dir: A's leftovers are gone,
+    B's cgroups and arena are untouched and B still serves."""
+    b: Instance = coproc_factory(apis(echo_upstream.url), PLUGINS, settings("standard"))
+    base = new_base_dir()
+    config = write_instance(base, apis(echo_upstream.url), PLUGINS, settings("standard"))
+    a = launch(base, config)
+    again: Instance | None = None
+    try:
+        children = a.children()
+        old_cgroups = _cgroups_of(a.pid)
+        assert old_cgroups, f"no worker cgroup although we run as root\n{a.logs()}"
+        old_arenas = instance_arenas(shm_prefix(a.run_dir))
+        assert old_arenas, "no body arena"
+        b_cgroups, b_arenas = _cgroups_of(b.pid), instance_arenas(shm_prefix(b.run_dir))
+        os.kill(a.pid, signal.SIGKILL)
+        a.proc.wait(10)
+        poll("A's children to die with it", lambda: not any(
+            p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children), 10)
+        assert all(d.exists() for d in old_cgroups) and all(x.exists() for x in old_arenas)
+        (a.run_dir / "http.port").unlink()  # stale: the harness would wait on the old port
+        again = launch(base, config)
+        assert not any(d.exists() for d in old_cgroups), again.logs()
+        assert not any(x.exists() for x in old_arenas)
+        assert all(d.exists() for d in b_cgroups) and all(x.exists() for x in b_arenas)
+        again.expect(again.get("/plain/get"), 200)
+        b.expect(b.get("/plain/get"), 200)
+    finally:
+        for inst in (a, again):
+            if inst is not None:
+                inst.cleanup()
+        remove_base(base)
