@@ -337,3 +337,16 @@ def test_the_next_start_removes_only_its_own_killed_predecessors_leftovers(
             if inst is not None:
                 inst.cleanup()
         remove_base(base)
+
+
+def test_strict_plugin_cannot_read_the_config_file(coproc_factory: Any,
+                                                   echo_upstream: Any) -> None:
+    """docs/SECURITY.md, secrets row, `strict`: the config file is outside every path
+    Landlock lets the worker read, whatever its mode."""
+    secret = "strict-admin-s3cret"
+    inst: Instance = coproc_factory(apis(echo_upstream.url), PLUGINS,
+                                    {**settings("strict"), "secret": secret})
+    assert inst.config_path.stat().st_mode & 0o004  # world-readable: only Landlock stops it
+    seen = json.loads(probe(inst, **{"try": "find", "needle": secret,
+                                     "paths": str(inst.config_path)})[len("allowed: "):])
+    assert seen[str(inst.config_path)].startswith("blocked: PermissionError"), seen
