@@ -108,7 +108,7 @@ def restrict(read: Iterable[Path], write: Iterable[Path],
     return f"landlock ABI {abi}" + (f" (+{', '.join(extras)})" if extras else "")
 
 
-def scope_only() -> str:
+def scope_only(abstract_unix: bool = True) -> str:
     """Confine this thread (and its future threads) to its own Landlock domain, with
     no file or network rule: it can no longer signal, ptrace, or read the /proc
     files (environ, mem, fd) of a process outside the domain, nor reach an
@@ -116,12 +116,14 @@ def scope_only() -> str:
 
     This is how `standard` keeps a worker that kept the supervisor's uid away
     from the supervisor and the gateway (signal scoping: ABI 6, Linux 6.12;
-    the ptrace and /proc restriction holds for every Landlock domain)."""
+    the ptrace and /proc restriction holds for every Landlock domain).
+    `abstract_unix=False` leaves abstract Unix sockets alone (an `ipc://@name`
+    hooks endpoint is one)."""
     abi = abi_version()
     if abi < 6:
         raise LayerUnavailable(f"Landlock signal scoping needs ABI 6 (Linux 6.12); "
                                f"this kernel has ABI {abi}")
-    attr = _RulesetAttr(0, 0, _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL)
+    attr = _RulesetAttr(0, 0, (_SCOPE_ABSTRACT_UNIX if abstract_unix else 0) | _SCOPE_SIGNAL)
     libc = _libc()
     fd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr),
                       ctypes.c_size_t(ctypes.sizeof(_RulesetAttr)), ctypes.c_uint32(0))
@@ -133,7 +135,8 @@ def scope_only() -> str:
                 f"landlock_restrict_self: {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(fd)
-    return f"landlock ABI {abi} scope (signals, ptrace, abstract sockets)"
+    extra = ", abstract sockets" if abstract_unix else ""
+    return f"landlock ABI {abi} scope (signals, ptrace{extra})"
 
 
 def _allow(libc: ctypes.CDLL, ruleset: int, path: Path, access: int) -> None:

@@ -143,7 +143,8 @@ def apply_sandbox(policy: Policy) -> SandboxReport:
     writable = [*policy.write_paths, *([report.scratch] if report.scratch else []),
                 Path(os.devnull)]
     run.step(Layer.SCOPE, policy.scope, False,
-             lambda: _single_threaded(landlock.scope_only))
+             lambda: _single_threaded(lambda: landlock.scope_only(
+                 abstract_unix=not str(policy.hooks_socket).startswith("@"))))
     run.step(Layer.LANDLOCK, policy.landlock, False, lambda: _single_threaded(
         lambda: landlock.restrict(policy.read_paths, writable, policy.shm_paths)))
     run.step(Layer.SECCOMP, policy.seccomp, False,
