@@ -42,6 +42,7 @@ __all__ = [
     "WorkerOptions",
     "default_run_dir",
     "load_gateway_config",
+    "parse_gateway_config",
 ]
 
 FAILURE_POLICIES = ("fail_closed", "fail_open")
@@ -244,6 +245,12 @@ def load_gateway_config(path: Path | str,
     """Read and validate the gateway config file; raise `ConfigError`."""
     path = Path(path).resolve()
     raw = _apply_env(load_json(path), path, os.environ if environ is None else environ)
+    return parse_gateway_config(raw, path)
+
+
+def parse_gateway_config(raw: dict[str, Any], path: Path) -> GatewayConfig:
+    """Validate an already read config document; `path` names it in errors and is
+    the base of relative paths (the worker gets its part from the supervisor)."""
     r = Reader(raw, path)
     base = path.parent
     coproc = r.child("coproc", strict=True)

@@ -100,6 +100,11 @@ class PeerTable:
             reason = "invalid token"
         elif active is not None and generation < active.generation:
             reason = f"generation {generation} is older than active {active.generation}"
+        elif any(p.generation == generation and p.identity != identity
+                 for p in self._peers.values()):
+            # One connection per generation: a second HELLO with a live generation's
+            # token is someone else holding it (a plugin that found the token).
+            reason = f"generation {generation} is already admitted on another connection"
         if reason:
             self._stats["rejected"] += 1
             log.warning("rejected worker pid %s: %s", hello.get("pid"), reason)

@@ -1,21 +1,25 @@
 """Let a sandboxed worker (its own uid) reach the hooks socket and the body arena.
 
 ZeroMQ creates the ipc:// socket file with the gateway's owner; a worker that
-dropped to another uid could not connect.  After bind the socket is handed to
-the worker's uid (mode 0600: that uid and root, nobody else), the run directory
-becomes traversable by the worker's group only (0710), and the shared-memory
-arena is handed over the same way.  Nothing changes when no uid is dropped.
+dropped to another uid could not connect.  Access is granted from the uid a
+worker *actually* runs as, never from config alone (ipc/grants.py): here, at
+bind, only to a live worker of our supervisor that already runs as the
+configured uid (a restarted gateway under a dropped worker).  A fresh worker
+grants itself access while still root, right before it drops
+(worker/sandbox/launcher.py).  A worker that stays root gets nothing handed
+to `nobody`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 from pathlib import Path
 
 from config.gateway import GatewayConfig
 from config.sandbox import worker_ids
+from ipc.contract import SUPERVISOR_PID_ENV
+from ipc.grants import grant_instance_files, sibling_uids
 from ipc.shm import Arena
 
 __all__ = ["share_with_worker"]
@@ -25,26 +29,15 @@ log = logging.getLogger(__name__)
 
 def share_with_worker(cfg: GatewayConfig, arena: Arena | None) -> None:
     ids = worker_ids(cfg.sandbox)
-    if ids is None:
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if ids is None or not supervisor.isdigit():
         return
     uid, gid = ids
+    if uid not in sibling_uids(int(supervisor)):
+        return  # no worker runs as that uid (yet): a new one grants itself before its drop
     endpoint = cfg.hooks_endpoint
+    sock = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
     try:
-        if endpoint.startswith("ipc://"):
-            sock = Path(endpoint[len("ipc://"):])
-            os.chown(sock, uid, gid)
-            os.chmod(sock, 0o600)
-            _traversable(sock.parent, gid)
-        if arena is not None:
-            arena.chown(uid, gid)
+        grant_instance_files(sock, [arena.path] if arena is not None else [], uid, gid)
     except OSError as exc:
         log.warning("cannot give the worker's uid %d access to the hooks socket: %s", uid, exc)
-
-
-def _traversable(directory: Path, gid: int) -> None:
-    """Search (not list) permission for `gid` on the run dir; nothing for others."""
-    st = directory.stat()
-    if st.st_gid != gid:
-        os.chown(directory, -1, gid)
-    mode = stat.S_IMODE(st.st_mode)
-    os.chmod(directory, (mode | stat.S_IXGRP) & ~0o007)

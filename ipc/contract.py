@@ -18,13 +18,12 @@ __all__ = [
     "CONTRACT_ENV",
     "CONTROL_FD_ENV",
     "GENERATION_ENV",
-    "INSTANCE_KEY_ENV",
     "LISTEN_FD_ENV",
     "NEVER_INHERITED",
     "SCRATCH_DIR_ENV",
+    "SECRET_FD_ENV",
     "SUPERVISOR_PID_ENV",
     "SYSTEMD_ENV",
-    "WORKER_TOKEN_ENV",
 ]
 
 #: Every child: one end of its control socketpair (ipc/control.py).
@@ -33,12 +32,14 @@ CONTROL_FD_ENV: Final = "COPROC_CONTROL_FD"
 SUPERVISOR_PID_ENV: Final = "COPROC_SUPERVISOR_PID"
 #: Gateway: the inherited HTTP listening socket.
 LISTEN_FD_ENV: Final = "COPROC_LISTEN_FD"
-#: Gateway only (a worker must never see it): the key worker tokens are derived from.
-INSTANCE_KEY_ENV: Final = "COPROC_INSTANCE_KEY"
+#: Gateway and worker: an inherited memfd holding the child's one secret, read once
+#: and closed at boot (ipc/control.py).  Gateway: the instance key worker tokens are
+#: derived from; worker: its admission token.  Secrets never travel in the
+#: environment: /proc/<pid>/environ keeps the original for the process's whole life,
+#: readable by anything of the same uid.
+SECRET_FD_ENV: Final = "COPROC_SECRET_FD"  # noqa: S105 (a variable name)
 #: Worker: its generation number.
 GENERATION_ENV: Final = "COPROC_GENERATION"
-#: Worker: its admission token (taken out of os.environ before plugins load).
-WORKER_TOKEN_ENV: Final = "COPROC_WORKER_TOKEN"  # noqa: S105 (a variable name)
 #: Worker, "1": send `loaded` and wait for `admit` before HELLO.
 ADMIT_GATE_ENV: Final = "COPROC_ADMIT_GATE"
 #: Worker: where to make its scratch directory (the supervisor removes it at reap).
@@ -48,8 +49,10 @@ CGROUPS_ENV: Final = "COPROC_CGROUPS"
 
 #: Every name of the contract: set per child by the supervisor, or not at all.
 CONTRACT_ENV: Final = frozenset({
-    CONTROL_FD_ENV, SUPERVISOR_PID_ENV, LISTEN_FD_ENV, INSTANCE_KEY_ENV, GENERATION_ENV,
-    WORKER_TOKEN_ENV, ADMIT_GATE_ENV, SCRATCH_DIR_ENV, CGROUPS_ENV,
+    CONTROL_FD_ENV, SUPERVISOR_PID_ENV, LISTEN_FD_ENV, SECRET_FD_ENV, GENERATION_ENV,
+    ADMIT_GATE_ENV, SCRATCH_DIR_ENV, CGROUPS_ENV,
+    # Names of an older contract that carried secrets in the environment: never passed on.
+    "COPROC_INSTANCE_KEY", "COPROC_WORKER_TOKEN",
 })
 
 #: systemd's: a child sending READY=1 (or watchdog pings) would lie for the instance.

@@ -19,17 +19,18 @@ through a `ControlEndpoint`, which sends and receives `ControlMessage`s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
 
-from ipc.contract import CONTROL_FD_ENV
+from ipc.contract import CONTROL_FD_ENV, SECRET_FD_ENV
 from ipc.protocol import PAYLOADS, PLUGIN_REPORT, MsgType
 from ipc.ratelog import Throttle
 from ipc.schema import MapOf, ProtocolError, Record, check
@@ -44,11 +45,15 @@ __all__ = [
     "encode_control",
     "inherited_control_socket",
     "make_control_pair",
+    "read_inherited_secret",
+    "secret_fd",
 ]
 
 MAX_DATAGRAM: Final = 256 * 1024
 #: Datagrams read per wake-up: a flooding peer cannot starve an event loop.
 READ_BATCH: Final = 64
+#: A child's secret: a key, or a worker's token with its part of the config.
+MAX_SECRET_BYTES: Final = 1 << 20
 #: At most one line per this many seconds about a peer's invalid datagrams.
 BAD_DATAGRAM_LOG_S: Final = 10.0
 
@@ -277,3 +282,46 @@ def inherited_control_socket() -> socket.socket | None:
     sock = socket.socket(fileno=int(raw))
     sock.setblocking(False)
     return sock
+
+
+def secret_fd(secret: bytes) -> int:
+    """A memfd holding `secret`, read position 0, for one child to inherit.
+
+    The secret hand-off: unlike the environment (/proc/<pid>/environ keeps the
+    original for the process's whole life, readable by its uid), the child
+    reads the fd once at boot and closes it, and nothing of it stays visible.
+    The caller passes the fd in `pass_fds` and closes it after the spawn."""
+    if len(secret) > MAX_SECRET_BYTES:
+        raise ValueError(f"a child secret is at most {MAX_SECRET_BYTES} bytes")
+    fd = os.memfd_create("coproc-secret", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, secret)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_inherited_secret(environ: MutableMapping[str, str] | None = None) -> bytes | None:
+    """The secret this child inherited ($COPROC_SECRET_FD), read and the fd closed;
+    None when run by hand.  Raise ValueError for a variable that names no readable fd."""
+    env: MutableMapping[str, str] = os.environ if environ is None else environ
+    raw = env.pop(SECRET_FD_ENV, "")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"{SECRET_FD_ENV}={raw!r} is not a file descriptor number")
+    fd = int(raw)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{SECRET_FD_ENV}={fd}: cannot read the secret: {exc.strerror}") \
+            from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if not data or len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"{SECRET_FD_ENV}={fd}: empty or oversized secret")
+    return data

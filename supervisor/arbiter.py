@@ -38,7 +38,7 @@ from ipc.notify import Notifier
 from ipc.tokens import new_instance_key
 from supervisor.bundles.gate import BundleGate
 from supervisor.child import ChildProcess, Role
-from supervisor.contract import ChildCommands
+from supervisor.contract import ChildCommands, worker_config
 from supervisor.control_server import ControlRequest, ControlServer
 from supervisor.definitions import ServedDefinitions
 from supervisor.events import ControlEvent, Event, SignalEvent, install_signals, remove_signals
@@ -94,7 +94,7 @@ class Arbiter:
                                 GatewayReporter(self._link), window)
         # Without coprocess there is nothing for a worker to do (and no hooks
         # socket to become routable on): run the gateway alone.
-        self._worker = Watcher(worker_spec(commands, key),
+        self._worker = Watcher(worker_spec(commands, key, worker_config(cfg)),
                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                                WorkerReporter(self._link), window, liveness=cfg.worker) \
             if cfg.enable_coprocess else None

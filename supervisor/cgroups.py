@@ -25,7 +25,7 @@ from typing import Final
 
 from ipc.contract import CGROUPS_ENV
 
-__all__ = ["WorkerCgroup"]
+__all__ = ["WorkerCgroup", "remove_leftovers"]
 
 log = logging.getLogger("coproc.supervisor.cgroups")
 
@@ -149,6 +149,27 @@ class WorkerCgroup:
                     time.sleep(0.01)  # killed members are still exiting
         self.dirs = []
         return oom
+
+
+def remove_leftovers(supervisor_pid: int) -> list[Path]:
+    """Kill what is left in, and remove, the worker groups of a dead supervisor of
+    this instance (its pid comes from the run dir's pid file: only this instance's
+    leftovers, never another's).  Only groups we own are touched.  Returns them."""
+    if supervisor_pid == os.getpid() or _alive(supervisor_pid):
+        return []
+    removed: list[Path] = []
+    for h in _hierarchies():
+        for directory in (h.mount / h.own).glob(f"coproc-{supervisor_pid}-w*"):
+            try:
+                if directory.stat().st_uid != os.geteuid():
+                    continue
+            except OSError:
+                continue
+            group = WorkerCgroup([directory])
+            group.release()  # kills a plugin's double-forked leftovers too
+            if not directory.exists():
+                removed.append(directory)
+    return removed
 
 
 def _remove_stale(parent: Path) -> None:

@@ -18,8 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ipc.contract import CONTROL_FD_ENV, SCRATCH_DIR_ENV
-from ipc.control import ControlEndpoint, ControlMessage, ControlType, make_control_pair
+from ipc.contract import CONTROL_FD_ENV, SCRATCH_DIR_ENV, SECRET_FD_ENV
+from ipc.control import (
+    ControlEndpoint,
+    ControlMessage,
+    ControlType,
+    make_control_pair,
+    secret_fd,
+)
 from supervisor.cgroups import WorkerCgroup
 from supervisor.contract import scratch_dir
 from supervisor.exits import ExitStatus
@@ -66,28 +72,35 @@ class ChildProcess:
     @classmethod
     def spawn(cls, role: Role, generation: int, argv: Sequence[str], env: Mapping[str, str],
               started_at: float, pass_fds: Sequence[int] = (),
-              confined: bool = False) -> ChildProcess:
+              confined: bool = False, secret: bytes | None = None) -> ChildProcess:
         """Start `argv` with its own control socketpair; raise OSError if it cannot run.
 
         `confined`: the child runs plugin code, so it gets a cgroup of its own
-        and a scratch directory we remove when we reap it."""
+        and a scratch directory we remove when we reap it.  `secret`: handed
+        over in an inherited memfd ($COPROC_SECRET_FD), never the environment."""
         parent_end, child_end = make_control_pair()
+        secret_end = secret_fd(secret) if secret is not None else None
         cgroup = WorkerCgroup.create(generation) if confined else None
         scratch = scratch_dir(generation) if confined else None
         extra = {SCRATCH_DIR_ENV: str(scratch)} if scratch is not None else {}
+        if secret_end is not None:
+            extra[SECRET_FD_ENV] = str(secret_end)
+        fds = (child_end.fileno(), *pass_fds, *(() if secret_end is None else (secret_end,)))
         try:
             popen = subprocess.Popen(
                 list(argv), env={**env, **(cgroup.env() if cgroup else {}), **extra,
                                  CONTROL_FD_ENV: str(child_end.fileno())},
                 stdin=subprocess.DEVNULL, close_fds=True,
-                pass_fds=(child_end.fileno(), *pass_fds), start_new_session=True)
+                pass_fds=fds, start_new_session=True)
         except BaseException:
             parent_end.close()
             if cgroup is not None:
                 cgroup.release()
             raise
         finally:
-            child_end.close()  # only the child keeps its end
+            child_end.close()  # only the child keeps its end (and its secret)
+            if secret_end is not None:
+                os.close(secret_end)
         child = cls(role, generation, popen, parent_end, started_at)
         child.cgroup, child.scratch = cgroup, scratch
         return child

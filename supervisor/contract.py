@@ -7,6 +7,7 @@ from the names of `ipc.contract` (which also says what is never inherited).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -14,19 +15,24 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
+from config.gateway import GatewayConfig
 from ipc.contract import (
     ADMIT_GATE_ENV,
     GENERATION_ENV,
-    INSTANCE_KEY_ENV,
     LISTEN_FD_ENV,
     NEVER_INHERITED,
     SUPERVISOR_PID_ENV,
-    WORKER_TOKEN_ENV,
 )
 from ipc.tokens import worker_token
 
-__all__ = ["ChildCommands", "gateway_env", "scratch_dir", "worker_env"]
+__all__ = ["WORKER_SECTIONS", "ChildCommands", "gateway_env", "gateway_secret", "scratch_dir",
+           "worker_config", "worker_env", "worker_secret"]
+
+#: The parts of `coproc` a worker reads: never storage, keys, admin secret, bundles'
+#: headers, analytics or anything else the gateway config holds.
+WORKER_SECTIONS: Final = ("log_level", "log_format", "hooks", "worker", "ipc", "sandbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +56,50 @@ def _base_env(inherited: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def gateway_env(listen_fd: int, instance_key: bytes,
-                inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The gateway's environment, except COPROC_CONTROL_FD (set at spawn)."""
+def gateway_env(listen_fd: int, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The gateway's environment, except COPROC_CONTROL_FD and COPROC_SECRET_FD (set at spawn)."""
     env = _base_env(inherited)
     env[LISTEN_FD_ENV] = str(listen_fd)
-    env[INSTANCE_KEY_ENV] = instance_key.hex()
     return env
 
 
-def worker_env(generation: int, instance_key: bytes,
-               inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The worker's environment, except COPROC_CONTROL_FD (set at spawn)."""
+def gateway_secret(instance_key: bytes) -> bytes:
+    """What the gateway reads from its secret fd: the instance key (hex)."""
+    return instance_key.hex().encode()
+
+
+def worker_config(cfg: GatewayConfig) -> dict[str, Any]:
+    """The part of the gateway config a worker needs, as a config document.
+
+    The worker gets this from us (in its secret fd) instead of reading the config
+    file: the file holds the admin `secret` and storage passwords, and is often
+    world-readable.  Paths are resolved here (the worker resolves nothing)."""
+    coproc = cfg.raw.get("coproc")
+    coproc = coproc if isinstance(coproc, dict) else {}
+    options = cfg.raw.get("coprocess_options")
+    return {
+        "app_path": str(cfg.app_path),
+        "middleware_path": str(cfg.middleware_path),
+        "coprocess_options": options if isinstance(options, dict) else {},
+        "coproc": {**{k: coproc[k] for k in WORKER_SECTIONS if k in coproc},
+                   "run_dir": str(cfg.run_dir)},
+    }
+
+
+def worker_secret(instance_key: bytes, generation: int,
+                  config: Mapping[str, Any] | None = None) -> bytes:
+    """What a worker reads from its secret fd: JSON with its generation's admission
+    token and (from `coproc serve`) its part of the config (`worker_config`)."""
+    boot: dict[str, Any] = {"token": worker_token(instance_key, generation)}
+    if config is not None:
+        boot["config"] = config
+    return json.dumps(boot).encode()
+
+
+def worker_env(generation: int, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The worker's environment, except COPROC_CONTROL_FD and COPROC_SECRET_FD (set at spawn)."""
     env = _base_env(inherited)
     env[GENERATION_ENV] = str(generation)
-    env[WORKER_TOKEN_ENV] = worker_token(instance_key, generation)
     env[ADMIT_GATE_ENV] = "1"
     # A plugin edited twice within one second keeps its size: a cached .pyc
     # (keyed by mtime seconds and size) would then load the old code on reload.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from ipc.shm_names import SHM_DIR, shm_prefix
+from supervisor.cgroups import remove_leftovers
 
 __all__ = ["PID_NAME", "PORT_NAME", "RunDir", "RunDirError"]
 
@@ -53,6 +54,20 @@ class RunDir:
                               f"{os.geteuid()}. Fix: remove it, or set coproc.run_dir")
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.chmod(self.path, 0o700)
+
+    def sweep_previous(self) -> None:
+        """Remove what a SIGKILLed supervisor of this run dir left: its worker
+        cgroups (named by its pid, read from the pid file it left) and, by this
+        run dir's prefix, its children's shared memory.  Call with the lock held,
+        before `write_pid`."""
+        try:
+            raw = (self.path / PID_NAME).read_text(encoding="ascii").strip()
+        except OSError:
+            raw = ""
+        if raw.isdigit():
+            for directory in remove_leftovers(int(raw)):
+                log.info("removed worker cgroup %s left by supervisor pid %s", directory, raw)
+        self.remove_shared_memory()
 
     def write_pid(self) -> None:
         _write_atomically(self.path / PID_NAME, f"{os.getpid()}\n")

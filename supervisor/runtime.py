@@ -38,9 +38,9 @@ def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
     lock = RunDirLock.acquire(cfg.run_dir)
     notifier = notifier if notifier is not None else Notifier()
     try:
+        run_dir.sweep_previous()  # a SIGKILLed predecessor's cgroups and arenas
         run_dir.write_pid()
         run_dir.remove_sockets()
-        run_dir.remove_shared_memory()
         listener = bind_listener(cfg.listen_address, cfg.listen_port)
         try:
             port = bound_port(listener)

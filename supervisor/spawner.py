@@ -9,11 +9,18 @@ one more spec, not one more branch in the supervisor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.child import ChildProcess, Role
-from supervisor.contract import ChildCommands, gateway_env, worker_env
+from supervisor.contract import (
+    ChildCommands,
+    gateway_env,
+    gateway_secret,
+    worker_env,
+    worker_secret,
+)
 
 __all__ = ["SpawnSpec", "gateway_spec", "worker_spec"]
 
@@ -24,22 +31,31 @@ class SpawnSpec:
     argv: tuple[str, ...]
     #: generation -> the child's environment (COPROC_CONTROL_FD is added at spawn).
     env: Callable[[int], dict[str, str]]
+    #: generation -> the child's secret, handed over in an fd (never the environment).
+    secret: Callable[[int], bytes] | None = None
     pass_fds: tuple[int, ...] = ()
     #: Runs plugin code: a cgroup and a scratch directory of its own.
     confined: bool = False
 
     def spawn(self, generation: int, now: float) -> ChildProcess:
         """Start one child; raise OSError if it cannot run."""
+        secret = self.secret(generation) if self.secret is not None else None
         return ChildProcess.spawn(self.role, generation, self.argv, self.env(generation), now,
-                                  pass_fds=self.pass_fds, confined=self.confined)
+                                  pass_fds=self.pass_fds, confined=self.confined, secret=secret)
 
 
 def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes) -> SpawnSpec:
     return SpawnSpec(Role.GATEWAY, commands.gateway,
-                     lambda _generation: gateway_env(listen_fd, instance_key),
+                     lambda _generation: gateway_env(listen_fd),
+                     secret=lambda _generation: gateway_secret(instance_key),
                      pass_fds=(listen_fd,))
 
 
-def worker_spec(commands: ChildCommands, instance_key: bytes) -> SpawnSpec:
+def worker_spec(commands: ChildCommands, instance_key: bytes,
+                config: Mapping[str, Any] | None = None) -> SpawnSpec:
+    """`config`: the worker's part of the gateway config (`worker_config`), handed
+    over with its token so that it never reads the config file."""
     return SpawnSpec(Role.WORKER, commands.worker,
-                     lambda generation: worker_env(generation, instance_key), confined=True)
+                     lambda generation: worker_env(generation),
+                     secret=lambda generation: worker_secret(instance_key, generation, config),
+                     confined=True)

@@ -5,8 +5,9 @@ Boot order matters:
 1. `die_with_parent` before anything else (the supervisor may already be gone);
 2. config and API definitions (a bad config exits 78, `ipc.exitcodes.CONFIG`; a bad
    definition is skipped);
-3. the admission token is taken out of the environment *before* any plugin
-   code runs, so plugins (and their subprocesses) never see it;
+3. the admission token is read from the inherited secret fd (and the fd
+   closed) first thing, so plugins (and their subprocesses) never see it:
+   it never was in the environment, which /proc/self/environ would keep;
 4. the sandbox (`worker.sandbox`) confines this process, before any plugin
    code is imported; a required layer that fails exits 3 (BOOT_FAILED);
 5. the Tyk plugin API is installed, then every API's plugins are imported;
@@ -15,8 +16,9 @@ Boot order matters:
 6. the event loop runs `worker.runtime.Worker` until drained (0), rejected (5)
    or broken; then threads still running are given a moment and the process exits.
 
-Environment (docs/PROTOCOL.md): COPROC_GENERATION, COPROC_WORKER_TOKEN,
-COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when run by hand).
+Environment (docs/PROTOCOL.md): COPROC_GENERATION, COPROC_SECRET_FD (the fd
+holding the token), COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when
+run by hand).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import faulthandler
+import json
 import logging
 import os
 import sys
@@ -31,15 +34,16 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from config import ConfigError, load_definition_set, load_gateway_config
 from config.apidef import APIDefinition
-from config.gateway import GatewayConfig
+from config.gateway import GatewayConfig, parse_gateway_config
 from config.logs import setup_logging
 from ipc import eventloop, exitcodes, gctune
 from ipc.child import die_with_parent
-from ipc.contract import GENERATION_ENV, WORKER_TOKEN_ENV
-from ipc.control import inherited_control_socket
+from ipc.contract import GENERATION_ENV, SECRET_FD_ENV
+from ipc.control import inherited_control_socket, read_inherited_secret
 from ipc.protocol import Limits
 from worker.analytics import AnalyticsFunc, AnalyticsRunner, load_analytics
 from worker.answers import Answers, CallLedger
@@ -68,7 +72,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.enable()  # the supervisor's SIGABRT on a hang dumps every thread's stack
     setup_logging("worker")
     try:
-        cfg = load_gateway_config(args.config)
+        secret = read_inherited_secret()  # first: the fd is closed before anything else
+    except ValueError as exc:
+        log.error("%s", exc)
+        return exitcodes.BOOT_FAILED
+    try:
+        token, boot_config = _boot(secret)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return exitcodes.BOOT_FAILED
+    try:
+        # From `coproc serve`, the worker's part of the config came with the token:
+        # the config file (admin secret, storage passwords) is never opened here.
+        cfg = (parse_gateway_config(boot_config, Path(args.config).resolve())
+               if boot_config is not None else load_gateway_config(args.config))
         # A definition that does not load has no plugins here (its API is unserved;
         # the supervisor logs it); only an unusable app_path stops the worker.
         apis = list(load_definition_set(cfg).apis)
@@ -76,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return exitcodes.CONFIG
     setup_logging("worker", cfg.log_level, cfg.log_format)
-    identity = _identity(cfg)
+    identity = _identity(cfg, token)
     if identity is None:
         return exitcodes.BOOT_FAILED
     sandbox = _sandbox(cfg, apis)  # before any plugin code is imported
@@ -133,12 +150,29 @@ async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
         link.close()
 
 
-def _identity(cfg: GatewayConfig) -> Identity | None:
+def _boot(secret: bytes | None) -> tuple[str, dict[str, Any] | None]:
+    """(token, config document or None) from the secret fd's content: JSON
+    `{"token", "config"}` from `coproc serve` (supervisor/contract.py), or a bare
+    token (a worker started by hand or by a test).  Raise ValueError."""
+    if not secret:
+        return "", None
+    if not secret.startswith(b"{"):
+        return secret.decode("ascii", "replace"), None
+    try:
+        boot = json.loads(secret)
+    except ValueError:
+        raise ValueError(f"{SECRET_FD_ENV}: not the JSON `coproc serve` writes") from None
+    token, config = boot.get("token"), boot.get("config")
+    if not isinstance(token, str) or not (config is None or isinstance(config, dict)):
+        raise ValueError(f"{SECRET_FD_ENV}: expected a token and a config object")
+    return token, config
+
+
+def _identity(cfg: GatewayConfig, token: str) -> Identity | None:
     generation = os.environ.get(GENERATION_ENV, "")
-    token = os.environ.pop(WORKER_TOKEN_ENV, "")  # before any plugin code can read it
     if not generation.isdigit() or not token:
         log.error("%s and %s must be set: the worker is started by `coproc serve`",
-                  GENERATION_ENV, WORKER_TOKEN_ENV)
+                  GENERATION_ENV, SECRET_FD_ENV)
         return None
     return Identity(int(generation), token, os.getpid(), cfg.worker.threads)
 

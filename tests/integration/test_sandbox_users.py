@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration import test_sandbox as probes
+from tests.integration import test_sandbox_instance as hostile
 from tests.integration.harness import (
     REPO_ROOT,
     Instance,
@@ -155,3 +156,38 @@ def test_a_required_layer_that_fails_stops_the_worker_with_the_reason(
     poll("the worker's refusal in the log", lambda: want in inst.logs(50000), 30)
     poll("the supervisor's exit report", lambda: "exited 3 (failed to boot)" in
          inst.logs(50000), 30)
+
+
+ADMIN_SECRET = "admin-s3cret-for-the-test"
+REDIS_SECRET = "redis-s3cret-for-the-test"
+
+
+def test_a_dropped_worker_loads_without_the_config_file_and_finds_no_secret(
+        test_user: pwd.struct_passwd, interpreter: tuple[str, dict[str, str]],
+        echo_upstream: Any, instances: list[Instance]) -> None:
+    """Item 5: 1. the config file is 0600 root and holds the admin secret and a
+    storage password; 2. the worker (dropped to the test user) still loads and
+    serves; 3. its plugin cannot read either secret from the file, its own or
+    its parent's environment, or the gateway's /proc files."""
+    base = new_base_dir()
+    settings = probes.settings("standard", user=USER)
+    settings.update({"secret": ADMIN_SECRET,
+                     "storage": {"type": "memory", "password": REDIS_SECRET}})
+    write_instance(base, hostile.apis(echo_upstream.url), hostile.PLUGINS, settings)
+    base.chmod(0o711)
+    config = base / "coproc.json"
+    config.chmod(0o600)
+    assert config.stat().st_uid == 0
+    instances.append(_launch(base, *interpreter))
+    inst = instances[-1]
+    assert hostile.psutil.Process(hostile.worker_pid(inst)).uids().real == test_user.pw_uid
+    gateway = hostile.gateway_pid(inst)
+    paths = [str(config), "/proc/self/environ", "/proc/self/cmdline",
+             f"/proc/{inst.pid}/environ", f"/proc/{gateway}/environ",
+             f"/proc/{gateway}/cmdline"]
+    for secret in (ADMIN_SECRET, REDIS_SECRET):
+        seen = json.loads(hostile.probe(inst, **{"try": "find", "needle": secret,
+                                                 "paths": ",".join(paths)})[len("allowed: "):])
+        assert seen[str(config)].startswith("blocked: PermissionError"), seen
+        assert "found" not in seen.values(), seen
+    inst.expect(inst.get("/plain/get"), 200)

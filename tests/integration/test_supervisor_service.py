@@ -234,5 +234,6 @@ def test_contract_variables_in_the_supervisors_environment_reach_no_child(
         assert not passed, f"{role} inherited {passed}"
         assert not SYSTEMD_ENV & env.keys(), f"{role}: {SYSTEMD_ENV & env.keys()}"
         assert env["COPROC_SUPERVISOR_PID"] == str(inst.pid)
-    assert "COPROC_INSTANCE_KEY" not in roles["worker"]
+    for env in roles.values():  # secrets travel in an fd, never the environment
+        assert "COPROC_INSTANCE_KEY" not in env and "COPROC_WORKER_TOKEN" not in env
     assert inst.hello().status == 200

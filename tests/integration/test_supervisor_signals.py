@@ -36,7 +36,8 @@ T = TypeVar("T")
 FAKE_CHILD = textwrap.dedent('''
     import json, os, select, signal, sys, time
     from ipc.child import die_with_parent
-    from ipc.control import decode_control, encode_control, inherited_control_socket
+    from ipc.control import (decode_control, encode_control, inherited_control_socket,
+                             read_inherited_secret)
 
     role, log_path = sys.argv[1], sys.argv[2]
     die_with_parent()
@@ -61,8 +62,9 @@ FAKE_CHILD = textwrap.dedent('''
     # A hung loop would not run a Python handler; recording it shows SIGABRT came.
     signal.signal(signal.SIGABRT, lambda *_: record("sigabrt"))
     sock = inherited_control_socket()
-    record("started", env={k: v for k, v in os.environ.items()
-                           if k.startswith("COPROC_") or k == "NOTIFY_SOCKET"})
+    env = {k: v for k, v in os.environ.items() if k.startswith("COPROC_") or k == "NOTIFY_SOCKET"}
+    secret = read_inherited_secret()
+    record("started", env=env, secret=secret.decode() if secret else None)
     ready = {"type": "ready", "role": role, "pid": os.getpid()}
     if role == "worker":
         ready["generation"] = generation
@@ -279,12 +281,16 @@ def test_children_get_the_contract_environment(start: Callable[..., Instance]) -
     worker = wait_for(lambda: inst.child_started("worker", 1), 5, "worker", inst.diagnostics)
     genv, wenv = gateway["env"], worker["env"]
     assert genv["COPROC_SUPERVISOR_PID"] == wenv["COPROC_SUPERVISOR_PID"] == str(inst.proc.pid)
-    assert {"COPROC_CONTROL_FD", "COPROC_LISTEN_FD", "COPROC_INSTANCE_KEY"} <= genv.keys()
+    assert {"COPROC_CONTROL_FD", "COPROC_LISTEN_FD", "COPROC_SECRET_FD"} <= genv.keys()
     assert wenv["COPROC_GENERATION"] == "1"
-    key = bytes.fromhex(genv["COPROC_INSTANCE_KEY"])
-    assert wenv["COPROC_WORKER_TOKEN"] == worker_token(key, 1)
-    # Secrets and systemd's socket stay where they belong.
-    assert "COPROC_INSTANCE_KEY" not in wenv and "COPROC_LISTEN_FD" not in wenv
+    # Secrets come through the inherited fd, never the environment.
+    key = bytes.fromhex(gateway["secret"])
+    token = json.loads(worker["secret"])["token"]
+    assert token == worker_token(key, 1)
+    for env in (genv, wenv):
+        assert not any(gateway["secret"] in v or token in v for v in env.values())
+    # Systemd's socket and the listening socket stay where they belong.
+    assert "COPROC_LISTEN_FD" not in wenv
     assert "NOTIFY_SOCKET" not in genv and "NOTIFY_SOCKET" not in wenv
     port = int((inst.run_dir / "http.port").read_text())
     socket.create_connection(("127.0.0.1", port), timeout=2).close()  # backlog accepts

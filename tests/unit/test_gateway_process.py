@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ipc import exitcodes
-from ipc.control import decode_control, make_control_pair
+from ipc.control import decode_control, make_control_pair, secret_fd
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 10.0
@@ -95,13 +95,14 @@ def test_gateway_process_contract(tmp_path: Path, echo_port: int) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     parent, child = make_control_pair()
+    secret = secret_fd(os.urandom(32).hex().encode())
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--config", str(config)], cwd=ROOT,
-        pass_fds=(listener.fileno(), child.fileno()),
+        pass_fds=(listener.fileno(), child.fileno(), secret),
         env=_env(COPROC_LISTEN_FD=str(listener.fileno()), COPROC_CONTROL_FD=str(child.fileno()),
-                 COPROC_INSTANCE_KEY=os.urandom(32).hex(),
-                 COPROC_SUPERVISOR_PID=str(os.getpid())))
+                 COPROC_SECRET_FD=str(secret), COPROC_SUPERVISOR_PID=str(os.getpid())))
     child.close()
+    os.close(secret)
     try:
         ready = _recv_control(parent, "ready")
         assert ready == {"type": "ready", "role": "gateway", "pid": proc.pid}

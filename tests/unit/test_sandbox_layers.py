@@ -263,3 +263,18 @@ def test_landlock_and_seccomp_refuse_when_other_threads_already_run() -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_the_scope_layer_keeps_signals_inside_and_leaves_files_alone() -> None:
+    """`standard`'s Landlock scope (ABI 6): in a child, kill(parent) fails, files still open."""
+    if landlock.abi_version() < 6:
+        pytest.skip("Landlock signal scoping needs Linux 6.12 (docs/SECURITY.md)")
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]);"
+            "from worker.sandbox import landlock, prctl;"
+            "prctl.set_no_new_privs(); print(landlock.scope_only(), flush=True);"
+            "open('/etc/hostname').close();"
+            "os.kill(os.getppid(), 0)")
+    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parents[2])],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert "scope (signals, ptrace, abstract sockets)" in proc.stdout, proc.stderr
+    assert "PermissionError" in proc.stderr and proc.returncode == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -9,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from config.gateway import load_gateway_config, parse_gateway_config
 from ipc.tokens import new_instance_key, verify_worker_token
-from supervisor.contract import ChildCommands, gateway_env, worker_env
+from supervisor.contract import (
+    ChildCommands,
+    gateway_env,
+    gateway_secret,
+    worker_config,
+    worker_env,
+    worker_secret,
+)
 from supervisor.listener import BACKLOG, ListenError, bind_listener, bound_port
 
 INHERITED = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "1",
@@ -19,20 +28,23 @@ INHERITED = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHD
 
 def test_gateway_env() -> None:
     key = new_instance_key()
-    env = gateway_env(5, key, INHERITED)
+    env = gateway_env(5, INHERITED)
     assert env["COPROC_LISTEN_FD"] == "5"
-    assert env["COPROC_INSTANCE_KEY"] == key.hex()
+    assert "COPROC_INSTANCE_KEY" not in env  # an inherited one is never passed on
+    assert not any(key.hex() in v for v in env.values())
+    assert gateway_secret(key) == key.hex().encode()
     assert env["COPROC_SUPERVISOR_PID"] == str(os.getpid())
     assert env["PATH"] == "/usr/bin" and env["LANG"] == "C.UTF-8"
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
 
 
-def test_worker_env_has_its_token_and_no_key() -> None:
+def test_worker_env_has_no_secret_and_its_secret_is_its_token() -> None:
     key = new_instance_key()
-    env = worker_env(3, key, INHERITED)
+    env = worker_env(3, INHERITED)
     assert env["COPROC_GENERATION"] == "3"
-    assert verify_worker_token(key, 3, env["COPROC_WORKER_TOKEN"])
-    assert not verify_worker_token(key, 4, env["COPROC_WORKER_TOKEN"])
+    token = json.loads(worker_secret(key, 3))["token"]
+    assert verify_worker_token(key, 3, token) and not verify_worker_token(key, 4, token)
+    assert not any(token in v or key.hex() in v for v in env.values())
     assert "COPROC_INSTANCE_KEY" not in env and "COPROC_LISTEN_FD" not in env
     assert "NOTIFY_SOCKET" not in env
 
@@ -74,3 +86,29 @@ def test_listener_in_use_says_how_to_fix() -> None:
             bind_listener("127.0.0.1", bound_port(first))
     finally:
         first.close()
+
+
+def test_the_worker_gets_its_part_of_the_config_and_no_secret_of_it(tmp_path: Path) -> None:
+    """Item 5: the worker's config document carries no admin secret, storage or
+    bundle credentials, and validates as a config on its own."""
+    path = tmp_path / "coproc.json"
+    path.write_text(json.dumps({
+        "secret": "admin-secret", "node_secret": "node-secret",
+        "storage": {"type": "redis", "password": "redis-pass"},
+        "app_path": "apps", "middleware_path": "mw",
+        "bundle_base_url": "https://user:bundle-pass@example.invalid/",
+        "coprocess_options": {"enable_coprocess": True},
+        "coproc": {"log_level": "debug", "worker": {"threads": 3},
+                   "sandbox": {"profile": "strict"},
+                   "metrics": {"enabled": False}},
+    }))
+    cfg = load_gateway_config(path)
+    boot = json.loads(worker_secret(new_instance_key(), 1, worker_config(cfg)))
+    text = json.dumps(boot["config"])
+    for secret in ("admin-secret", "node-secret", "redis-pass", "bundle-pass"):
+        assert secret not in text
+    parsed = parse_gateway_config(boot["config"], path)
+    assert parsed.worker.threads == 3 and parsed.sandbox.profile == "strict"
+    assert parsed.app_path == cfg.app_path and parsed.middleware_path == cfg.middleware_path
+    assert parsed.run_dir == cfg.run_dir and parsed.log_level == "debug"
+    assert parsed.secret == "" and parsed.storage.password == ""

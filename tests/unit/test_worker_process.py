@@ -28,7 +28,7 @@ import pytest
 import zmq
 
 from ipc import exitcodes
-from ipc.control import decode_control, make_control_pair
+from ipc.control import decode_control, make_control_pair, secret_fd
 from ipc.protocol import Message, MsgType, decode, encode
 from ipc.tokens import worker_token
 
@@ -39,6 +39,7 @@ STEP_S = 20.0  # generous: a loaded CI machine starts interpreters slowly
 
 PLUGIN = """
     import os
+    import re
     import threading
 
     from tyk.decorators import *
@@ -49,7 +50,18 @@ PLUGIN = """
         greeting = tyk.get_data("greeting")  # a HOST_CALL the test answers
         tyk.log("AddGreeting ran", "info")
         request.add_header("X-Greeting", greeting.decode())
-        request.add_header("X-Token-Visible", str("COPROC_WORKER_TOKEN" in os.environ))
+        # The token is 64 hex digits: neither the environment nor an open fd has it.
+        with open("/proc/self/environ", "rb") as f:
+            environ = f.read()
+        fds = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds.append(os.readlink("/proc/self/fd/" + fd))
+            except OSError:
+                pass  # the directory listing's own fd, closed by now
+        visible = (re.search(rb"=[0-9a-f]{64}\\x00", environ) is not None
+                   or any("coproc-secret" in link for link in fds))
+        request.add_header("X-Token-Visible", str(visible))
         return request, session
 
     @Hook
@@ -117,6 +129,7 @@ class WorkerProcess:
         self.log = base / "worker.log"
 
     def start(self, token: str) -> Gateway:
+        secret = secret_fd(token.encode())
         endpoint = f"ipc://{self.base}/h.sock"
         (self.base / "apps").mkdir()
         (self.base / "middleware" / "greet").mkdir(parents=True)
@@ -134,15 +147,16 @@ class WorkerProcess:
         parent, child = make_control_pair()
         gateway = Gateway(endpoint, parent)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
-               "COPROC_GENERATION": str(GENERATION), "COPROC_WORKER_TOKEN": token,
+               "COPROC_GENERATION": str(GENERATION), "COPROC_SECRET_FD": str(secret),
                "COPROC_SUPERVISOR_PID": str(os.getpid()),
                "COPROC_CONTROL_FD": str(child.fileno())}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker", "--config", str(self.base / "coproc.json")],
-                cwd=REPO_ROOT, env=env, pass_fds=(child.fileno(),),
+                cwd=REPO_ROOT, env=env, pass_fds=(child.fileno(), secret),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         child.close()
+        os.close(secret)
         return gateway
 
     def wait(self) -> int:
@@ -363,7 +377,7 @@ def test_bad_config_exits_78_and_missing_environment_exits_3(tmp_path: Path) -> 
     (tmp_path / "good.json").write_text(json.dumps({"coproc": {"run_dir": str(tmp_path)}}))
     proc = run_once(tmp_path / "good.json", COPROC_GENERATION="1")  # no token
     assert proc.returncode == exitcodes.BOOT_FAILED
-    assert "COPROC_WORKER_TOKEN" in proc.stderr
+    assert "COPROC_SECRET_FD" in proc.stderr
 
 
 def test_worker_never_imports_the_gateway_package() -> None:

@@ -21,7 +21,7 @@ from typing import Final
 
 from worker.sandbox.errors import LayerUnavailable
 
-__all__ = ["abi_version", "restrict"]
+__all__ = ["abi_version", "restrict", "scope_only"]
 
 _SYS_CREATE_RULESET: Final = 444
 _SYS_ADD_RULE: Final = 445
@@ -106,6 +106,37 @@ def restrict(read: Iterable[Path], write: Iterable[Path],
         os.close(fd)
     extras = [x for x, ok in (("tcp", abi >= 4), ("signals", abi >= 6)) if ok]
     return f"landlock ABI {abi}" + (f" (+{', '.join(extras)})" if extras else "")
+
+
+def scope_only(abstract_unix: bool = True) -> str:
+    """Confine this thread (and its future threads) to its own Landlock domain, with
+    no file or network rule: it can no longer signal, ptrace, or read the /proc
+    files (environ, mem, fd) of a process outside the domain, nor reach an
+    abstract Unix socket made outside it.  Files stay as the uid allows.
+
+    This is how `standard` keeps a worker that kept the supervisor's uid away
+    from the supervisor and the gateway (signal scoping: ABI 6, Linux 6.12;
+    the ptrace and /proc restriction holds for every Landlock domain).
+    `abstract_unix=False` leaves abstract Unix sockets alone (an `ipc://@name`
+    hooks endpoint is one)."""
+    abi = abi_version()
+    if abi < 6:
+        raise LayerUnavailable(f"Landlock signal scoping needs ABI 6 (Linux 6.12); "
+                               f"this kernel has ABI {abi}")
+    attr = _RulesetAttr(0, 0, (_SCOPE_ABSTRACT_UNIX if abstract_unix else 0) | _SCOPE_SIGNAL)
+    libc = _libc()
+    fd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr),
+                      ctypes.c_size_t(ctypes.sizeof(_RulesetAttr)), ctypes.c_uint32(0))
+    if fd < 0:
+        raise LayerUnavailable(f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
+    try:
+        if libc.syscall(_SYS_RESTRICT_SELF, fd, ctypes.c_uint32(0)) != 0:
+            raise LayerUnavailable(
+                f"landlock_restrict_self: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+    extra = ", abstract sockets" if abstract_unix else ""
+    return f"landlock ABI {abi} scope (signals, ptrace{extra})"
 
 
 def _allow(libc: ctypes.CDLL, ruleset: int, path: Path, access: int) -> None:

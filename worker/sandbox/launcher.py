@@ -4,7 +4,8 @@ Order (each step needs the one before, or would be blocked by the one after):
 cgroup join (needs root to write the limits) -> network namespace (needs
 CAP_SYS_ADMIN) -> rlimits -> uid/gid -> pdeathsig + parent check (a uid change
 clears it) -> no_new_privs (Landlock and seccomp require it without
-CAP_SYS_ADMIN) -> Landlock -> seccomp (last: it denies what the others use).
+CAP_SYS_ADMIN) -> Landlock scope (`standard`) or Landlock -> seccomp (last: it
+denies what the others use).
 
 No `preexec_fn`: the worker is a fresh interpreter and confines itself.
 A required layer that fails raises `SandboxError` (the worker exits
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipc.contract import SCRATCH_DIR_ENV
+from ipc.grants import grant_instance_files, instance_arenas
 from worker.sandbox import cgroup, identity, landlock, netns, prctl, rlimits, seccomp
 from worker.sandbox.errors import LayerUnavailable
 from worker.sandbox.policy import Layer, Policy
@@ -140,6 +142,9 @@ def apply_sandbox(policy: Policy) -> SandboxReport:
     run.step(Layer.NNP, policy.nnp, False, prctl.set_no_new_privs)
     writable = [*policy.write_paths, *([report.scratch] if report.scratch else []),
                 Path(os.devnull)]
+    run.step(Layer.SCOPE, policy.scope, False,
+             lambda: _single_threaded(lambda: landlock.scope_only(
+                 abstract_unix=not str(policy.hooks_socket).startswith("@"))))
     run.step(Layer.LANDLOCK, policy.landlock, False, lambda: _single_threaded(
         lambda: landlock.restrict(policy.read_paths, writable, policy.shm_paths)))
     run.step(Layer.SECCOMP, policy.seccomp, False,
@@ -191,6 +196,14 @@ def _drop(policy: Policy) -> str:
         raise LayerUnavailable(
             f"uid {uid} cannot read {blocked} (the interpreter or plugins live under a "
             "private directory; see docs/SECURITY.md)")
+    # Now that the drop will happen, and only then: the hooks socket and the body
+    # arena go to the uid we become (a worker that stays root hands nothing out).
+    try:
+        grant_instance_files(policy.hooks_socket, instance_arenas(policy.arena_prefix)
+                             if policy.arena_prefix else [], uid, gid)
+    except OSError as exc:
+        raise LayerUnavailable(f"cannot give uid {uid} the hooks socket or the body "
+                               f"arena: {exc}") from None
     identity.drop_identity(uid, gid)
     return f"uid {uid} gid {gid}"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from config.gateway import GatewayConfig
 from config.sandbox import SandboxOptions, worker_ids
 from ipc.contract import CGROUPS_ENV, SUPERVISOR_PID_ENV
+from ipc.shm_names import shm_prefix
 
 __all__ = ["Layer", "Limit", "Policy", "resolve_policy"]
 
@@ -34,6 +35,8 @@ class Layer(enum.Enum):
     IDENTITY = "identity"
     PDEATHSIG = "pdeathsig"
     NNP = "no_new_privs"
+    #: `standard`: a Landlock domain with no file rules, only scoping (signals, ptrace).
+    SCOPE = "scope"
     LANDLOCK = "landlock"
     SECCOMP = "seccomp"
 
@@ -78,6 +81,8 @@ class Policy:
     ids: tuple[int, int] | None
     ids_required: bool
     nnp: bool
+    #: Landlock scoping alone (`standard`; `strict`'s Landlock layer includes it).
+    scope: bool
     landlock: bool
     seccomp: bool
     cgroup_dirs: tuple[Path, ...]
@@ -89,6 +94,10 @@ class Policy:
     #: Directories a dropped uid must be able to enter: the hooks socket's run dir's
     #: parent (the gateway opens the run dir itself to the worker's group after bind).
     reach_paths: tuple[Path, ...] = ()
+    #: Handed to the worker's uid right before it drops (ipc/grants.py): the
+    #: hooks socket (None: not ipc://) and this instance's arenas' name prefix.
+    hooks_socket: Path | None = None
+    arena_prefix: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -121,6 +130,7 @@ def resolve_policy(cfg: GatewayConfig, plugin_dirs: Iterable[Path] = (),
         ids=worker_ids(opts) if (base.confine or opts.user) else None,
         ids_required=bool(opts.user) and os.geteuid() == 0,
         nnp=base.confine,
+        scope=base.confine and not base.strict,
         landlock=base.strict,
         seccomp=base.strict,
         cgroup_dirs=cgroups,
@@ -131,6 +141,9 @@ def resolve_policy(cfg: GatewayConfig, plugin_dirs: Iterable[Path] = (),
         supervisor_pid=int(sup) if sup.isdigit() else 0,
         reach_paths=(Path(cfg.hooks_endpoint[len("ipc://"):]).parent.parent,)
         if cfg.hooks_endpoint.startswith("ipc://") else (),
+        hooks_socket=Path(cfg.hooks_endpoint[len("ipc://"):])
+        if cfg.hooks_endpoint.startswith("ipc://") else None,
+        arena_prefix=shm_prefix(cfg.run_dir),
     )
 
 
