@@ -41,6 +41,7 @@ from gateway.health import make_hello
 from gateway.hooks import HookClient, HostCallHandler
 from gateway.host_calls import HostCalls
 from gateway.keys import KeyStore
+from gateway.outbound import JsvmHostCalls
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.policy import PolicyStore
 from gateway.proxy import make_session
@@ -108,7 +109,9 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[CONTROL] = ControlChannel(control_sock)
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
-        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit))
+        host_calls = HostCalls(app[STORE], app[EVENTS].emit,
+                               JsvmHostCalls(cfg, app[STORE]).ops())
+        hooks = hook_factory(cfg, instance_key, host_calls)
         await hooks.start()
         app[HOOKS] = hooks
         grpc_ids = grpc_apis(apis)

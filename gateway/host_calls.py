@@ -9,7 +9,7 @@ instance) under Tyk's `coprocess-data:` key prefix.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
 from gateway.storage.memory import MemoryStore
@@ -39,17 +39,24 @@ class KVStore(Protocol):
 
 #: (api_id, event name, event metadata): queues a plugin's event (gateway.events).
 EmitEvent = Callable[[str, str, dict[str, Any]], None]
+#: (api_id, HOST_CALL payload) -> HOST_REPLY payload.
+ExtraOp = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class HostCalls:
     """Serves HOST_CALL payloads (already validated by `ipc.protocol.decode`)."""
 
-    def __init__(self, store: KVStore, emit: EmitEvent | None = None) -> None:
+    def __init__(self, store: KVStore, emit: EmitEvent | None = None,
+                 extra: Mapping[str, ExtraOp] | None = None) -> None:
         self._store = store
         self._emit = emit
+        self._extra = dict(extra or {})  # more ops by name (gateway/outbound.py: jsvm_*)
 
     async def host_call(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         op = payload["op"]
+        extra = self._extra.get(op)
+        if extra is not None:
+            return await extra(api_id, payload)
         if op == "get_data":
             value = await self._store.get(KEY_PREFIX + payload.get("key", ""))
             return {"value": value or b"", "found": value is not None}

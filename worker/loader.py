@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from config.apidef import APIDefinition
-from config.gateway import GatewayConfig
+from config.gateway import GatewayConfig, JsvmOptions
 from ipc.protocol import ErrorCode
 from worker import decorators
 from worker.isolation import PluginNamespace
@@ -151,7 +151,7 @@ def load_plugins(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> HookTable
         return table
     for api in apis:
         if api.active and (api.has_plugins or api.custom_middleware_bundle):
-            plugins = load_api(api, cfg.middleware_path)
+            plugins = load_api(api, cfg.middleware_path, cfg)
             table.apis[api.api_id] = plugins
             if plugins.ok:
                 log.info("API %s: loaded hooks %s from %s", api.api_id,
@@ -164,10 +164,13 @@ def load_plugins(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> HookTable
     return table
 
 
-def load_api(api: APIDefinition, middleware_path: Path) -> ApiPlugins:
+def load_api(api: APIDefinition, middleware_path: Path,
+             cfg: GatewayConfig | None = None) -> ApiPlugins:
     """Import one API's plugin files and collect its hooks (never raises)."""
     if api.custom_middleware.driver == "lua":
         return _load_lua(api)
+    if api.custom_middleware.driver in ("otto", "javascript"):
+        return _load_jsvm(api, cfg)
     plugins = ApiPlugins(api.api_id)
     configured = api.custom_middleware.all_hooks()
     files: dict[Path, list[str]] = {}
@@ -208,6 +211,15 @@ def _load_lua(api: APIDefinition) -> ApiPlugins:
         return ApiPlugins(api.api_id, load_error=f"the Lua driver needs lupa ({exc}): "
                           "pip install 'coproc[lua]'")
     return load_lua_api(api)
+
+
+def _load_jsvm(api: APIDefinition, cfg: GatewayConfig | None) -> ApiPlugins:
+    try:
+        from worker.jsvm import load_jsvm_api  # quickjs is needed only by JS APIs
+    except ImportError as exc:
+        return ApiPlugins(api.api_id, load_error=f"the JSVM driver needs quickjs ({exc}): "
+                          "pip install 'coproc[jsvm]'")
+    return load_jsvm_api(api, cfg.jsvm if cfg is not None else JsvmOptions(enable=True))
 
 
 def describe_load_error(exc: BaseException, namespace: PluginNamespace) -> str:
