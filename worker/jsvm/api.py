@@ -61,7 +61,11 @@ def host_functions(api_id: str, outbound_timeout_s: float) -> dict[str, Callable
         except HostCallError as exc:
             say(f"{op} failed: {exc}", "error")
             return None
-        return bytes(reply.get("value", b"")).decode("utf-8", "replace")
+        text = bytes(reply.get("value", b"")).decode("utf-8", "replace")
+        if op == HTTP_OP and reply.get("found") is False:  # refused or failed: the why
+            say(f"TykMakeHttpRequest failed: {text}", "error")
+            return None
+        return text
 
     def make_http_request(spec: Any = None) -> str | None:
         if spec is None or str(spec) == "undefined":
