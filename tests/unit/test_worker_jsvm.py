@@ -165,7 +165,7 @@ def test_endless_loop_stops_at_jsvm_timeout_and_the_context_lives_on(
     with pytest.raises(JSDeadline) as info:
         plugins.hooks["spin"].func(_request(), SessionState(), SPEC)
     assert info.value.error_code == "deadline"  # answered as 504 (worker.invoke)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5
     request, _ = plugins.hooks["counter"].func(_request(), SessionState(), SPEC)
     assert dict(request.set_headers)["X-Calls"] == "1"
 
