@@ -89,6 +89,13 @@ function NoopLua(request, session, spec)
 end
 """
 
+JS_PLUGIN = """
+var noopJs = new TykJS.TykMiddleware.NewMiddleware({});
+noopJs.NewProcessRequest(function(request, session, spec) {
+  return noopJs.ReturnData(request, {});
+});
+"""
+
 
 def _api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
     middleware: dict[str, Any] = {"driver": "python"}
@@ -114,6 +121,14 @@ def _lua_api(api_id: str, target: str, **phases: list[str]) -> dict[str, Any]:
     for phase in phases:
         middleware[phase] = [{**h, "path": "bench/mw.lua"} for h in middleware[phase]]
     return definition
+
+
+def _js_api(api_id: str, target: str) -> dict[str, Any]:
+    """One no-op JSVM (driver otto) pre hook."""
+    api = _api(api_id, target)
+    api["custom_middleware"] = {"driver": "otto",
+                                "pre": [{"name": "noopJs", "path": "bench/mw.js"}]}
+    return api
 
 
 @dataclass
@@ -204,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(middleware.stop)
 
         def coproc(apis: dict[str, Any], **ipc: Any) -> Coproc:
-            inst = Coproc(apis, {"bench/mw.py": PLUGIN, "bench/mw.lua": LUA_PLUGIN},
-                          {"coproc": {"ipc": ipc}} if ipc else {})
+            inst = Coproc(apis, {"bench/mw.py": PLUGIN, "bench/mw.lua": LUA_PLUGIN,
+                                 "bench/mw.js": JS_PLUGIN},
+                          {"enable_jsvm": True, **({"coproc": {"ipc": ipc}} if ipc else {})})
             stack.callback(inst.stop)
             return inst
 
@@ -218,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         pre = coproc({"pre": _api("pre", up, pre=["NoopPre"])})
         apre = coproc({"apre": _api("apre", up, pre=["AsyncNoopPre"])})
         lua = coproc({"lua": _lua_api("lua", up, pre=["NoopLua"])})
+        js = coproc({"js": _js_api("js", up)})
         three = coproc({"three": _api("three", up, pre=["GreetPre"], post=["NoopPost"],
                                       response=["NoopResponse"])})
         probes = {"pre_noop": coproc({"pre": _api("pre", up, pre=["NoopPre"])}),
@@ -240,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                      lambda: gpre.url + "/gpre/x", c, coproc=gpre),
             Scenario("lua_noop", "coproc, 1 no-op Lua pre hook", lambda: lua.url + "/lua/x", c,
                      coproc=lua),
+            Scenario("jsvm_noop", "coproc, 1 no-op JSVM pre hook", lambda: js.url + "/js/x",
+                     c, coproc=js),
             Scenario("pre_post_response", "coproc, pre+post+response hooks",
                      lambda: three.url + "/three/x", c, coproc=three),
             Scenario("body_1mib_shm", "1 MiB body, body-reading pre hook, shm",
@@ -285,6 +304,7 @@ def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[
         "pre_async_noop_vs_no_hooks": ("pre_async_noop", "no_hooks"),
         "pre_noop_grpc_vs_no_hooks": ("pre_noop_grpc", "no_hooks"),
         "lua_noop_vs_no_hooks": ("lua_noop", "no_hooks"),
+        "jsvm_noop_vs_no_hooks": ("jsvm_noop", "no_hooks"),
         "pre_post_response_vs_no_hooks": ("pre_post_response", "no_hooks"),
         "pre_noop_vs_inprocess_middleware": ("pre_noop", "inprocess_middleware"),
         "body_1mib_shm_vs_inline": ("body_1mib_shm", "body_1mib_inline"),
@@ -331,6 +351,7 @@ def _table(report: dict[str, Any]) -> str:
         ("no-op pre hook via gRPC / no hooks", ratios["pre_noop_grpc_vs_no_hooks"], "", None,
          True),
         ("no-op Lua pre hook / no hooks", ratios["lua_noop_vs_no_hooks"], "", None, True),
+        ("no-op JSVM pre hook / no hooks", ratios["jsvm_noop_vs_no_hooks"], "", None, True),
         ("pre+post+response / no hooks", ratios["pre_post_response_vs_no_hooks"], ">= 0.55",
          0.55, True),
         ("no hooks / bare aiohttp proxy", ratios["no_hooks_vs_bare_proxy"], ">= 0.80", 0.80,

@@ -36,6 +36,7 @@ __all__ = [
     "GrpcOptions",
     "HookOptions",
     "IpcOptions",
+    "JsvmOptions",
     "KeyOptions",
     "StorageConfig",
     "SupervisorOptions",
@@ -155,6 +156,22 @@ GRPC_SCHEMES = ("tcp://", "unix://", "unix:", "dns:", "ipv4:", "ipv6:")
 
 
 @dataclass(frozen=True, slots=True)
+class JsvmOptions:
+    """JavaScript plugins: Tyk's `enable_jsvm`, `jsvm_timeout`, `tyk_js_path`, plus
+    `coproc.jsvm` (docs/drivers/jsvm.md)."""
+
+    enable: bool = False  # enable_jsvm (Tyk's default: off)
+    timeout_s: float = 5.0  # jsvm_timeout; <= 0 means Tyk's default, 5 s
+    tyk_js_path: Path | None = None  # a JS library loaded into every API's context
+    # Destinations TykMakeHttpRequest/TykBatchRequest may reach through the
+    # gateway: "host", "host:port" or "*".  None: the sandbox profile's default
+    # (nothing under `strict` or with sandbox.network false, else "*").
+    outbound_allow: tuple[str, ...] | None = None
+    outbound_timeout_ms: int = 5000
+    max_memory_mb: int = 64
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorOptions:
     restart_backoff_initial_ms: int = 100
     restart_backoff_max_ms: int = 5000
@@ -221,6 +238,7 @@ class GatewayConfig:
     #: does not load stops the start (exit 78) and refuses a reload, instead of
     #: leaving that API unserved.
     strict_definitions: bool = False
+    jsvm: JsvmOptions = field(default_factory=JsvmOptions)
     #: The file as read (Tyk fields Coproc does not apply are reported from it).
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -283,6 +301,7 @@ def parse_gateway_config(raw: dict[str, Any], path: Path) -> GatewayConfig:
         tracing=parse_tracing(r.child("opentelemetry")),
         access_log=coproc.get("access_log", bool, False),
         strict_definitions=coproc.get("strict_definitions", bool, False),
+        jsvm=_jsvm(r, coproc.child("jsvm", strict=True), base),
         raw=raw,
     )
     coproc.reject_unknown()
@@ -440,6 +459,29 @@ def _grpc(r: Reader) -> GrpcOptions:
         send_max_size=r.number("grpc_send_max_size", int, 0, 0),
         authority=r.get("grpc_authority", str, ""),
         round_robin=r.get("grpc_round_robin_load_balancing", bool, False),
+    )
+
+
+def _jsvm(r: Reader, c: Reader, base: Path) -> JsvmOptions:
+    d = JsvmOptions()
+    timeout = r.number("jsvm_timeout", float, 0)
+    library = r.get("tyk_js_path", str, "")
+    allow: tuple[str, ...] | None = None
+    if c.has("outbound_allow"):
+        entries = c.get("outbound_allow", list, [])
+        for i, item in enumerate(entries):
+            if not isinstance(item, str) or not item or "/" in item:
+                raise c.error(f"outbound_allow[{i}]", f"expected a host, host:port or *, "
+                              f"got {item!r}", 'list destinations like "api.example.com", '
+                              '"127.0.0.1:8081" or "*"')
+        allow = tuple(entries)
+    return JsvmOptions(
+        enable=r.get("enable_jsvm", bool, d.enable),
+        timeout_s=timeout if timeout > 0 else d.timeout_s,
+        tyk_js_path=_resolve(base, library) if library else None,
+        outbound_allow=allow,
+        outbound_timeout_ms=c.number("outbound_timeout_ms", int, d.outbound_timeout_ms, 1),
+        max_memory_mb=c.number("max_memory_mb", int, d.max_memory_mb, 1, 1 << 16),
     )
 
 

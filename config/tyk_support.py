@@ -35,13 +35,12 @@ __all__ = [
     "unapplied_warnings",
 ]
 
-#: Drivers whose hooks Coproc runs: the worker (Python, Lua), a Tyk gRPC plugin server.
-SUPPORTED_DRIVERS = ("", "python", "lua", "grpc")
+#: Drivers whose hooks Coproc runs: the worker (Python, Lua, JavaScript), a Tyk gRPC
+#: plugin server.
+SUPPORTED_DRIVERS = ("", "python", "lua", "otto", "javascript", "grpc")
 
 #: Tyk's other plugin drivers, and why Coproc refuses an API that uses one.
 UNSUPPORTED_DRIVERS: dict[str, str] = {
-    "otto": "JavaScript (JSVM) plugins are not supported yet",
-    "javascript": "JavaScript (JSVM) plugins are not supported yet",
     "goplugin": "Go plugins are not supported",
 }
 
@@ -78,7 +77,6 @@ UNAPPLIED_GATEWAY: tuple[Unapplied, ...] = (
               "the main listener)"),
     Unapplied("control_api_port", "a separate port for the admin API (it is served on the "
               "main listener)"),
-    Unapplied("enable_jsvm", "the JavaScript plugin engine"),
     Unapplied("policies.policy_source", "policies from the Dashboard or RPC (only the file "
               "source: policy_path, policy_record_name)", _not_file),
     Unapplied("use_db_app_configs", "API definitions from the Dashboard (only app_path is "
@@ -190,7 +188,8 @@ def check_driver(file: Path, where: str, driver: str, has_hooks: bool) -> None:
     why = UNSUPPORTED_DRIVERS.get(driver, f"{driver!r} is not a plugin driver Coproc knows")
     raise ConfigError(file, where, f"{driver!r}: {why}; this API's hooks cannot run, and "
                       "Coproc never runs them as Python",
-                      "use a driver Coproc runs (python, lua, grpc), or serve this API from Tyk")
+                      "use a driver Coproc runs (python, lua, otto, javascript, grpc), or "
+                      "serve this API from Tyk")
 
 
 def check_classic(file: Path, raw: Mapping[str, Any]) -> None:

@@ -59,6 +59,7 @@ from gateway.health_routes import (
 from gateway.hooks import HookClient
 from gateway.host_calls import HostCallHandler, HostCalls, storage_bound_s
 from gateway.keys import KeyStore
+from gateway.outbound import JsvmHostCalls
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.policy import PolicyStore
 from gateway.proxy import make_session
@@ -151,7 +152,9 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
 
     async def hooks_ctx(app: web.Application) -> AsyncIterator[None]:
         bound = storage_bound_s(cfg.storage.timeout_ms, cfg.hooks.timeout_ms)
-        hooks = hook_factory(cfg, instance_key, HostCalls(app[STORE], app[EVENTS].emit, bound))
+        host_calls = HostCalls(app[STORE], app[EVENTS].emit, bound_s=bound,
+                               extra=JsvmHostCalls(cfg, app[STORE]).ops())
+        hooks = hook_factory(cfg, instance_key, host_calls)
         await hooks.start()
         app[HOOKS] = hooks
         if observe is not None and observe.metrics is not None and isinstance(hooks, HookClient):

@@ -56,16 +56,20 @@ class KVStore(Protocol):
 
 #: (api_id, event name, event metadata): queues a plugin's event (gateway.events).
 EmitEvent = Callable[[str, str, dict[str, Any]], None]
+#: (api_id, HOST_CALL payload) -> HOST_REPLY payload.
+ExtraOp = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class HostCalls:
     """Serves HOST_CALL payloads (already validated by `ipc.protocol.decode`)."""
 
-    def __init__(self, store: KVStore, emit: EmitEvent | None = None,
-                 bound_s: float | None = None) -> None:
+    def __init__(self, store: KVStore, emit: EmitEvent | None = None, *,
+                 bound_s: float | None = None,
+                 extra: Mapping[str, ExtraOp] | None = None) -> None:
         self._store = store
         self._emit = emit
         self._bound_s = bound_s  # None: the storage's own timeout only
+        self._extra = dict(extra or {})  # more ops by name (gateway/outbound.py: jsvm_*)
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         if self._bound_s is None:
@@ -79,6 +83,9 @@ class HostCalls:
 
     async def host_call(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         op = payload["op"]
+        extra = self._extra.get(op)
+        if extra is not None:
+            return await extra(api_id, payload)
         if op == "get_data":
             value = await self._bounded(self._store.get(KEY_PREFIX + payload.get("key", "")))
             return {"value": value or b"", "found": value is not None}

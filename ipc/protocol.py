@@ -193,8 +193,13 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
                                    required=frozenset({"records"})),
 }
 
-#: Host call operations a worker may ask for.
-HOST_OPS: Final = frozenset({"log", "store_data", "get_data", "trigger_event"})
+#: Host call operations a worker may ask for.  The `jsvm_*` ones serve the JS
+#: driver's Tyk functions (worker/jsvm/api.py): `value` carries Tyk's JSON text
+#: (the request or session), `key` the API key, `name` the target API id, `level`
+#: TykSetKeyData's suppress_reset ("1"); the HOST_REPLY's `value` is Tyk's JSON
+#: answer.  The gateway checks every outbound destination (gateway/outbound.py).
+JSVM_HOST_OPS: Final = frozenset({"jsvm_http", "jsvm_batch", "jsvm_get_key", "jsvm_set_key"})
+HOST_OPS: Final = frozenset({"log", "store_data", "get_data", "trigger_event"}) | JSVM_HOST_OPS
 
 
 def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> list[bytes]:

@@ -27,12 +27,15 @@ from ipc.contract import (
 )
 from ipc.tokens import worker_token
 
-__all__ = ["WORKER_SECTIONS", "ChildCommands", "gateway_env", "gateway_secret", "scratch_dir",
-           "worker_config", "worker_env", "worker_secret"]
+__all__ = ["WORKER_SECTIONS", "WORKER_TYK_FIELDS", "ChildCommands", "gateway_env",
+           "gateway_secret", "scratch_dir", "worker_config", "worker_env", "worker_secret"]
 
 #: The parts of `coproc` a worker reads: never storage, keys, admin secret, bundles'
 #: headers, analytics or anything else the gateway config holds.
-WORKER_SECTIONS: Final = ("log_level", "log_format", "hooks", "worker", "ipc", "sandbox")
+WORKER_SECTIONS: Final = ("log_level", "log_format", "hooks", "worker", "ipc", "sandbox",
+                          "jsvm")
+#: Tyk's top-level settings a worker reads (the JSVM driver's).
+WORKER_TYK_FIELDS: Final = ("enable_jsvm", "jsvm_timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,11 @@ def worker_config(cfg: GatewayConfig) -> dict[str, Any]:
     coproc = cfg.raw.get("coproc")
     coproc = coproc if isinstance(coproc, dict) else {}
     options = cfg.raw.get("coprocess_options")
+    tyk: dict[str, Any] = {k: cfg.raw[k] for k in WORKER_TYK_FIELDS if k in cfg.raw}
+    if cfg.jsvm.tyk_js_path is not None:
+        tyk["tyk_js_path"] = str(cfg.jsvm.tyk_js_path)
     return {
+        **tyk,
         "app_path": str(cfg.app_path),
         "middleware_path": str(cfg.middleware_path),
         "coprocess_options": options if isinstance(options, dict) else {},

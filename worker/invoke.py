@@ -231,6 +231,11 @@ def _finish(invocation: Invocation, result: Any) -> dict[str, Any]:
 
 
 def _hook_failed(invocation: Invocation, exc: BaseException) -> HookFailed:
+    if getattr(exc, "error_code", None) == ErrorCode.DEADLINE:
+        # An engine stopped the hook at its own time limit (the JS driver's
+        # jsvm_timeout): a timeout like the call deadline's, so 504, not 500.
+        log.warning("API %s: hook %s: %s", invocation.api_id, invocation.entry.name, exc)
+        return HookFailed(ErrorCode.DEADLINE, str(exc))
     if _caused_by_unavailable_backend(exc):
         # Not the plugin's fault: the gateway answers 503 as for any request that
         # needs the storage while it is down.

@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from config.apidef import APIDefinition
-from config.gateway import GatewayConfig
+from config.gateway import GatewayConfig, JsvmOptions
 from ipc.protocol import ErrorCode
 from worker import decorators
 from worker.isolation import PluginNamespace
@@ -154,15 +154,15 @@ def load_plugins(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> HookTable
     try:
         for api in apis:
             if api.active and (api.has_plugins or api.custom_middleware_bundle):
-                _load_into(table, api, cfg.middleware_path, announcer.importing)
+                _load_into(table, api, cfg, announcer.importing)
     finally:
         announcer.close()
     return table
 
 
-def _load_into(table: HookTable, api: APIDefinition, middleware_path: Path,
+def _load_into(table: HookTable, api: APIDefinition, cfg: GatewayConfig,
                announce: Callable[[str, Path], None]) -> None:
-    plugins = load_api(api, middleware_path, announce)
+    plugins = load_api(api, cfg.middleware_path, announce, cfg)
     table.apis[api.api_id] = plugins
     if plugins.ok:
         log.info("API %s: loaded hooks %s from %s", api.api_id,
@@ -175,11 +175,15 @@ def _load_into(table: HookTable, api: APIDefinition, middleware_path: Path,
 
 
 def load_api(api: APIDefinition, middleware_path: Path,
-             announce: Callable[[str, Path], None] | None = None) -> ApiPlugins:
+             announce: Callable[[str, Path], None] | None = None,
+             cfg: GatewayConfig | None = None) -> ApiPlugins:
     """Import one API's plugin files and collect its hooks (never raises); `announce`
-    hears of each file right before its import (supervisor_link.ImportAnnouncer)."""
+    hears of each file right before its import (supervisor_link.ImportAnnouncer);
+    `cfg` gives the JSVM settings (its defaults, enabled, without one)."""
     if api.custom_middleware.driver == "lua":
         return _load_lua(api)
+    if api.custom_middleware.driver in ("otto", "javascript"):
+        return _load_jsvm(api, cfg)
     plugins = ApiPlugins(api.api_id)
     configured = api.custom_middleware.all_hooks()
     files: dict[Path, list[str]] = {}
@@ -222,6 +226,15 @@ def _load_lua(api: APIDefinition) -> ApiPlugins:
         return ApiPlugins(api.api_id, load_error=f"the Lua driver needs lupa ({exc}): "
                           "pip install 'coproc[lua]'")
     return load_lua_api(api)
+
+
+def _load_jsvm(api: APIDefinition, cfg: GatewayConfig | None) -> ApiPlugins:
+    try:
+        from worker.jsvm import load_jsvm_api  # quickjs is needed only by JS APIs
+    except ImportError as exc:
+        return ApiPlugins(api.api_id, load_error=f"the JSVM driver needs quickjs ({exc}): "
+                          "pip install 'coproc[jsvm]'")
+    return load_jsvm_api(api, cfg.jsvm if cfg is not None else JsvmOptions(enable=True))
 
 
 def describe_load_error(exc: BaseException, namespace: PluginNamespace) -> str:

@@ -33,7 +33,8 @@ from typing import Any
 from worker.hostcalls import HostCallError, HostCalls
 from worker.tyk_package import build_modules
 
-__all__ = ["CURRENT_API", "CURRENT_HOOK", "TykGateway", "install_plugin_api", "running"]
+__all__ = ["CURRENT_API", "CURRENT_HOOK", "TykGateway", "current_host", "install_plugin_api",
+           "running"]
 
 #: The API whose hook is running (set by the dispatcher); trigger_event reports it.
 CURRENT_API: contextvars.ContextVar[str] = contextvars.ContextVar("coproc_api_id", default="")
@@ -66,6 +67,11 @@ def _data(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     raise TypeError(f"store_data: value must be str or bytes, got {type(value).__name__}")
+
+
+def current_host() -> HostCalls | None:
+    """The host calls `TykGateway` uses (the JS driver's functions share them)."""
+    return _host
 
 
 def _require_host() -> HostCalls:

@@ -98,8 +98,10 @@ def test_the_worker_gets_its_part_of_the_config_and_no_secret_of_it(tmp_path: Pa
         "app_path": "apps", "middleware_path": "mw",
         "bundle_base_url": "https://user:bundle-pass@example.invalid/",
         "coprocess_options": {"enable_coprocess": True},
+        "enable_jsvm": True, "jsvm_timeout": 2, "tyk_js_path": "js/lib.js",
         "coproc": {"log_level": "debug", "worker": {"threads": 3},
                    "sandbox": {"profile": "strict"},
+                   "jsvm": {"outbound_allow": ["127.0.0.1:9"]},
                    "metrics": {"enabled": False}},
     }))
     cfg = load_gateway_config(path)
@@ -112,3 +114,6 @@ def test_the_worker_gets_its_part_of_the_config_and_no_secret_of_it(tmp_path: Pa
     assert parsed.app_path == cfg.app_path and parsed.middleware_path == cfg.middleware_path
     assert parsed.run_dir == cfg.run_dir and parsed.log_level == "debug"
     assert parsed.secret == "" and parsed.storage.password == ""
+    # The JSVM driver runs in the worker: its settings travel too.
+    assert parsed.jsvm == cfg.jsvm and parsed.jsvm.enable and parsed.jsvm.timeout_s == 2
+    assert parsed.jsvm.outbound_allow == ("127.0.0.1:9",)

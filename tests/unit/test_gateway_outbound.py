@@ -1,0 +1,93 @@
+"""The JS driver's host calls on the gateway side: the outbound allowlist and its
+defaults per sandbox profile, TykMakeHttpRequest against a real loopback server,
+and key data through the gateway's key store."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from config.gateway import GatewayConfig, load_gateway_config
+from gateway.host_calls import HostCalls
+from gateway.outbound import Denied, JsvmHostCalls, OutboundPolicy, default_allow
+from gateway.storage import MemoryStorage
+
+
+def _cfg(tmp_path: Path, **settings: Any) -> GatewayConfig:
+    path = tmp_path / "coproc.json"
+    path.write_text(json.dumps({"coproc": {"run_dir": "run", **settings}}))
+    return load_gateway_config(path)
+
+
+def test_allowlist_matches_host_or_host_and_port() -> None:
+    policy = OutboundPolicy(("api.example.com", "127.0.0.1:8081", "[::1]:9000"))
+    policy.check("https://API.example.com/x")
+    policy.check("http://127.0.0.1:8081/y")
+    policy.check("http://[::1]:9000/")
+    for url in ("http://127.0.0.1:8082/", "http://127.0.0.1/", "ftp://api.example.com/",
+                "http://[::1]:9001/", "/relative"):
+        with pytest.raises(Denied):
+            policy.check(url)
+    OutboundPolicy(("*",)).check("http://anywhere:1/")
+    with pytest.raises(Denied, match="outbound_allow"):
+        OutboundPolicy(()).check("http://127.0.0.1:8081/")
+
+
+def test_default_allowlist_follows_the_sandbox(tmp_path: Path) -> None:
+    assert default_allow(_cfg(tmp_path, sandbox={"profile": "strict"})) == ()
+    assert default_allow(_cfg(tmp_path, sandbox={"network": False})) == ()
+    assert default_allow(_cfg(tmp_path)) == ("*",)
+    assert default_allow(_cfg(tmp_path, sandbox={"profile": "strict"},
+                              jsvm={"outbound_allow": ["h:1"]})) == ("h:1",)
+
+
+async def test_http_request_and_key_data(tmp_path: Path) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path, "from": request.headers.get("X-From"),
+                                  "body": await request.text()}, status=201)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    try:
+        cfg = _cfg(tmp_path, jsvm={"outbound_allow": [f"127.0.0.1:{port}"]})
+        store = MemoryStorage()
+        host = HostCalls(store, None, extra=JsvmHostCalls(cfg, store).ops())
+        spec = {"Method": "POST", "Domain": f"http://127.0.0.1:{port}", "Resource": "/r",
+                "Headers": {"X-From": "js"}, "Body": "payload"}
+        got = await host.host_call("api", {"op": "jsvm_http",
+                                           "value": json.dumps(spec).encode()})
+        assert got is not None
+        reply = json.loads(got["value"])
+        assert reply["Code"] == reply["code"] == 201
+        assert json.loads(reply["Body"]) == {"path": "/r", "from": "js", "body": "payload"}
+        batch = {"requests": [{"method": "GET", "relative_url": f"http://127.0.0.1:{port}/a"},
+                              {"method": "GET", "relative_url": "http://127.0.0.1:1/b"}]}
+        got = await host.host_call("api", {"op": "jsvm_batch",
+                                           "value": json.dumps(batch).encode()})
+        assert got is not None
+        units = json.loads(got["value"])
+        assert [u["code"] for u in units] == [201, 0]
+        assert "outbound_allow" in units[1]["body"]
+        got = await host.host_call("api", {"op": "jsvm_http", "value": json.dumps(
+            {**spec, "Domain": "http://127.0.0.1:1"}).encode()})
+        assert got is not None and got["found"] is False
+        assert b"outbound_allow" in got["value"]
+        session = {"rate": 5, "per": 1, "meta_data": {"a": "b"}}
+        await host.host_call("api", {"op": "jsvm_set_key", "key": "k1",
+                                     "value": json.dumps(session).encode()})
+        got = await host.host_call("api", {"op": "jsvm_get_key", "key": "k1"})
+        assert got is not None and json.loads(got["value"]) == session
+        got = await host.host_call("api", {"op": "jsvm_get_key", "key": "nope"})
+        assert got is not None and json.loads(got["value"]) == {}
+    finally:
+        await runner.cleanup()
