@@ -106,5 +106,6 @@ def test_a_normal_hot_restart_logs_no_warning(
          lambda: f"worker generation {first['generation']} exited: exited 0" in inst.logs(200000),
          20)
     warnings = [line for line in inst.logs(200000).splitlines()
-                if " WARNING supervisor[" in line or " WARNING gateway[" in line]
+                if (" WARNING supervisor[" in line or " WARNING gateway[" in line)
+                and "exited" in line]
     assert warnings == [], warnings
