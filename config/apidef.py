@@ -131,7 +131,25 @@ def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
                           "create it or point app_path at the directory of API definitions")
     apis = [load_api_definition(p, cfg) for p in sorted(cfg.app_path.glob("*.json"))]
     check_unique(apis)
+    check_one_coprocess(cfg, apis)
     return apis
+
+
+def check_one_coprocess(cfg: GatewayConfig, apis: list[APIDefinition]) -> None:
+    """A supervised gRPC plugin server is the instance's one coprocess: no API may
+    need the plugin worker beside it (an external server may run beside the worker)."""
+    if not (cfg.grpc_server.enabled and cfg.enable_coprocess):
+        return
+    for api in apis:
+        if api.active and api.has_plugins:
+            raise ConfigError(
+                api.source, "custom_middleware.driver",
+                f"driver {api.custom_middleware.driver or 'python'!r} needs the plugin worker, "
+                f"but {cfg.path} sets coproc.grpc_server.command: a supervised gRPC server is "
+                "the instance's one coprocess",
+                "use driver \"grpc\" for this API, run it in another instance, or drop "
+                "coproc.grpc_server.command and run the gRPC server yourself "
+                "(coprocess_options.coprocess_grpc_server), which may run beside the worker")
 
 
 def check_unique(apis: list[APIDefinition]) -> None:
@@ -337,7 +355,7 @@ def _with_policy(h: HookDef, policy: str) -> HookDef:
 
 def _check_grpc(r: Reader, cfg: GatewayConfig) -> None:
     """A `grpc` API needs a server address and the grpcio extra: say so at load."""
-    if not cfg.grpc.server:
+    if not cfg.grpc.server and not cfg.grpc_server.enabled:
         raise r.error("driver", "\"grpc\" needs a gRPC plugin server, but "
                       "coprocess_options.coprocess_grpc_server is not set",
                       f"set coprocess_options.coprocess_grpc_server in {cfg.path} "

@@ -9,13 +9,14 @@ one more spec, not one more branch in the supervisor.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervisor.child import ChildProcess, Role
 from supervisor.contract import ChildCommands, gateway_env, worker_env
 
-__all__ = ["SpawnSpec", "gateway_spec", "worker_spec"]
+__all__ = ["SpawnSpec", "gateway_spec", "grpc_server_spec", "worker_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +44,12 @@ def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes) -
 def worker_spec(commands: ChildCommands, instance_key: bytes) -> SpawnSpec:
     return SpawnSpec(Role.WORKER, commands.worker,
                      lambda generation: worker_env(generation, instance_key), confined=True)
+
+
+def grpc_server_spec(command: tuple[str, ...], config_path: str,
+                     env: Callable[[int], dict[str, str]]) -> SpawnSpec:
+    """A supervised gRPC plugin server: `command` run through the sandbox launcher
+    (supervisor/grpc_launch.py), which fills in `{listen}` from `env` and execs it."""
+    argv = (sys.executable, "-m", "supervisor.grpc_launch", "--config", config_path, "--",
+            *command)
+    return SpawnSpec(Role.GRPC_SERVER, argv, env, confined=True)
