@@ -93,7 +93,7 @@ class _Quiet:
         pass
 
     def exited(self, child: ChildProcess, reason: str) -> None:
-        self._role.gone(child)
+        self._role.gone(child, watched=False)  # the watcher forgot its reader already
 
 
 class GrpcServerRole:
@@ -320,9 +320,11 @@ class GrpcServerRole:
         for child in self._retiring:
             child.terminate()
 
-    def gone(self, child: ChildProcess) -> None:
-        """A generation exited: forget its probe and reader, remove its socket."""
-        self._readers.forget(child)
+    def gone(self, child: ChildProcess, watched: bool = True) -> None:
+        """A generation exited: forget its probe (and its reader if `watched`),
+        remove its socket."""
+        if watched:
+            self._readers.forget(child)
         probe_state = self._probes.pop(child, None)
         if probe_state is not None and probe_state.task is not None:
             probe_state.task.cancel()

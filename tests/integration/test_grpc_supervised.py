@@ -142,7 +142,10 @@ def test_kill_fails_only_in_flight_calls_and_it_comes_back(gw: Instance,
              and '"sleeping"' in server.events.read_text()[seen:], 10)
         os.kill(before["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
-        resp = slow.result(timeout=15)
+        try:
+            resp = slow.result(timeout=15)
+        except OSError as exc:
+            raise AssertionError(f"{exc!r}\n--- coproc log (tail) ---\n{gw.logs()}") from None
     gw.expect(resp, 503)  # the call in flight fails, at once
     assert resp.elapsed < 3.0, resp.elapsed
 
@@ -155,7 +158,7 @@ def test_kill_fails_only_in_flight_calls_and_it_comes_back(gw: Instance,
     after = grpc_status(gw)
     assert after["generation"] > before["generation"]
     assert after["restarts"] == before["restarts"] + 1
-    assert after["last_exits"][-1]["reason"].startswith("killed by SIGKILL"), after
+    assert "SIGKILL" in after["last_exits"][-1]["reason"], after
 
 
 def test_ten_hot_restarts_under_load_drop_nothing(gw: Instance) -> None:
