@@ -147,6 +147,8 @@ class GrpcOptions:
 
 #: The placeholder of `coproc.grpc_server.command` for the address to bind.
 LISTEN_PLACEHOLDER = "{listen}"
+#: The environment variable a supervised gRPC server's launcher reads `{listen}` from.
+GRPC_LISTEN_ENV = "COPROC_GRPC_LISTEN"
 
 
 @dataclass(frozen=True, slots=True)

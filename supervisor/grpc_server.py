@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from config.gateway import GatewayConfig
+from config.gateway import GRPC_LISTEN_ENV, GatewayConfig
 from ipc.contract import GENERATION_ENV, NEVER_INHERITED, SUPERVISOR_PID_ENV
 from ipc.control import ControlMessage, ControlType
 from supervisor.child import ChildProcess, ChildState
 from supervisor.gateway_link import GatewayLink
 from supervisor.grpc_health import probe
-from supervisor.grpc_launch import GRPC_LISTEN_ENV
 from supervisor.policy import RestartPolicy
 from supervisor.readers import ChildReaders
 from supervisor.reload import Waiter

@@ -49,7 +49,7 @@ def worker_spec(commands: ChildCommands, instance_key: bytes) -> SpawnSpec:
 def grpc_server_spec(command: tuple[str, ...], config_path: str,
                      env: Callable[[int], dict[str, str]]) -> SpawnSpec:
     """A supervised gRPC plugin server: `command` run through the sandbox launcher
-    (supervisor/grpc_launch.py), which fills in `{listen}` from `env` and execs it."""
-    argv = (sys.executable, "-m", "supervisor.grpc_launch", "--config", config_path, "--",
+    (worker/sandbox/grpc_launch.py), which fills in `{listen}` from `env` and execs it."""
+    argv = (sys.executable, "-m", "worker.sandbox.grpc_launch", "--config", config_path, "--",
             *command)
     return SpawnSpec(Role.GRPC_SERVER, argv, env, confined=True)

@@ -1,6 +1,6 @@
 """Run a supervised gRPC plugin server's command inside the worker's process layers.
 
-`python -m supervisor.grpc_launch --config FILE -- COMMAND...` is what the
+`python -m worker.sandbox.grpc_launch --config FILE -- COMMAND...` is what the
 supervisor spawns for `coproc.grpc_server.command` (supervisor/spawner.py).
 It puts `$COPROC_GRPC_LISTEN` where the command says `{listen}`, applies the
 sandbox layers that hold across `exec` for any program, whatever its language
@@ -27,17 +27,14 @@ import sys
 from typing import NoReturn
 
 from config import ConfigError
-from config.gateway import LISTEN_PLACEHOLDER, load_gateway_config
+from config.gateway import GRPC_LISTEN_ENV, LISTEN_PLACEHOLDER, load_gateway_config
 from worker.sandbox.cgroup import join_cgroups
 from worker.sandbox.errors import LayerUnavailable
 from worker.sandbox.policy import resolve_policy
 from worker.sandbox.prctl import arm_pdeathsig, set_no_new_privs
 from worker.sandbox.rlimits import apply_rlimits, planned_rlimits
 
-__all__ = ["GRPC_LISTEN_ENV", "command_for", "main"]
-
-#: The address the server must bind (what `{listen}` becomes).
-GRPC_LISTEN_ENV = "COPROC_GRPC_LISTEN"
+__all__ = ["command_for", "main"]
 #: Exit code when the command cannot be started at all (as a shell's).
 EXEC_FAILED = 127
 
@@ -48,7 +45,7 @@ def command_for(command: list[str], listen: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    parser = argparse.ArgumentParser(prog="python -m supervisor.grpc_launch")
+    parser = argparse.ArgumentParser(prog="python -m worker.sandbox.grpc_launch")
     parser.add_argument("--config", required=True)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
