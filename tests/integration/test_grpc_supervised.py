@@ -28,6 +28,7 @@ from integration.harness import (
     api_def,
     coproc_command,
     echo_header,
+    free_port,
     hook,
     new_base_dir,
     poll,
@@ -205,6 +206,35 @@ def test_ten_hot_restarts_under_load_drop_nothing(gw: Instance) -> None:
 def test_reused_hooks_still_apply_after_restarts(gw: Instance) -> None:
     echo = echoed(gw, "GET", "/pre/path?keep=2&removeme=1", {"X-Remove-Me": "please"})
     assert echo_header(echo, "X-Added") == "added-by-grpc"
+
+
+def test_a_command_without_listen_is_stopped_then_started(coproc_factory: Any,
+                                                          echo_upstream: Any) -> None:
+    """A server with a fixed address cannot run twice: `coproc reload` stops it, then
+    starts the next generation on the same address; calls are served again after."""
+    base = new_base_dir()
+    try:
+        listen = f"127.0.0.1:{free_port()}"
+        command = [sys.executable, str(SERVER), "--listen", listen]
+        inst = coproc_factory(
+            {"pre": grpc_api("pre", echo_upstream.url, pre=[hook("MyPreHook")],
+                             config_data={"foo": "bar"})}, {},
+            {"coprocess_options": {"coprocess_grpc_server": f"tcp://{listen}"},
+             "coproc": {"grpc_server": {"command": command}}})
+        inst.expect(inst.get("/pre/"), 200)
+        before = grpc_status(inst)
+        assert before["movable"] is False and before["address"] == f"tcp://{listen}"
+        done = ctl(inst, "reload")
+        assert done.returncode == 0, (done.stdout, done.stderr, inst.logs())
+        after = grpc_status(inst)
+        assert after["generation"] == before["generation"] + 1
+        assert after["pid"] != before["pid"] and after["restarts"] == before["restarts"]
+        assert not psutil.pid_exists(before["pid"]) or \
+            psutil.Process(before["pid"]).status() == psutil.STATUS_ZOMBIE
+        poll("calls served by the new server", lambda: inst.get("/pre/").status == 200, 10)
+        assert "stopping grpc_server generation 1" in inst.logs()
+    finally:
+        remove_base(base)
 
 
 # --------------------------------------------------------------------------- refusals

@@ -226,3 +226,4 @@ async def _until(check: Any) -> None:
         if check():
             return
         await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
