@@ -200,6 +200,9 @@ class Arbiter:
                 self._hot.check(now)
             for watcher in self._roles:
                 # A candidate booting for a reload takes the place of a restart.
+                if self._grpc is not None and watcher is self._grpc.watcher \
+                        and self._grpc.replacing:
+                    continue
                 if watcher is not self._worker or self._hot is None or not self._hot.replacing:
                     watcher.start_if_due(now)
             if self._grpc is not None:

@@ -76,6 +76,7 @@ class _Restart:
     waiters: list[Waiter] = field(default_factory=list)
     candidate: ChildProcess | None = None
     stopping: ChildProcess | None = None  # stop-then-start: the old one, until it exits
+    stop_deadline: float = 0.0  # ... which is aborted if it has not exited by then
 
 
 class _Quiet:
@@ -136,8 +137,11 @@ class GrpcServerRole:
 
     @property
     def replacing(self) -> bool:
-        """A hot restart runs: it, not the watcher's backoff, starts the next server."""
-        return self._restart is not None and self._restart.stopping is not None
+        """A hot restart runs: it, not the watcher's backoff, starts the next server
+        (a crash of the active one meanwhile does not start a second new one)."""
+        restart = self._restart
+        return restart is not None and (restart.stopping is not None
+                                        or restart.candidate is not None)
 
     def children(self) -> Iterator[ChildProcess]:
         """The generations outside the watcher's slot: candidate, stopping, retiring."""
@@ -180,9 +184,13 @@ class GrpcServerRole:
         restart = self._restart
         if restart is not None and restart.candidate is not None:
             self._check(restart.candidate, now, candidate=True)
+        if restart is not None and restart.stopping is not None \
+                and restart.stopping.state is ChildState.STOPPING and now >= restart.stop_deadline:
+            restart.stopping.abort(now, "did not stop after SIGTERM")
         for child, (address, deadline) in list(self._retiring.items()):
             drained = self._drained.get(address, 0) >= max(1, self._link.gateways)
-            if child.state is ChildState.READY and (now >= deadline or drained):
+            if child.state in (ChildState.STARTING, ChildState.READY) \
+                    and (now >= deadline or drained):
                 why = "drained" if now < deadline else \
                     f"not drained within {self._opts.drain_grace_ms} ms"
                 log.info("%s %s: SIGTERM", child.name, why)
@@ -287,6 +295,7 @@ class GrpcServerRole:
                      reason, old.name)
             old.terminate()
             restart.stopping = old
+            restart.stop_deadline = now + self._cfg.supervisor.stop_grace_ms / 1000
             return
         try:
             restart.candidate = self.watcher.spawn_candidate(now)
