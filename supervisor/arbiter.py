@@ -173,7 +173,9 @@ class Arbiter:
         gateway = self._gateway.status(now)
         worker = self._worker.status(now) if self._worker is not None else _NO_WORKER
         hot, reload = self._hot.status() if self._hot is not None else (_NO_HOT, _NO_RELOAD)
-        exits = sorted([*gateway["last_exits"], *worker["last_exits"]], key=lambda e: e["time"])
+        own = self._grpc.watcher.status(now)["last_exits"] if self._grpc is not None else []
+        exits = sorted([*gateway["last_exits"], *worker["last_exits"], *own],
+                       key=lambda e: e["time"])
         return {
             "pid": os.getpid(), "phase": self._phase.value,
             "uptime_s": round(now - self._started_at, 3), "started_at": self._started_wall,
@@ -284,7 +286,8 @@ class Arbiter:
             self._grpc.request(now, reason, waiter)
             return
         if self._hot is None or self._phase is not Phase.RUNNING:
-            why = "stopping" if self._hot else "coprocess is disabled: there is no worker"
+            why = "stopping" if self._hot or self._grpc else \
+                "coprocess is disabled: there is no worker"
             if waiter is not None:
                 answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
             return
