@@ -162,6 +162,27 @@ def test_kill_fails_only_in_flight_calls_and_it_comes_back(gw: Instance,
     assert "SIGKILL" in after["last_exits"][-1]["reason"], after
 
 
+def test_a_hung_server_fails_its_health_checks_and_is_replaced(gw: Instance) -> None:
+    """SIGSTOP: the process lives but answers nothing; after `health_failures` failed
+    checks it is killed and a new generation serves."""
+    before = grpc_status(gw)
+    os.kill(before["pid"], signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        def replaced() -> bool:
+            now = grpc_status(gw)  # generation None: between two servers
+            return now["state"] == "running" and (now["generation"] or 0) > before["generation"]
+
+        poll("a new generation", replaced, COME_BACK_S)
+    finally:
+        if psutil.pid_exists(before["pid"]):
+            os.kill(before["pid"], signal.SIGCONT)
+    print(f"hung gRPC server replaced {time.monotonic() - stopped_at:.2f}s after SIGSTOP")
+    after = grpc_status(gw)
+    assert "health checks" in after["last_exits"][-1]["reason"], after["last_exits"]
+    gw.expect(gw.get("/pre/"), 200)
+
+
 def test_ten_hot_restarts_under_load_drop_nothing(gw: Instance) -> None:
     before = grpc_status(gw)
     stop = threading.Event()
