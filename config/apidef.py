@@ -208,7 +208,8 @@ def load_definition_set(cfg: GatewayConfig,
     does not load is left out (as Tyk does), never fatal; of two active APIs
     with one api_id, or one domain and listen path, the first file by name is
     served and the later one is broken.  Raises `ConfigError` only when
-    `app_path` itself is unusable (the gateway config is wrong).  `overrides`:
+    `app_path` itself is unusable, or an API needs the plugin worker beside a
+    supervised gRPC server (the gateway config is wrong for these APIs).  `overrides`:
     file -> JSON to use instead of what is on disk (the admin API checks a
     write before making it).
     """
@@ -236,12 +237,30 @@ def load_definition_set(cfg: GatewayConfig,
             broken.append(BrokenDefinition(path, api.api_id, clash, f"apidef:{path.name}"))
             continue
         apis.append(api)
+    check_one_coprocess(cfg, apis)
     return DefinitionSet(tuple(apis), tuple(broken))
 
 
 def load_api_definitions(cfg: GatewayConfig) -> list[APIDefinition]:
     """Every definition of `app_path`, or `ConfigError` for the first that does not load."""
     return load_definition_set(cfg).strict()
+
+
+def check_one_coprocess(cfg: GatewayConfig, apis: list[APIDefinition]) -> None:
+    """A supervised gRPC plugin server is the instance's one coprocess: no API may
+    need the plugin worker beside it (an external server may run beside the worker)."""
+    if not (cfg.grpc_server.enabled and cfg.enable_coprocess):
+        return
+    for api in apis:
+        if api.active and api.has_plugins:
+            raise ConfigError(
+                api.source, "custom_middleware.driver",
+                f"driver {api.custom_middleware.driver or 'python'!r} needs the plugin worker, "
+                f"but {cfg.path} sets coproc.grpc_server.command: a supervised gRPC server is "
+                "the instance's one coprocess",
+                "use driver \"grpc\" for this API, run it in another instance, or drop "
+                "coproc.grpc_server.command and run the gRPC server yourself "
+                "(coprocess_options.coprocess_grpc_server), which may run beside the worker")
 
 
 class _Served:
@@ -497,7 +516,7 @@ def _with_policy(h: HookDef, policy: str) -> HookDef:
 
 def _check_grpc(r: Reader, cfg: GatewayConfig) -> None:
     """A `grpc` API needs a server address and the grpcio extra: say so at load."""
-    if not cfg.grpc.server:
+    if not cfg.grpc.server and not cfg.grpc_server.enabled:
         raise r.error("driver", "\"grpc\" needs a gRPC plugin server, but "
                       "coprocess_options.coprocess_grpc_server is not set",
                       f"set coprocess_options.coprocess_grpc_server in {cfg.path} "

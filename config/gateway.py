@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -151,6 +152,32 @@ class GrpcOptions:
     round_robin: bool = False
 
 
+#: The placeholder of `coproc.grpc_server.command` for the address to bind.
+LISTEN_PLACEHOLDER = "{listen}"
+#: The environment variable a supervised gRPC server's launcher reads `{listen}` from.
+GRPC_LISTEN_ENV = "COPROC_GRPC_LISTEN"
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcServerOptions:
+    """`coproc.grpc_server`: a gRPC plugin server Coproc starts and supervises."""
+
+    command: tuple[str, ...] = ()  # empty: none (an external server, Tyk's way)
+    boot_timeout_ms: int = 20000  # healthy within this, or it is killed and restarted
+    health_interval_ms: int = 2000  # health checks of the running server
+    health_failures: int = 3  # consecutive failed checks before a restart
+    drain_grace_ms: int = 30000  # an old server stops at the latest this long after a switch
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command)
+
+    @property
+    def movable(self) -> bool:
+        """The command binds the address it is given: hot restarts are seamless."""
+        return any(LISTEN_PLACEHOLDER in arg for arg in self.command)
+
+
 #: The `coprocess_grpc_server` schemes gRPC resolves (Tyk strips `tcp://`).
 GRPC_SCHEMES = ("tcp://", "unix://", "unix:", "dns:", "ipv4:", "ipv6:")
 
@@ -217,6 +244,7 @@ class GatewayConfig:
     middleware_path: Path = Path("middleware")
     enable_coprocess: bool = True
     grpc: GrpcOptions = field(default_factory=GrpcOptions)
+    grpc_server: GrpcServerOptions = field(default_factory=GrpcServerOptions)
     storage: StorageConfig = field(default_factory=StorageConfig)
     keys: KeyOptions = field(default_factory=KeyOptions)
     policies: PolicyOptions = field(default_factory=PolicyOptions)
@@ -294,6 +322,7 @@ def parse_gateway_config(raw: dict[str, Any], path: Path) -> GatewayConfig:
         gateway=_gateway(coproc.child("gateway")),
         ipc=_ipc(coproc.child("ipc")),
         supervisor=_supervisor(coproc.child("supervisor")),
+        grpc_server=_grpc_server(coproc.child("grpc_server"), r.child("coprocess_options")),
         sandbox=parse_sandbox(coproc.child("sandbox"), base),
         bundles=_bundles(r, coproc.child("bundles"), base),
         analytics=parse_analytics(r, coproc, base, run_dir),
@@ -459,6 +488,36 @@ def _grpc(r: Reader) -> GrpcOptions:
         send_max_size=r.number("grpc_send_max_size", int, 0, 0),
         authority=r.get("grpc_authority", str, ""),
         round_robin=r.get("grpc_round_robin_load_balancing", bool, False),
+    )
+
+
+def _grpc_server(r: Reader, tyk: Reader) -> GrpcServerOptions:
+    d = GrpcServerOptions()
+    raw: Any = r.get("command", object, "") if r.has("command") else ""
+    if isinstance(raw, str):
+        try:
+            command = tuple(shlex.split(raw))
+        except ValueError as exc:
+            raise r.error("command", f"cannot be split into arguments ({exc})",
+                          "quote arguments as in a shell, or give a list of strings") from None
+    elif isinstance(raw, list) and all(isinstance(a, str) and a for a in raw):
+        command = tuple(raw)
+    else:
+        raise r.error("command", f"expected a command line or a list of strings, got {raw!r}",
+                      'e.g. "python3 server.py --listen {listen}"')
+    if command and not any(LISTEN_PLACEHOLDER in a for a in command) \
+            and not tyk.get("coprocess_grpc_server", str, ""):
+        raise r.error("command", "has no {listen} placeholder and "
+                      "coprocess_options.coprocess_grpc_server is not set: Coproc cannot "
+                      "know where the server listens",
+                      "put {listen} where the command takes its address, or set "
+                      "coprocess_grpc_server to the address the command binds")
+    return GrpcServerOptions(
+        command=command,
+        boot_timeout_ms=r.number("boot_timeout_ms", int, d.boot_timeout_ms, 100),
+        health_interval_ms=r.number("health_interval_ms", int, d.health_interval_ms, 100),
+        health_failures=r.number("health_failures", int, d.health_failures, 1, 100),
+        drain_grace_ms=r.number("drain_grace_ms", int, d.drain_grace_ms, 0),
     )
 
 

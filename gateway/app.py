@@ -35,6 +35,7 @@ from gateway.control import (
     RouterSwitch,
     WorkerEvents,
     dispatch,
+    grpc_drained_sender,
     make_reload,
     report_status,
 )
@@ -144,7 +145,13 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[CONTROL] = ControlChannel(control_sock)
     app[HEALTH] = health = HealthRegistry()
     # Probes read at each request; requests come only once the contexts below started.
-    watch_gateway(health, coprocess=cfg.enable_coprocess, worker=lambda: app[HOOKS].health(),
+    def coprocess_health() -> Mapping[str, Any]:
+        # A supervised gRPC server is the instance's coprocess: it is the "worker" probed.
+        grpc = app[CALLER].grpc
+        return grpc.health() if cfg.grpc_server.enabled and grpc is not None \
+            else app[HOOKS].health()
+
+    watch_gateway(health, coprocess=cfg.enable_coprocess, worker=coprocess_health,
                   unserved=lambda: ((p.api_id, _unserved_reason(p), p.broken)  # the live router
                                     for p in app[CHAIN].router.values() if p.broken))
     app[BROKEN] = BrokenDefinitions(broken)
@@ -200,7 +207,7 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         serve_api = access_logged(serve_api)
     app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx, _serving_ctx])
     add_health_routes(app, health, cfg.secret, lambda: {
-        "gateway": {"pid": os.getpid()}, "worker": app[HOOKS].health()})
+        "gateway": {"pid": os.getpid()}, "worker": coprocess_health()})
     reload = make_reload(cfg.secret, app[CONTROL])
     for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
         app.router.add_get(path, reload, allow_head=False)
@@ -279,8 +286,11 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     switch = RouterSwitch(app[CONFIG], app[CHAIN], lambda: hooks.health().get("generation"),
                           app[BROKEN].replace)
     hooks.on_activate = switch.on_activated
-    channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis))
     grpc = app[CALLER].grpc
+    if grpc is not None:
+        grpc.on_drained = grpc_drained_sender(channel)
+    channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis,
+                                           grpc.use if grpc is not None else None))
     stats = collections.ChainMap(app[CHAIN].stats, getattr(grpc, "stats", {}))  # live views
     async with _background(report_status(channel, hooks, stats)):
         yield

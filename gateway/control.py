@@ -1,7 +1,10 @@
 """The gateway's end of the supervisor control channel.
 
 Datagrams in: `worker_state` and `worker_exited`, handed to the hook client
-(a worker's death must fail its in-flight calls at once), and `reload_apis`
+(a worker's death must fail its in-flight calls at once), `grpc_server` (a
+supervised gRPC plugin server is healthy at an address: the gRPC client
+switches to it; `grpc_drained` goes back once the old address has no call
+left, see `grpc_drained_sender`), and `reload_apis`
 (hot restart: re-read the API definitions, switch router when the new worker
 generation becomes active, so that every request is served by one consistent
 pair of routes and plugins).  Datagrams out: `ready` once HTTP is served,
@@ -26,7 +29,8 @@ from gateway.plan import ApiPlan, build_router
 from gateway.router import Router
 from ipc.control import ControlEndpoint, ControlMessage, ControlType
 
-__all__ = ["ControlChannel", "RouterSwitch", "WorkerEvents", "dispatch", "make_reload",
+__all__ = ["ControlChannel", "RouterSwitch", "WorkerEvents", "dispatch", "grpc_drained_sender",
+           "make_reload",
            "report_status", "status_message"]
 
 log = logging.getLogger("coproc.gateway.control")
@@ -163,11 +167,14 @@ def make_reload(secret: str, channel: ControlChannel
 
 
 def dispatch(message: ControlMessage, events: WorkerEvents,
-             on_reload_apis: Callable[[int], None] | None = None) -> None:
+             on_reload_apis: Callable[[int], None] | None = None,
+             on_grpc_server: Callable[[str, int], None] | None = None) -> None:
     """Deliver one validated supervisor message."""
     kind = message.type
     if kind is ControlType.RELOAD_APIS and on_reload_apis is not None:
         on_reload_apis(message["generation"])
+    elif kind is ControlType.GRPC_SERVER and on_grpc_server is not None:
+        on_grpc_server(message["address"], message["generation"])
     elif kind is ControlType.WORKER_EXITED:
         events.on_worker_exited(message["generation"], message["reason"])
     elif kind is ControlType.WORKER_STATE:
@@ -175,6 +182,14 @@ def dispatch(message: ControlMessage, events: WorkerEvents,
                                message.get("detail", ""))
     else:
         log.warning("ignored control message %r: not sent to a gateway", kind.value)
+
+
+def grpc_drained_sender(channel: ControlChannel) -> Callable[[str], None]:
+    """What the gRPC client calls when a replaced address has no call left."""
+    def drained(address: str) -> None:
+        channel.send(ControlType.GRPC_DRAINED, {"address": address})
+
+    return drained
 
 
 def status_message(events: WorkerEvents, *stats: Mapping[str, int]) -> dict[str, Any]:

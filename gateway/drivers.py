@@ -10,7 +10,7 @@ as they would use either, and apply answers and failure policies alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from config.apidef import GRPC_DRIVER, APIDefinition, HookDef
@@ -37,7 +37,11 @@ class DriverClient(HookCaller, Protocol):
 
 
 class GrpcService(DriverClient, Protocol):
+    on_drained: Callable[[str], None] | None
+
     async def start(self) -> None: ...
+
+    def use(self, address: str, generation: int | None = None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -45,7 +49,7 @@ class GrpcService(DriverClient, Protocol):
 class DriverRouter:
     """The hook caller of the chain: the worker client, or the gRPC one for `grpc` hooks."""
 
-    def __init__(self, worker: HookCaller, grpc: DriverClient | None,
+    def __init__(self, worker: HookCaller, grpc: GrpcService | None,
                  grpc_api_ids: Iterable[str] = ()) -> None:
         self.worker = worker
         self.grpc = grpc
@@ -85,7 +89,7 @@ def open_grpc(cfg: GatewayConfig, needed: bool) -> GrpcService | None:
     grpcio is imported only here: a gateway without `grpc` APIs runs without
     it.  API definitions that need it were refused at load when it is missing.
     """
-    if not cfg.grpc.server or not cfg.enable_coprocess:
+    if not (cfg.grpc.server or cfg.grpc_server.enabled) or not cfg.enable_coprocess:
         return None
     from gateway.grpc import grpc_available
 

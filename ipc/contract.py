@@ -10,11 +10,13 @@ only the supervisor may talk to systemd.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 __all__ = [
     "ADMIT_GATE_ENV",
     "CGROUPS_ENV",
+    "CONFIG_ENV_PREFIX",
     "CONTRACT_ENV",
     "CONTROL_FD_ENV",
     "GENERATION_ENV",
@@ -24,6 +26,7 @@ __all__ = [
     "SECRET_FD_ENV",
     "SUPERVISOR_PID_ENV",
     "SYSTEMD_ENV",
+    "coprocess_env",
 ]
 
 #: Every child: one end of its control socketpair (ipc/control.py).
@@ -65,3 +68,15 @@ SYSTEMD_ENV: Final = frozenset({
 #: variable inherited by accident would be worse than a missing one: e.g. a
 #: stale COPROC_CGROUPS would make a worker join a cgroup made for another.
 NEVER_INHERITED: Final = CONTRACT_ENV | SYSTEMD_ENV
+
+#: Settings the gateway config may take from the environment under Tyk's names
+#: (`config.gateway.ENV_OVERRIDES`: the admin secret, the Redis password, ...).  The
+#: gateway reads them; a coprocess (the plugin worker, a supervised gRPC server)
+#: never gets them, since plugin code could read its own environment.
+CONFIG_ENV_PREFIX: Final = "TYK_GW_"
+
+
+def coprocess_env(inherited: Mapping[str, str]) -> dict[str, str]:
+    """What a coprocess may inherit: no contract, systemd or config-override variable."""
+    return {k: v for k, v in inherited.items()
+            if k not in NEVER_INHERITED and not k.startswith(CONFIG_ENV_PREFIX)}

@@ -8,7 +8,8 @@ credentials or tokens.
 
 child -> supervisor:  ready, heartbeat (worker), status (gateway), loaded (worker),
                       reload_request (gateway)
-supervisor -> gateway: worker_state, worker_exited, reload_apis
+supervisor -> gateway: worker_state, worker_exited, reload_apis, grpc_server
+gateway -> supervisor: grpc_drained (besides ready/status/reload_request)
 supervisor -> worker:  admit
 
 `encode_control` / `decode_control` are the wire codec; the three sides
@@ -73,6 +74,8 @@ class ControlType(enum.Enum):
     RELOAD_APIS = "reload_apis"
     ADMIT = "admit"
     IMPORTING = "importing"
+    GRPC_SERVER = "grpc_server"
+    GRPC_DRAINED = "grpc_drained"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,14 @@ CONTROL_MESSAGES: Final[Mapping[ControlType, Record]] = {
     # gateway -> supervisor: hot-restart the worker (POST /tyk/reload).
     ControlType.RELOAD_REQUEST: Record({"type": str, "reason": str},
                                        required=frozenset({"type"})),
+    # supervisor -> gateway: the supervised gRPC plugin server of `generation`
+    # is healthy at `address`: send new grpc-driver calls there.
+    ControlType.GRPC_SERVER: Record({"type": str, "address": str, "generation": int},
+                                    required=frozenset({"type", "address", "generation"})),
+    # gateway -> supervisor: no call is left on the channel to `address` (it was
+    # switched away from): the server there may stop.
+    ControlType.GRPC_DRAINED: Record({"type": str, "address": str},
+                                     required=frozenset({"type", "address"})),
 }
 _BY_VALUE: Final = {t.value: t for t in ControlType}
 

@@ -43,6 +43,7 @@ from supervisor.control_server import ControlRequest, ControlServer
 from supervisor.definitions import ServedDefinitions
 from supervisor.events import ControlEvent, Event, SignalEvent, install_signals, remove_signals
 from supervisor.gateway_link import GatewayLink, GatewayReporter, WorkerReporter
+from supervisor.grpc_server import GrpcServerRole
 from supervisor.hot_restart import HotRestart, answer
 from supervisor.policy import RestartPolicy
 from supervisor.readers import ChildReaders
@@ -63,9 +64,11 @@ GATEWAY_FATAL_EXIT: Final = 1
 ABANDON_WAIT_S: Final = 1.0
 #: What each role may send; anything else is logged and ignored.
 _EXPECTED: Final = {
-    Role.GATEWAY: frozenset({ControlType.READY, ControlType.STATUS, ControlType.RELOAD_REQUEST}),
+    Role.GATEWAY: frozenset({ControlType.READY, ControlType.STATUS, ControlType.RELOAD_REQUEST,
+                             ControlType.GRPC_DRAINED}),
     Role.WORKER: frozenset({ControlType.READY, ControlType.LOADED, ControlType.HEARTBEAT,
                             ControlType.IMPORTING}),
+    Role.GRPC_SERVER: frozenset(),  # it speaks gRPC only: it is probed (grpc_server.py)
 }
 
 log = logging.getLogger("coproc.supervisor.arbiter")
@@ -93,19 +96,23 @@ class Arbiter:
                                 RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                                 GatewayReporter(self._link), window)
         # Without coprocess there is nothing for a worker to do (and no hooks
-        # socket to become routable on): run the gateway alone.
+        # socket to become routable on): run the gateway alone.  A supervised
+        # gRPC plugin server is the instance's one coprocess instead of the worker.
+        self._grpc = GrpcServerRole(cfg, self._link, self._readers, clock) \
+            if cfg.enable_coprocess and cfg.grpc_server.enabled else None
         self._worker = Watcher(worker_spec(commands, key, worker_config(cfg)),
                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                                WorkerReporter(self._link), window, liveness=cfg.worker) \
-            if cfg.enable_coprocess else None
+            if cfg.enable_coprocess and self._grpc is None else None
         #: Every role's watcher, the gateway's first.
-        self._roles = (self._gateway,) if self._worker is None else (self._gateway, self._worker)
+        coprocess = self._grpc.watcher if self._grpc is not None else self._worker
+        self._roles = (self._gateway,) if coprocess is None else (self._gateway, coprocess)
         #: Which API definitions serve and which are broken (`coproc status`).
         self._definitions = ServedDefinitions(cfg)
         self._hot = HotRestart(cfg, self._worker, self._link, self._readers, self._status,
                                self._describe, clock, self._definitions) \
             if self._worker is not None else None
-        self._shutdown = Shutdown(cfg, self._status, self._gateway, self._worker, self._hot,
+        self._shutdown = Shutdown(cfg, self._status, self._gateway, coprocess, self._hot,
                                   self._children)
         # Bundles: one fetcher per instance; a bundle that arrives late asks for a
         # reload through the same event a SIGHUP makes.
@@ -171,7 +178,9 @@ class Arbiter:
         gateway = self._gateway.status(now)
         worker = self._worker.status(now) if self._worker is not None else _NO_WORKER
         hot, reload = self._hot.status() if self._hot is not None else (_NO_HOT, _NO_RELOAD)
-        exits = sorted([*gateway["last_exits"], *worker["last_exits"]], key=lambda e: e["time"])
+        own = self._grpc.watcher.status(now)["last_exits"] if self._grpc is not None else []
+        exits = sorted([*gateway["last_exits"], *worker["last_exits"], *own],
+                       key=lambda e: e["time"])
         return {
             "pid": os.getpid(), "phase": self._phase.value,
             "uptime_s": round(now - self._started_at, 3), "started_at": self._started_wall,
@@ -180,6 +189,7 @@ class Arbiter:
             "reload": reload, "last_exits": exits[-EXIT_HISTORY:],
             "bundles": self._bundles.status() if self._bundles is not None else [],
             "definitions": self._definitions.status(),
+            **({"grpc_server": self._grpc.status(now)} if self._grpc is not None else {}),
         }
 
     def _reconcile(self, now: float) -> None:
@@ -187,6 +197,8 @@ class Arbiter:
             watcher.reap(now)
         if self._hot is not None:
             self._hot.reap()
+        if self._grpc is not None:
+            self._grpc.reap(now)
         if self._phase is Phase.RUNNING and self._gateway.state is SlotState.FATAL:
             self._stop(now, "the gateway keeps failing", exit_code=GATEWAY_FATAL_EXIT)
         if self._phase is Phase.RUNNING:
@@ -196,8 +208,13 @@ class Arbiter:
                 self._hot.check(now)
             for watcher in self._roles:
                 # A candidate booting for a reload takes the place of a restart.
+                if self._grpc is not None and watcher is self._grpc.watcher \
+                        and self._grpc.replacing:
+                    continue
                 if watcher is not self._worker or self._hot is None or not self._hot.replacing:
                     watcher.start_if_due(now)
+            if self._grpc is not None:
+                self._grpc.tick(now)
         elif self._phase is Phase.STOPPING and self._shutdown.advance(now):
             self._phase = Phase.STOPPED
         for child in self._children():
@@ -258,6 +275,9 @@ class Arbiter:
             log.warning("%s sent an unexpected %r message; ignored", child.name, kind.value)
         elif kind is ControlType.RELOAD_REQUEST:
             self._reload(now, message.get("reason", "the gateway asked"))
+        elif kind is ControlType.GRPC_DRAINED:
+            if self._grpc is not None:
+                self._grpc.on_drained(message["address"])
         else:
             ready = watcher.on_message(child, message, now)
             if watcher is self._worker and self._hot is not None:
@@ -268,8 +288,12 @@ class Arbiter:
 
     def _reload(self, now: float, reason: str, waiter: Waiter | None = None,
                 bundles_checked: bool = False) -> None:
+        if self._grpc is not None and self._phase is Phase.RUNNING:
+            self._grpc.request(now, reason, waiter)
+            return
         if self._hot is None or self._phase is not Phase.RUNNING:
-            why = "stopping" if self._hot else "coprocess is disabled: there is no worker"
+            why = "stopping" if self._hot or self._grpc else \
+                "coprocess is disabled: there is no worker"
             if waiter is not None:
                 answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
             return
@@ -286,6 +310,8 @@ class Arbiter:
 
     def _stop(self, now: float, why: str, immediate: bool = False, exit_code: int = 0) -> None:
         if not self._shutdown.started:
+            if self._grpc is not None:
+                self._grpc.stopping()
             self._shutdown.begin(now, why, exit_code)
             self._phase = Phase.STOPPING
         elif not immediate:
@@ -309,12 +335,17 @@ class Arbiter:
         if self._worker is not None:
             parts.append(f"worker generation {self._worker.generation} "
                          f"{self._worker.state.value}")
+        if self._grpc is not None:
+            parts.append(f"gRPC server generation {self._grpc.watcher.generation} "
+                         f"{self._grpc.watcher.state.value}")
         return "; ".join(parts)
 
     def _children(self) -> Iterator[ChildProcess]:
         yield from (w.child for w in self._roles if w.child is not None)
         if self._hot is not None:
             yield from self._hot.children()
+        if self._grpc is not None:
+            yield from self._grpc.children()
 
     def _abandon(self) -> None:
         """Only on an unexpected exit from `run`: no child may outlive us."""
@@ -330,6 +361,8 @@ class Arbiter:
             watcher.abandoned()
         if self._hot is not None:
             self._hot.abandoned()
+        if self._grpc is not None:
+            self._grpc.abandoned()
 
 
 def _next_wakeup(now: float, watchers: Iterable[Watcher], children: Iterable[ChildProcess]

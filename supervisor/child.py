@@ -40,6 +40,7 @@ _HAS_WAITID: Final = hasattr(os, "waitid")
 class Role(enum.Enum):
     GATEWAY = "gateway"
     WORKER = "worker"
+    GRPC_SERVER = "grpc_server"  # a supervised gRPC plugin server (supervisor/grpc_server.py)
 
 
 class ChildState(enum.Enum):
@@ -107,7 +108,7 @@ class ChildProcess:
 
     @property
     def name(self) -> str:
-        gen = f" generation {self.generation}" if self.role is Role.WORKER else ""
+        gen = f" generation {self.generation}" if self.role is not Role.GATEWAY else ""
         return f"{self.role.value}{gen} (pid {self.pid})"
 
     @property

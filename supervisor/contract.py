@@ -24,6 +24,7 @@ from ipc.contract import (
     LISTEN_FD_ENV,
     NEVER_INHERITED,
     SUPERVISOR_PID_ENV,
+    coprocess_env,
 )
 from ipc.tokens import worker_token
 
@@ -105,7 +106,7 @@ def worker_secret(instance_key: bytes, generation: int,
 
 def worker_env(generation: int, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The worker's environment, except COPROC_CONTROL_FD and COPROC_SECRET_FD (set at spawn)."""
-    env = _base_env(inherited)
+    env = _base_env(coprocess_env(inherited))
     env[GENERATION_ENV] = str(generation)
     env[ADMIT_GATE_ENV] = "1"
     # A plugin edited twice within one second keeps its size: a cached .pyc

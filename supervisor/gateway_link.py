@@ -1,7 +1,7 @@
 """What the gateway processes are told about the worker, from one place.
 
-`GatewayLink` is the only sender of `worker_state`, `worker_exited` and
-`reload_apis` (docs/PROTOCOL.md).  It keeps the gateways that are up (one
+`GatewayLink` is the only sender of `worker_state`, `worker_exited`,
+`reload_apis` and `grpc_server` (docs/PROTOCOL.md).  It keeps the gateways that are up (one
 today, N with scale-out) and the last `worker_state`, which a gateway that
 (re)starts gets at once: a new gateway knows nothing about the worker.
 
@@ -25,11 +25,24 @@ class GatewayLink:
     def __init__(self) -> None:
         self._gateways: list[ChildProcess] = []
         self._last_state: dict[str, Any] | None = None
+        self._last_grpc: dict[str, Any] | None = None
 
     def gateway_up(self, child: ChildProcess) -> None:
         self._gateways.append(child)
         if self._last_state is not None:
             child.send(ControlType.WORKER_STATE, self._last_state)
+        if self._last_grpc is not None:
+            child.send(ControlType.GRPC_SERVER, self._last_grpc)
+
+    @property
+    def gateways(self) -> int:
+        """How many gateways are up (each says `grpc_drained` for itself)."""
+        return sum(1 for g in self._gateways if g.alive)
+
+    def grpc_server(self, address: str, generation: int) -> None:
+        """The supervised gRPC server of `generation` is healthy at `address`."""
+        self._last_grpc = {"address": address, "generation": generation}
+        self._broadcast(ControlType.GRPC_SERVER, self._last_grpc)
 
     def gateway_down(self, child: ChildProcess) -> None:
         if child in self._gateways:

@@ -9,6 +9,7 @@ one more spec, not one more branch in the supervisor.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from supervisor.contract import (
     worker_secret,
 )
 
-__all__ = ["SpawnSpec", "gateway_spec", "worker_spec"]
+__all__ = ["SpawnSpec", "gateway_spec", "grpc_server_spec", "worker_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +60,12 @@ def worker_spec(commands: ChildCommands, instance_key: bytes,
                      lambda generation: worker_env(generation),
                      secret=lambda generation: worker_secret(instance_key, generation, config),
                      confined=True)
+
+
+def grpc_server_spec(command: tuple[str, ...], config_path: str,
+                     env: Callable[[int], dict[str, str]]) -> SpawnSpec:
+    """A supervised gRPC plugin server: `command` run through the sandbox launcher
+    (worker/sandbox/grpc_launch.py), which fills in `{listen}` from `env` and execs it."""
+    argv = (sys.executable, "-m", "worker.sandbox.grpc_launch", "--config", config_path, "--",
+            *command)
+    return SpawnSpec(Role.GRPC_SERVER, argv, env, confined=True)

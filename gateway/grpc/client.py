@@ -15,7 +15,10 @@ failure policy and status codes whatever the driver:
 The address can be switched while calls run (`switch`): new calls go to the
 new channel and the old one closes once its calls are done or after a grace.
 That is the seam for a supervised server's hot restart (new server on a new
-address, switch, drain the old); this module does not start servers.
+address, switch, drain the old; supervisor/grpc_server.py): `on_drained` hears
+of each replaced address once its channel is closed, and the gateway tells the
+supervisor (`grpc_drained`), which then stops the old server.  This module
+does not start servers.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import grpc
@@ -81,10 +84,16 @@ class GrpcHookClient:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self._options = channel_options(cfg)
-        self._address = cfg.grpc.server
+        # A supervised server's address comes from the supervisor once it is healthy.
+        self._supervised = cfg.grpc_server.enabled
+        self._address = "" if self._supervised else cfg.grpc.server
         self._active: _Channel | None = None
         self._draining: set[_Channel] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Called with a replaced address once its channel is closed.
+        self.on_drained: Callable[[str], None] | None = None
+        #: The supervised server's generation the active channel goes to (None: external).
+        self.generation: int | None = None
         self.latency = Histogram()
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
 
@@ -107,6 +116,15 @@ class GrpcHookClient:
 
     async def switch(self, address: str, grace_s: float = DRAIN_GRACE_S) -> None:
         """Send new calls to `address`; the previous channel drains, then closes."""
+        self.use(address, grace_s=grace_s)
+
+    def use(self, address: str, generation: int | None = None,
+            grace_s: float = DRAIN_GRACE_S) -> None:
+        """`switch` from synchronous code (the control channel's reader): new calls go
+        to `address` from now on; the previous channel drains in a task."""
+        self.generation = generation
+        if self._active is not None and self._active.address == address:
+            return  # a restarted server on a fixed address: the channel reconnects
         previous, self._active = self._active, _Channel(address, self._options)
         self._address = address
         self.stats["grpc_switches"] += 1
@@ -134,6 +152,8 @@ class GrpcHookClient:
                         channel.address, channel.inflight)
         self._draining.discard(channel)
         await channel.channel.close(grace=None)
+        if self.on_drained is not None:
+            self.on_drained(channel.address)
 
     # -- calls -------------------------------------------------------------
 
@@ -143,7 +163,8 @@ class GrpcHookClient:
         channel = self._active
         if channel is None:
             self.stats["grpc_unavailable"] += 1
-            raise NoWorker("no gRPC plugin server is configured "
+            raise NoWorker("the supervised gRPC plugin server is not up yet" if self._supervised
+                           else "no gRPC plugin server is configured "
                            "(coprocess_options.coprocess_grpc_server)")
         try:
             request = to_proto(obj)
@@ -223,6 +244,10 @@ class GrpcHookClient:
             "state": channel.state() if channel else "unconfigured",
             "inflight": sum(c.inflight for c in (channel, *self._draining) if c is not None),
             "draining": sorted(c.address for c in self._draining),
+            "generation": self.generation,
+            # The supervised server's channel is set once the supervisor said where
+            # it is healthy; an external server is the operator's to run.
+            "ready": channel is not None,
             "hook_latency_us": self.latency.summary(),
             "stats": dict(self.stats),
         }

@@ -224,7 +224,10 @@ def test_contract_variables_in_the_supervisors_environment_reach_no_child(
     leaked = {name: f"leaked-{name}" for name in NEVER_INHERITED}
     leaked["COPROC_CGROUPS"] = str(tmp_path)  # a worker joining it would fail loudly
     leaked["NOTIFY_SOCKET"] = str(tmp_path / "no-such-notify.sock")
-    for name, value in leaked.items():
+    # A config override read by the gateway (from a platform's secret store) must
+    # never reach the worker, where plugin code could read its environment.
+    override = {"TYK_GW_SECRET": "env-admin-secret"}
+    for name, value in {**leaked, **override}.items():
         monkeypatch.setenv(name, value)
     inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
     roles: dict[str, dict[str, str]] = {}
@@ -241,4 +244,6 @@ def test_contract_variables_in_the_supervisors_environment_reach_no_child(
         assert env["COPROC_SUPERVISOR_PID"] == str(inst.pid)
     for env in roles.values():  # secrets travel in an fd, never the environment
         assert "COPROC_INSTANCE_KEY" not in env and "COPROC_WORKER_TOKEN" not in env
+    assert roles["gateway"].get("TYK_GW_SECRET") == "env-admin-secret"
+    assert "TYK_GW_SECRET" not in roles["worker"]
     assert inst.hello().status == 200
