@@ -60,6 +60,7 @@ from gateway.health_routes import (
 from gateway.hooks import HookClient
 from gateway.host_calls import HostCallHandler, HostCalls, storage_bound_s
 from gateway.keys import KeyStore
+from gateway.metrics import serving_families
 from gateway.outbound import JsvmHostCalls
 from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.policy import PolicyStore
@@ -269,8 +270,11 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     auth = Authenticator(app[STORE], hooks, app[EVENTS].emit,
                          KeyStore(app[STORE], cfg.keys), app[POLICIES])
     chain = app[CHAIN] = Chain(app[ROUTER], hooks, session, cfg.gateway, auth)
-    if observe is not None:
+    if observe is not None and observe.metrics is not None:
         observe.add_stats("coproc_gateway_events", "The chain's counters", lambda: chain.stats)
+        observe.metrics.add_source(serving_families(
+            lambda: _unserved_counts(chain, app[BROKEN]),
+            lambda: app[HOOKS].health().get("shm", {}), lambda: auth.storage_errors))
     yield
     await session.close()
 
@@ -367,3 +371,12 @@ def _unserved_reason(plan: ApiPlan) -> str:
     if plan.broken_status == 503:
         return "plugins disabled"
     return f"bundle {plan.api.custom_middleware_bundle} unusable"
+
+
+def _unserved_counts(chain: Chain, broken: BrokenDefinitions) -> dict[str, int]:
+    """How many APIs cannot serve, by reason (coproc_apis_unserved)."""
+    counts = {"bundle": 0, "plugins_disabled": 0, "definition": len(broken.items)}
+    for plan in chain.router.values():
+        if plan.broken:
+            counts["plugins_disabled" if plan.broken_status == 503 else "bundle"] += 1
+    return counts

@@ -76,6 +76,8 @@ class Authenticator:
         self.hooks = hooks
         self.emit: EmitEvent = emit or (lambda api_id, name, meta, handlers: None)
         self._storage_logged = 0.0
+        #: Requests answered 503 for a storage outage (coproc_storage_errors_total).
+        self.storage_errors = 0
 
     async def check(self, plan: ApiPlan, state: RequestState, rid: str) -> dict[str, str]:
         """Authenticate and enforce the session; return headers for the response.
@@ -189,6 +191,7 @@ class Authenticator:
                   plan.api.event_handlers)
 
     def _storage_down(self, plan: ApiPlan, exc: StorageUnavailable, rid: str) -> None:
+        self.storage_errors += 1
         # One line per interval: an outage under load must not flood the log.
         now = time.monotonic()
         if now - self._storage_logged >= _STORAGE_LOG_EVERY_S:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -42,7 +42,7 @@ from config.analytics import MetricsOptions
 from gateway.admin import admin_denied
 
 __all__ = ["GatewayMetrics", "WorkerWatch", "add_metrics_route", "counters", "exit_class", "gauge",
-           "start_metrics_site"]
+           "gauges", "serving_families", "start_metrics_site"]
 
 log = logging.getLogger("coproc.gateway.metrics")
 
@@ -327,3 +327,36 @@ class WorkerWatch:
                 out.append(gauge(f"coproc_worker_{name}", f"The active worker's {name}",
                                  self.gauges[name]))
         return out
+
+
+def gauges(name: str, help_text: str, values: Mapping[str, float], label: str
+           ) -> GaugeMetricFamily:
+    """One gauge family with a label per key of `values`."""
+    family = GaugeMetricFamily(name, help_text, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family
+
+
+def serving_families(unserved: Callable[[], Mapping[str, int]],
+                     arena: Callable[[], Mapping[str, Any]],
+                     storage_errors: Callable[[], int]) -> Callable[[], list[Metric]]:
+    """The gateway's own state at scrape time: APIs it cannot serve by why (a bundle
+    that failed to fetch or verify, a definition that does not load, plugins
+    switched off), the body arena's use and fallbacks, and storage outages met."""
+    def families() -> list[Metric]:
+        shm = arena()
+        return [
+            gauges("coproc_apis_unserved", "APIs not served, by reason (bundle: fetch or "
+                   "verification failed; definition: does not load; plugins_disabled)",
+                   unserved(), "reason"),
+            gauges("coproc_shm_arena_bytes", "The shared-memory body arena: size and bytes in "
+                   "use", {"size": shm.get("size", 0), "in_use": shm.get("in_use", 0)}, "state"),
+            counters("coproc_shm_bodies", "Bodies through the arena, and the ones that went "
+                     "inline because it was full", {"shm": shm.get("bodies", 0),
+                                                   "fallback": shm.get("fallback", 0)}, "path"),
+            CounterMetricFamily("coproc_storage_errors", "Requests answered 503 because "
+                                "the shared storage (Redis) was unavailable",
+                                value=storage_errors()),
+        ]
+    return families

@@ -51,3 +51,23 @@ def test_the_dashboard_uses_only_metrics_the_gateway_serves() -> None:
              for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"coproc_[a-z_]+", e)}
     assert used and used <= names, used - names
+
+
+def test_serving_state_families_render_their_values() -> None:
+    """Unserved APIs by reason, the body arena, storage outages (issue #14 item 4)."""
+    from gateway.metrics import serving_families
+    metrics = GatewayMetrics()
+    errors = [0]
+    metrics.add_source(serving_families(
+        lambda: {"bundle": 2, "definition": 1, "plugins_disabled": 0},
+        lambda: {"size": 1024, "in_use": 256, "bodies": 7, "fallback": 3},
+        lambda: errors[0]))
+    errors[0] = 5
+    text = metrics.render().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("coproc_apis_unserved", (("reason", "bundle"),))] == 2
+    assert samples[("coproc_apis_unserved", (("reason", "definition"),))] == 1
+    assert samples[("coproc_shm_arena_bytes", (("state", "in_use"),))] == 256
+    assert samples[("coproc_shm_bodies_total", (("path", "fallback"),))] == 3
+    assert samples[("coproc_storage_errors_total", ())] == 5
