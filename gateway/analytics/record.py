@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.analytics.hashing import hash_key
+from gateway.storage.keyhash import hash_key
 from gateway.router import strip_prefix
 
 __all__ = ["Exchange", "Record", "RecordSpec", "build", "finish", "rfc3339", "wire_request",

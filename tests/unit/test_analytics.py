@@ -19,7 +19,7 @@ from config.analytics import AnalyticsConfig
 from config.gateway import load_gateway_config
 from gateway.analytics import observer as observe
 from gateway.analytics import tyk_format
-from gateway.analytics.hashing import hash_key, murmur3_32, murmur3_128
+from gateway.storage.keyhash import hash_key, murmur3_32, murmur3_128
 from gateway.analytics.observer import Observer
 from gateway.analytics.pipeline import Pipeline
 from gateway.analytics.record import Exchange, RecordSpec, build, finish
@@ -79,13 +79,13 @@ def test_murmur_matches_the_reference_vectors() -> None:
 
 
 def test_api_key_is_hashed_as_tyk_does() -> None:
-    assert hash_key("hello") == "248bfa47"  # murmur32, hex, big-endian
-    assert hash_key("") == "00000000"  # keyless APIs: Tyk hashes the empty key too
-    assert hash_key("hello", enabled=False) == "hello"
+    assert hash_key("hello", True) == "248bfa47"  # murmur32, hex, big-endian
+    assert hash_key("", True) == "00000000"  # keyless APIs: Tyk hashes the empty key too
+    assert hash_key("hello", False) == "hello"
     token = base64.b64encode(b'{"org":"o","id":"i","h":"sha256"}').decode()
-    assert len(hash_key(token)) == 64
+    assert len(hash_key(token, True)) == 64
     token = base64.b64encode(b'{"org":"o","id":"i","h":"murmur64"}').decode()
-    assert len(hash_key(token)) == 16
+    assert len(hash_key(token, True)) == 16
 
 
 # -- the record ---------------------------------------------------------------------
@@ -120,7 +120,7 @@ def test_path_is_as_proxied_and_original_path_as_received() -> None:
 
 def test_finish_does_what_tyks_writer_does() -> None:
     r = finish(record(path="orders/42"), hash_keys=True)
-    assert r["api_key"] == hash_key("secret-key")
+    assert r["api_key"] == hash_key("secret-key", True)
     assert r["tags"][-3:] == [f"key-{r['api_key']}", "org-org-9", "api-api-1"]
     assert r["path"] == "/orders/42"
 
