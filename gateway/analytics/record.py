@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.storage.keyhash import hash_key
 from gateway.router import strip_prefix
+from gateway.storage.keyhash import hash_key
 
 __all__ = ["Exchange", "Record", "RecordSpec", "build", "finish", "rfc3339", "wire_request",
            "wire_response"]

@@ -19,12 +19,12 @@ from config.analytics import AnalyticsConfig
 from config.gateway import load_gateway_config
 from gateway.analytics import observer as observe
 from gateway.analytics import tyk_format
-from gateway.storage.keyhash import hash_key, murmur3_32, murmur3_128
 from gateway.analytics.observer import Observer
 from gateway.analytics.pipeline import Pipeline
 from gateway.analytics.record import Exchange, RecordSpec, build, finish
 from gateway.analytics.sinks import FileSink, StdoutSink
 from gateway.plan import AuthMode
+from gateway.storage.keyhash import hash_key, murmur3_32, murmur3_128
 
 # Tyk Pump's analytics.AnalyticsRecord (analytics/analytics.go), exported fields in
 # declaration order, as msgpack.v2 writes them: written out here from the Go source,
