@@ -30,6 +30,7 @@ from typing import Any
 
 from config.apidef import APIDefinition, HookDef
 from config.gateway import JsvmOptions
+from worker.engine_files import engine_files, phase_hooks
 from worker.jsvm.api import host_functions, log_sink
 from worker.jsvm.engine import JSDeadline, JSHookError, JSVMContext
 from worker.jsvm.objects import (
@@ -45,7 +46,7 @@ from worker.jsvm.objects import (
 from worker.loader import ApiPlugins, BundleError, HookEntry
 from worker.objects import Message, MiniRequestObject, ResponseObject, SessionState
 
-__all__ = ["JSDeadline", "JSHookError", "js_files", "load_jsvm_api", "load_jsvm_plugins"]
+__all__ = ["JSDeadline", "JSHookError", "load_jsvm_api", "load_jsvm_plugins"]
 
 log = logging.getLogger("worker.jsvm")
 
@@ -64,42 +65,11 @@ def load_jsvm_api(api: APIDefinition, options: JsvmOptions) -> ApiPlugins:
             "JSVM is disabled: this API's custom_middleware.driver is "
             f"{api.custom_middleware.driver!r}; set enable_jsvm: true in the gateway config"))
     try:
-        files = js_files(api)
+        files = engine_files(api, ".js")
     except BundleError as exc:
         return ApiPlugins(api.api_id, source=api.custom_middleware_bundle,
                           load_error=f"BundleError: {exc}")
-    middleware = api.custom_middleware
-    hooks = [(phase, hook) for phase in ("pre", "post_key_auth", "post", "response")
-             for hook in middleware.phase(phase)]
-    if middleware.auth_check and not middleware.auth_check.disabled:
-        hooks.append(("auth_check", middleware.auth_check))
-    return load_jsvm_plugins(api, files, hooks, options)
-
-
-def js_files(api: APIDefinition) -> list[Path]:
-    """The bundles' `.js` files (file_list order), else the hooks' `path`s (each once)."""
-    if not api.custom_middleware_bundle:
-        paths = [Path(h.path) for h in api.custom_middleware.all_hooks() if h.path]
-        return list(dict.fromkeys(paths))
-    if api.bundle_error or not api.bundle_dirs:
-        raise BundleError(api.bundle_error or f"bundle {api.custom_middleware_bundle!r} "
-                          "is not available")
-    files: list[Path] = []
-    for directory in api.bundle_dirs:
-        manifest = directory / "manifest.json"
-        try:
-            file_list = json.loads(manifest.read_text(encoding="utf-8")).get("file_list") or []
-        except (OSError, ValueError, AttributeError) as exc:
-            raise BundleError(f"{manifest}: unreadable manifest ({exc})") from None
-        root = directory.resolve()
-        listed = [(root / name).resolve() for name in file_list
-                  if isinstance(name, str) and name.endswith(".js")]
-        outside = [f for f in listed if not f.is_relative_to(root)]
-        if outside or not listed:
-            raise BundleError(f"{manifest}: " + (f"{outside[0]} is outside the bundle"
-                                                  if outside else "file_list names no .js file"))
-        files.extend(listed)
-    return files
+    return load_jsvm_plugins(api, files, phase_hooks(api), options)
 
 
 def load_jsvm_plugins(api: APIDefinition, files: Sequence[Path],

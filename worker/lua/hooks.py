@@ -19,7 +19,6 @@ is what `tyk.req.set_header` does).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from config.apidef import APIDefinition, HookDef
 from ipc.coprocess import REQUEST, RESPONSE, SESSION, STR_MAP
 from ipc.schema import Shape
+from worker.engine_files import engine_files, phase_hooks
 from worker.loader import ApiPlugins, BundleError, HookEntry
 from worker.lua.engine import LuaDeadline, LuaHookError, LuaState
 from worker.lua.tables import LuaValueError, from_lua, to_plain
@@ -49,43 +49,11 @@ _HOOK_TYPE_NUMBERS = {"pre": 1, "post": 2, "post_key_auth": 3, "auth_check": 4, 
 def load_lua_api(api: APIDefinition) -> ApiPlugins:
     """The Lua plugins of one API (never raises): its files, then its hooks."""
     try:
-        files = lua_files(api)
+        files = engine_files(api, ".lua")
     except BundleError as exc:
         return ApiPlugins(api.api_id, source=api.custom_middleware_bundle,
                           load_error=f"BundleError: {exc}")
-    middleware = api.custom_middleware
-    hooks = [(phase, hook) for phase in ("pre", "post_key_auth", "post", "response")
-             for hook in middleware.phase(phase)]
-    if middleware.auth_check and not middleware.auth_check.disabled:
-        hooks.append(("auth_check", middleware.auth_check))
-    return load_lua_plugins(api, files, hooks)
-
-
-def lua_files(api: APIDefinition) -> list[Path]:
-    """The files to load: the bundles' `.lua` files (file_list order), else the
-    hooks' `path`s (each file once)."""
-    if not api.custom_middleware_bundle:
-        paths = [Path(h.path) for h in api.custom_middleware.all_hooks() if h.path]
-        return list(dict.fromkeys(paths))
-    if api.bundle_error or not api.bundle_dirs:
-        raise BundleError(api.bundle_error or f"bundle {api.custom_middleware_bundle!r} "
-                          "is not available")
-    files: list[Path] = []
-    for directory in api.bundle_dirs:
-        manifest = directory / "manifest.json"
-        try:
-            file_list = json.loads(manifest.read_text(encoding="utf-8")).get("file_list") or []
-        except (OSError, ValueError, AttributeError) as exc:
-            raise BundleError(f"{manifest}: unreadable manifest ({exc})") from None
-        root = directory.resolve()
-        listed = [(root / name).resolve() for name in file_list
-                  if isinstance(name, str) and name.endswith(".lua")]
-        outside = [f for f in listed if not f.is_relative_to(root)]
-        if outside or not listed:
-            raise BundleError(f"{manifest}: " + (f"{outside[0]} is outside the bundle"
-                                                  if outside else "file_list names no .lua file"))
-        files.extend(listed)
-    return files
+    return load_lua_plugins(api, files, phase_hooks(api))
 
 
 def load_lua_plugins(api: APIDefinition, files: Sequence[Path],
