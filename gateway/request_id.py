@@ -11,6 +11,7 @@ analytics record.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -53,7 +54,14 @@ def request_id(headers: Headers) -> tuple[str, bool]:
     given = headers.get(HEADER)
     if given and _SAFE.fullmatch(given):
         return given, True
-    return os.urandom(16).hex(), False
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}", False
+
+
+# A generated id is a per-process random prefix and a counter: unique across
+# processes and restarts, and free per request (os.urandom per request cost 5 %
+# of the gateway's CPU samples under load: a getrandom syscall each).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 
 def with_request_id(headers: Headers, rid: str,

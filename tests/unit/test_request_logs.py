@@ -256,3 +256,8 @@ def test_tracing_without_the_sdk_is_refused_naming_the_field(
     assert "opentelemetry.enabled" in str(failure.value)
     assert "coproc[otel]" in str(failure.value)
     assert not _config(tmp_path, {"opentelemetry": {"enabled": False}}).tracing.enabled
+
+
+def test_generated_request_ids_are_unique() -> None:
+    ids = {request_id({})[0] for _ in range(1000)}  # type: ignore[arg-type]
+    assert len(ids) == 1000
