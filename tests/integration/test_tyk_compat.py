@@ -363,6 +363,12 @@ OVERRIDE_CASES = [
                          ids=[c[0] for c in OVERRIDE_CASES])
 def test_return_overrides_matrix(gw: Instance, query: str, status: int,
                                  expected: tuple[str, str]) -> None:
+    check_override(gw, query, status, expected)
+
+
+def check_override(gw: Instance, query: str, status: int, expected: tuple[str, str]) -> None:
+    """One OVERRIDE_CASES row against the `/override/` API (shared by the gRPC driver's
+    tests: the same outcomes whichever plugin driver answers)."""
     resp = gw.expect(gw.get(f"/override/?{query}"), status)
     assert resp.header("X-Foo") == "Bar"
     kind, text = expected
