@@ -129,6 +129,10 @@ class GatewayOptions:
     upstream_connect_timeout_ms: int = 5000
     upstream_max_connections: int = 512
     drain_grace_ms: int = 10000
+    # Gateway processes of this instance (`coproc.gateway.processes`, an integer
+    # or "auto": the CPU count).  They accept on one listening socket and send
+    # their hook calls to the one worker, each on its own hooks socket.
+    processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +276,25 @@ class GatewayConfig:
 
     @property
     def hooks_endpoint(self) -> str:
+        """Gateway process 0's hooks socket (the only one with one process)."""
         return self.ipc.endpoint or f"ipc://{self.run_dir / 'hooks.sock'}"
+
+    def hooks_endpoint_for(self, index: int) -> str:
+        """Gateway process `index`'s hooks socket: hooks.sock, hooks-1.sock, ...;
+        with a tcp:// endpoint, its port plus the index."""
+        if index == 0:
+            return self.hooks_endpoint
+        if self.ipc.endpoint.startswith("tcp://"):
+            host, _, port = self.ipc.endpoint.rpartition(":")
+            return f"{host}:{int(port) + index}"
+        if self.ipc.endpoint:
+            return f"{self.ipc.endpoint.removesuffix('.sock')}-{index}.sock"
+        return f"ipc://{self.run_dir / f'hooks-{index}.sock'}"
+
+    @property
+    def hooks_endpoints(self) -> tuple[str, ...]:
+        """Every gateway process's hooks socket, by index: the worker connects to each."""
+        return tuple(self.hooks_endpoint_for(i) for i in range(self.gateway.processes))
 
 
 def default_run_dir(config_path: Path) -> Path:
@@ -460,7 +482,22 @@ def _gateway(r: Reader) -> GatewayOptions:
         upstream_max_connections=r.number(
             "upstream_max_connections", int, d.upstream_max_connections, 1),
         drain_grace_ms=r.number("drain_grace_ms", int, d.drain_grace_ms, 0),
+        processes=_processes(r),
     )
+
+
+#: More gateway processes than this is a typo, not a machine.
+MAX_GATEWAY_PROCESSES = 256
+
+
+def _processes(r: Reader) -> int:
+    """`processes`: a positive integer, or "auto" for the CPU count."""
+    if r.has("processes") and isinstance(r.data["processes"], str):
+        if r.data["processes"] != "auto":
+            raise r.error("processes", f"unknown value {r.data['processes']!r}",
+                          'use a number of processes (1 or more) or "auto" (one per CPU)')
+        return max(1, min(MAX_GATEWAY_PROCESSES, os.cpu_count() or 1))
+    return r.number("processes", int, 1, 1, MAX_GATEWAY_PROCESSES)
 
 
 def _ipc(r: Reader) -> IpcOptions:

@@ -19,6 +19,7 @@ __all__ = [
     "CONFIG_ENV_PREFIX",
     "CONTRACT_ENV",
     "CONTROL_FD_ENV",
+    "GATEWAY_INDEX_ENV",
     "GENERATION_ENV",
     "LISTEN_FD_ENV",
     "NEVER_INHERITED",
@@ -41,6 +42,8 @@ LISTEN_FD_ENV: Final = "COPROC_LISTEN_FD"
 #: environment: /proc/<pid>/environ keeps the original for the process's whole life,
 #: readable by anything of the same uid.
 SECRET_FD_ENV: Final = "COPROC_SECRET_FD"  # noqa: S105 (a variable name)
+#: Gateway: its index among the instance's gateway processes (0 when absent).
+GATEWAY_INDEX_ENV: Final = "COPROC_GATEWAY_INDEX"
 #: Worker: its generation number.
 GENERATION_ENV: Final = "COPROC_GENERATION"
 #: Worker, "1": send `loaded` and wait for `admit` before HELLO.
@@ -53,7 +56,7 @@ CGROUPS_ENV: Final = "COPROC_CGROUPS"
 #: Every name of the contract: set per child by the supervisor, or not at all.
 CONTRACT_ENV: Final = frozenset({
     CONTROL_FD_ENV, SUPERVISOR_PID_ENV, LISTEN_FD_ENV, SECRET_FD_ENV, GENERATION_ENV,
-    ADMIT_GATE_ENV, SCRATCH_DIR_ENV, CGROUPS_ENV,
+    ADMIT_GATE_ENV, SCRATCH_DIR_ENV, CGROUPS_ENV, GATEWAY_INDEX_ENV,
     # Names of an older contract that carried secrets in the environment: never passed on.
     "COPROC_INSTANCE_KEY", "COPROC_WORKER_TOKEN",
 })

@@ -90,7 +90,9 @@ def worker_config(cfg: GatewayConfig) -> dict[str, Any]:
         "middleware_path": str(cfg.middleware_path),
         "coprocess_options": options if isinstance(options, dict) else {},
         "coproc": {**{k: coproc[k] for k in WORKER_SECTIONS if k in coproc},
-                   "run_dir": str(cfg.run_dir)},
+                   "run_dir": str(cfg.run_dir),
+                   # Resolved here ("auto"): the worker connects to each one's socket.
+                   "gateway": {"processes": cfg.gateway.processes}},
     }
 
 
