@@ -11,6 +11,7 @@ store instead of a file; the environment wins over the file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shlex
@@ -43,6 +44,7 @@ __all__ = [
     "SupervisorOptions",
     "WorkerOptions",
     "default_run_dir",
+    "for_process",
     "load_gateway_config",
     "parse_gateway_config",
 ]
@@ -271,19 +273,22 @@ class GatewayConfig:
     #: leaving that API unserved.
     strict_definitions: bool = False
     jsvm: JsvmOptions = field(default_factory=JsvmOptions)
+    #: Which of the instance's gateway processes reads this (COPROC_GATEWAY_INDEX,
+    #: set by the supervisor; `for_process`): its hooks socket and metrics port.
+    process_index: int = 0
     #: The file as read (Tyk fields Coproc does not apply are reported from it).
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def hooks_endpoint(self) -> str:
-        """Gateway process 0's hooks socket (the only one with one process)."""
-        return self.ipc.endpoint or f"ipc://{self.run_dir / 'hooks.sock'}"
+        """This gateway process's hooks socket (process 0's in the worker)."""
+        return self.hooks_endpoint_for(self.process_index)
 
     def hooks_endpoint_for(self, index: int) -> str:
         """Gateway process `index`'s hooks socket: hooks.sock, hooks-1.sock, ...;
         with a tcp:// endpoint, its port plus the index."""
         if index == 0:
-            return self.hooks_endpoint
+            return self.ipc.endpoint or f"ipc://{self.run_dir / 'hooks.sock'}"
         if self.ipc.endpoint.startswith("tcp://"):
             host, _, port = self.ipc.endpoint.rpartition(":")
             return f"{host}:{int(port) + index}"
@@ -295,6 +300,17 @@ class GatewayConfig:
     def hooks_endpoints(self) -> tuple[str, ...]:
         """Every gateway process's hooks socket, by index: the worker connects to each."""
         return tuple(self.hooks_endpoint_for(i) for i in range(self.gateway.processes))
+
+
+def for_process(cfg: GatewayConfig, index: int) -> GatewayConfig:
+    """`cfg` as gateway process `index` reads it: its own hooks socket, and with a
+    metrics listener of its own, the configured port plus `index`."""
+    if index == 0:
+        return cfg
+    metrics = cfg.metrics
+    if metrics.listen_port:
+        metrics = dataclasses.replace(metrics, listen_port=metrics.listen_port + index)
+    return dataclasses.replace(cfg, process_index=index, metrics=metrics)
 
 
 def default_run_dir(config_path: Path) -> Path:

@@ -24,14 +24,14 @@ from typing import Any
 import zmq
 
 from config import ConfigError, load_definition_set, load_gateway_config
-from config.gateway import GatewayConfig
+from config.gateway import GatewayConfig, for_process
 from config.logs import setup_logging
 from config.policies import load_policies
 from config.tyk_support import unapplied_warnings
 from gateway.app import serve
 from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
-from ipc.contract import LISTEN_FD_ENV, SECRET_FD_ENV
+from ipc.contract import GATEWAY_INDEX_ENV, LISTEN_FD_ENV, SECRET_FD_ENV
 from ipc.control import inherited_control_socket, read_inherited_secret
 from ipc.tokens import new_instance_key
 
@@ -69,6 +69,15 @@ def instance_key() -> bytes:
     log.warning("%s is not set: drew a random key, so only workers started by this "
                 "process's supervisor could be admitted", SECRET_FD_ENV)
     return new_instance_key()
+
+
+def process_index() -> int:
+    """Which of the instance's gateway processes this is (0 when run by hand)."""
+    raw = os.environ.get(GATEWAY_INDEX_ENV, "0")
+    if not raw.isdigit():
+        raise ConfigError(GATEWAY_INDEX_ENV, "", f"{raw!r} is not a process index",
+                          "the supervisor sets it; unset it to run a gateway by hand")
+    return int(raw)
 
 
 #: Fields of a gateway config file that hold a credential: (path, name in the warning).
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return exitcodes.BOOT_FAILED
     try:
-        cfg = load_gateway_config(args.config)
+        cfg = for_process(load_gateway_config(args.config), process_index())
         # A definition that does not load is left out, named by /hello; only an
         # unusable app_path (the gateway config) stops the gateway.
         definitions = load_definition_set(cfg)

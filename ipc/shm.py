@@ -111,19 +111,37 @@ def slot_capacity(length: int) -> int:
 
 
 def remove_stale_arenas(prefix: str) -> int:
-    """Unlink arenas a previous gateway of this instance left (it was killed)."""
+    """Unlink arenas a previous gateway of this instance left (it was killed).
+
+    Only those whose owner is gone: with several gateway processes, the live
+    ones' arenas share the prefix."""
     removed = 0
     try:
         entries = [e for e in _SHM_DIR.iterdir() if e.name.startswith(f"{prefix}-arena-")]
     except OSError:
         return 0
     for entry in entries:
+        owner = entry.name.rpartition("-")[2]
+        if owner.isdigit() and _alive(int(owner)):
+            continue
         try:
             entry.unlink()
             removed += 1
         except OSError:
             pass
     return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a name of ours left from before an exec: not a live arena
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge, leave it
+    return True
 
 
 class _Mapping:

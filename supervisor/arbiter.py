@@ -1,4 +1,4 @@
-"""The reconcile loop: keep one gateway and one worker up; stop them in stages.
+"""The reconcile loop: keep the gateway processes and the one worker up; stop in stages.
 
 Everything that happens (a signal, a control datagram, "a child may have
 exited", a `coproc` command) becomes an event on one queue; signal handlers
@@ -58,7 +58,7 @@ __all__ = ["GATEWAY_FATAL_EXIT", "TICK_S", "Arbiter", "Phase"]
 
 #: Upper bound between two reconcile passes when nothing happens.
 TICK_S: Final = 0.1
-#: Exit code when the gateway flaps: without it the instance serves nothing.
+#: Exit code when every gateway process flaps: without them the instance serves nothing.
 GATEWAY_FATAL_EXIT: Final = 1
 #: On an unexpected exit from the loop, how long to wait for killed children.
 ABANDON_WAIT_S: Final = 1.0
@@ -92,9 +92,14 @@ class Arbiter:
         self._readers = ChildReaders(self._events.put_nowait)
         self._link = GatewayLink()
         key, window = new_instance_key(), cfg.supervisor.flap_window_s
-        self._gateway = Watcher(gateway_spec(commands, listener.fileno(), key),
-                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
-                                GatewayReporter(self._link), window)
+        # N gateway processes (`coproc.gateway.processes`) on the one listening socket,
+        # one watcher each: each restarts, backs off and turns FATAL on its own.
+        processes = cfg.gateway.processes
+        self._gateways = tuple(
+            Watcher(gateway_spec(commands, listener.fileno(), key, index, processes),
+                    RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
+                    GatewayReporter(self._link), window)
+            for index in range(processes))
         # Without coprocess there is nothing for a worker to do (and no hooks
         # socket to become routable on): run the gateway alone.  A supervised
         # gRPC plugin server is the instance's one coprocess instead of the worker.
@@ -104,15 +109,15 @@ class Arbiter:
                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                                WorkerReporter(self._link), window, liveness=cfg.worker) \
             if cfg.enable_coprocess and self._grpc is None else None
-        #: Every role's watcher, the gateway's first.
+        #: Every role's watcher, the gateways' first.
         coprocess = self._grpc.watcher if self._grpc is not None else self._worker
-        self._roles = (self._gateway,) if coprocess is None else (self._gateway, coprocess)
+        self._roles = self._gateways if coprocess is None else (*self._gateways, coprocess)
         #: Which API definitions serve and which are broken (`coproc status`).
         self._definitions = ServedDefinitions(cfg)
         self._hot = HotRestart(cfg, self._worker, self._link, self._readers, self._status,
                                self._describe, clock, self._definitions) \
             if self._worker is not None else None
-        self._shutdown = Shutdown(cfg, self._status, self._gateway, coprocess, self._hot,
+        self._shutdown = Shutdown(cfg, self._status, self._gateways, coprocess, self._hot,
                                   self._children)
         # Bundles: one fetcher per instance; a bundle that arrives late asks for a
         # reload through the same event a SIGHUP makes.
@@ -125,7 +130,12 @@ class Arbiter:
 
     @property
     def gateway_state(self) -> SlotState:
-        return self._gateway.state
+        """Gateway process 0's state (`gateway_states` has every one's)."""
+        return self._gateways[0].state
+
+    @property
+    def gateway_states(self) -> tuple[SlotState, ...]:
+        return tuple(g.state for g in self._gateways)
 
     @property
     def worker_state(self) -> SlotState | None:
@@ -175,16 +185,19 @@ class Arbiter:
 
     def status(self, now: float) -> dict[str, Any]:
         """What `coproc status` shows (JSON-ready), composed from each owner's part."""
-        gateway = self._gateway.status(now)
+        gateways = [g.status(now) for g in self._gateways]
         worker = self._worker.status(now) if self._worker is not None else _NO_WORKER
         hot, reload = self._hot.status() if self._hot is not None else (_NO_HOT, _NO_RELOAD)
         own = self._grpc.watcher.status(now)["last_exits"] if self._grpc is not None else []
-        exits = sorted([*gateway["last_exits"], *worker["last_exits"], *own],
-                       key=lambda e: e["time"])
+        exits = sorted([*(e for g in gateways for e in g["last_exits"]),
+                        *worker["last_exits"], *own], key=lambda e: e["time"])
         return {
             "pid": os.getpid(), "phase": self._phase.value,
             "uptime_s": round(now - self._started_at, 3), "started_at": self._started_wall,
-            "gateway": {k: gateway[k] for k in ("state", "pid", "stats")},
+            # Process 0 as before; "gateways" lists every process (index = position).
+            "gateway": {k: gateways[0][k] for k in ("state", "pid", "stats")},
+            "gateways": [{"index": index, **{k: g[k] for k in _GATEWAY_KEYS}}
+                         for index, g in enumerate(gateways)],
             "worker": {**{k: worker[k] for k in _WORKER_KEYS}, **hot},
             "reload": reload, "last_exits": exits[-EXIT_HISTORY:],
             "bundles": self._bundles.status() if self._bundles is not None else [],
@@ -199,7 +212,9 @@ class Arbiter:
             self._hot.reap()
         if self._grpc is not None:
             self._grpc.reap(now)
-        if self._phase is Phase.RUNNING and self._gateway.state is SlotState.FATAL:
+        # One FATAL gateway process of several: the others serve while it cools off.
+        if self._phase is Phase.RUNNING and all(g.state is SlotState.FATAL
+                                                for g in self._gateways):
             self._stop(now, "the gateway keeps failing", exit_code=GATEWAY_FATAL_EXIT)
         if self._phase is Phase.RUNNING:
             for watcher in self._roles:
@@ -331,7 +346,12 @@ class Arbiter:
         self._status.ping(now)
 
     def _describe(self) -> str:
-        parts = [f"gateway {self._gateway.state.value}"]
+        states = [g.state for g in self._gateways]
+        if len(states) == 1:
+            parts = [f"gateway {states[0].value}"]
+        else:
+            up = sum(1 for state in states if state is SlotState.RUNNING)
+            parts = [f"gateways {up}/{len(states)} running"]
         if self._worker is not None:
             parts.append(f"worker generation {self._worker.generation} "
                          f"{self._worker.state.value}")
@@ -373,6 +393,8 @@ def _next_wakeup(now: float, watchers: Iterable[Watcher], children: Iterable[Chi
     return max(0.0, min(wakeups))
 
 
+_GATEWAY_KEYS: Final = ("state", "pid", "uptime_s", "rss_bytes", "restarts", "retry_in_s",
+                        "stats")
 _WORKER_KEYS: Final = ("state", "generation", "pid", "uptime_s", "rss_bytes",
                        "heartbeat_age_s", "restarts", "retry_in_s", "sandbox")
 _NO_WORKER: Final[dict[str, Any]] = {

@@ -69,6 +69,8 @@ class ChildProcess:
         self.cgroup: WorkerCgroup | None = None
         #: A worker's scratch directory (it makes it); removed when it is reaped.
         self.scratch: Path | None = None
+        #: Its name among several of its role ("gateway 1"); "": the role's name.
+        self.label = ""
 
     @classmethod
     def spawn(cls, role: Role, generation: int, argv: Sequence[str], env: Mapping[str, str],
@@ -109,7 +111,7 @@ class ChildProcess:
     @property
     def name(self) -> str:
         gen = f" generation {self.generation}" if self.role is not Role.GATEWAY else ""
-        return f"{self.role.value}{gen} (pid {self.pid})"
+        return f"{self.label or self.role.value}{gen} (pid {self.pid})"
 
     @property
     def alive(self) -> bool:

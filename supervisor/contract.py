@@ -20,6 +20,7 @@ from typing import Any, Final
 from config.gateway import GatewayConfig
 from ipc.contract import (
     ADMIT_GATE_ENV,
+    GATEWAY_INDEX_ENV,
     GENERATION_ENV,
     LISTEN_FD_ENV,
     NEVER_INHERITED,
@@ -60,10 +61,13 @@ def _base_env(inherited: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def gateway_env(listen_fd: int, inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The gateway's environment, except COPROC_CONTROL_FD and COPROC_SECRET_FD (set at spawn)."""
+def gateway_env(listen_fd: int, index: int = 0,
+                inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Gateway process `index`'s environment, except COPROC_CONTROL_FD and
+    COPROC_SECRET_FD (set at spawn)."""
     env = _base_env(inherited)
     env[LISTEN_FD_ENV] = str(listen_fd)
+    env[GATEWAY_INDEX_ENV] = str(index)
     return env
 
 

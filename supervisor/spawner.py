@@ -37,19 +37,27 @@ class SpawnSpec:
     pass_fds: tuple[int, ...] = ()
     #: Runs plugin code: a cgroup and a scratch directory of its own.
     confined: bool = False
+    #: How logs and `coproc status` name the child ("": its role), e.g. "gateway 1".
+    label: str = ""
 
     def spawn(self, generation: int, now: float) -> ChildProcess:
         """Start one child; raise OSError if it cannot run."""
         secret = self.secret(generation) if self.secret is not None else None
-        return ChildProcess.spawn(self.role, generation, self.argv, self.env(generation), now,
-                                  pass_fds=self.pass_fds, confined=self.confined, secret=secret)
+        child = ChildProcess.spawn(self.role, generation, self.argv, self.env(generation), now,
+                                   pass_fds=self.pass_fds, confined=self.confined,
+                                   secret=secret)
+        child.label = self.label
+        return child
 
 
-def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes) -> SpawnSpec:
+def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes,
+                 index: int = 0, processes: int = 1) -> SpawnSpec:
+    """Gateway process `index` of `processes`: all of them accept on `listen_fd`."""
     return SpawnSpec(Role.GATEWAY, commands.gateway,
-                     lambda _generation: gateway_env(listen_fd),
+                     lambda _generation: gateway_env(listen_fd, index),
                      secret=lambda _generation: gateway_secret(instance_key),
-                     pass_fds=(listen_fd,))
+                     pass_fds=(listen_fd,),
+                     label=f"gateway {index}" if processes > 1 else "")
 
 
 def worker_spec(commands: ChildCommands, instance_key: bytes,

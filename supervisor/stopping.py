@@ -1,4 +1,4 @@
-"""The staged stop: the gateway drains first, then the worker; KILL at the deadline.
+"""The staged stop: the gateway processes drain first, then the worker; KILL at the deadline.
 
 `Shutdown` carries out a `StopPlan` (shutdown.py has the schedule) on the
 watchers and the hot restart's generations.  A second stop request (or
@@ -8,7 +8,7 @@ SIGQUIT) means now.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from config.gateway import GatewayConfig
 from supervisor.child import ChildProcess
@@ -23,11 +23,11 @@ log = logging.getLogger("coproc.supervisor.stopping")
 
 
 class Shutdown:
-    def __init__(self, cfg: GatewayConfig, status: ServiceStatus, gateway: Watcher,
+    def __init__(self, cfg: GatewayConfig, status: ServiceStatus, gateways: Sequence[Watcher],
                  worker: Watcher | None, hot: HotRestart | None,
                  children: Callable[[], Iterable[ChildProcess]]) -> None:
         self._cfg, self._status = cfg, status
-        self._gateway, self._worker, self._hot = gateway, worker, hot
+        self._gateways, self._worker, self._hot = tuple(gateways), worker, hot
         self._children = children
         self._plan: StopPlan | None = None
 
@@ -49,14 +49,15 @@ class Shutdown:
         self._status.stopping(why)
         log.info("stopping (%s): gateway drains first, then the worker; grace %d ms",
                  why, self._cfg.supervisor.stop_grace_ms)
-        self._gateway.stop(now, terminate=True)
+        for gateway in self._gateways:
+            gateway.stop(now, terminate=True)
 
     def advance(self, now: float) -> bool:
         """Do what is due; True once nothing is left to wait for."""
         plan = self._plan
         assert plan is not None  # begun before the first advance; not wire input
         if self._worker is not None and plan.worker_term_due(
-                now, self._gateway.child is not None):
+                now, any(g.child is not None for g in self._gateways)):
             self._worker.stop(now, terminate=True)
         alive = list(self._children())
         if not alive:

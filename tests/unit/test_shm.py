@@ -6,6 +6,8 @@ import itertools
 import os
 import random
 import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -51,13 +53,35 @@ def test_segment_is_private_and_removed_at_close(prefix: str) -> None:
     assert not path.exists()
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid  # reaped: no process has it (until the kernel reuses it)
+
+
 def test_stale_arenas_of_the_instance_are_removed(prefix: str) -> None:
-    first = Arena.create(prefix, GRANULE, pid=1)
-    second = Arena.create(prefix, GRANULE, pid=2)
+    first = Arena.create(prefix, GRANULE, pid=_dead_pid())
+    second = Arena.create(prefix, GRANULE, pid=_dead_pid())
     assert remove_stale_arenas(prefix) == 2
     assert not (SHM_DIR / first.name).exists() and not (SHM_DIR / second.name).exists()
     first.close()
     second.close()
+
+
+def test_a_live_gateway_process_keeps_its_arena(prefix: str) -> None:
+    """Several gateway processes share the prefix: a starting one removes only the
+    arenas of processes that are gone."""
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        live = Arena.create(prefix, GRANULE, pid=sibling.pid)
+        dead = Arena.create(prefix, GRANULE, pid=_dead_pid())
+        assert remove_stale_arenas(prefix) == 1
+        assert (SHM_DIR / live.name).exists() and not (SHM_DIR / dead.name).exists()
+        live.close()
+        dead.close()
+    finally:
+        sibling.kill()
+        sibling.wait(timeout=10)
 
 
 def test_alloc_rounds_to_pages_and_exhaustion_raises(arena: Arena) -> None:

@@ -28,7 +28,7 @@ INHERITED = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHD
 
 def test_gateway_env() -> None:
     key = new_instance_key()
-    env = gateway_env(5, INHERITED)
+    env = gateway_env(5, inherited=INHERITED)
     assert env["COPROC_LISTEN_FD"] == "5"
     assert "COPROC_INSTANCE_KEY" not in env  # an inherited one is never passed on
     assert not any(key.hex() in v for v in env.values())
