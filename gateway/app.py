@@ -53,6 +53,7 @@ from gateway.health_routes import (
     BrokenDefinitions,
     add_health_routes,
     report_storage,
+    show_gateway_processes,
     watch_definitions,
     watch_gateway,
     watch_storage,
@@ -293,8 +294,10 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     grpc = app[CALLER].grpc
     if grpc is not None:
         grpc.on_drained = grpc_drained_sender(channel)
-    channel.start(lambda message: dispatch(message, hooks, switch.on_reload_apis,
-                                           grpc.use if grpc is not None else None))
+    health, index = app[HEALTH], app[CONFIG].process_index
+    channel.start(lambda message: dispatch(
+        message, hooks, switch.on_reload_apis, grpc.use if grpc is not None else None,
+        lambda processes: show_gateway_processes(health, processes, index)))
     stats = collections.ChainMap(app[CHAIN].stats, getattr(grpc, "stats", {}))  # live views
     async with _background(report_status(channel, hooks, stats)):
         yield

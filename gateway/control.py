@@ -168,10 +168,13 @@ def make_reload(secret: str, channel: ControlChannel
 
 def dispatch(message: ControlMessage, events: WorkerEvents,
              on_reload_apis: Callable[[int], None] | None = None,
-             on_grpc_server: Callable[[str, int], None] | None = None) -> None:
+             on_grpc_server: Callable[[str, int], None] | None = None,
+             on_gateways: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
     """Deliver one validated supervisor message."""
     kind = message.type
-    if kind is ControlType.RELOAD_APIS and on_reload_apis is not None:
+    if kind is ControlType.GATEWAYS and on_gateways is not None:
+        on_gateways(message["processes"])
+    elif kind is ControlType.RELOAD_APIS and on_reload_apis is not None:
         on_reload_apis(message["generation"])
     elif kind is ControlType.GRPC_SERVER and on_grpc_server is not None:
         on_grpc_server(message["address"], message["generation"])

@@ -102,6 +102,10 @@ class HealthRegistry:
         since = old.since if old is not None and old.status is status else time.time()
         self._checks[component] = Check(status, reason, kind, required, detail or {}, since)
 
+    def components(self) -> list[str]:
+        """The components recorded with `set` (not the probed ones)."""
+        return list(self._checks)
+
     def clear(self, component: str) -> None:
         self._checks.pop(component, None)
         self._probes.pop(component, None)

@@ -105,6 +105,29 @@ class BrokenDefinitions:
         self.items = tuple(broken)
 
 
+#: A gateway process's slot state (supervisor) -> its /hello status.
+_PROCESS_STATUS = {"running": Status.PASS, "fatal": Status.FAIL}
+
+
+def show_gateway_processes(registry: HealthRegistry, processes: Iterable[Mapping[str, Any]],
+                           own_index: int) -> None:
+    """One `gateway:<index>` component per gateway process of the instance (the
+    supervisor's `gateways` message): every process's /hello names them all.
+    Public: name and status; the pid and which one answered are detail."""
+    names = set()
+    for process in processes:
+        index, state = process["index"], process["state"]
+        name = f"gateway:{index}"
+        names.add(name)
+        registry.set(name, _PROCESS_STATUS.get(state, Status.WARN),
+                     "" if state == "running" else state, kind="system",
+                     detail={"index": index, "pid": process.get("pid"), "state": state,
+                             "answering": index == own_index})
+    for stale in [n for n in registry.components() if n.startswith("gateway:")
+                  and n not in names]:
+        registry.clear(stale)
+
+
 def watch_definitions(registry: HealthRegistry, broken: BrokenDefinitions) -> None:
     """One failing component per definition file that does not load."""
     def probe() -> dict[str, Check]:

@@ -34,7 +34,7 @@ import msgpack
 from ipc.contract import CONTROL_FD_ENV, SECRET_FD_ENV
 from ipc.protocol import PAYLOADS, PLUGIN_REPORT, MsgType
 from ipc.ratelog import Throttle
-from ipc.schema import MapOf, ProtocolError, Record, check
+from ipc.schema import ListOf, MapOf, ProtocolError, Record, check
 
 __all__ = [
     "CONTROL_MESSAGES",
@@ -76,6 +76,7 @@ class ControlType(enum.Enum):
     IMPORTING = "importing"
     GRPC_SERVER = "grpc_server"
     GRPC_DRAINED = "grpc_drained"
+    GATEWAYS = "gateways"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,13 @@ CONTROL_MESSAGES: Final[Mapping[ControlType, Record]] = {
     # switched away from): the server there may stop.
     ControlType.GRPC_DRAINED: Record({"type": str, "address": str},
                                      required=frozenset({"type", "address"})),
+    # supervisor -> gateway, with several gateway processes: every process's state
+    # (its /hello names each one).
+    ControlType.GATEWAYS: Record(
+        {"type": str, "processes": ListOf(
+            Record({"index": int, "pid": int, "state": str},
+                   required=frozenset({"index", "state"})), max_items=256)},
+        required=frozenset({"type", "processes"})),
 }
 _BY_VALUE: Final = {t.value: t for t in ControlType}
 

@@ -90,15 +90,15 @@ class Arbiter:
         self._phase = Phase.RUNNING
         self._started_at, self._started_wall = clock(), time.time()
         self._readers = ChildReaders(self._events.put_nowait)
-        self._link = GatewayLink()
-        key, window = new_instance_key(), cfg.supervisor.flap_window_s
         # N gateway processes (`coproc.gateway.processes`) on the one listening socket,
         # one watcher each: each restarts, backs off and turns FATAL on its own.
         processes = cfg.gateway.processes
+        self._link = GatewayLink(processes)
+        key, window = new_instance_key(), cfg.supervisor.flap_window_s
         self._gateways = tuple(
             Watcher(gateway_spec(commands, listener.fileno(), key, index, processes),
                     RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
-                    GatewayReporter(self._link), window)
+                    GatewayReporter(self._link, index), window)
             for index in range(processes))
         # Without coprocess there is nothing for a worker to do (and no hooks
         # socket to become routable on): run the gateway alone.  A supervised

@@ -95,7 +95,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"supervisor  {_pid(status.get('pid'))}  {_dash(status.get('phase'))}  "
         f"up {_duration(status.get('uptime_s'))}",
-        f"gateway     {_pid(gw.get('pid'))}  {gw.get('state')}",
+        *_gateway_lines(gw, status.get("gateways") or []),
         f"worker      {_pid(wk.get('pid'))}  generation {_dash(wk.get('generation'))}  "
         f"{str(wk.get('state')).upper()}  up {_duration(wk.get('uptime_s'))}",
         f"            rss {f'{rss / 1048576:.1f} MiB' if rss else '-'}  "
@@ -129,6 +129,22 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  {when} {ex.get('child')} generation {_dash(ex.get('generation'))} "
                          f"({_pid(ex.get('pid'))}): {ex.get('reason')}")
     return "\n".join(lines)
+
+
+def _gateway_lines(first: dict[str, Any], processes: list[dict[str, Any]]) -> list[str]:
+    """One line for a single gateway process; one per process when there are several."""
+    if len(processes) <= 1:
+        return [f"gateway     {_pid(first.get('pid'))}  {first.get('state')}"]
+    lines = []
+    for gw in processes:
+        requests = (gw.get("stats") or {}).get("requests")
+        retry = gw.get("retry_in_s")
+        lines.append(
+            f"gateway {gw.get('index'):<3} {_pid(gw.get('pid'))}  {gw.get('state')}  "
+            f"up {_duration(gw.get('uptime_s'))}  requests {_dash(requests)}  "
+            f"restarts {_dash(gw.get('restarts'))}"
+            + (f"  next try in {_duration(retry)}" if retry is not None else ""))
+    return lines
 
 
 def _layers(sandbox: dict[str, str]) -> str:

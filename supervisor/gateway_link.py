@@ -1,9 +1,11 @@
 """What the gateway processes are told about the worker, from one place.
 
 `GatewayLink` is the only sender of `worker_state`, `worker_exited`,
-`reload_apis` and `grpc_server` (docs/PROTOCOL.md).  It keeps the gateways that are up (one
-today, N with scale-out) and the last `worker_state`, which a gateway that
-(re)starts gets at once: a new gateway knows nothing about the worker.
+`reload_apis`, `grpc_server` and `gateways` (docs/PROTOCOL.md).  It keeps the
+gateway processes that are up (`coproc.gateway.processes`) and the last
+`worker_state`, which a gateway that (re)starts gets at once: a new gateway
+knows nothing about the worker.  With several processes it also keeps each
+one's state, which every gateway shows in its /hello.
 
 A `Watcher` reports through a `Reporter`: `GatewayReporter` registers its
 gateway children with the link, `WorkerReporter` turns the worker slot's
@@ -22,17 +24,39 @@ __all__ = ["GatewayLink", "GatewayReporter", "Reporter", "WorkerReporter"]
 
 
 class GatewayLink:
-    def __init__(self) -> None:
+    def __init__(self, processes: int = 1) -> None:
         self._gateways: list[ChildProcess] = []
         self._last_state: dict[str, Any] | None = None
         self._last_grpc: dict[str, Any] | None = None
+        #: With several gateway processes: each one's pid and slot state, by index.
+        self._roster: dict[int, dict[str, Any]] = {}
+        self._processes = processes
 
-    def gateway_up(self, child: ChildProcess) -> None:
+    def gateway_up(self, child: ChildProcess, index: int = 0) -> None:
         self._gateways.append(child)
         if self._last_state is not None:
             child.send(ControlType.WORKER_STATE, self._last_state)
         if self._last_grpc is not None:
             child.send(ControlType.GRPC_SERVER, self._last_grpc)
+        if self._processes > 1:
+            self._roster[index] = {"index": index, "pid": child.pid,
+                                   "state": SlotState.STARTING.value}
+            self._send_roster()
+
+    def gateway_state(self, index: int, state: SlotState) -> None:
+        """Gateway process `index`'s slot changed: every gateway hears (several only)."""
+        if self._processes <= 1:
+            return
+        entry = self._roster.setdefault(index, {"index": index})
+        if entry.get("state") != state.value:
+            entry["state"] = state.value
+            if state is not SlotState.RUNNING and state is not SlotState.STARTING:
+                entry.pop("pid", None)  # its process is gone
+            self._send_roster()
+
+    def _send_roster(self) -> None:
+        self._broadcast(ControlType.GATEWAYS,
+                        {"processes": [self._roster[i] for i in sorted(self._roster)]})
 
     @property
     def gateways(self) -> int:
@@ -83,14 +107,14 @@ class Reporter(Protocol):
 
 
 class GatewayReporter:
-    def __init__(self, link: GatewayLink) -> None:
-        self._link = link
+    def __init__(self, link: GatewayLink, index: int = 0) -> None:
+        self._link, self._index = link, index
 
     def started(self, child: ChildProcess) -> None:
-        self._link.gateway_up(child)
+        self._link.gateway_up(child, self._index)
 
     def changed(self, state: SlotState, generation: int, detail: str) -> None:
-        pass  # nobody is told about the gateway's own state
+        self._link.gateway_state(self._index, state)  # the other processes' /hello
 
     def exited(self, child: ChildProcess, reason: str) -> None:
         self._link.gateway_down(child)
