@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gateway.health import HealthRegistry, Phase, Status
-from gateway.health_routes import api_checks, worker_check
+from gateway.health_routes import api_checks, show_gateway_processes, worker_check
 
 
 def _serving() -> HealthRegistry:
@@ -75,3 +75,19 @@ def test_time_moves_only_when_the_status_changes() -> None:
     first = registry.checks()["x"].since
     registry.set("x", Status.PASS, detail={"n": 1})
     assert registry.checks()["x"].since == first
+
+
+def test_every_gateway_process_is_named_and_only_the_detail_has_pids() -> None:
+    registry = HealthRegistry()
+    registry.phase = Phase.SERVING
+    show_gateway_processes(registry, [{"index": 0, "pid": 41, "state": "running"},
+                                      {"index": 1, "state": "fatal"},
+                                      {"index": 2, "pid": 43, "state": "restarting"}], 0)
+    details = registry.liveness()["details"]
+    assert {name: d["status"] for name, d in details.items()} == {
+        "gateway:0": "pass", "gateway:1": "fail", "gateway:2": "warn"}
+    assert "41" not in json.dumps(registry.liveness())
+    zero = registry.detail()["components"]["gateway:0"]
+    assert (zero["pid"], zero["answering"], zero["state"]) == (41, True, "running")
+    show_gateway_processes(registry, [{"index": 0, "pid": 41, "state": "running"}], 0)
+    assert set(registry.liveness()["details"]) == {"gateway:0"}  # a roster that shrank

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from unit.recording import RecordingNotifier
 
-from config.gateway import GatewayConfig, SupervisorOptions, WorkerOptions
+from config.gateway import GatewayConfig, GatewayOptions, SupervisorOptions, WorkerOptions
 from ipc.notify import Notifier
 from supervisor import policy
 from supervisor.arbiter import Arbiter, Phase
@@ -35,9 +35,10 @@ def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Arbiter]]:
     listeners = []
 
     def make(gateway: tuple[str, ...], worker: tuple[str, ...], flap_max_exits: int = 3,
-             notifier: Notifier | None = None) -> Arbiter:
+             notifier: Notifier | None = None, processes: int = 1) -> Arbiter:
         cfg = GatewayConfig(
             path=tmp_path / "coproc.json", run_dir=tmp_path,
+            gateway=GatewayOptions(processes=processes),
             supervisor=SupervisorOptions(restart_backoff_initial_ms=10,
                                          restart_backoff_max_ms=20, stop_grace_ms=3000,
                                          flap_window_s=60, flap_max_exits=flap_max_exits),
@@ -85,6 +86,39 @@ def test_flapping_gateway_stops_the_instance_with_exit_1(
     sup = make_supervisor(CRASHES, SLEEPS, flap_max_exits=2)
     assert asyncio.run(asyncio.wait_for(sup.run(), 15)) == 1
     assert sup.gateway_state is SlotState.STOPPED and sup.worker_state is SlotState.STOPPED
+
+
+#: Gateway process 1 crashes at once; process 0 stays up.
+SECOND_CRASHES = (sys.executable, "-c", """
+import os, sys, time
+if os.environ["COPROC_GATEWAY_INDEX"] == "1":
+    sys.exit(1)
+time.sleep(60)
+""")
+
+
+def test_one_flapping_gateway_process_of_two_does_not_stop_the_instance(
+        make_supervisor: Callable[..., Arbiter]) -> None:
+    notifier = RecordingNotifier()
+    sup = make_supervisor(SECOND_CRASHES, SLEEPS, flap_max_exits=2, notifier=notifier,
+                          processes=2)
+
+    async def scenario() -> int:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.gateway_states[1] is SlotState.FATAL)
+        assert sup.phase is Phase.RUNNING  # process 0 still serves
+        assert sup.gateway_states[0] is SlotState.STARTING
+        status = sup.status(0.0)
+        assert [g["index"] for g in status["gateways"]] == [0, 1]
+        assert status["gateways"][1]["state"] == "fatal"
+        assert status["gateways"][1]["retry_in_s"] is not None  # FATAL heals by itself
+        assert status["gateways"][0]["pid"] == status["gateway"]["pid"] is not None
+        sup.post_signal(signal.SIGTERM)
+        return await asyncio.wait_for(running, 10)
+
+    assert asyncio.run(scenario()) == 0
+    assert any(str(sent.get("status", "")).startswith("gateways 0/2 running")
+               for sent in notifier.sent)
 
 
 IGNORES_TERM_THEN_READY = (sys.executable, "-c", """

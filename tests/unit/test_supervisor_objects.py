@@ -19,8 +19,8 @@ from supervisor.slot import Slot, SlotState
 class FakeChild:
     """What the link and the handover use of a ChildProcess."""
 
-    def __init__(self, generation: int = 1) -> None:
-        self.generation = generation
+    def __init__(self, generation: int = 1, pid: int = 100) -> None:
+        self.generation, self.pid = generation, pid
         self.sent: list[tuple[ControlType, dict[str, Any]]] = []
         self.state = ChildState.READY
         self.alive = True
@@ -36,8 +36,8 @@ class FakeChild:
         return None
 
 
-def child(generation: int = 1) -> tuple[FakeChild, ChildProcess]:
-    fake = FakeChild(generation)
+def child(generation: int = 1, pid: int = 100) -> tuple[FakeChild, ChildProcess]:
+    fake = FakeChild(generation, pid)
     return fake, cast(ChildProcess, fake)
 
 
@@ -91,6 +91,47 @@ def test_reporters_turn_watcher_news_into_link_calls() -> None:
     GatewayReporter(link).exited(gateway_child, "exited 0")
     link.reload_apis(3)
     assert len(gateway.sent) == 2
+
+
+def test_with_several_gateway_processes_each_hears_every_ones_state() -> None:
+    """The roster (`gateways`) reaches every process on each change; a gone
+    process loses its pid; with one process nothing of it is sent."""
+    link = GatewayLink(processes=2)
+    (zero, zero_child), (one, one_child) = child(pid=10), child(pid=11)
+    reporters = [GatewayReporter(link, 0), GatewayReporter(link, 1)]
+    reporters[0].started(zero_child)
+    reporters[1].started(one_child)
+    reporters[0].changed(SlotState.RUNNING, 1, "")
+    reporters[1].changed(SlotState.RUNNING, 1, "")
+    reporters[1].changed(SlotState.RUNNING, 1, "")  # no change: nothing sent
+    reporters[1].changed(SlotState.FATAL, 1, "last exits: x")
+    rosters = [fields["processes"] for kind, fields in zero.sent
+               if kind is ControlType.GATEWAYS]
+    assert rosters[-1] == [{"index": 0, "pid": 10, "state": "running"},
+                           {"index": 1, "state": "fatal"}]
+    assert len(rosters) == 5  # up, up, running, running, fatal
+    assert [f["processes"] for k, f in one.sent if k is ControlType.GATEWAYS] == rosters[1:]
+
+    single = GatewayLink()
+    lone, lone_child = child()
+    GatewayReporter(single).started(lone_child)
+    GatewayReporter(single).changed(SlotState.RUNNING, 1, "")
+    assert lone.sent == []
+
+
+def test_status_text_has_a_line_per_gateway_process() -> None:
+    status = {"pid": 1, "phase": "running", "gateway": {"pid": 10, "state": "running"},
+              "gateways": [{"index": 0, "pid": 10, "state": "running", "uptime_s": 5,
+                            "restarts": 0, "stats": {"requests": 7}, "retry_in_s": None},
+                           {"index": 1, "pid": None, "state": "fatal", "uptime_s": None,
+                            "restarts": 4, "stats": {}, "retry_in_s": 30}],
+              "worker": {}}
+    text = format_status(status)
+    assert "gateway 0   pid 10  running  up 0m05s  requests 7  restarts 0" in text
+    assert "gateway 1   no process  fatal  up -  requests -  restarts 4  next try in 0m30s" \
+        in text
+    status["gateways"] = status["gateways"][:1]
+    assert "gateway     pid 10  running" in format_status(status)
 
 
 def slot() -> Slot:
