@@ -159,6 +159,28 @@ class Coproc:
                         out[role] = child.pid
         return out
 
+    def role_pids(self, role: str) -> list[int]:
+        """Every child of `role` ("gateway": one per gateway process), by pid order."""
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if f"-m {role}" in " ".join(child.cmdline()):
+                        found.append(child.pid)
+        return sorted(found)
+
+    def status(self) -> dict[str, Any]:
+        """`coproc status --json` (the supervisor's view: every gateway process)."""
+        script = Path(sys.executable).parent / "coproc"
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "supervisor.cli"]
+        out = subprocess.run([*command, "status", "--json", "--config",
+                              str(self.base / "coproc.json")],
+                             capture_output=True, text=True, timeout=30, check=False)
+        try:
+            return dict(json.loads(out.stdout))
+        except ValueError:
+            return {}
+
     def stop(self) -> None:
         stop_process(self.proc)
         self.log.close()

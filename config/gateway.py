@@ -135,6 +135,9 @@ class GatewayOptions:
     # or "auto": the CPU count).  They accept on one listening socket and send
     # their hook calls to the one worker, each on its own hooks socket.
     processes: int = 1
+    # How they share the listening port: "reuseport" (a socket each, SO_REUSEPORT:
+    # the kernel spreads connections evenly) or "shared" (one socket for all).
+    accept: str = "reuseport"
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +502,7 @@ def _gateway(r: Reader) -> GatewayOptions:
             "upstream_max_connections", int, d.upstream_max_connections, 1),
         drain_grace_ms=r.number("drain_grace_ms", int, d.drain_grace_ms, 0),
         processes=_processes(r),
+        accept=r.choice("accept", ("reuseport", "shared"), d.accept),
     )
 
 

@@ -28,7 +28,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -81,7 +81,8 @@ class Phase(enum.Enum):
 
 
 class Arbiter:
-    def __init__(self, cfg: GatewayConfig, listener: socket.socket, commands: ChildCommands,
+    def __init__(self, cfg: GatewayConfig, listener: socket.socket | Sequence[socket.socket],
+                 commands: ChildCommands,
                  notifier: Notifier, clock: Callable[[], float] = time.monotonic,
                  control_path: Path | None = None) -> None:
         self._cfg, self._clock, self._control_path = cfg, clock, control_path
@@ -92,11 +93,14 @@ class Arbiter:
         self._readers = ChildReaders(self._events.put_nowait)
         # N gateway processes (`coproc.gateway.processes`) on the one listening socket,
         # one watcher each: each restarts, backs off and turns FATAL on its own.
+        # Process i accepts on listener i (SO_REUSEPORT), or all on the one listener.
         processes = cfg.gateway.processes
+        listeners = (listener,) if isinstance(listener, socket.socket) else tuple(listener)
         self._link = GatewayLink(processes)
         key, window = new_instance_key(), cfg.supervisor.flap_window_s
         self._gateways = tuple(
-            Watcher(gateway_spec(commands, listener.fileno(), key, index, processes),
+            Watcher(gateway_spec(commands, listeners[index % len(listeners)].fileno(), key,
+                                 index, processes),
                     RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                     GatewayReporter(self._link, index), window)
             for index in range(processes))

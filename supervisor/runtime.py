@@ -16,7 +16,7 @@ from ipc.notify import Notifier
 from supervisor.arbiter import Arbiter
 from supervisor.contract import ChildCommands
 from supervisor.control_server import CONTROL_SOCKET_NAME
-from supervisor.listener import bind_listener, bound_port
+from supervisor.listener import bind_listeners, bound_port
 from supervisor.lock import RunDirLock
 from supervisor.rundir import PORT_NAME, RunDir
 
@@ -41,19 +41,22 @@ def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
         run_dir.sweep_previous()  # a SIGKILLed predecessor's cgroups and arenas
         run_dir.write_pid()
         run_dir.remove_sockets()
-        listener = bind_listener(cfg.listen_address, cfg.listen_port)
+        listeners = bind_listeners(cfg.listen_address, cfg.listen_port,
+                                   cfg.gateway.processes if cfg.gateway.accept == "reuseport"
+                                   else 1)
         try:
-            port = bound_port(listener)
+            port = bound_port(listeners[0])
             run_dir.write_port(port)
             log.info("listening on %s:%d (port also in %s); run dir %s",
                      cfg.listen_address or "*", port, run_dir.path / PORT_NAME, run_dir.path)
-            arbiter = Arbiter(cfg, listener, commands or ChildCommands.default(cfg.path),
+            arbiter = Arbiter(cfg, listeners, commands or ChildCommands.default(cfg.path),
                               notifier, control_path=run_dir.path / CONTROL_SOCKET_NAME)
             code = eventloop.run(arbiter.run())
             log.info("stopped (exit code %d)", code)
             return code
         finally:
-            listener.close()
+            for listener in listeners:
+                listener.close()
     finally:
         notifier.close()
         run_dir.cleanup()
@@ -62,5 +65,7 @@ def serve(cfg: GatewayConfig, commands: ChildCommands | None = None,
 
 
 def _endpoint_socket(cfg: GatewayConfig) -> tuple[Path, ...]:
-    endpoint = cfg.ipc.endpoint
-    return (Path(endpoint.removeprefix("ipc://")),) if endpoint.startswith("ipc://") else ()
+    """Configured ipc:// hooks sockets (outside the run dir): one per gateway process."""
+    if not cfg.ipc.endpoint.startswith("ipc://"):
+        return ()
+    return tuple(Path(e.removeprefix("ipc://")) for e in cfg.hooks_endpoints)
