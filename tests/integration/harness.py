@@ -398,6 +398,17 @@ class Instance:
         secret = json.loads(self.config_path.read_text()).get("secret", "")
         return self.get("/coproc/status", {"X-Tyk-Authorization": secret}, timeout=timeout)
 
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`coproc ARGS --config <this instance's config>`."""
+        return subprocess.run([*coproc_command(), *args, "--config", str(self.config_path)],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def supervisor_status(self) -> dict[str, Any]:
+        """`coproc status --json`: the supervisor's view (every gateway process)."""
+        done = self.ctl("status", "--json")
+        assert done.returncode == 0, f"coproc status: {done.stderr}\n{self.logs()}"
+        return dict(json.loads(done.stdout))
+
     def worker(self) -> dict[str, Any]:
         """The worker's full record (pid, plugins, sandbox, counters) from /coproc/status."""
         return dict(self.expect(self.status(), 200).json()["worker"])
@@ -499,6 +510,57 @@ def launch(base: Path, config_path: Path, *, wait: bool = True,
 def remove_base(base: Path) -> None:
     if not os.environ.get("COPROC_KEEP_TMP"):
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- load
+
+
+class Load:
+    """Client threads sending GET `path` until stopped (`with Load(...) as load:`).
+
+    Every 200 is kept in `results` as (time sent, what `keep` took from the
+    response); anything else, a connection error included, in `failures`.
+    Each request has its own connection (`http_request`), so requests spread
+    over an instance's gateway processes as new clients' do.
+    """
+
+    def __init__(self, inst: Instance, path: str, threads: int = 6,
+                 keep: Callable[[Response], Any] = lambda _resp: None) -> None:
+        self._inst, self._path, self._keep = inst, path, keep
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.results: list[tuple[float, Any]] = []
+        self.failures: list[str] = []
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self) -> None:
+        for _ in range(100_000):  # bounded; stopped long before
+            if self._stop.is_set():
+                return
+            sent = time.monotonic()
+            try:
+                resp = http_request(self._inst.port, "GET", self._path, timeout=15)
+            except OSError as exc:
+                with self._lock:
+                    self.failures.append(f"connection error: {exc!r}")
+                continue
+            if resp.status != 200:
+                with self._lock:
+                    self.failures.append(f"{resp.status}: {resp.body[:200]!r}")
+                continue
+            kept = self._keep(resp)
+            with self._lock:
+                self.results.append((sent, kept))
 
 
 # --------------------------------------------------------------------------- Redis

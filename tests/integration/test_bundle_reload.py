@@ -8,28 +8,20 @@ bundles; `coproc serve` downloads them at start and on `coproc reload`.
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
 from integration.bundlekit import Keys, ServerThread, bundle_zip
 from integration.harness import (
     EchoUpstream,
-    Instance,
+    Load,
+    Response,
     api_def,
-    coproc_command,
     echo_header,
-    http_request,
     poll,
 )
 
 from tests.conftest import InstanceFactory
-
-
-def ctl(inst: Instance, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*coproc_command(), *args, "--config", str(inst.config_path)],
-                          capture_output=True, text=True, timeout=90)
 
 
 def bundled_api(api_id: str, bundle: str, echo: EchoUpstream) -> dict[str, Any]:
@@ -72,7 +64,7 @@ def test_unfetchable_bundle_leaves_only_its_api_unserved(
         assert report["ok"]["ok"] and not report["gone"]["ok"]
         assert "gone.zip" in report["gone"]["error"]
         assert "HTTP status 404" in report["gone"]["error"]
-        done = ctl(inst, "status", "--json")
+        done = inst.ctl("status", "--json")
         assert done.returncode == 0, done.stderr
         bundles = {b["api_id"]: b for b in json.loads(done.stdout)["bundles"]}
         assert bundles["ok"]["state"] == "ready" and bundles["gone"]["state"] == "failed"
@@ -80,38 +72,13 @@ def test_unfetchable_bundle_leaves_only_its_api_unserved(
         assert "s3cret" not in done.stdout and "s3cret" not in inst.logs(200_000)
 
 
-class Load:
-    """Client threads on one path until stopped; the X-Bundle of every 200 is kept."""
+def bundle_of(resp: Response) -> str:
+    """Which bundle's hook stamped this response."""
+    return echo_header(resp.json(), "X-Bundle") or ""
 
-    def __init__(self, inst: Instance, path: str, threads: int = 4) -> None:
-        self._inst, self._path, self._stop = inst, path, threading.Event()
-        self.seen: list[str] = []
-        self.failures: list[str] = []
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self) -> None:
-        for _ in range(100_000):  # bounded; stopped long before
-            if self._stop.is_set():
-                return
-            try:
-                resp = http_request(self._inst.port, "GET", self._path, timeout=15)
-            except OSError as exc:
-                self.failures.append(f"connection error: {exc!r}")
-                continue
-            if resp.status != 200:
-                self.failures.append(f"{resp.status}: {resp.body[:200]!r}")
-                continue
-            self.seen.append(echo_header(resp.json(), "X-Bundle") or "")
+def seen(load: Load) -> list[str]:
+    return [bundle for _, bundle in load.results]
 
 
 def test_publish_v2_under_load_then_tampered_v3_is_refused(
@@ -126,23 +93,23 @@ def test_publish_v2_under_load_then_tampered_v3_is_refused(
         server.publish("b.zip", bundle_zip("v1", keys))
         inst = coproc_factory({"b": bundled_api("b", "b.zip", echo_upstream)}, {},
                               downloader(server, keys))
-        with Load(inst, "/b/x") as load:
-            poll("v1 answers", lambda: load.seen.count("v1") > 10, 20)
+        with Load(inst, "/b/x", threads=4, keep=bundle_of) as load:
+            poll("v1 answers", lambda: seen(load).count("v1") > 10, 20)
             server.publish("b.zip", bundle_zip("v2", keys))
-            done = ctl(inst, "reload")
+            done = inst.ctl("reload")
             assert done.returncode == 0, f"{done.stderr}\n{inst.logs()}"
-            count = len(load.seen)
-            poll("v2 answers", lambda: load.seen[count:].count("v2") > 10, 20)
+            count = len(seen(load))
+            poll("v2 answers", lambda: seen(load)[count:].count("v2") > 10, 20)
             server.publish("b.zip", bundle_zip("v3", keys, tamper=True))
-            refused = ctl(inst, "reload")
+            refused = inst.ctl("reload")
             assert refused.returncode == 1, refused.stdout
             assert "invalid checksum" in refused.stderr and "b.zip" in refused.stderr
-            count = len(load.seen)
-            poll("answers after the refusal", lambda: len(load.seen) > count + 20, 20)
+            count = len(seen(load))
+            poll("answers after the refusal", lambda: len(seen(load)) > count + 20, 20)
         assert not load.failures, f"{len(load.failures)} failed: {load.failures[:5]}"
-        assert set(load.seen[count:]) == {"v2"}
+        assert set(seen(load)[count:]) == {"v2"}
         assert echo_header(inst.get("/b/x").json(), "X-Bundle") == "v2"
-    print(f"\n{len(load.seen)} requests, v1 -> v2 -> refused v3, 0 failed")
+    print(f"\n{len(seen(load))} requests, v1 -> v2 -> refused v3, 0 failed")
 
 
 def test_a_late_bundle_is_served_once_it_arrives(

@@ -91,13 +91,10 @@ def gw(module_coproc_factory: Any, echo_upstream: Any, server: Events) -> Instan
     return inst
 
 
-def ctl(inst: Instance, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*coproc_command(), *args, "--config", str(inst.config_path)],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def grpc_status(inst: Instance) -> dict[str, Any]:
-    done = ctl(inst, "status", "--json")
+    done = inst.ctl("status", "--json")
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)["grpc_server"]
     return result
@@ -205,7 +202,7 @@ def test_ten_hot_restarts_under_load_drop_nothing(gw: Instance) -> None:
         t.start()
     try:
         for i in range(10):
-            done = ctl(gw, "reload")
+            done = gw.ctl("reload")
             assert done.returncode == 0, (i, done.stdout, done.stderr, gw.logs())
     finally:
         stop.set()
@@ -245,7 +242,7 @@ def test_a_command_without_listen_is_stopped_then_started(coproc_factory: Any,
         inst.expect(inst.get("/pre/"), 200)
         before = grpc_status(inst)
         assert before["movable"] is False and before["address"] == f"tcp://{listen}"
-        done = ctl(inst, "reload")
+        done = inst.ctl("reload")
         assert done.returncode == 0, (done.stdout, done.stderr, inst.logs())
         after = grpc_status(inst)
         assert after["generation"] == before["generation"] + 1

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 from typing import Any
 
 from supervisor.policy import STABLE_AFTER_S
@@ -21,7 +20,6 @@ from tests.integration.harness import (
     EchoUpstream,
     Instance,
     api_def,
-    coproc_command,
     hook,
     poll,
 )
@@ -39,13 +37,10 @@ _RESTARTING = re.compile(r"worker generation \d+ \(pid \d+\) killed \(SIGKILL[^)
                          r"after [\d.]+ s; restarting in (\d+) ms")
 
 
-def ctl(inst: Instance, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*coproc_command(), *args, "--config", str(inst.config_path)],
-                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def worker(inst: Instance) -> dict[str, Any]:
-    done = ctl(inst, "status", "--json")
+    done = inst.ctl("status", "--json")
     assert done.returncode == 0, done.stderr
     state: dict[str, Any] = json.loads(done.stdout)["worker"]
     return state
@@ -97,7 +92,7 @@ def test_a_normal_hot_restart_logs_no_warning(
     api = api_def("p", "/p/", echo_upstream.url, pre=[hook("Pre", "p/mw.py")])
     inst = coproc_factory({"p": api}, {"p/mw.py": PLUGIN})
     first = running_worker(inst)
-    done = ctl(inst, "restart-worker")
+    done = inst.ctl("restart-worker")
     assert done.returncode == 0, done.stderr
     poll("the retired generation's exit logged",
          lambda: f"worker generation {first['generation']} (pid {first['pid']}) (retired) "

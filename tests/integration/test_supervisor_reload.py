@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,12 @@ from tests.conftest import InstanceFactory
 from tests.integration.harness import (
     EchoUpstream,
     Instance,
+    Load,
+    Response,
     api_def,
     coproc_command,
     echo_header,
     hook,
-    http_request,
     poll,
 )
 
@@ -55,13 +55,10 @@ def stamp_api(echo: EchoUpstream) -> dict[str, Any]:
                    response=[hook("StampResponse", "v/mw.py")])
 
 
-def ctl(inst: Instance, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*coproc_command(), *args, "--config", str(inst.config_path)],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def status(inst: Instance) -> dict[str, Any]:
-    done = ctl(inst, "status", "--json")
+    done = inst.ctl("status", "--json")
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -71,48 +68,12 @@ def write_plugin(inst: Instance, rel: str, source: str) -> None:
     (inst.base / "middleware" / rel).write_text(source)
 
 
-class Load:
-    """Client threads hammering one path until stopped; every outcome is kept."""
-
-    def __init__(self, inst: Instance, path: str, threads: int = 6) -> None:
-        self._inst, self._path = inst, path
-        self._stop = threading.Event()
-        self.results: list[tuple[float, int, dict[str, str]]] = []
-        self.failures: list[str] = []
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self) -> None:
-        for _ in range(100_000):  # bounded; stopped long before
-            if self._stop.is_set():
-                return
-            sent = time.monotonic()
-            try:
-                resp = http_request(self._inst.port, "GET", self._path, timeout=15)
-            except OSError as exc:
-                with self._lock:
-                    self.failures.append(f"connection error: {exc!r}")
-                continue
-            if resp.status != 200:
-                with self._lock:
-                    self.failures.append(f"{resp.status}: {resp.body[:200]!r}")
-                continue
-            echo = resp.json()
-            versions = {"pre": echo_header(echo, "X-Pre-Version") or "",
-                        "post": echo_header(echo, "X-Post-Version") or "",
-                        "response": resp.header("X-Response-Version") or ""}
-            with self._lock:
-                self.results.append((sent, resp.status, versions))
+def versions(resp: Response) -> dict[str, str]:
+    """The version each phase's hook stamped on this response."""
+    echo = resp.json()
+    return {"pre": echo_header(echo, "X-Pre-Version") or "",
+            "post": echo_header(echo, "X-Post-Version") or "",
+            "response": resp.header("X-Response-Version") or ""}
 
 
 def test_ten_hot_restarts_under_load_drop_nothing(coproc_factory: InstanceFactory,
@@ -128,18 +89,18 @@ def test_ten_hot_restarts_under_load_drop_nothing(coproc_factory: InstanceFactor
     inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=0)})
     started = time.monotonic()
     active_since: dict[int, float] = {}
-    with Load(inst, "/v/x") as load:
+    with Load(inst, "/v/x", keep=versions) as load:
         poll("first answers", lambda: len(load.results) > 20, 20)
         for version in range(1, 11):
             write_plugin(inst, "v/mw.py", STAMP.format(version=version))
-            done = ctl(inst, "reload")
+            done = inst.ctl("reload")
             assert done.returncode == 0, f"{done.stderr}\n{inst.logs()}"
             active_since[version] = time.monotonic()
             count = len(load.results)
             poll("answers after the reload", lambda c=count: len(load.results) > c + 10, 20)
     elapsed = time.monotonic() - started
     assert not load.failures, f"{len(load.failures)} failed: {load.failures[:5]}\n{inst.logs()}"
-    for sent, _, v in load.results:
+    for sent, v in load.results:
         stamps = [int(v["pre"]), int(v["post"]), int(v["response"])]
         assert stamps == sorted(stamps), f"a later hook ran an older version: {v}"
         assert all(0 <= s <= 10 for s in stamps)
@@ -179,16 +140,16 @@ def test_failed_reload_keeps_the_old_generation_and_names_the_error(
     layers = before["worker"]["sandbox"]
     assert layers and all(isinstance(v, str) for v in layers.values()), layers
     assert any(v.startswith("active") for v in layers.values()), layers
-    text = ctl(inst, "status")
+    text = inst.ctl("status")
     assert text.returncode == 0 and "sandbox active [" in text.stdout, text
 
     write_plugin(inst, "v/mw.py", "import no_such_module_xyz\n" + STAMP.format(version=9))
-    done = ctl(inst, "reload")
+    done = inst.ctl("reload")
     assert done.returncode == 1, done.stdout
     assert "no_such_module_xyz" in done.stderr
     # Issue #11 item 16: a syntax error is refused naming the file and the line.
     write_plugin(inst, "v/mw.py", STAMP.format(version=8) + "\ndef broken(:\n    pass\n")
-    done = ctl(inst, "reload")
+    done = inst.ctl("reload")
     assert done.returncode == 1, done.stdout
     bad_line = len((STAMP.format(version=8) + "\n").splitlines()) + 1
     assert "SyntaxError" in done.stderr and \
@@ -203,7 +164,7 @@ def test_failed_reload_keeps_the_old_generation_and_names_the_error(
     os.kill(inst.pid, signal.SIGHUP)
     poll("version 2 after SIGHUP",
          lambda: inst.get("/v/x").header("X-Response-Version") == "2", 20)
-    stopped = ctl(inst, "stop")
+    stopped = inst.ctl("stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped
     assert inst.proc.wait(10) == 0
 
@@ -217,12 +178,12 @@ def test_watch_mode_picks_up_an_edited_plugin(coproc_factory: InstanceFactory,
     """
     inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)},
                           {"coproc": {"worker": {"watch": True}}})
-    with Load(inst, "/v/x", threads=3) as load:
+    with Load(inst, "/v/x", threads=3, keep=versions) as load:
         poll("first answers", lambda: len(load.results) > 5, 20)
         write_plugin(inst, "v/mw.py", STAMP.format(version=2))
         edited = time.monotonic()
         poll("the edited plugin", lambda: any(
-            v["response"] == "2" for _, _, v in load.results[-5:]), 10, interval=0.02)
+            v["response"] == "2" for _, v in load.results[-5:]), 10, interval=0.02)
         took = time.monotonic() - edited
     assert not load.failures, load.failures[:5]
     print(f"\nwatch: new behaviour after {took:.2f} s")
@@ -258,7 +219,7 @@ def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: Instance
         wait=False)
     poll("FATAL", lambda: _state(inst) == "fatal", 30)
     st = status(inst)
-    assert "fatal" in ctl(inst, "status").stdout.lower()
+    assert "fatal" in inst.ctl("status").stdout.lower()
     assert any("exited 1" in e["reason"] for e in st["last_exits"])
     # Issue #11 item 15: the exits name the plugin being imported; the log has its path.
     assert any(e["reason"].endswith("while importing plugin mw.py of API s")
@@ -276,12 +237,12 @@ def test_flapping_worker_goes_fatal_and_reload_recovers(coproc_factory: Instance
     denied = inst.get("/s/x")
     assert denied.status == 403 and denied.elapsed < 2.0
 
-    still_broken = ctl(inst, "reload")
+    still_broken = inst.ctl("reload")
     assert still_broken.returncode == 1 and "exited 1" in still_broken.stderr
     assert status(inst)["worker"]["state"] == "fatal"
 
     write_plugin(inst, "s/mw.py", AUTH)
-    done = ctl(inst, "reload")
+    done = inst.ctl("reload")
     assert done.returncode == 0, f"{done.stderr}\n{inst.logs()}"
     inst.expect(inst.get("/s/x"), 200)
     assert status(inst)["worker"]["state"] == "running"
@@ -293,7 +254,7 @@ def _state(inst: Instance) -> str:
     except (OSError, ValueError):
         return ""
     inst.port = port
-    done = ctl(inst, "status", "--json")
+    done = inst.ctl("status", "--json")
     return str(json.loads(done.stdout)["worker"]["state"]) if done.returncode == 0 else ""
 
 
