@@ -306,14 +306,19 @@ class GatewayConfig:
 
 
 def for_process(cfg: GatewayConfig, index: int) -> GatewayConfig:
-    """`cfg` as gateway process `index` reads it: its own hooks socket, and with a
-    metrics listener of its own, the configured port plus `index`."""
+    """`cfg` as gateway process `index` reads it: its own hooks socket; with a
+    metrics listener of its own, the configured port plus `index`; its own
+    analytics file (`analytics-<index>.jsonl`: one writer per file, rotation
+    included)."""
     if index == 0:
         return cfg
     metrics = cfg.metrics
     if metrics.listen_port:
         metrics = dataclasses.replace(metrics, listen_port=metrics.listen_port + index)
-    return dataclasses.replace(cfg, process_index=index, metrics=metrics)
+    path = cfg.analytics.file_path
+    analytics = dataclasses.replace(
+        cfg.analytics, file_path=path.with_name(f"{path.stem}-{index}{path.suffix}"))
+    return dataclasses.replace(cfg, process_index=index, metrics=metrics, analytics=analytics)
 
 
 def default_run_dir(config_path: Path) -> Path:
