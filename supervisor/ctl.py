@@ -109,6 +109,13 @@ def format_status(status: dict[str, Any]) -> str:
     sandbox = wk.get("sandbox")
     if sandbox:
         lines.append(f"            sandbox {_layers(sandbox)}")
+    grpc = status.get("grpc_server")
+    if grpc:  # the supervised gRPC plugin server: the instance's coprocess
+        lines.append(f"gRPC server {_pid(grpc.get('pid'))}  generation "
+                     f"{_dash(grpc.get('generation'))}  {str(grpc.get('state')).upper()}  "
+                     f"at {_dash(grpc.get('address'))}  up {_duration(grpc.get('uptime_s'))}  "
+                     f"restarts {_dash(grpc.get('restarts'))}  "
+                     f"hot restarts {_dash(grpc.get('hot_restarts'))}")
     last = (status.get("reload") or {}).get("last")
     if last:
         outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"

@@ -132,6 +132,12 @@ def test_status_text_has_a_line_per_gateway_process() -> None:
         in text
     status["gateways"] = status["gateways"][:1]
     assert "gateway     pid 10  running" in format_status(status)
+    assert "gRPC server" not in format_status(status)
+    status["grpc_server"] = {"pid": 12, "generation": 2, "state": "running",
+                             "address": "unix:///run/g.sock", "uptime_s": 61, "restarts": 1,
+                             "hot_restarts": 3}
+    assert ("gRPC server pid 12  generation 2  RUNNING  at unix:///run/g.sock  up 1m01s  "
+            "restarts 1  hot restarts 3") in format_status(status)
 
 
 def slot() -> Slot:
