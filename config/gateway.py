@@ -138,6 +138,9 @@ class GatewayOptions:
     # How they share the listening port: "reuseport" (a socket each, SO_REUSEPORT:
     # the kernel spreads connections evenly) or "shared" (one socket for all).
     accept: str = "reuseport"
+    # A gateway process whose event loop has not reported to the supervisor for
+    # this long is hung: SIGABRT (a traceback), SIGKILL, restart.  0: not checked.
+    hang_timeout_ms: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +511,7 @@ def _gateway(r: Reader) -> GatewayOptions:
         drain_grace_ms=r.number("drain_grace_ms", int, d.drain_grace_ms, 0),
         processes=_processes(r),
         accept=r.choice("accept", ("reuseport", "shared"), d.accept),
+        hang_timeout_ms=r.number("hang_timeout_ms", int, d.hang_timeout_ms, 0),
     )
 
 

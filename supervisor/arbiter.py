@@ -45,6 +45,7 @@ from supervisor.events import ControlEvent, Event, SignalEvent, install_signals,
 from supervisor.gateway_link import GatewayLink, GatewayReporter, WorkerReporter
 from supervisor.grpc_server import GrpcServerRole
 from supervisor.hot_restart import HotRestart, answer
+from supervisor.liveness import gateway_deadlines
 from supervisor.policy import RestartPolicy
 from supervisor.readers import ChildReaders
 from supervisor.reload import Waiter
@@ -102,7 +103,8 @@ class Arbiter:
             Watcher(gateway_spec(commands, listeners[index % len(listeners)].fileno(), key,
                                  index, processes),
                     RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
-                    GatewayReporter(self._link, index), window)
+                    GatewayReporter(self._link, index), window,
+                    liveness=gateway_deadlines(cfg))
             for index in range(processes))
         # Without coprocess there is nothing for a worker to do (and no hooks
         # socket to become routable on): run the gateway alone.  A supervised
@@ -282,7 +284,8 @@ class Arbiter:
     def _route(self, child: ChildProcess, message: ControlMessage, now: float) -> None:
         """A child's message to the owner of that child."""
         kind = message.type
-        if kind is ControlType.HEARTBEAT:
+        # A gateway's `status` comes from its event loop every second: its heartbeat.
+        if kind is ControlType.HEARTBEAT or kind is ControlType.STATUS:
             child.heard(now)
         if self._hot is not None and self._hot.owns(child):
             self._hot.on_message(child, message, now)

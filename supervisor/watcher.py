@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from config.gateway import WorkerOptions
 from ipc.control import ControlMessage, ControlType
 from supervisor.child import ChildProcess, ChildState
 from supervisor.exits import ExitHistory
 from supervisor.gateway_link import Reporter
 from supervisor.imports import ImportNotes
-from supervisor.liveness import hang_reason
+from supervisor.liveness import Deadlines, hang_reason
 from supervisor.policy import RestartPolicy, Verdict
 from supervisor.readers import ChildReaders
 from supervisor.recycle import rss_bytes
@@ -40,7 +39,7 @@ log = logging.getLogger("coproc.supervisor.watcher")
 class Watcher:
     def __init__(self, spec: SpawnSpec, policy: RestartPolicy, readers: ChildReaders,
                  reporter: Reporter, flap_window_s: int,
-                 liveness: WorkerOptions | None = None) -> None:
+                 liveness: Deadlines | None = None) -> None:
         self._spec, self._readers, self._reporter = spec, readers, reporter
         self._slot = Slot(spec.role, policy)
         self._flap_window = flap_window_s

@@ -35,10 +35,11 @@ def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Arbiter]]:
     listeners = []
 
     def make(gateway: tuple[str, ...], worker: tuple[str, ...], flap_max_exits: int = 3,
-             notifier: Notifier | None = None, processes: int = 1) -> Arbiter:
+             notifier: Notifier | None = None, processes: int = 1,
+             hang_timeout_ms: int = 10000) -> Arbiter:
         cfg = GatewayConfig(
             path=tmp_path / "coproc.json", run_dir=tmp_path,
-            gateway=GatewayOptions(processes=processes),
+            gateway=GatewayOptions(processes=processes, hang_timeout_ms=hang_timeout_ms),
             supervisor=SupervisorOptions(restart_backoff_initial_ms=10,
                                          restart_backoff_max_ms=20, stop_grace_ms=3000,
                                          flap_window_s=60, flap_max_exits=flap_max_exits),
@@ -129,6 +130,37 @@ inherited_control_socket().send(encode_control({"type": "ready", "role": "gatewa
                                                 "pid": os.getpid()}))
 time.sleep(60)
 """)
+
+
+#: Says ready, then its "event loop" never reports again (a hung gateway).
+READY_THEN_SILENT = (sys.executable, "-c", """
+import os, time
+from ipc.control import encode_control, inherited_control_socket
+inherited_control_socket().send(encode_control({"type": "ready", "role": "gateway",
+                                                "pid": os.getpid()}))
+time.sleep(60)
+""")
+
+
+def test_a_silent_gateway_process_is_hung_and_restarted(
+        make_supervisor: Callable[..., Arbiter], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `status` from its loop for hang_timeout_ms after `ready`: SIGABRT, SIGKILL,
+    restart (the exit names the hang)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))  # children import ipc
+    sup = make_supervisor(READY_THEN_SILENT, SLEEPS, hang_timeout_ms=2000)
+
+    async def scenario() -> dict[str, Any]:
+        running = asyncio.create_task(sup.run())
+        await until(lambda: sup.gateway_state is SlotState.RUNNING)
+        first = sup.status(0.0)["gateway"]["pid"]
+        await until(lambda: sup.status(0.0)["gateway"]["pid"] not in (None, first), 15)
+        status = sup.status(0.0)
+        sup.post_signal(signal.SIGTERM)
+        await asyncio.wait_for(running, 10)
+        return status
+
+    status = asyncio.run(scenario())
+    assert any("no heartbeat" in e["reason"] for e in status["last_exits"]), status["last_exits"]
 
 
 def test_second_stop_signal_kills_at_once(make_supervisor: Callable[..., Arbiter],
