@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from config.analytics import AnalyticsConfig, MetricsOptions, parse_analytics, parse_metrics
+from config.cpus import usable_cpus
 from config.policies import PolicyOptions
 from config.reader import ConfigError, Reader, load_json
 from config.sandbox import SandboxOptions, parse_sandbox
@@ -520,12 +521,13 @@ MAX_GATEWAY_PROCESSES = 256
 
 
 def _processes(r: Reader) -> int:
-    """`processes`: a positive integer, or "auto" for the CPU count."""
+    """`processes`: a positive integer, or "auto": the CPUs this process may use
+    (affinity and cgroup quota, config/cpus.py)."""
     if r.has("processes") and isinstance(r.data["processes"], str):
         if r.data["processes"] != "auto":
             raise r.error("processes", f"unknown value {r.data['processes']!r}",
                           'use a number of processes (1 or more) or "auto" (one per CPU)')
-        return max(1, min(MAX_GATEWAY_PROCESSES, os.cpu_count() or 1))
+        return min(MAX_GATEWAY_PROCESSES, usable_cpus())
     return r.number("processes", int, 1, 1, MAX_GATEWAY_PROCESSES)
 
 
