@@ -105,6 +105,24 @@ def test_explicit_knobs_override_the_profile_and_are_required(tmp_path: Path) ->
     assert p.open_files.value == 0 and not p.open_files.required
 
 
+def test_every_gateway_process_hooks_socket_is_granted(tmp_path: Path) -> None:
+    """One worker serves N gateway processes: each one's hooks socket is handed to
+    the worker's uid, and its run dir's parent is reachable (once)."""
+    (tmp_path / "apps").mkdir()
+    path = tmp_path / "coproc.json"
+    path.write_text(json.dumps({"coproc": {"run_dir": str(tmp_path / "run"),
+                                           "gateway": {"processes": 3}}}))
+    policy = resolve_policy(load_gateway_config(path), (), {})
+    run = tmp_path / "run"
+    assert policy.hooks_sockets == (run / "hooks.sock", run / "hooks-1.sock",
+                                    run / "hooks-2.sock")
+    assert policy.reach_paths == (tmp_path,)
+    tcp = tmp_path / "tcp.json"
+    tcp.write_text(json.dumps({"coproc": {"run_dir": str(run), "gateway": {"processes": 2},
+                                          "ipc": {"endpoint": "tcp://127.0.0.1:7000"}}}))
+    assert resolve_policy(load_gateway_config(tcp), (), {}).hooks_sockets == ()
+
+
 def test_cgroup_dirs_come_from_the_supervisor(tmp_path: Path) -> None:
     p = _policy(tmp_path, None, {CGROUPS_ENV: os.pathsep.join(["/a/b", "/c"])})
     assert p.cgroup_dirs == (Path("/a/b"), Path("/c"))
