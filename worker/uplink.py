@@ -52,8 +52,11 @@ __all__ = ["HELLO_INTERVAL_S", "INTERNAL_ERROR", "Identity", "Parts", "State", "
 log = logging.getLogger("worker.uplink")
 
 HELLO_INTERVAL_S = 0.2
-#: Retry delay while no connection to the gateway exists yet.
+#: Retry delay while no connection to the gateway exists yet ...
 HELLO_RETRY_S = 0.01
+#: ... for this long (a booting gateway binds soon); then HELLO_INTERVAL_S, so that a
+#: gateway process in restart backoff does not keep the worker polling at 100 Hz.
+HELLO_FAST_S = 5.0
 #: How often a drain looks whether the call threads finished their calls.
 CALL_DRAIN_POLL_S = 0.01
 #: Exit code when the worker's own machinery breaks (not a reserved code: respawn).
@@ -187,17 +190,18 @@ class Uplink:
 
     async def _admission(self) -> None:
         """HELLO every HELLO_INTERVAL_S until WELCOME (or REJECT ends the uplink)."""
-        attempts, started = 0, asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        attempts, started = 0, loop.time()
         while self.state is State.CONNECTING:
             queued = self.channel.send(MsgType.HELLO, 0, self.hello_payload())
             attempts += queued
             if queued and attempts % 25 == 0:
                 log.warning("no answer from the gateway at %s after %d HELLOs in %.0f s",
-                            self.channel.endpoint, attempts,
-                            asyncio.get_running_loop().time() - started)
+                            self.channel.endpoint, attempts, loop.time() - started)
             # Not queued: the connection is not up yet (IMMEDIATE); look again soon
-            # rather than adding a whole interval to every boot.
-            wait = HELLO_INTERVAL_S if queued else HELLO_RETRY_S
+            # rather than adding a whole interval to every boot (for a while).
+            fast = not queued and loop.time() - started < HELLO_FAST_S
+            wait = HELLO_RETRY_S if fast else HELLO_INTERVAL_S
             try:
                 await asyncio.wait_for(self._admitted.wait(), wait)
             except TimeoutError:
