@@ -39,7 +39,9 @@ STEP_S = 20.0  # generous: a loaded machine starts interpreters slowly
 CALLS_EACH = 20
 
 PLUGIN = """
+    import os
     import threading
+    import time
 
     from tyk.decorators import *
     from gateway import TykGateway as tyk
@@ -53,6 +55,18 @@ PLUGIN = """
     async def WhoAsync(request, session, spec):
         who = await tyk.get_data_async("who")
         request.add_header("X-Served-By", who.decode())
+        return request, session
+
+    @Hook
+    def Hold(request, session, spec):
+        # In flight until the test creates the file the request names (bounded).
+        tyk.log("holding")
+        release = request.get_header("X-Release")
+        for _ in range(2000):
+            if os.path.exists(release):
+                break
+            time.sleep(0.01)
+        request.add_header("X-Served-By", "released")
         return request, session
 
     @Hook
@@ -78,7 +92,6 @@ class FakeGateway:
         self.received: list[Message] = []  # everything but HEARTBEATs and HELLOs
         self.heartbeats: list[dict[str, Any]] = []
         self.hellos: list[dict[str, Any]] = []
-        self.answer_host_calls = True
 
     def pump(self) -> None:
         """Take what is waiting (never blocks)."""
@@ -91,7 +104,7 @@ class FakeGateway:
             elif message.type is MsgType.HELLO:
                 self.hellos.append(message.payload)
             elif (message.type is MsgType.HOST_CALL and message.call_id
-                  and message.payload["op"] == "get_data" and self.answer_host_calls):
+                  and message.payload["op"] == "get_data"):
                 self.send(MsgType.HOST_REPLY, message.call_id,
                           {"value": self.name.encode(), "found": True})
             else:
@@ -101,11 +114,11 @@ class FakeGateway:
         assert self.peer is not None, "the worker never spoke to this gateway"
         self.sock.send_multipart([self.peer, *encode(mtype, call_id, payload)])
 
-    def call(self, call_id: int, name: str) -> None:
+    def call(self, call_id: int, name: str, headers: dict[str, str] | None = None) -> None:
         self.send(MsgType.CALL, call_id, {
-            "api_id": "api1", "hook_type": "pre", "hook_name": name, "timeout_ms": 10_000,
+            "api_id": "api1", "hook_type": "pre", "hook_name": name, "timeout_ms": 30_000,
             "object": {"hook_type": "pre", "hook_name": name,
-                       "request": {"headers": {"Host": "example"}},
+                       "request": {"headers": {"Host": "example", **(headers or {})}},
                        "spec": {"APIID": "api1"}}})
 
     def taken(self, mtype: MsgType) -> list[Message]:
@@ -320,18 +333,18 @@ def test_a_drain_from_one_gateway_leaves_the_other_serving(instance: Instance) -
 def test_sigterm_drains_every_gateway(instance: Instance) -> None:
     """
     1. both gateways admit the worker; a CALL on gateway 1 is in flight (its
-       hook waits for the host call gateway 1 holds back);
+       hook waits for a file the test creates later);
     2. SIGTERM: new CALLs on both sockets are refused with `draining`;
     3. gateway 0 gets its DRAIN_ACK; the in-flight call on gateway 1 is
-       answered once its host call is, then DRAIN_ACK, and the worker exits 0.
+       answered once released, then DRAIN_ACK, and the worker exits 0.
     """
     instance.admit_both()
     gw0, gw1 = instance.gateways
-    gw1.answer_host_calls = False
-    gw1.call(1, "Who")
-    instance.until("the hook's host call", lambda: any(
+    release = instance.base / "release"
+    gw1.call(1, "Hold", {"X-Release": str(release)})
+    instance.until("the held hook's log", lambda: any(
         m.type is MsgType.HOST_CALL for m in gw1.received))
-    held = gw1.taken(MsgType.HOST_CALL)[0]
+    assert gw1.taken(MsgType.HOST_CALL)[0].payload["message"] == "holding"
     assert instance.proc is not None
     os.kill(instance.proc.pid, signal.SIGTERM)
     for gateway, call_id in ((gw0, 2), (gw1, 3)):
@@ -346,8 +359,8 @@ def test_sigterm_drains_every_gateway(instance: Instance) -> None:
     instance.until("DRAIN_ACK from gateway 0", lambda: bool(gw0.taken(MsgType.DRAIN_ACK)))
     assert instance.alive()  # gateway 1's call is still in flight
     assert not gw1.taken(MsgType.DRAIN_ACK)
-    gw1.send(MsgType.HOST_REPLY, held.call_id, {"value": b"late", "found": True})
-    assert served_by(instance.replies(gw1, 1)[1]) == "late"
+    release.touch()
+    assert served_by(instance.replies(gw1, 1)[1]) == "released"
     assert instance.wait() == exitcodes.OK, instance.output()
     assert gw1.taken(MsgType.DRAIN_ACK)
 
