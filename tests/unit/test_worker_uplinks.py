@@ -31,6 +31,8 @@ from ipc import exitcodes
 from ipc.control import decode_control, make_control_pair, secret_fd
 from ipc.protocol import Message, MsgType, decode, encode
 from ipc.tokens import worker_token
+from worker.uplink import INTERNAL_ERROR
+from worker.uplinks import exit_code
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = b"u" * 32
@@ -385,3 +387,13 @@ def test_rejected_by_both_exits_5(instance: Instance) -> None:
     for gateway in instance.gateways:
         gateway.send(MsgType.REJECT, 0, {"reason": "bad token"})
     assert instance.wait() == exitcodes.REJECTED, instance.output()
+
+
+@pytest.mark.parametrize(("codes", "expected"), [
+    ([exitcodes.OK], exitcodes.OK),
+    ([exitcodes.REJECTED, exitcodes.OK], exitcodes.OK),  # one generation retired normally
+    ([exitcodes.REJECTED, exitcodes.BOOT_FAILED], exitcodes.REJECTED),  # the first failure
+    ([exitcodes.OK, INTERNAL_ERROR], INTERNAL_ERROR),  # broken: to be respawned
+])
+def test_the_process_exit_code_from_its_uplinks(codes: list[int], expected: int) -> None:
+    assert exit_code(codes) == expected
