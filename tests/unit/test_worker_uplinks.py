@@ -63,6 +63,7 @@ PLUGIN = """
     def Hold(request, session, spec):
         # In flight until the test creates the file the request names (bounded).
         tyk.log("holding")
+        tyk.get_data("who")  # a blocking host call: another call thread reads meanwhile
         release = request.get_header("X-Release")
         for _ in range(2000):
             if os.path.exists(release):
@@ -156,8 +157,11 @@ class Instance:
             "gateway": {"processes": 2},
             # More call threads than concurrent plain hooks: each one here blocks on a
             # host call, and with every thread inside such a hook nobody reads the
-            # replies until a host call times out (worker/callthreads.py).
-            "worker": {"heartbeat_interval_ms": 50, "threads": 16, "drain_grace_ms": 5000}}}))
+            # replies until a host call times out (worker/callthreads.py).  No hand-off
+            # by the watchdog: only a blocking host call's own hand-off to another
+            # thread of its uplink lets its reply be read.
+            "worker": {"heartbeat_interval_ms": 50, "threads": 16, "drain_grace_ms": 5000,
+                       "handoff_ms": 60_000}}}))
         self.gateways = [FakeGateway(self.ctx, f"ipc://{self.base}/hooks.sock", "gw0"),
                          FakeGateway(self.ctx, f"ipc://{self.base}/hooks-1.sock", "gw1")]
         secret = secret_fd(worker_token(KEY, GENERATION).encode())
