@@ -146,14 +146,10 @@ class Uplink:
         if self.state is State.CONNECTING:
             self._spawn(self._admission(), "admission")
 
-    def beat(self, rss: int) -> dict[str, Any]:
-        """This uplink's HEARTBEAT, sent to its gateway once admitted; returned for the
-        supervisor's sum (worker/uplinks.py)."""
-        beat = {"generation": self.identity.generation, "inflight": self.inflight, "rss": rss,
-                "calls": self.counters()}
+    def heartbeat(self, beat: Mapping[str, Any]) -> None:
+        """Send the worker's HEARTBEAT (worker/uplinks.py) to this gateway, once admitted."""
         if self.state in (State.RUNNING, State.DRAINING):
             self.channel.send(MsgType.HEARTBEAT, 0, beat)
-        return beat
 
     def drain(self, grace_ms: int, reason: str, awaited: Iterable[int] = ()) -> None:
         """Refuse new CALLs, give those in flight `grace_ms`, then DRAIN_ACK and stop."""

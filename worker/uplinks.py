@@ -8,10 +8,10 @@ module builds them and owns what exists once per process:
 * the supervisor link: the admission gate once, before any uplink says HELLO;
   `ready` once, on the first WELCOME from any gateway (each gateway admits on
   its own, and one in restart backoff must not keep the worker from being
-  ready); heartbeats with the uplinks' counters summed (the supervisor's
-  `max_requests` counts every CALL of every gateway).  Each gateway's own
-  HEARTBEAT carries its uplink's counters, so summing the gateways' figures
-  counts each call once;
+  ready); heartbeats with the uplinks' counters summed, to the supervisor (its
+  `max_requests` counts every CALL of every gateway) and to every gateway
+  alike (whichever gateway process answers `/hello` or `/metrics` describes
+  the one worker the same way);
 * signals: SIGTERM/SIGINT drain every uplink; a signal while every uplink is
   draining already stops at once (with one gateway: a second signal);
 * host calls (`tyk.store_data`, `get_data`, `log`, `trigger_event`): one
@@ -141,12 +141,14 @@ class Uplinks:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            rss = current_rss()
-            beats = [uplink.beat(rss) for uplink in self.uplinks]
-            # One payload shape on both channels; here the sum over the uplinks.
-            self.link.heartbeat({"generation": self.identity.generation, "rss": rss,
-                                 "inflight": sum(b["inflight"] for b in beats),
-                                 "calls": _summed([b["calls"] for b in beats])})
+            # One payload on every channel: `calls["calls"]` counts every CALL read
+            # (the supervisor's max_requests), `rss` is the gateway's /hello figure.
+            beat = {"generation": self.identity.generation,
+                    "inflight": sum(u.inflight for u in self.uplinks), "rss": current_rss(),
+                    "calls": _summed([u.counters() for u in self.uplinks])}
+            self.link.heartbeat(beat)
+            for uplink in self.uplinks:
+                uplink.heartbeat(beat)
             await asyncio.sleep(self.timing.heartbeat_s)
 
     def _on_signal(self, signum: int) -> None:
