@@ -22,6 +22,9 @@ import pytest
 from config import ConfigError, load_gateway_config
 from config.gateway import GatewayConfig
 from ipc.contract import CGROUPS_ENV
+from ipc.grants import instance_arenas
+from ipc.shm import arena_name
+from ipc.shm_names import SHM_DIR, shm_prefix
 from supervisor.cgroups import WorkerCgroup, _own_cgroups
 from supervisor.exits import ExitStatus
 from worker.sandbox import identity, landlock, rlimits
@@ -121,6 +124,23 @@ def test_every_gateway_process_hooks_socket_is_granted(tmp_path: Path) -> None:
     tcp.write_text(json.dumps({"coproc": {"run_dir": str(run), "gateway": {"processes": 2},
                                           "ipc": {"endpoint": "tcp://127.0.0.1:7000"}}}))
     assert resolve_policy(load_gateway_config(tcp), (), {}).hooks_sockets == ()
+
+
+def test_the_arena_grant_covers_every_gateway_process_arena(tmp_path: Path) -> None:
+    """Each gateway process names its arena `<prefix>-arena-<its pid>`: the worker's
+    grant (`instance_arenas` of the policy's prefix) finds all of them, and no other
+    instance's."""
+    prefix = shm_prefix(tmp_path / "run")
+    other = shm_prefix(tmp_path / "other")
+    names = [arena_name(prefix, 1001), arena_name(prefix, 1002), arena_name(other, 1003)]
+    try:
+        for name in names:
+            (SHM_DIR / name).write_bytes(b"")
+        found = {p.name for p in instance_arenas(_policy(tmp_path, None).arena_prefix)}
+        assert found == set(names[:2])
+    finally:
+        for name in names:
+            (SHM_DIR / name).unlink(missing_ok=True)
 
 
 def test_cgroup_dirs_come_from_the_supervisor(tmp_path: Path) -> None:
