@@ -15,7 +15,7 @@ What the leader reads and does not run:
   waiting for it (worker/hostcalls.py), right from here;
 * the CALLs and EVENTs of `async def` hooks and handlers: to the event loop
   (worker/loopcalls.py);
-* WELCOME, DRAIN, REJECT, RESYNC: to the event loop (worker/runtime.py), in order.
+* WELCOME, DRAIN, REJECT, RESYNC: to the event loop (worker/uplink.py), in order.
 
 A hook that blocks would stop the reading with it, so leadership moves on:
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import threading
 import time
@@ -95,7 +96,7 @@ class CallThreads:
 
     def __init__(self, channel: Channel, dispatcher: Dispatcher, answers: Answers,
                  loop_calls: LoopCalls, host_replies: HostReplies, max_threads: int,
-                 handoff_s: float) -> None:
+                 handoff_s: float, context: contextvars.Context | None = None) -> None:
         self._channel = channel
         self._dispatcher = dispatcher
         self._answers = answers
@@ -103,6 +104,8 @@ class CallThreads:
         self._host_replies = host_replies
         self._max = max(1, max_threads)
         self._handoff_s = handoff_s
+        #: Each call thread runs in a copy of this (worker/uplinks.py: whose thread it is).
+        self._context = context
         self._lock = threading.Lock()
         self._followers = threading.Condition(self._lock)
         self._queue: collections.deque[tuple[int, Job]] = collections.deque()
@@ -171,7 +174,9 @@ class CallThreads:
     # -- one thread ---------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        thread = threading.Thread(target=self._run, daemon=True,
+        # Its own context either way (as any new thread has): what a hook sets stays there.
+        context = self._context.copy() if self._context is not None else contextvars.Context()
+        thread = threading.Thread(target=context.run, args=(self._run,), daemon=True,
                                   name=f"{THREAD_PREFIX}-{len(self._threads) + 1}")
         self._threads.append(thread)
         thread.start()

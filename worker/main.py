@@ -13,8 +13,9 @@ Boot order matters:
 5. the Tyk plugin API is installed, then every API's plugins are imported;
    a plugin that fails to import is reported, never fatal (only a failure of
    the loader itself exits 4, `ipc.exitcodes.PLUGINS_FAILED`);
-6. the event loop runs `worker.runtime.Worker` until drained (0), rejected (5)
-   or broken; then threads still running are given a moment and the process exits.
+6. the event loop runs one uplink per gateway process (`worker.uplinks`) until
+   every one has drained (0), been rejected (5) or broken; then threads still
+   running are given a moment and the process exits.
 
 Environment (docs/PROTOCOL.md): COPROC_GENERATION, COPROC_SECRET_FD (the fd
 holding the token), COPROC_SUPERVISOR_PID, and COPROC_CONTROL_FD (absent when
@@ -44,19 +45,14 @@ from ipc import eventloop, exitcodes, gctune
 from ipc.child import die_with_parent
 from ipc.contract import GENERATION_ENV, SECRET_FD_ENV
 from ipc.control import inherited_control_socket, read_inherited_secret
-from ipc.protocol import Limits
-from worker.analytics import AnalyticsFunc, AnalyticsRunner, load_analytics
-from worker.answers import Answers, CallLedger
-from worker.callthreads import CallThreads
-from worker.channel import Channel
-from worker.dispatch import Dispatcher
+from worker.analytics import AnalyticsFunc, load_analytics
 from worker.hostcalls import HostCalls
 from worker.loader import HookTable, load_plugins
-from worker.loopcalls import LoopCalls
-from worker.runtime import Identity, Timing, Worker
 from worker.sandbox import SandboxError, SandboxReport, apply_sandbox, resolve_policy
 from worker.supervisor_link import SupervisorLink
 from worker.tyk_api import install_plugin_api
+from worker.uplink import Identity
+from worker.uplinks import build_uplinks
 
 __all__ = ["main"]
 
@@ -100,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sandbox is None:
         return exitcodes.BOOT_FAILED
     identity = dataclasses.replace(identity, sandbox=sandbox.summary())  # told in HELLO
-    hostcalls = HostCalls()  # bound to the channel once the event loop runs
+    hostcalls = HostCalls()  # bound to the uplinks once the event loop runs
     install_plugin_api(hostcalls)
     try:
         table = load_plugins(cfg, apis)
@@ -123,30 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(cfg: GatewayConfig, identity: Identity, table: HookTable,
                  hostcalls: HostCalls, analytics: dict[str, AnalyticsFunc]) -> int:
-    limits = Limits(max_message_bytes=cfg.ipc.max_message_bytes)
-    channel = Channel(cfg.hooks_endpoint, limits)
     link = SupervisorLink(inherited_control_socket(), sandbox=identity.sandbox)
-    dispatcher = Dispatcher(table, cfg.hooks.timeout_ms)
-    ledger = CallLedger()
-    answers = Answers(channel, ledger)
-    loop_calls = LoopCalls(dispatcher, answers)
-    calls = CallThreads(channel, dispatcher, answers, loop_calls, hostcalls,
-                        cfg.worker.threads, cfg.worker.handoff_ms / 1000)
-    hostcalls.before_blocking = calls.before_blocking
-    calls.analytics = AnalyticsRunner(channel, analytics)
-    calls.analytics.start()
-    worker = Worker(
-        identity, channel, dispatcher, hostcalls, link, table.report(),
-        Timing(heartbeat_s=cfg.worker.heartbeat_interval_ms / 1000,
-               drain_grace_ms=cfg.worker.drain_grace_ms),
-        calls, loop_calls, ledger,
-    )
     try:
-        return await worker.run()
+        return await build_uplinks(cfg, identity, link, hostcalls, table, analytics).run()
     finally:
-        calls.analytics.close()
-        # Give DRAIN_ACK a bounded moment to leave before the socket goes.
-        channel.close(linger_ms=1000)
         link.close()
 
 

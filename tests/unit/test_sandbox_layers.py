@@ -22,6 +22,9 @@ import pytest
 from config import ConfigError, load_gateway_config
 from config.gateway import GatewayConfig
 from ipc.contract import CGROUPS_ENV
+from ipc.grants import instance_arenas
+from ipc.shm import arena_name
+from ipc.shm_names import SHM_DIR, shm_prefix
 from supervisor.cgroups import WorkerCgroup, _own_cgroups
 from supervisor.exits import ExitStatus
 from worker.sandbox import identity, landlock, rlimits
@@ -103,6 +106,41 @@ def test_explicit_knobs_override_the_profile_and_are_required(tmp_path: Path) ->
     assert p.memory_mb.value == 64 and p.memory_mb.required
     assert not p.network and p.network_required
     assert p.open_files.value == 0 and not p.open_files.required
+
+
+def test_every_gateway_process_hooks_socket_is_granted(tmp_path: Path) -> None:
+    """One worker serves N gateway processes: each one's hooks socket is handed to
+    the worker's uid, and its run dir's parent is reachable (once)."""
+    (tmp_path / "apps").mkdir()
+    path = tmp_path / "coproc.json"
+    path.write_text(json.dumps({"coproc": {"run_dir": str(tmp_path / "run"),
+                                           "gateway": {"processes": 3}}}))
+    policy = resolve_policy(load_gateway_config(path), (), {})
+    run = tmp_path / "run"
+    assert policy.hooks_sockets == (run / "hooks.sock", run / "hooks-1.sock",
+                                    run / "hooks-2.sock")
+    assert policy.reach_paths == (tmp_path,)
+    tcp = tmp_path / "tcp.json"
+    tcp.write_text(json.dumps({"coproc": {"run_dir": str(run), "gateway": {"processes": 2},
+                                          "ipc": {"endpoint": "tcp://127.0.0.1:7000"}}}))
+    assert resolve_policy(load_gateway_config(tcp), (), {}).hooks_sockets == ()
+
+
+def test_the_arena_grant_covers_every_gateway_process_arena(tmp_path: Path) -> None:
+    """Each gateway process names its arena `<prefix>-arena-<its pid>`: the worker's
+    grant (`instance_arenas` of the policy's prefix) finds all of them, and no other
+    instance's."""
+    prefix = shm_prefix(tmp_path / "run")
+    other = shm_prefix(tmp_path / "other")
+    names = [arena_name(prefix, 1001), arena_name(prefix, 1002), arena_name(other, 1003)]
+    try:
+        for name in names:
+            (SHM_DIR / name).write_bytes(b"")
+        found = {p.name for p in instance_arenas(_policy(tmp_path, None).arena_prefix)}
+        assert found == set(names[:2])
+    finally:
+        for name in names:
+            (SHM_DIR / name).unlink(missing_ok=True)
 
 
 def test_cgroup_dirs_come_from_the_supervisor(tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ def apply_sandbox(policy: Policy) -> SandboxReport:
                 Path(os.devnull)]
     run.step(Layer.SCOPE, policy.scope, False,
              lambda: _single_threaded(lambda: landlock.scope_only(
-                 abstract_unix=not str(policy.hooks_socket).startswith("@"))))
+                 abstract_unix=not any(str(s).startswith("@") for s in policy.hooks_sockets))))
     run.step(Layer.LANDLOCK, policy.landlock, False, lambda: _single_threaded(
         lambda: landlock.restrict(policy.read_paths, writable, policy.shm_paths)))
     run.step(Layer.SECCOMP, policy.seccomp, False,
@@ -196,11 +196,14 @@ def _drop(policy: Policy) -> str:
         raise LayerUnavailable(
             f"uid {uid} cannot read {blocked} (the interpreter or plugins live under a "
             "private directory; see docs/SECURITY.md)")
-    # Now that the drop will happen, and only then: the hooks socket and the body
-    # arena go to the uid we become (a worker that stays root hands nothing out).
+    # Now that the drop will happen, and only then: the hooks sockets and the body
+    # arenas go to the uid we become (a worker that stays root hands nothing out).
+    # A gateway process that binds later grants its socket itself (ipc/grants.py).
     try:
-        grant_instance_files(policy.hooks_socket, instance_arenas(policy.arena_prefix)
+        grant_instance_files(None, instance_arenas(policy.arena_prefix)
                              if policy.arena_prefix else [], uid, gid)
+        for hooks_socket in policy.hooks_sockets:
+            grant_instance_files(hooks_socket, (), uid, gid)
     except OSError as exc:
         raise LayerUnavailable(f"cannot give uid {uid} the hooks socket or the body "
                                f"arena: {exc}") from None

@@ -94,9 +94,10 @@ class Policy:
     #: Directories a dropped uid must be able to enter: the hooks socket's run dir's
     #: parent (the gateway opens the run dir itself to the worker's group after bind).
     reach_paths: tuple[Path, ...] = ()
-    #: Handed to the worker's uid right before it drops (ipc/grants.py): the
-    #: hooks socket (None: not ipc://) and this instance's arenas' name prefix.
-    hooks_socket: Path | None = None
+    #: Handed to the worker's uid right before it drops (ipc/grants.py): every
+    #: gateway process's hooks socket (the ipc:// ones) and this instance's
+    #: arenas' name prefix (one arena per gateway process, all under it).
+    hooks_sockets: tuple[Path, ...] = ()
     arena_prefix: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -139,12 +140,15 @@ def resolve_policy(cfg: GatewayConfig, plugin_dirs: Iterable[Path] = (),
         shm_paths=(_SHM_DIR,) if cfg.ipc.shm_threshold_bytes > 0
         and cfg.ipc.shm_arena_bytes > 0 and _SHM_DIR.is_dir() else (),
         supervisor_pid=int(sup) if sup.isdigit() else 0,
-        reach_paths=(Path(cfg.hooks_endpoint[len("ipc://"):]).parent.parent,)
-        if cfg.hooks_endpoint.startswith("ipc://") else (),
-        hooks_socket=Path(cfg.hooks_endpoint[len("ipc://"):])
-        if cfg.hooks_endpoint.startswith("ipc://") else None,
+        reach_paths=tuple(dict.fromkeys(s.parent.parent for s in _hooks_sockets(cfg))),
+        hooks_sockets=_hooks_sockets(cfg),
         arena_prefix=shm_prefix(cfg.run_dir),
     )
+
+
+def _hooks_sockets(cfg: GatewayConfig) -> tuple[Path, ...]:
+    """The ipc:// hooks sockets of every gateway process (tcp:// has no file)."""
+    return tuple(Path(e[len("ipc://"):]) for e in cfg.hooks_endpoints if e.startswith("ipc://"))
 
 
 def _read_paths(cfg: GatewayConfig, plugin_dirs: Iterable[Path]) -> tuple[Path, ...]:
