@@ -1,0 +1,206 @@
+"""`Storage` in the store process: what each gateway process uses with `storage:
+memory` when the instance runs more than one of them.
+
+Every operation is one request to the store (server.py) over one unix stream
+connection per gateway process, pipelined: requests carry ids, replies may
+be awaited by many requests at once, and the connection is never held by
+one of them.  Every call has a deadline (`storage.timeout_ms`); a store that
+does not answer in time, is down, or drops the connection is
+`StorageUnavailable`, which the chain answers with 503 + Retry-After, as
+for Redis.  The next call after a failure connects again, so a restarted
+store is used as soon as it listens (its state starts empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Final, cast
+
+from gateway.storage.base import Hit, StorageUnavailable
+from ipc.schema import ProtocolError
+from ipc.store_protocol import HEADER, Op, decode_reply, encode_request, frame_length
+
+__all__ = ["RemoteStorage"]
+
+#: Between two pings while waiting for the store at boot.
+_READY_POLL_S: Final = 0.05
+
+
+class RemoteStorage:
+    """`Storage` forwarded to the store process listening at `path`."""
+
+    def __init__(self, path: str, timeout_s: float) -> None:
+        self.path, self._timeout = path, timeout_s
+        self._connection: _Connection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+
+    @property
+    def where(self) -> str:
+        return f"store process at {self.path}"
+
+    async def wait_ready(self, bound_s: float) -> bool:
+        """Ping until the store answers or `bound_s` passes (a gateway that boots
+        beside a store that is still starting); True once it answered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound_s
+        while True:
+            if await self.ping():
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_READY_POLL_S)
+
+    async def _call(self, op: Op, *args: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                connection = self._connection
+                if connection is None or connection.closed:
+                    connection = await self._connect()
+                call_id = next(self._ids)
+                try:
+                    return await connection.call(call_id, encode_request(call_id, op, *args))
+                finally:
+                    connection.forget(call_id)
+        except TimeoutError:
+            raise StorageUnavailable(f"{self.where}: no answer within "
+                                     f"{round(self._timeout * 1000)} ms") from None
+        except ValueError as exc:  # a value too large for one frame
+            raise StorageUnavailable(f"{self.where}: {exc}") from None
+
+    async def _connect(self) -> _Connection:
+        async with self._connect_lock:  # one attempt at a time; the others use its result
+            connection = self._connection
+            if connection is not None and not connection.closed:
+                return connection
+            loop = asyncio.get_running_loop()
+            try:
+                _, connection = await loop.create_unix_connection(
+                    lambda: _Connection(self.where), self.path)
+            except OSError as exc:
+                raise StorageUnavailable(f"{self.where}: {exc.strerror or exc}") from None
+            self._connection = connection
+            return connection
+
+    async def get(self, key: str) -> bytes | None:
+        return _optional_bytes(await self._call(Op.GET, key))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values = await self._call(Op.GET_MANY, keys)
+        if not isinstance(values, list) or len(values) != len(keys):
+            raise StorageUnavailable(f"{self.where}: invalid reply to GET_MANY")
+        return [_optional_bytes(v) for v in values]
+
+    async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
+        await self._call(Op.SET, key, bytes(value), float(ttl))
+
+    async def delete(self, key: str) -> bool:
+        return await self._call(Op.DELETE, key) is True
+
+    async def rate_hit(self, key: str, limit: int, per: float) -> Hit:
+        return _hit(await self._call(Op.RATE_HIT, key, int(limit), float(per)))
+
+    async def quota_hit(self, key: str, quota_max: int, renewal_s: int) -> Hit:
+        return _hit(await self._call(Op.QUOTA_HIT, key, int(quota_max), int(renewal_s)))
+
+    async def scan(self, prefix: str) -> list[str]:
+        keys = await self._call(Op.SCAN, prefix)
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise StorageUnavailable(f"{self.where}: invalid reply to SCAN")
+        return keys
+
+    async def ping(self) -> bool:
+        try:
+            return await self._call(Op.PING) is True
+        except StorageUnavailable:
+            return False
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+
+def _optional_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    raise StorageUnavailable("the store sent an invalid value")
+
+
+def _hit(value: Any) -> Hit:
+    if (not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], bool)
+            or not isinstance(value[1], int) or not isinstance(value[2], (int, float))):
+        raise StorageUnavailable("the store sent an invalid counter reply")
+    return Hit(value[0], value[1], float(value[2]))
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to the store: requests out, replies matched to them by id."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._buffer = bytearray()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is not an asyncio.Transport subclass).
+        self._transport = cast(asyncio.Transport, transport)
+
+    def call(self, call_id: int, frame: bytes) -> asyncio.Future[Any]:
+        transport = self._transport
+        if self.closed or transport is None:
+            raise StorageUnavailable(f"{self._where}: connection closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        transport.write(frame)
+        return future
+
+    def forget(self, call_id: int) -> None:
+        """The call is over (answered, timed out or cancelled)."""
+        self._pending.pop(call_id, None)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start, size = 0, len(buffer)
+        try:
+            while size - start >= HEADER.size:
+                end = start + HEADER.size + frame_length(buffer[start:start + HEADER.size])
+                if end > size:
+                    break
+                call_id, ok, value = decode_reply(memoryview(buffer)[start + HEADER.size:end])
+                start = end
+                self._settle(call_id, ok, value)
+        except ProtocolError as exc:
+            self._fail(f"{self._where}: invalid reply: {exc}")
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        del buffer[:start]
+
+    def _settle(self, call_id: int, ok: bool, value: Any) -> None:
+        future = self._pending.pop(call_id, None)
+        if future is None or future.done():
+            return  # its caller gave up (deadline) before the reply came
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(StorageUnavailable(f"{self._where}: {value}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(f"{self._where}: connection lost" + (f" ({exc})" if exc else ""))
+
+    def _fail(self, why: str) -> None:
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(StorageUnavailable(why))
+
+    def close(self) -> None:
+        self._fail(f"{self._where}: closed")
+        if self._transport is not None:
+            self._transport.close()
