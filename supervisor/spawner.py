@@ -19,11 +19,12 @@ from supervisor.contract import (
     ChildCommands,
     gateway_env,
     gateway_secret,
+    store_env,
     worker_env,
     worker_secret,
 )
 
-__all__ = ["SpawnSpec", "gateway_spec", "grpc_server_spec", "worker_spec"]
+__all__ = ["SpawnSpec", "gateway_spec", "grpc_server_spec", "store_spec", "worker_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +46,11 @@ class SpawnSpec:
                                   pass_fds=self.pass_fds, confined=self.confined, secret=secret)
 
 
-def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes) -> SpawnSpec:
+def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes,
+                 store: Mapping[str, str] | None = None) -> SpawnSpec:
+    """`store`: the store process's part of the environment (store_role.py), if any."""
     return SpawnSpec(Role.GATEWAY, commands.gateway,
-                     lambda _generation: gateway_env(listen_fd),
+                     lambda _generation: {**gateway_env(listen_fd), **(store or {})},
                      secret=lambda _generation: gateway_secret(instance_key),
                      pass_fds=(listen_fd,))
 
@@ -69,3 +72,10 @@ def grpc_server_spec(command: tuple[str, ...], config_path: str,
     argv = (sys.executable, "-m", "worker.sandbox.grpc_launch", "--config", config_path, "--",
             *command)
     return SpawnSpec(Role.GRPC_SERVER, argv, env, confined=True)
+
+
+def store_spec(socket_path: str, log_level: str, log_format: str) -> SpawnSpec:
+    """The store process (gateway/storage/server.py; supervisor/store_role.py)."""
+    argv = (sys.executable, "-m", "gateway.storage.server", "--socket", socket_path,
+            "--log-level", log_level, "--log-format", log_format)
+    return SpawnSpec(Role.STORE, argv, lambda _generation: store_env())

@@ -1,4 +1,5 @@
-"""The staged stop: the gateway drains first, then the worker; KILL at the deadline.
+"""The staged stop: the gateway drains first, then the worker (and the store process
+once the gateway is gone); KILL at the deadline.
 
 `Shutdown` carries out a `StopPlan` (shutdown.py has the schedule) on the
 watchers and the hot restart's generations.  A second stop request (or
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from config.gateway import GatewayConfig
-from supervisor.child import ChildProcess
+from supervisor.child import ChildProcess, ChildState
 from supervisor.hot_restart import HotRestart
 from supervisor.shutdown import FINAL_REAP_S, StopPlan
 from supervisor.status import ServiceStatus
@@ -25,8 +26,10 @@ log = logging.getLogger("coproc.supervisor.stopping")
 class Shutdown:
     def __init__(self, cfg: GatewayConfig, status: ServiceStatus, gateway: Watcher,
                  worker: Watcher | None, hot: HotRestart | None,
-                 children: Callable[[], Iterable[ChildProcess]]) -> None:
+                 children: Callable[[], Iterable[ChildProcess]],
+                 store: Watcher | None = None) -> None:
         self._cfg, self._status = cfg, status
+        self._store = store  # the store process: the gateway needs it until it is gone
         self._gateway, self._worker, self._hot = gateway, worker, hot
         self._children = children
         self._plan: StopPlan | None = None
@@ -44,6 +47,8 @@ class Shutdown:
         # The worker stays up meanwhile: draining requests still run hooks.
         if self._worker is not None:
             self._worker.stop(now, terminate=False)
+        if self._store is not None:
+            self._store.stop(now, terminate=False)  # draining requests still use storage
         if self._hot is not None:
             self._hot.abandon("stopping")
         self._status.stopping(why)
@@ -58,6 +63,10 @@ class Shutdown:
         if self._worker is not None and plan.worker_term_due(
                 now, self._gateway.child is not None):
             self._worker.stop(now, terminate=True)
+        store = self._store.child if self._store is not None else None
+        if store is not None and self._gateway.child is None \
+                and store.state in (ChildState.STARTING, ChildState.READY):
+            store.terminate()
         alive = list(self._children())
         if not alive:
             return True
