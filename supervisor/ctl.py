@@ -109,6 +109,10 @@ def format_status(status: dict[str, Any]) -> str:
     sandbox = wk.get("sandbox")
     if sandbox:
         lines.append(f"            sandbox {_layers(sandbox)}")
+    store = status.get("store")
+    if store:  # memory storage for several gateway processes (supervisor/store_role.py)
+        lines.append(f"store       {_pid(store.get('pid'))}  {store.get('state')}  "
+                     f"restarts {_dash(store.get('restarts'))}  {store.get('socket')}")
     last = (status.get("reload") or {}).get("last")
     if last:
         outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"
