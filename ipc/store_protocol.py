@@ -158,26 +158,31 @@ def _call_id(value: Any) -> int:
     return value
 
 
-def _arg(kind: str, value: Any, index: int) -> Any:
-    if kind == "key":
-        if type(value) is not str:
-            raise ProtocolError(f"argument {index} must be a string key")
-        return value
-    if kind == "keys":
-        if type(value) is not list or any(type(k) is not str for k in value):
-            raise ProtocolError(f"argument {index} must be a list of string keys")
-        return value
-    if kind == "bin":
-        if type(value) is not bytes:
-            raise ProtocolError(f"argument {index} must be binary")
-        return value
-    if kind == "int":
-        if type(value) is not int:
-            raise ProtocolError(f"argument {index} must be an integer")
-        return value
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ProtocolError(f"argument {index} must be a finite number")
-    return float(value)
+def _key(value: Any) -> bool:
+    return type(value) is str
+
+
+def _keys(value: Any) -> bool:
+    return type(value) is list and all(type(k) is str for k in value)
+
+
+def _bin(value: Any) -> bool:
+    return type(value) is bytes
+
+
+def _int(value: Any) -> bool:
+    return type(value) is int  # not bool
+
+
+def _num(value: Any) -> bool:
+    return (type(value) is float and math.isfinite(value)) or type(value) is int
+
+
+_KINDS: Final = {"key": (_key, "a string key"), "keys": (_keys, "a list of string keys"),
+                 "bin": (_bin, "binary"), "int": (_int, "an integer"),
+                 "num": (_num, "a finite number")}
+#: Per op: each argument's check and what it must be (for the error).
+_CHECKS: Final = {op: tuple(_KINDS[kind] for kind in kinds) for op, kinds in _ARGS.items()}
 
 
 def decode_request(body: bytes | bytearray | memoryview) -> Request:
@@ -189,12 +194,16 @@ def decode_request(body: bytes | bytearray | memoryview) -> Request:
     op = _OPS.get(message[1]) if type(message[1]) is int else None
     if op is None:
         raise ProtocolError(f"unknown op {message[1]!r:.40}")
-    kinds = _ARGS[op]
-    if len(message) != 2 + len(kinds):
-        raise ProtocolError(f"{op.name} takes {len(kinds)} arguments, got {len(message) - 2}")
-    args = tuple(_arg(kind, value, i) for i, (kind, value)
-                 in enumerate(zip(kinds, message[2:], strict=True)))
-    return Request(call_id, op, args)
+    checks = _CHECKS[op]
+    args = message[2:]
+    if len(args) != len(checks):
+        raise ProtocolError(f"{op.name} takes {len(checks)} arguments, got {len(args)}")
+    for index, (valid, what) in enumerate(checks):
+        if not valid(args[index]):
+            raise ProtocolError(f"{op.name} argument {index} must be {what}")
+    if op is Op.SET or op is Op.RATE_HIT:  # a TTL or window may come as an integer
+        args[2] = float(args[2])
+    return Request(call_id, op, tuple(args))
 
 
 def decode_reply(body: bytes | bytearray | memoryview) -> tuple[int, bool, Any]:
