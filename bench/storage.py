@@ -183,7 +183,8 @@ def main(rounds: int = 3) -> dict[str, Any]:
                 rows.append(row)
     finally:
         upstream.stop()
-    report = {r.name: {k: round(r.median(k), 2) for k in r.rounds[0]} for r in rows}
+    report: dict[str, Any] = {r.name: {k: round(r.median(k), 2) for k in r.rounds[0]}
+                              for r in rows}
     memory, store = report["memory"], report["store"]
     report["store_hop_us"] = round(store["total_us"] - memory["total_us"], 1)
     print(_table(report))
