@@ -11,14 +11,19 @@ after the other, same load:
   it over its unix socket;
 * `redis`: one gateway process on a redis-server started here (loopback TCP).
 
-Reported per configuration: requests/s, p50/p99, and CPU µs per request (from
-/proc, steadier than requests/s on a shared machine) of the gateway processes
-(summed), of the storage process (store or redis-server), and in total.  The
-store hop's cost per request is `store` total minus `memory` total.
+The three run side by side and are loaded in interleaved rounds (each round
+sees the same machine).  Reported per configuration: requests/s, p50/p99, and
+CPU µs per request (from /proc, steadier than requests/s on a shared machine)
+of the gateway processes (summed), of the storage process (store or
+redis-server), and in total; the store hop is the median over rounds of
+`store` total minus `memory` total.  First, the same three calls without HTTP
+(this process against MemoryStorage, then against a store process): the hop's
+CPU with nothing else around it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -32,12 +37,14 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from bench.load import Result, _parse_wrk
 from bench.procs import HOST, Coproc, Server, stop_process
+from gateway.storage import Storage
 
 __all__ = ["main"]
 
@@ -137,33 +144,96 @@ def _wrk(url: str, key: str, seconds: float) -> Result:
     return _parse_wrk(out)
 
 
-def _measure(row: Row, inst: Coproc, storage: list[psutil.Process], rounds: int) -> None:
-    key = _add_key(inst)
-    url = f"{inst.url}/keyed/x"
+@dataclass
+class Target:
+    """One running configuration: its instance, key, URL and processes."""
+
+    row: Row
+    inst: Coproc
+    url: str
+    key: str
+    gateways: list[psutil.Process]
+    storage: list[psutil.Process]
+
+
+def _target(name: str, inst: Coproc, storage: list[psutil.Process]) -> Target:
     gateways, stores = _processes(inst)
-    storage = storage + stores
-    _wrk(url, key, 1)  # warm up
-    for _ in range(rounds):
-        g0, s0 = _cpu(gateways), _cpu(storage)
-        result = _wrk(url, key, SECONDS)
-        g1, s1 = _cpu(gateways), _cpu(storage)
-        served = max(1, result.requests)
-        if result.errors:
-            raise RuntimeError(f"{row.name}: {result.errors} failed requests")
-        gateway_us, storage_us = (g1 - g0) / served * 1e6, (s1 - s0) / served * 1e6
-        row.rounds.append({"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
-                           "gateway_us": gateway_us, "storage_us": storage_us,
-                           "total_us": gateway_us + storage_us,
-                           "gateways": len(gateways)})
-        print(f"{row.name:7} {result.rps:7.0f} req/s  gateway {gateway_us:6.1f} µs  "
-              f"storage {storage_us:6.1f} µs per request", flush=True)
+    return Target(Row(name), inst, f"{inst.url}/keyed/x", _add_key(inst), gateways,
+                  storage + stores)
+
+
+def _measure(t: Target) -> None:
+    g0, s0 = _cpu(t.gateways), _cpu(t.storage)
+    result = _wrk(t.url, t.key, SECONDS)
+    g1, s1 = _cpu(t.gateways), _cpu(t.storage)
+    if result.errors or not result.requests:
+        raise RuntimeError(f"{t.row.name}: {result.errors} failed of {result.requests}")
+    gateway_us = (g1 - g0) / result.requests * 1e6
+    storage_us = (s1 - s0) / result.requests * 1e6
+    t.row.rounds.append({"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+                         "gateway_us": gateway_us, "storage_us": storage_us,
+                         "total_us": gateway_us + storage_us, "gateways": len(t.gateways)})
+    print(f"{t.row.name:7} {result.rps:7.0f} req/s  gateway {gateway_us:6.1f} µs  "
+          f"storage {storage_us:6.1f} µs per request", flush=True)
+
+
+async def _calls(storage: Storage, requests: int) -> None:
+    """What the built-in key auth asks per request, 50 requests at a time."""
+    async def one() -> None:
+        await storage.get("apikey-bench")
+        await storage.rate_hit("rate-bench", 1_000_000_000, 1)
+        await storage.quota_hit("quota-bench", 1_000_000_000, 3600)
+
+    for _ in range(requests // CONNECTIONS):
+        await asyncio.gather(*(one() for _ in range(CONNECTIONS)))
+
+
+def _calls_alone(requests: int = 20_000) -> dict[str, float]:
+    """The same three calls without HTTP: this process's CPU per request on the
+    in-process memory storage and through a store process, and the store's."""
+    from gateway.storage import MemoryStorage, RemoteStorage
+    from ipc import eventloop
+
+    work = Path(tempfile.mkdtemp(prefix="cp-st-"))
+    socket_path = work / "store.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.storage.server", "--socket",
+                             str(socket_path), "--log-level", "warning"],
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    out: dict[str, float] = {}
+
+    async def run() -> None:
+        remote = RemoteStorage(str(socket_path), 1.0)
+        if not await remote.wait_ready(15):
+            raise RuntimeError("the store process did not start")
+        store = psutil.Process(proc.pid)
+        for name, storage in (("memory", MemoryStorage()), ("store", remote)):
+            await _calls(storage, 2_000)  # warm up
+            c0, s0 = time.process_time(), sum(store.cpu_times()[:2])
+            await _calls(storage, requests)
+            c1, s1 = time.process_time(), sum(store.cpu_times()[:2])
+            out[f"{name}_client_us"] = round((c1 - c0) / requests * 1e6, 1)
+            out[f"{name}_server_us"] = round((s1 - s0) / requests * 1e6, 1)
+        await remote.close()
+
+    try:
+        eventloop.run(run())
+    finally:
+        stop_process(proc)
+        shutil.rmtree(work, ignore_errors=True)
+    out["hop_us"] = round(out["store_client_us"] + out["store_server_us"]
+                          - out["memory_client_us"], 1)
+    return out
 
 
 def main(rounds: int = 3) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("bench.storage needs wrk on PATH")
+    calls = _calls_alone()
+    print(f"three storage calls, no HTTP: in-process memory {calls['memory_client_us']} µs; "
+          f"store process {calls['store_client_us']} µs here + {calls['store_server_us']} µs "
+          f"in the store; the hop: {calls['hop_us']} µs of CPU per request", flush=True)
     upstream = Server("upstream")
-    rows: list[Row] = []
+    targets: list[Target] = []
     try:
         apis = {"keyed": _api(upstream.url + "/")}
         with _redis() as (redis_port, redis_pid):
@@ -174,19 +244,25 @@ def main(rounds: int = 3) -> dict[str, Any]:
                  [psutil.Process(redis_pid)]),
             ]
             for name, settings, storage in configs:
-                row = Row(name)
-                inst = Coproc(apis, {}, {"secret": SECRET, **settings})
-                try:
-                    _measure(row, inst, storage, rounds)
-                finally:
-                    inst.stop()
-                rows.append(row)
+                targets.append(_target(name, Coproc(apis, {}, {"secret": SECRET, **settings}),
+                                       storage))
+            for t in targets:
+                _wrk(t.url, t.key, 1)  # warm up
+            for _ in range(rounds):  # interleaved: each round sees the same machine
+                for t in targets:
+                    _measure(t)
     finally:
+        for t in targets:
+            t.inst.stop()
         upstream.stop()
+    rows = [t.row for t in targets]
     report: dict[str, Any] = {r.name: {k: round(r.median(k), 2) for k in r.rounds[0]}
                               for r in rows}
-    memory, store = report["memory"], report["store"]
-    report["store_hop_us"] = round(store["total_us"] - memory["total_us"], 1)
+    memory, store = rows[0], rows[1]
+    report["store_hop_us"] = round(statistics.median(
+        s["total_us"] - m["total_us"] for m, s in zip(memory.rounds, store.rounds,
+                                                     strict=True)), 1)
+    report["calls"] = calls
     print(_table(report))
     return report
 
@@ -198,8 +274,10 @@ def _table(report: dict[str, Any]) -> str:
         r = report[name]
         lines.append(f"| {name} | {int(r['gateways'])} | {r['rps']:.0f} | {r['p99_ms']:.1f} "
                      f"| {r['gateway_us']:.1f} | {r['storage_us']:.1f} | {r['total_us']:.1f} |")
-    lines.append(f"\nthe store hop: {report['store_hop_us']:+.1f} µs of CPU per request "
-                 "(store total - memory total; three storage calls per request)")
+    lines.append(f"\nthe store hop under HTTP load: {report['store_hop_us']:+.1f} µs of CPU per "
+                 "request (median of each round's store total - memory total)")
+    lines.append(f"the store hop, calls alone: {report['calls']['hop_us']:+.1f} µs of CPU per "
+                 "request (three storage calls)")
     return "\n".join(lines)
 
 
