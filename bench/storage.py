@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -193,16 +194,24 @@ def _calls_alone(requests: int = 20_000) -> dict[str, float]:
     in-process memory storage and through a store process, and the store's."""
     from gateway.storage import MemoryStorage, RemoteStorage
     from ipc import eventloop
+    from ipc.contract import SECRET_FD_ENV
+    from ipc.control import secret_fd
 
     work = Path(tempfile.mkdtemp(prefix="cp-st-"))
-    socket_path = work / "store.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.storage.server", "--socket",
-                             str(socket_path), "--log-level", "warning"],
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    socket_path, token = work / "store.sock", os.urandom(16).hex()
+    secret = secret_fd(token.encode())  # as the supervisor hands it over
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.storage.server", "--socket",
+                                 str(socket_path), "--log-level", "warning"],
+                                env={**os.environ, SECRET_FD_ENV: str(secret)},
+                                pass_fds=(secret,), stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    finally:
+        os.close(secret)
     out: dict[str, float] = {}
 
     async def run() -> None:
-        remote = RemoteStorage(str(socket_path), 1.0)
+        remote = RemoteStorage(str(socket_path), 1.0, token)
         if not await remote.wait_ready(15):
             raise RuntimeError("the store process did not start")
         store = psutil.Process(proc.pid)

@@ -71,6 +71,7 @@ from gateway.tracing import Tracing
 from ipc import gctune
 from ipc.contract import STORE_SOCKET_ENV
 from ipc.control import ControlType
+from ipc.tokens import store_token
 
 __all__ = [
     "CHAIN",
@@ -144,7 +145,8 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[ROUTER] = build_router(cfg, apis)
     # Sessions, counters and plugin data: memory (here, or in the store process when
     # the instance runs several gateway processes), or Redis shared by instances.
-    app[STORE] = open_storage(cfg.storage, os.environ.get(STORE_SOCKET_ENV, ""))
+    app[STORE] = open_storage(cfg.storage, os.environ.get(STORE_SOCKET_ENV, ""),
+                              store_token(instance_key))
     handlers = {api.api_id: api.event_handlers for api in apis if api.active}
     app[EVENTS] = EventBus(lambda api_id: handlers.get(api_id, {}),
                            specs={api.api_id: api_spec(api) for api in apis if api.active})

@@ -13,7 +13,10 @@ frame longer than `MAX_FRAME` is refused before it is buffered.
     reply    [call_id, ok, value]       ok false: value is an error string
 
 Requests are pipelined: a client may send many before reading replies; the
-store answers each connection's requests in order.  Ops and their arguments
+store answers each connection's requests in order.  The first request of a
+connection must be HELLO with the store's token (ipc/tokens.py `store_token`);
+anything else first, or a wrong token, closes the connection.  Ops and their
+arguments
 (keys are strings; a header's bytes that are not UTF-8 travel surrogate-escaped,
 as aiohttp hands them over):
 
@@ -25,6 +28,7 @@ as aiohttp hands them over):
     QUOTA_HIT key, max: int, renewal: int -> [allowed, remaining, reset]
     SCAN      prefix                      -> [key, ...]
     PING                                  -> true
+    HELLO     token                       -> true
 
 Any invalid frame is a `ProtocolError`: the store closes that connection and
 keeps serving the others.
@@ -80,6 +84,7 @@ class Op(enum.IntEnum):
     QUOTA_HIT = 6
     SCAN = 7
     PING = 8
+    HELLO = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,7 @@ _ARGS: Final[dict[Op, tuple[str, ...]]] = {
     Op.QUOTA_HIT: ("key", "int", "int"),
     Op.SCAN: ("key",),
     Op.PING: (),
+    Op.HELLO: ("key",),
 }
 _OPS: Final = {int(op): op for op in Op}
 

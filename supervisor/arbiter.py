@@ -95,7 +95,8 @@ class Arbiter:
         self._link = GatewayLink()
         key, window = new_instance_key(), cfg.supervisor.flap_window_s
         # Memory storage shared by several gateway processes lives in the store process.
-        self._store = StoreRole(cfg, self._readers, clock) if StoreRole.wanted(cfg) else None
+        self._store = StoreRole(cfg, key, self._readers, clock) if StoreRole.wanted(cfg) \
+            else None
         store_env = self._store.gateway_env() if self._store is not None else None
         self._gateway = Watcher(gateway_spec(commands, listener.fileno(), key, store_env),
                                 RestartPolicy.from_options(cfg.supervisor, clock), self._readers,

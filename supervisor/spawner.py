@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ipc.tokens import store_token
 from supervisor.child import ChildProcess, Role
 from supervisor.contract import (
     ChildCommands,
@@ -74,8 +75,11 @@ def grpc_server_spec(command: tuple[str, ...], config_path: str,
     return SpawnSpec(Role.GRPC_SERVER, argv, env, confined=True)
 
 
-def store_spec(socket_path: str, log_level: str, log_format: str) -> SpawnSpec:
-    """The store process (gateway/storage/server.py; supervisor/store_role.py)."""
+def store_spec(socket_path: str, log_level: str, log_format: str,
+               instance_key: bytes) -> SpawnSpec:
+    """The store process (gateway/storage/server.py; supervisor/store_role.py); its
+    secret is the token gateways present (`ipc.tokens.store_token`)."""
     argv = (sys.executable, "-m", "gateway.storage.server", "--socket", socket_path,
             "--log-level", log_level, "--log-format", log_format)
-    return SpawnSpec(Role.STORE, argv, lambda _generation: store_env())
+    return SpawnSpec(Role.STORE, argv, lambda _generation: store_env(),
+                     secret=lambda _generation: store_token(instance_key).encode())

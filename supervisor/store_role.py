@@ -63,10 +63,10 @@ class _Logged:
 
 
 class StoreRole:
-    def __init__(self, cfg: GatewayConfig, readers: ChildReaders,
+    def __init__(self, cfg: GatewayConfig, instance_key: bytes, readers: ChildReaders,
                  clock: Callable[[], float]) -> None:
         self.socket: Path = cfg.run_dir / STORE_SOCKET_NAME
-        spec = store_spec(str(self.socket), cfg.log_level, cfg.log_format)
+        spec = store_spec(str(self.socket), cfg.log_level, cfg.log_format, instance_key)
         reporter = _Logged()
         self.watcher = reporter.watcher = Watcher(
             spec, RestartPolicy.from_options(cfg.supervisor, clock), readers, reporter,

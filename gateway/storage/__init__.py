@@ -20,14 +20,15 @@ __all__ = ["Hit", "MemoryStorage", "RemoteStorage", "Storage", "StorageUnavailab
            "open_storage"]
 
 
-def open_storage(cfg: StorageConfig, store_socket: str = "") -> Storage:
+def open_storage(cfg: StorageConfig, store_socket: str = "", store_token: str = "") -> Storage:
     """The backend the config names (not connected yet: Redis and the store process
     are reached lazily).  `store_socket`: the store process's socket
-    ($COPROC_STORE_SOCKET), which holds the memory storage instead of this process."""
+    ($COPROC_STORE_SOCKET), which holds the memory storage instead of this process;
+    `store_token` admits this process there (`ipc.tokens.store_token`)."""
     if cfg.type == "redis":
         from gateway.storage.redis import RedisStorage  # only needed (imported) when used
 
         return RedisStorage(cfg)
     if store_socket:
-        return RemoteStorage(store_socket, cfg.timeout_ms / 1000)
+        return RemoteStorage(store_socket, cfg.timeout_ms / 1000, store_token)
     return MemoryStorage()

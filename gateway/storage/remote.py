@@ -8,7 +8,8 @@ one of them.  Every call has a deadline (`storage.timeout_ms`); a store that
 does not answer in time, is down, or drops the connection is
 `StorageUnavailable`, which the chain answers with 503 + Retry-After, as
 for Redis.  The next call after a failure connects again, so a restarted
-store is used as soon as it listens (its state starts empty).
+store is used as soon as it listens (its state starts empty).  Each new
+connection first says HELLO with the store's token (ipc/tokens.py).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ _READY_POLL_S: Final = 0.05
 
 
 class RemoteStorage:
-    """`Storage` forwarded to the store process listening at `path`."""
+    """`Storage` forwarded to the store process listening at `path`; `token`
+    admits its connections (`ipc.tokens.store_token` of the instance key)."""
 
-    def __init__(self, path: str, timeout_s: float) -> None:
-        self.path, self._timeout = path, timeout_s
+    def __init__(self, path: str, timeout_s: float, token: str) -> None:
+        self.path, self._timeout, self._token = path, timeout_s, token
         self._connection: _Connection | None = None
         self._connect_lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -76,6 +78,7 @@ class RemoteStorage:
                 async with asyncio.timeout(self._timeout):
                     _, connection = await loop.create_unix_connection(
                         lambda: _Connection(self.where, self._timeout), self.path)
+                    await self._hello(connection)
             except TimeoutError:
                 raise StorageUnavailable(f"{self.where}: no connection within "
                                          f"{round(self._timeout * 1000)} ms") from None
@@ -83,6 +86,16 @@ class RemoteStorage:
                 raise StorageUnavailable(f"{self.where}: {exc.strerror or exc}") from None
             self._connection = connection
             return connection
+
+    async def _hello(self, connection: _Connection) -> None:
+        """The connection's first request; a store that refuses the token closes it."""
+        try:
+            await connection.call(0, encode_request(0, Op.HELLO, self._token))
+        except BaseException:
+            connection.close()
+            raise
+        finally:
+            connection.forget(0)
 
     async def get(self, key: str) -> bytes | None:
         return _optional_bytes(await self._call(Op.GET, key))

@@ -10,7 +10,10 @@ counter), so `rate_hit`/`quota_hit` stay exact across all gateway processes.
 
 Each connection's requests are answered in order, all the complete frames
 of one read in one write.  A peer of another uid is refused (SO_PEERCRED;
-the socket is also mode 0600 in the 0700 run directory).  An invalid frame
+the socket is also mode 0600 in the 0700 run directory), and a connection
+is served only once its first request, HELLO, carried the store's token
+(from the supervisor, in $COPROC_SECRET_FD): gateway processes derive it from
+the instance key, plugin code in the worker, even of the same uid, cannot.  An invalid frame
 closes that connection only, logged once per interval with a count, never a
 traceback per message.  The state lives only here: a restarted store starts
 empty, as a restarted single-process memory instance does.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import signal
@@ -34,7 +38,7 @@ from typing import Any, Final, TypeVar, cast
 from gateway.storage.memory import MemoryStorage
 from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
-from ipc.control import ControlEndpoint, ControlType
+from ipc.control import ControlEndpoint, ControlType, read_inherited_secret
 from ipc.ratelog import Throttle
 from ipc.schema import ProtocolError
 from ipc.store_protocol import HEADER, Op, Request, decode_request, encode_reply, frame_length
@@ -78,8 +82,9 @@ def _now(step: Coroutine[Any, Any, T]) -> T:
 class StoreServer:
     """The unix-socket server in front of one MemoryStorage."""
 
-    def __init__(self, storage: MemoryStorage, path: Path) -> None:
+    def __init__(self, storage: MemoryStorage, path: Path, token: str) -> None:
         self.storage, self.path = storage, path
+        self._token = token.encode()
         self._server: asyncio.AbstractServer | None = None
         self._refused = Throttle(BAD_PEER_LOG_S)
         self._invalid = Throttle(BAD_PEER_LOG_S)
@@ -116,6 +121,15 @@ class StoreServer:
                         uid, self._uid, f" ({held} more since the last report)" if held else "")
         return False
 
+    def hello(self, request: Request) -> bytes:
+        """The first request of a connection: HELLO with the token, else ProtocolError."""
+        if request.op is not Op.HELLO:
+            raise ProtocolError(f"{request.op.name} before HELLO")
+        if not hmac.compare_digest(str(request.args[0]).encode(errors="surrogateescape"),
+                                   self._token):
+            raise ProtocolError("HELLO with a wrong token")
+        return encode_reply(request.call_id, True, True)
+
     def invalid(self, error: ProtocolError) -> None:
         self.stats["protocol_errors"] += 1
         held = self._invalid.due()
@@ -124,6 +138,8 @@ class StoreServer:
                         f" ({held} more since the last report)" if held else "")
 
     def answer(self, request: Request) -> bytes:
+        if request.op is Op.HELLO:
+            raise ProtocolError("a second HELLO")
         self.stats["requests"] += 1
         try:
             value = self._run(request)
@@ -160,6 +176,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
+        self._admitted = False  # its HELLO carried the token
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._server.admit(transport.get_extra_info("socket")):
@@ -183,7 +200,11 @@ class _Connection(asyncio.Protocol):
                 if end > size:
                     break
                 request = decode_request(memoryview(buffer)[start + HEADER.size:end])
-                replies.append(self._server.answer(request))
+                if self._admitted:
+                    replies.append(self._server.answer(request))
+                else:
+                    replies.append(self._server.hello(request))
+                    self._admitted = True
                 start = end
         except ProtocolError as exc:
             self._server.invalid(exc)
@@ -218,10 +239,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(path: Path, max_entries: int = 100_000) -> None:
+async def serve(path: Path, token: str, max_entries: int = 100_000) -> None:
     """Serve until SIGTERM or SIGINT; say `ready` to the supervisor once listening."""
     storage = MemoryStorage(max_entries)
-    server = StoreServer(storage, path)
+    server = StoreServer(storage, path, token)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -249,7 +270,17 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(ROLE, args.log_level, args.log_format)
     try:
-        eventloop.run(serve(Path(args.socket), args.max_entries))
+        secret = read_inherited_secret()  # first: the fd is closed as early as possible
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return exitcodes.BOOT_FAILED
+    if not secret:
+        log.error("cannot start: no token in $COPROC_SECRET_FD: the store process is "
+                  "started by `coproc serve`")
+        return exitcodes.BOOT_FAILED
+    try:
+        eventloop.run(serve(Path(args.socket), secret.decode("ascii", "replace"),
+                            args.max_entries))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return exitcodes.BOOT_FAILED

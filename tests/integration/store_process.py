@@ -1,10 +1,12 @@
 """A real store process (`python -m gateway.storage.server`) for tests, and its clients.
 
-`StoreProcess` starts one on a socket in a fresh short temp directory, waits
-(bounded) until it accepts connections, and stops it by pid: SIGTERM, then
-SIGKILL of its process group.  `hammer_main` is the client-process side of
-the cross-process tests: `python -m integration.store_process hammer ...`
-counts its own allowed hits and prints them as JSON.
+`StoreProcess` starts one on a socket in a fresh short temp directory, with a
+token in its secret fd as the supervisor gives it, waits (bounded) until it
+accepts connections, and stops it by pid: SIGTERM, then SIGKILL of its
+process group.  `client()` is a RemoteStorage with that token.  `hammer_main`
+is the client-process side of the cross-process tests: `python -m
+integration.store_process hammer ...` counts its own allowed hits and prints
+them as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from integration.harness import poll
+
+from gateway.storage import RemoteStorage
+from ipc.contract import SECRET_FD_ENV
+from ipc.control import secret_fd
 
 __all__ = ["StoreProcess"]
 
@@ -44,6 +50,7 @@ class StoreProcess:
         self.dir = directory or Path(tempfile.mkdtemp(prefix="cps-"))  # short: sun_path
         self.socket = self.dir / "store.sock"
         self.log = self.dir / "store.log"
+        self.token = os.urandom(16).hex()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,13 +59,22 @@ class StoreProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 15.0) -> StoreProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.storage.server", "--socket", str(self.socket)],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True)
+        secret = secret_fd(self.token.encode())
+        try:
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "gateway.storage.server", "--socket",
+                     str(self.socket)],
+                    cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    env={**os.environ, SECRET_FD_ENV: str(secret)}, pass_fds=(secret,),
+                    start_new_session=True)
+        finally:
+            os.close(secret)
         poll("the store process to accept connections", self._up, timeout)
         return self
+
+    def client(self, timeout_s: float = 2.0, token: str = "") -> RemoteStorage:
+        return RemoteStorage(str(self.socket), timeout_s, token or self.token)
 
     def _up(self) -> bool:
         assert self.proc is not None
@@ -97,10 +113,11 @@ class StoreProcess:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-async def _hammer(path: str, op: str, key: str, limit: int, calls: int) -> dict[str, Any]:
-    from gateway.storage import RemoteStorage, StorageUnavailable
+async def _hammer(path: str, token: str, op: str, key: str, limit: int, calls: int
+                  ) -> dict[str, Any]:
+    from gateway.storage import StorageUnavailable
 
-    store = RemoteStorage(path, 5.0)
+    store = RemoteStorage(path, 5.0, token)
     try:
         if op == "rate":
             hits = await asyncio.gather(*(store.rate_hit(key, limit, 60) for _ in range(calls)),
@@ -118,13 +135,14 @@ async def _hammer(path: str, op: str, key: str, limit: int, calls: int) -> dict[
 
 
 def hammer_main(argv: list[str]) -> int:
-    """hammer SOCKET rate|quota KEY LIMIT CALLS: prints {"allowed": n, "errors": n}."""
-    path, op, key, limit, calls = argv
-    print(json.dumps(asyncio.run(_hammer(path, op, key, int(limit), int(calls)))))
+    """hammer SOCKET TOKEN rate|quota KEY LIMIT CALLS: prints {"allowed": n, "errors": n}."""
+    path, token, op, key, limit, calls = argv
+    print(json.dumps(asyncio.run(_hammer(path, token, op, key, int(limit), int(calls)))))
     return 0
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["hammer"]:
         sys.exit(hammer_main(sys.argv[2:]))
-    sys.exit("usage: python -m integration.store_process hammer SOCKET OP KEY LIMIT CALLS")
+    sys.exit("usage: python -m integration.store_process hammer SOCKET TOKEN OP KEY LIMIT "
+             "CALLS")

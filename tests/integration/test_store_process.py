@@ -27,7 +27,7 @@ from integration.harness import poll
 from integration.store_process import StoreProcess
 
 from gateway.storage import RemoteStorage, StorageUnavailable
-from ipc.store_protocol import HEADER, MAX_FRAME, Op, encode_request
+from ipc.store_protocol import HEADER, MAX_FRAME, Op, encode_reply, encode_request
 
 TESTS = Path(__file__).resolve().parents[1]
 #: The client's deadline in these tests (storage.timeout_ms).
@@ -49,8 +49,8 @@ def hammer(store: StoreProcess, op: str, key: str, limit: int, calls: int
            ) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
     return subprocess.Popen(
-        [sys.executable, "-m", "integration.store_process", "hammer", str(store.socket), op,
-         key, str(limit), str(calls)],
+        [sys.executable, "-m", "integration.store_process", "hammer", str(store.socket),
+         store.token, op, key, str(limit), str(calls)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True)
 
@@ -102,7 +102,7 @@ def test_killed_store_fails_within_the_deadline_then_recovers(store: StoreProces
     socket: the client uses it without being restarted, and its state is empty."""
 
     async def scenario() -> None:
-        remote = RemoteStorage(str(store.socket), DEADLINE_S)
+        remote = store.client(DEADLINE_S)
         try:
             await remote.set("k", b"before")
             assert await remote.get("k") == b"before"
@@ -125,7 +125,7 @@ def test_frozen_store_is_unavailable_at_the_deadline(store: StoreProcess) -> Non
     later; 2. SIGCONT: calls succeed again on the same client."""
 
     async def scenario() -> None:
-        remote = RemoteStorage(str(store.socket), DEADLINE_S)
+        remote = store.client(DEADLINE_S)
         try:
             assert await remote.ping()
             os.kill(store.pid, signal.SIGSTOP)
@@ -149,6 +149,10 @@ def _closed_by_peer(sock: socket.socket, bound_s: float = 10.0) -> bool:
         return True
 
 
+def _raw_hello(store: StoreProcess) -> bytes:
+    return encode_request(0, Op.HELLO, store.token)
+
+
 @pytest.mark.parametrize("garbage", [
     HEADER.pack(5) + b"\xc1\xc1\xc1\xc1\xc1",  # not msgpack
     HEADER.pack(3) + b"\x93\x01\x63",  # [1, 99, ...]: unknown op (and truncated)
@@ -157,19 +161,20 @@ def _closed_by_peer(sock: socket.socket, bound_s: float = 10.0) -> bool:
     encode_request(1, Op.GET, "k") + HEADER.pack(5) + msgpack.packb([True, 1, "k"]),
 ])
 def test_garbage_closes_that_connection_only(store: StoreProcess, garbage: bytes) -> None:
-    """1. a good client; 2. a raw connection sends garbage: the store closes it;
-    3. the good client and new clients are served; the log has one line, no traceback."""
+    """1. a good client; 2. a raw connection says HELLO with the token, then sends
+    garbage: the store closes it; 3. the good client and new clients are served;
+    the log has one line, no traceback."""
 
     async def scenario() -> None:
-        good = RemoteStorage(str(store.socket), 2.0)
+        good = store.client()
         try:
             await good.set("kept", b"1")
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
                 raw.connect(str(store.socket))
-                raw.sendall(garbage)
+                raw.sendall(_raw_hello(store) + garbage)
                 assert _closed_by_peer(raw)
             assert await good.get("kept") == b"1"
-            fresh = RemoteStorage(str(store.socket), 2.0)
+            fresh = store.client()
             assert await fresh.get("kept") == b"1"
             await fresh.close()
         finally:
@@ -179,6 +184,40 @@ def test_garbage_closes_that_connection_only(store: StoreProcess, garbage: bytes
     logs = poll("the store's line about the invalid frame",
                 lambda: "invalid frame" in store.logs() and store.logs(), 5.0)
     assert "Traceback" not in logs
+
+
+@pytest.mark.parametrize("first", ["nothing but PING", "a wrong token", "a second HELLO"])
+def test_a_connection_is_served_only_after_hello_with_the_token(store: StoreProcess,
+                                                                first: str) -> None:
+    """1. a raw connection starts with a PING, or HELLO with a wrong token, or says
+    HELLO twice: closed, with at most the first HELLO's answer; 2. a client with
+    a wrong token gets StorageUnavailable; 3. the right token is served."""
+    frames = {"nothing but PING": encode_request(1, Op.PING),
+              "a wrong token": encode_request(0, Op.HELLO, "0" * len(store.token)),
+              "a second HELLO": _raw_hello(store) + _raw_hello(store)}[first]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(str(store.socket))
+        raw.sendall(frames)
+        raw.settimeout(10)
+        got = b""
+        while chunk := raw.recv(4096):  # bounded: the store closes it, or the timeout
+            got += chunk
+    # Closed (the loop ended); at most the first HELLO was answered (the replies to a
+    # read that ends in an invalid frame may be dropped with the connection).
+    assert got in (b"", encode_reply(0, True, True)) if first == "a second HELLO" \
+        else got == b""
+
+    async def scenario() -> None:
+        impostor = store.client(token="f" * len(store.token))
+        with pytest.raises(StorageUnavailable):
+            await impostor.get("k")
+        assert await impostor.ping() is False
+        await impostor.close()
+        good = store.client()
+        assert await good.ping()
+        await good.close()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another uid")
@@ -197,7 +236,7 @@ def test_a_peer_of_another_uid_is_refused(store: StoreProcess) -> None:
             os.setuid(65534)
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.connect(str(store.socket))
-                sock.sendall(encode_request(1, Op.PING))
+                sock.sendall(encode_request(0, Op.HELLO, store.token))
                 sock.settimeout(10)
                 answer = sock.recv(100)
             os.write(write_end, b"closed" if answer == b"" else b"answered")

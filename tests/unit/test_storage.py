@@ -43,7 +43,8 @@ async def storage(request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
         return
     if request.param == "remote":  # the memory storage in the store process
         process = request.getfixturevalue("store_process")
-        remote = open_storage(StorageConfig(timeout_ms=2000), str(process.socket))
+        remote = open_storage(StorageConfig(timeout_ms=2000), str(process.socket),
+                              process.token)
         assert isinstance(remote, RemoteStorage)
         try:
             yield remote

@@ -43,6 +43,7 @@ def packed(value: Any) -> bytes:
     (Op.QUOTA_HIT, ("quota-k", 5, 3600)),
     (Op.SCAN, ("apikey-",)),
     (Op.PING, ()),
+    (Op.HELLO, ("a1b2c3",)),
 ])
 def test_every_op_round_trips(op: Op, args: tuple[Any, ...]) -> None:
     request = decode_request(body(encode_request(7, op, *args)))
@@ -62,7 +63,7 @@ def test_keys_with_non_utf8_header_bytes_round_trip() -> None:
     None, 1, "text", {}, {"op": 1}, [], [1],  # not [call_id, op, *args]
     [-1, 1, "k"], [True, 1, "k"], [1.0, 1, "k"], [1 << 63, 1, "k"],  # call ids
     [1, 0], [1, 99], [1, "GET", "k"], [1, True, "k"], [1, 1.0, "k"],  # ops
-    [1, 1], [1, 1, "k", "extra"], [1, 8, "x"],  # arity
+    [1, 1], [1, 1, "k", "extra"], [1, 8, "x"], [0, 9], [0, 9, b"token"],  # arity, types
     [1, 1, b"bytes-key"], [1, 1, 5], [1, 1, None], [1, 1, ["k"]],  # key types
     [1, 2, "k"], [1, 2, ["a", 1]], [1, 2, [b"a"]],  # GET_MANY keys
     [1, 3, "k", "str-value", 0], [1, 3, "k", b"v", "0"], [1, 3, "k", b"v", None],

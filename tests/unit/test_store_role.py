@@ -8,6 +8,7 @@ import pytest
 
 from config.gateway import GatewayConfig, GatewayOptions, StorageConfig
 from ipc.contract import NEVER_INHERITED, STORE_SOCKET_ENV, SUPERVISOR_PID_ENV
+from ipc.tokens import store_token
 from supervisor.child import Role
 from supervisor.contract import ChildCommands
 from supervisor.spawner import gateway_spec, store_spec
@@ -42,11 +43,13 @@ def test_gateways_are_told_the_socket_and_an_inherited_one_is_never_passed_on(
 
 def test_the_store_spec(tmp_path: Path) -> None:
     cfg = config(tmp_path, "memory", 2)
-    role = StoreRole(cfg, readers=None, clock=lambda: 0.0)  # type: ignore[arg-type]
+    key = b"k" * 32
+    role = StoreRole(cfg, key, readers=None, clock=lambda: 0.0)  # type: ignore[arg-type]
     assert role.socket == tmp_path / "store.sock"
     assert role.gateway_env() == {STORE_SOCKET_ENV: str(tmp_path / "store.sock")}
-    spec = store_spec(str(role.socket), "debug", "json")
-    assert spec.role is Role.STORE and not spec.confined and spec.secret is None
+    spec = store_spec(str(role.socket), "debug", "json", key)
+    assert spec.role is Role.STORE and not spec.confined and spec.secret is not None
+    assert spec.secret(1) == store_token(key).encode()  # what gateways derive from the key
     assert spec.argv[1:] == ("-m", "gateway.storage.server", "--socket",
                              str(tmp_path / "store.sock"), "--log-level", "debug",
                              "--log-format", "json")
