@@ -65,8 +65,10 @@ __all__ = [
 HEADER: Final = struct.Struct(">I")
 #: One frame's body at most: a stored value (a session, plugin data) plus its key.
 MAX_FRAME: Final = 16 * 1024 * 1024
-#: A key at most (Tyk's keys are tens of bytes; client headers are bounded far lower).
-MAX_KEY_BYTES: Final = 64 * 1024
+#: A key at most: only the frame bounds it, so that any key the gateway can form
+#: (from a client's header, however long the gateway allows it) is a valid request
+#: and never closes the gateway's connection, which other requests share.
+MAX_KEY_BYTES: Final = MAX_FRAME
 #: Keys in one GET_MANY (and entries in any request array) at most.
 MAX_KEYS: Final = 10_000
 #: Entries in a reply's array (SCAN lists every matching key) at most.

@@ -20,7 +20,14 @@ from typing import Any, Final, cast
 
 from gateway.storage.base import Hit, StorageUnavailable
 from ipc.schema import ProtocolError
-from ipc.store_protocol import HEADER, Op, decode_reply, encode_request, frame_length
+from ipc.store_protocol import (
+    HEADER,
+    MAX_KEYS,
+    Op,
+    decode_reply,
+    encode_request,
+    frame_length,
+)
 
 __all__ = ["RemoteStorage"]
 
@@ -101,10 +108,14 @@ class RemoteStorage:
         return _optional_bytes(await self._call(Op.GET, key))
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        values = await self._call(Op.GET_MANY, keys)
-        if not isinstance(values, list) or len(values) != len(keys):
-            raise StorageUnavailable(f"{self.where}: invalid reply to GET_MANY")
-        return [_optional_bytes(v) for v in values]
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), MAX_KEYS):  # a request holds MAX_KEYS at most
+            chunk = keys[start:start + MAX_KEYS]
+            values = await self._call(Op.GET_MANY, chunk)
+            if not isinstance(values, list) or len(values) != len(chunk):
+                raise StorageUnavailable(f"{self.where}: invalid reply to GET_MANY")
+            out += [_optional_bytes(v) for v in values]
+        return out
 
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         await self._call(Op.SET, key, bytes(value), float(ttl))

@@ -157,3 +157,15 @@ async def test_get_many_and_scan(storage: Storage) -> None:
         [b"1", None, b"2"]
     assert sorted(await storage.scan(prefix)) == [f"{prefix}a", f"{prefix}b*"]
     assert await storage.scan(f"{prefix}b*") == [f"{prefix}b*"]
+
+
+async def test_a_long_key_and_a_long_multi_get(storage: Storage) -> None:
+    """A client's oversized credential is just a key (no backend refuses it), and a
+    multi-get longer than one store request holds is split, in order."""
+    long_key = key() + "x" * 100_000
+    await storage.set(long_key, b"v")
+    assert await storage.get(long_key) == b"v"
+    many = [key() for _ in range(10_050)]
+    await storage.set(many[-1], b"last")
+    got = await storage.get_many(many)
+    assert len(got) == len(many) and got[-1] == b"last" and got[:-1] == [None] * 10_049
