@@ -10,8 +10,10 @@ a peer of another uid is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -184,6 +186,29 @@ def test_garbage_closes_that_connection_only(store: StoreProcess, garbage: bytes
     logs = poll("the store's line about the invalid frame",
                 lambda: "invalid frame" in store.logs() and store.logs(), 5.0)
     assert "Traceback" not in logs
+
+
+def test_random_garbage_connections_leave_the_store_serving(store: StoreProcess) -> None:
+    """1. 40 connections each send random bytes (half of them after a good HELLO);
+    2. every one is closed or left waiting for a frame's rest; the store answers a
+    client afterwards and has logged no traceback."""
+    rng = random.Random(16)
+    for i in range(40):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.connect(str(store.socket))
+            noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                raw.sendall((_raw_hello(store) if i % 2 else b"") + noise)
+    assert store.proc is not None and store.proc.poll() is None
+
+    async def scenario() -> None:
+        client = store.client()
+        await client.set("after", b"ok")
+        assert await client.get("after") == b"ok"
+        await client.close()
+
+    asyncio.run(scenario())
+    assert "Traceback" not in store.logs()
 
 
 @pytest.mark.parametrize("first", ["nothing but PING", "a wrong token", "a second HELLO"])

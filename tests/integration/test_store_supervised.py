@@ -18,15 +18,17 @@ import uuid
 from typing import Any
 
 import psutil
-from integration.harness import Instance, api_def, coproc_command, poll
-from integration.test_redis_scaleout import _burst, assert_exactly_ten
+from integration.harness import Instance, api_def, coproc_command, echo_header, hook, poll
+from integration.test_redis_scaleout import PLUGIN, _burst, assert_exactly_ten
 
 SECRET = "store-secret"
 ADMIN = {"X-Tyk-Authorization": SECRET}
 
 
 def start(factory: Any, echo: Any, processes: int) -> Instance:
-    return factory({"keys": api_def("keys", "/keys/", echo.url, use_keyless=False)}, {},
+    apis = {"keys": api_def("keys", "/keys/", echo.url, use_keyless=False),
+            "kv": api_def("kv", "/kv/", echo.url, pre=[hook("KeyValue", "kv/mw.py")])}
+    return factory(apis, {"kv/mw.py": PLUGIN},
                    {"secret": SECRET, "coproc": {"gateway": {"processes": processes}}})
 
 
@@ -59,7 +61,8 @@ def add_key(inst: Instance, session: dict[str, Any]) -> str:
 def test_several_gateway_processes_share_the_store(coproc_factory: Any,
                                                    echo_upstream: Any) -> None:
     """1. processes 2: a store process runs, `coproc status` names it;
-    2. rate 10 per 1 s: 50 concurrent requests -> exactly 10 pass;
+    2. rate 10 per 1 s: 50 concurrent requests -> exactly 10 pass; a quota of 3;
+       a plugin's store_data is read back by get_data;
     3. SIGKILL the store: requests get 503 + Retry-After until the supervisor's new
        store listens, then serve again (the old keys are gone: state starts empty);
     4. SIGTERM: the store exits after the gateway."""
@@ -76,6 +79,11 @@ def test_several_gateway_processes_share_the_store(coproc_factory: Any,
     quota_key = add_key(inst, {"quota_max": 3, "quota_renewal_rate": 3600})
     assert [inst.get("/keys/", {"Authorization": quota_key}).status for _ in range(4)] == \
         [200, 200, 200, 403]
+    kv_key = f"kv-{uuid.uuid4().hex}"
+    inst.expect(inst.get("/kv/", {"X-Kv-Key": kv_key, "X-Kv-Op": "store",
+                                  "X-Kv-Value": "kept"}), 200)
+    echo = inst.expect(inst.get("/kv/", {"X-Kv-Key": kv_key}), 200).json()
+    assert echo_header(echo, "X-Kv-Got") == "kept"
 
     os.kill(stores[0].pid, signal.SIGKILL)
     seen: list[int] = []
