@@ -98,7 +98,7 @@ class Arbiter:
         self._store = StoreRole(cfg, key, self._readers, clock) if StoreRole.wanted(cfg) \
             else None
         store_env = self._store.gateway_env() if self._store is not None else None
-        self._gateway = Watcher(gateway_spec(commands, listener.fileno(), key, store_env),
+        self._gateway = Watcher(gateway_spec(commands, listener.fileno(), key, store=store_env),
                                 RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                                 GatewayReporter(self._link), window)
         # Without coprocess there is nothing for a worker to do (and no hooks

@@ -36,7 +36,7 @@ def test_gateways_are_told_the_socket_and_an_inherited_one_is_never_passed_on(
     monkeypatch.setenv(STORE_SOCKET_ENV, "/stale/store.sock")  # in the supervisor's own
     alone = gateway_spec(commands, 5, b"k" * 32).env(1)
     shared = gateway_spec(commands, 5, b"k" * 32,
-                          {STORE_SOCKET_ENV: str(tmp_path / "store.sock")}).env(1)
+                          store={STORE_SOCKET_ENV: str(tmp_path / "store.sock")}).env(1)
     assert STORE_SOCKET_ENV not in alone
     assert shared[STORE_SOCKET_ENV] == str(tmp_path / "store.sock")
 
