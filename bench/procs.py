@@ -153,9 +153,9 @@ class Coproc:
         out: dict[str, int] = {}
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.proc.pid).children(recursive=True):
-                cmd = " ".join(child.cmdline())
+                argv = child.cmdline()
                 for role in ("gateway", "worker"):
-                    if f"-m {role}" in cmd:
+                    if argv[1:3] == ["-m", role]:  # not `-m gateway.storage.server`
                         out[role] = child.pid
         return out
 

@@ -67,10 +67,12 @@ from gateway.plan import ApiPlan, api_spec, build_router
 from gateway.policy import PolicyStore
 from gateway.proxy import make_session
 from gateway.router import Router
-from gateway.storage import MemoryStorage, Storage, open_storage
+from gateway.storage import MemoryStorage, RemoteStorage, Storage, open_storage
 from gateway.tracing import Tracing
 from ipc import gctune
+from ipc.contract import STORE_SOCKET_ENV
 from ipc.control import ControlType
+from ipc.tokens import store_token
 
 __all__ = [
     "CHAIN",
@@ -120,6 +122,9 @@ HEALTH = web.AppKey("health", HealthRegistry)
 #: The definition files the live routes left out (named by health; a reload replaces them).
 BROKEN = web.AppKey("broken", BrokenDefinitions)
 
+#: How long a booting gateway waits for the store process to answer before serving.
+_STORE_BOOT_S = 5.0
+
 # aiohttp needs a number; "no limit" (max_body_bytes 0) is one no body reaches.
 _NO_LIMIT = 1 << 62
 
@@ -139,8 +144,10 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[CONFIG] = cfg
     apis = list(apis)
     app[ROUTER] = build_router(cfg, apis)
-    # Sessions, counters and plugin data: memory, or Redis shared by instances.
-    app[STORE] = open_storage(cfg.storage)
+    # Sessions, counters and plugin data: memory (here, or in the store process when
+    # the instance runs several gateway processes), or Redis shared by instances.
+    app[STORE] = open_storage(cfg.storage, os.environ.get(STORE_SOCKET_ENV, ""),
+                              store_token(instance_key))
     handlers = {api.api_id: api.event_handlers for api in apis if api.active}
     app[EVENTS] = EventBus(lambda api_id: handlers.get(api_id, {}),
                            specs={api.api_id: api_spec(api) for api in apis if api.active})
@@ -236,7 +243,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     shared = not isinstance(store, MemoryStorage)
     if shared:
         where = getattr(store, "where", "")
-        up = await store.ping()
+        # The supervisor starts the store first; give one that is still booting a moment.
+        up = await store.wait_ready(_STORE_BOOT_S) if isinstance(store, RemoteStorage) \
+            else await store.ping()
         if up:
             log.info("storage: %s", where)
         else:  # not fatal: requests that need it get 503 until it answers

@@ -25,6 +25,7 @@ __all__ = [
     "NEVER_INHERITED",
     "SCRATCH_DIR_ENV",
     "SECRET_FD_ENV",
+    "STORE_SOCKET_ENV",
     "SUPERVISOR_PID_ENV",
     "SYSTEMD_ENV",
     "coprocess_env",
@@ -44,6 +45,9 @@ LISTEN_FD_ENV: Final = "COPROC_LISTEN_FD"
 SECRET_FD_ENV: Final = "COPROC_SECRET_FD"  # noqa: S105 (a variable name)
 #: Gateway: its index among the instance's gateway processes (0 when absent).
 GATEWAY_INDEX_ENV: Final = "COPROC_GATEWAY_INDEX"
+#: Gateway, when the instance's memory storage lives in the store process (several
+#: gateway processes): the store's unix socket (gateway/storage/remote.py).
+STORE_SOCKET_ENV: Final = "COPROC_STORE_SOCKET"
 #: Worker: its generation number.
 GENERATION_ENV: Final = "COPROC_GENERATION"
 #: Worker, "1": send `loaded` and wait for `admit` before HELLO.
@@ -56,7 +60,7 @@ CGROUPS_ENV: Final = "COPROC_CGROUPS"
 #: Every name of the contract: set per child by the supervisor, or not at all.
 CONTRACT_ENV: Final = frozenset({
     CONTROL_FD_ENV, SUPERVISOR_PID_ENV, LISTEN_FD_ENV, SECRET_FD_ENV, GENERATION_ENV,
-    ADMIT_GATE_ENV, SCRATCH_DIR_ENV, CGROUPS_ENV, GATEWAY_INDEX_ENV,
+    ADMIT_GATE_ENV, SCRATCH_DIR_ENV, CGROUPS_ENV, GATEWAY_INDEX_ENV, STORE_SOCKET_ENV,
     # Names of an older contract that carried secrets in the environment: never passed on.
     "COPROC_INSTANCE_KEY", "COPROC_WORKER_TOKEN",
 })

@@ -53,6 +53,7 @@ from supervisor.slot import SlotState
 from supervisor.spawner import gateway_spec, worker_spec
 from supervisor.status import ServiceStatus
 from supervisor.stopping import Shutdown
+from supervisor.store_role import StoreRole
 from supervisor.watcher import EXIT_HISTORY, Watcher
 
 __all__ = ["GATEWAY_FATAL_EXIT", "TICK_S", "Arbiter", "Phase"]
@@ -70,6 +71,7 @@ _EXPECTED: Final = {
     Role.WORKER: frozenset({ControlType.READY, ControlType.LOADED, ControlType.HEARTBEAT,
                             ControlType.IMPORTING}),
     Role.GRPC_SERVER: frozenset(),  # it speaks gRPC only: it is probed (grpc_server.py)
+    Role.STORE: frozenset({ControlType.READY}),
 }
 
 log = logging.getLogger("coproc.supervisor.arbiter")
@@ -99,9 +101,13 @@ class Arbiter:
         listeners = (listener,) if isinstance(listener, socket.socket) else tuple(listener)
         self._link = GatewayLink(processes)
         key, window = new_instance_key(), cfg.supervisor.flap_window_s
+        # Memory storage shared by several gateway processes lives in the store process.
+        self._store = StoreRole(cfg, key, self._readers, clock) if StoreRole.wanted(cfg) \
+            else None
+        store_env = self._store.gateway_env() if self._store is not None else None
         self._gateways = tuple(
             Watcher(gateway_spec(commands, listeners[index % len(listeners)].fileno(), key,
-                                 index, processes),
+                                 index, processes, store_env),
                     RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                     GatewayReporter(self._link, index), window,
                     liveness=gateway_deadlines(cfg))
@@ -115,16 +121,19 @@ class Arbiter:
                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
                                WorkerReporter(self._link), window, liveness=cfg.worker) \
             if cfg.enable_coprocess and self._grpc is None else None
-        #: Every role's watcher, the gateways' first.
+        #: Every role's watcher: the store's (if any), the gateways', the coprocess's.
         coprocess = self._grpc.watcher if self._grpc is not None else self._worker
         self._roles = self._gateways if coprocess is None else (*self._gateways, coprocess)
+        if self._store is not None:  # first: started before the gateways, in each pass
+            self._roles = (self._store.watcher, *self._roles)
         #: Which API definitions serve and which are broken (`coproc status`).
         self._definitions = ServedDefinitions(cfg)
         self._hot = HotRestart(cfg, self._worker, self._link, self._readers, self._status,
                                self._describe, clock, self._definitions) \
             if self._worker is not None else None
         self._shutdown = Shutdown(cfg, self._status, self._gateways, coprocess, self._hot,
-                                  self._children)
+                                  self._children,
+                                  self._store.watcher if self._store is not None else None)
         # Bundles: one fetcher per instance; a bundle that arrives late asks for a
         # reload through the same event a SIGHUP makes.
         self._bundles = BundleGate.for_config(
@@ -195,6 +204,7 @@ class Arbiter:
         worker = self._worker.status(now) if self._worker is not None else _NO_WORKER
         hot, reload = self._hot.status() if self._hot is not None else (_NO_HOT, _NO_RELOAD)
         own = self._grpc.watcher.status(now)["last_exits"] if self._grpc is not None else []
+        own += self._store.watcher.status(now)["last_exits"] if self._store is not None else []
         exits = sorted([*(e for g in gateways for e in g["last_exits"]),
                         *worker["last_exits"], *own], key=lambda e: e["time"])
         return {
@@ -209,6 +219,7 @@ class Arbiter:
             "bundles": self._bundles.status() if self._bundles is not None else [],
             "definitions": self._definitions.status(),
             **({"grpc_server": self._grpc.status(now)} if self._grpc is not None else {}),
+            **({"store": self._store.status(now)} if self._store is not None else {}),
         }
 
     def _reconcile(self, now: float) -> None:
@@ -365,6 +376,8 @@ class Arbiter:
         if self._grpc is not None:
             parts.append(f"gRPC server generation {self._grpc.watcher.generation} "
                          f"{self._grpc.watcher.state.value}")
+        if self._store is not None:
+            parts.append(f"store {self._store.watcher.state.value}")
         return "; ".join(parts)
 
     def _children(self) -> Iterator[ChildProcess]:

@@ -41,6 +41,7 @@ class Role(enum.Enum):
     GATEWAY = "gateway"
     WORKER = "worker"
     GRPC_SERVER = "grpc_server"  # a supervised gRPC plugin server (supervisor/grpc_server.py)
+    STORE = "store"  # memory storage for several gateway processes (supervisor/store_role.py)
 
 
 class ChildState(enum.Enum):

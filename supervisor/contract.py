@@ -30,7 +30,8 @@ from ipc.contract import (
 from ipc.tokens import worker_token
 
 __all__ = ["WORKER_SECTIONS", "WORKER_TYK_FIELDS", "ChildCommands", "gateway_env",
-           "gateway_secret", "scratch_dir", "worker_config", "worker_env", "worker_secret"]
+           "gateway_secret", "scratch_dir", "store_env", "worker_config", "worker_env",
+           "worker_secret"]
 
 #: The parts of `coproc` a worker reads: never storage, keys, admin secret, bundles'
 #: headers, analytics or anything else the gateway config holds.
@@ -69,6 +70,11 @@ def gateway_env(listen_fd: int, index: int = 0,
     env[LISTEN_FD_ENV] = str(listen_fd)
     env[GATEWAY_INDEX_ENV] = str(index)
     return env
+
+
+def store_env(inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The store process's environment, except COPROC_CONTROL_FD (set at spawn)."""
+    return _base_env(inherited)
 
 
 def gateway_secret(instance_key: bytes) -> bytes:

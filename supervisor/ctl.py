@@ -116,6 +116,10 @@ def format_status(status: dict[str, Any]) -> str:
                      f"at {_dash(grpc.get('address'))}  up {_duration(grpc.get('uptime_s'))}  "
                      f"restarts {_dash(grpc.get('restarts'))}  "
                      f"hot restarts {_dash(grpc.get('hot_restarts'))}")
+    store = status.get("store")
+    if store:  # memory storage for several gateway processes (supervisor/store_role.py)
+        lines.append(f"store       {_pid(store.get('pid'))}  {store.get('state')}  "
+                     f"restarts {_dash(store.get('restarts'))}  {store.get('socket')}")
     last = (status.get("reload") or {}).get("last")
     if last:
         outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"

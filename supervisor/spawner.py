@@ -14,16 +14,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ipc.tokens import store_token
 from supervisor.child import ChildProcess, Role
 from supervisor.contract import (
     ChildCommands,
     gateway_env,
     gateway_secret,
+    store_env,
     worker_env,
     worker_secret,
 )
 
-__all__ = ["SpawnSpec", "gateway_spec", "grpc_server_spec", "worker_spec"]
+__all__ = ["SpawnSpec", "gateway_spec", "grpc_server_spec", "store_spec", "worker_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +53,12 @@ class SpawnSpec:
 
 
 def gateway_spec(commands: ChildCommands, listen_fd: int, instance_key: bytes,
-                 index: int = 0, processes: int = 1) -> SpawnSpec:
-    """Gateway process `index` of `processes`: all of them accept on `listen_fd`."""
+                 index: int = 0, processes: int = 1,
+                 store: Mapping[str, str] | None = None) -> SpawnSpec:
+    """Gateway process `index` of `processes`: all of them accept on `listen_fd`.
+    `store`: the store process's part of the environment (store_role.py), if any."""
     return SpawnSpec(Role.GATEWAY, commands.gateway,
-                     lambda _generation: gateway_env(listen_fd, index),
+                     lambda _generation: {**gateway_env(listen_fd, index), **(store or {})},
                      secret=lambda _generation: gateway_secret(instance_key),
                      pass_fds=(listen_fd,),
                      label=f"gateway {index}" if processes > 1 else "")
@@ -77,3 +81,13 @@ def grpc_server_spec(command: tuple[str, ...], config_path: str,
     argv = (sys.executable, "-m", "worker.sandbox.grpc_launch", "--config", config_path, "--",
             *command)
     return SpawnSpec(Role.GRPC_SERVER, argv, env, confined=True)
+
+
+def store_spec(socket_path: str, log_level: str, log_format: str,
+               instance_key: bytes) -> SpawnSpec:
+    """The store process (gateway/storage/server.py; supervisor/store_role.py); its
+    secret is the token gateways present (`ipc.tokens.store_token`)."""
+    argv = (sys.executable, "-m", "gateway.storage.server", "--socket", socket_path,
+            "--log-level", log_level, "--log-format", log_format)
+    return SpawnSpec(Role.STORE, argv, lambda _generation: store_env(),
+                     secret=lambda _generation: store_token(instance_key).encode())

@@ -1,4 +1,5 @@
-"""The staged stop: the gateway processes drain first, then the worker; KILL at the deadline.
+"""The staged stop: the gateway processes drain first, then the worker (and the store
+process once every gateway process is gone); KILL at the deadline.
 
 `Shutdown` carries out a `StopPlan` (shutdown.py has the schedule) on the
 watchers and the hot restart's generations.  A second stop request (or
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from config.gateway import GatewayConfig
-from supervisor.child import ChildProcess
+from supervisor.child import ChildProcess, ChildState
 from supervisor.hot_restart import HotRestart
 from supervisor.shutdown import FINAL_REAP_S, StopPlan
 from supervisor.status import ServiceStatus
@@ -25,8 +26,10 @@ log = logging.getLogger("coproc.supervisor.stopping")
 class Shutdown:
     def __init__(self, cfg: GatewayConfig, status: ServiceStatus, gateways: Sequence[Watcher],
                  worker: Watcher | None, hot: HotRestart | None,
-                 children: Callable[[], Iterable[ChildProcess]]) -> None:
+                 children: Callable[[], Iterable[ChildProcess]],
+                 store: Watcher | None = None) -> None:
         self._cfg, self._status = cfg, status
+        self._store = store  # the store process: the gateways need it until they are gone
         self._gateways, self._worker, self._hot = tuple(gateways), worker, hot
         self._children = children
         self._plan: StopPlan | None = None
@@ -44,6 +47,8 @@ class Shutdown:
         # The worker stays up meanwhile: draining requests still run hooks.
         if self._worker is not None:
             self._worker.stop(now, terminate=False)
+        if self._store is not None:
+            self._store.stop(now, terminate=False)  # draining requests still use storage
         if self._hot is not None:
             self._hot.abandon("stopping")
         self._status.stopping(why)
@@ -59,6 +64,10 @@ class Shutdown:
         if self._worker is not None and plan.worker_term_due(
                 now, any(g.child is not None for g in self._gateways)):
             self._worker.stop(now, terminate=True)
+        store = self._store.child if self._store is not None else None
+        if store is not None and all(g.child is None for g in self._gateways) \
+                and store.state in (ChildState.STARTING, ChildState.READY):
+            store.terminate()
         alive = list(self._children())
         if not alive:
             return True

@@ -1,4 +1,4 @@
-"""Storage backends behind one interface: memory, and a real redis-server.
+"""Storage backends behind one interface: memory, a real store process, a real redis-server.
 
 Every behaviour runs against both; the counters are hammered concurrently to
 show they are exact (no read-modify-write race).
@@ -8,21 +8,48 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from integration.harness import free_port
+from integration.store_process import StoreProcess
 
 from config.gateway import StorageConfig
-from gateway.storage import MemoryStorage, Storage, StorageUnavailable, open_storage
+from gateway.storage import (
+    MemoryStorage,
+    RemoteStorage,
+    Storage,
+    StorageUnavailable,
+    open_storage,
+)
 from gateway.storage.redis import RedisStorage
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def store_process() -> Iterator[StoreProcess]:
+    """One store process for the module (tests use keys of their own)."""
+    store = StoreProcess().start()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["memory", "remote", "redis"])
 async def storage(request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
     if request.param == "memory":
         yield MemoryStorage()
+        return
+    if request.param == "remote":  # the memory storage in the store process
+        process = request.getfixturevalue("store_process")
+        remote = open_storage(StorageConfig(timeout_ms=2000), str(process.socket),
+                              process.token)
+        assert isinstance(remote, RemoteStorage)
+        try:
+            yield remote
+        finally:
+            await remote.close()
         return
     server = request.getfixturevalue("redis_server")
     store = open_storage(StorageConfig(type="redis", port=server.port, timeout_ms=2000))
@@ -130,3 +157,15 @@ async def test_get_many_and_scan(storage: Storage) -> None:
         [b"1", None, b"2"]
     assert sorted(await storage.scan(prefix)) == [f"{prefix}a", f"{prefix}b*"]
     assert await storage.scan(f"{prefix}b*") == [f"{prefix}b*"]
+
+
+async def test_a_long_key_and_a_long_multi_get(storage: Storage) -> None:
+    """A client's oversized credential is just a key (no backend refuses it), and a
+    multi-get longer than one store request holds is split, in order."""
+    long_key = key() + "x" * 100_000
+    await storage.set(long_key, b"v")
+    assert await storage.get(long_key) == b"v"
+    many = [key() for _ in range(10_050)]
+    await storage.set(many[-1], b"last")
+    got = await storage.get_many(many)
+    assert len(got) == len(many) and got[-1] == b"last" and got[:-1] == [None] * 10_049
