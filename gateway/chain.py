@@ -45,8 +45,8 @@ from gateway.tyk_object import (
     Reply,
     RequestState,
     ResponseState,
-    apply_request,
     apply_response,
+    apply_result,
     error_reply,
     overrides_reply,
     request_object,
@@ -225,11 +225,7 @@ class Chain:
             got = await self._call(plan, hook_type, hook, obj, rid)
             if got is None:
                 continue  # failed open: the request goes on unchanged
-            request = got.get("request") or {}
-            apply_request(state, obj["request"], request)
-            if hook_type != "pre":  # pre hooks run before there is a session
-                state.session = got.get("session", state.session)
-                state.metadata = got.get("metadata", state.metadata)
+            request = apply_result(state, hook_type, obj, got)
             reply = overrides_reply(request.get("return_overrides") or {})
             if reply is not None:
                 raise _Stop(reply_response(reply))

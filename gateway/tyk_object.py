@@ -53,6 +53,7 @@ __all__ = [
     "ResponseState",
     "apply_request",
     "apply_response",
+    "apply_result",
     "canonical_header",
     "error_reply",
     "header_map",
@@ -214,6 +215,21 @@ def apply_request(state: RequestState, sent: Mapping[str, Any], got: Mapping[str
     raw = replaced(got, sent, "raw_body")
     if isinstance(raw, bytes) and raw != sent.get("raw_body"):
         state.body, state.body_replaced = raw, True
+
+
+def apply_result(state: RequestState, hook_type: str, sent: Mapping[str, Any],
+                 got: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Apply a request-phase hook's whole result (`got`, merged over `sent`) to `state`;
+    return its `request` record (its `return_overrides` may end the request).
+
+    Pre hooks run before there is a session: their session and metadata are not taken.
+    """
+    request: Mapping[str, Any] = got.get("request") or {}
+    apply_request(state, sent["request"], request)
+    if hook_type != "pre":
+        state.session = got.get("session", state.session)
+        state.metadata = got.get("metadata", state.metadata)
+    return request
 
 
 def _apply_headers(state: RequestState, deletes: Iterable[str], sets: Mapping[str, str]) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final, NotRequired, TypedDict
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from ipc.coprocess import MISSING, LazyText, merge_reply, replaced, resolved, utf8_text
+from ipc.coprocess import MISSING, LazyText, merge_reply, replaced, resolved
 
 __all__ = [
     "PATH_SAFE",
@@ -197,7 +197,7 @@ def _next_request_record(before: Mapping[str, Any], after: Mapping[str, Any],
     if raw_body_only or not raw:
         text = ""
     elif text is MISSING or not resolved(text):  # changed, or "" for a raw_body_only hook
-        text = LazyText(raw) if type(before.get("body")) is LazyText else utf8_text(raw)
+        text = LazyText(raw)  # decoded if the plugin reads it (worker/objects.py)
     return {
         "headers": headers,
         "set_headers": {},
@@ -261,7 +261,7 @@ def next_response_object(sent: Mapping[str, Any], reply: Mapping[str, Any],
     if raw_body_only or not raw:
         text = ""
     elif text is MISSING or not resolved(text):
-        text = LazyText(raw) if type(before.get("body")) is LazyText else utf8_text(raw)
+        text = LazyText(raw)  # decoded if the plugin reads it (worker/objects.py)
     request = dict(sent.get("request") or {})
     obj: dict[str, Any] = {
         "hook_type": hook["hook_type"], "hook_name": hook["hook_name"], "request": request,
