@@ -17,8 +17,9 @@ module is the one home of that rule, for both ends:
   `rebuild_query`, `new_method`;
 * `short_circuits`: whether a result's `return_overrides` ends the request
   (the gateway answers it instead of proxying), so later hooks do not run;
-* the payload parts (`MergedHook`, `HookResult`, `HookFailure`) as
-  TypedDicts; their wire shapes are in `ipc.protocol`.
+* the payload parts (`MergedHook`, `HookResult`, `HookFailure`, defined with
+  the other payloads in `ipc.coprocess`) as TypedDicts; their wire shapes are
+  in `ipc.protocol`.
 
 Nothing here logs: the gateway reports a plugin's invalid header or method
 when it applies the result, once, as with separate calls.
@@ -27,10 +28,19 @@ when it applies the result, once, as with separate calls.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, NotRequired, TypedDict
+from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from ipc.coprocess import MISSING, LazyText, merge_reply, replaced, resolved
+from ipc.coprocess import (
+    MISSING,
+    HookFailure,
+    HookResult,
+    LazyText,
+    MergedHook,
+    merge_reply,
+    replaced,
+    resolved,
+)
 
 __all__ = [
     "PATH_SAFE",
@@ -57,31 +67,6 @@ TOKEN: Final = frozenset("!#$%&'*+-.^_`|~0123456789"
 PATH_SAFE: Final = "/%:@!$&'()*+,;=-._~"
 _CANONICAL: dict[str, str] = {}
 _CANONICAL_CACHE_MAX = 4096
-
-
-class MergedHook(TypedDict):
-    """One entry of a CALL's `then`: a hook to run after the previous one."""
-
-    hook_name: str
-    hook_type: str
-    timeout_ms: NotRequired[int]
-    raw_body_only: NotRequired[bool]  # its object's `body` text is "" (Tyk's raw_body_only)
-
-
-class HookResult(TypedDict):
-    """One entry of a merged REPLY's `results`: one hook's REPLY, in call order."""
-
-    object: dict[str, Any]
-    run_ns: NotRequired[int]
-    bodies: NotRequired[dict[str, Any]]
-
-
-class HookFailure(TypedDict):
-    """A merged REPLY's `failed`: hook `index` (0: the CALL's own hook) failed so."""
-
-    index: int
-    code: str
-    message: str
 
 
 # -- pieces both ends use ------------------------------------------------------------------
