@@ -140,6 +140,8 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "threads": int,
             # layer -> "active: ..." / "skipped: why" / "off" (worker/sandbox/launcher.py)
             "sandbox": MapOf(str),
+            # true: it runs merged CALLs (`then`); without it each hook gets its own CALL
+            "merge": bool,
         },
         required=frozenset({"generation", "pid", "token"}),
     ),
