@@ -88,7 +88,7 @@ def group_reply(payload: Mapping[str, Any], size: int) -> GroupReply:
                                                    f"result(s) names hook {failed['index']}")
         else:
             error = error_from_reply(failed)
-    return GroupReply(results, error)
+    return GroupReply([result["object"] for result in results], error)
 
 
 def hook_times(reply: GroupReply, total_ns: int) -> list[int]:
