@@ -99,7 +99,8 @@ class HookClient:
         """Run one hook in the active worker; return the object after the hook."""
         payload: dict[str, Any] = {"api_id": api_id, "hook_type": hook_type, "hook_name": hook.name,
                                    "timeout_ms": hook.timeout_ms, "object": obj}
-        reply = await self._exchange(await self._peer(), hook, payload, hook.timeout_ms)
+        peer = self._peers.active or await self._wait_for_peer()
+        reply = await self._exchange(peer, hook, payload, hook.timeout_ms)
         if "object" not in reply:
             self.stats["protocol_errors"] += 1
             raise HookFailed(ErrorCode.PROTOCOL, "a merged REPLY answered a single CALL")
@@ -115,7 +116,7 @@ class HookClient:
         so); the caller then calls them one by one.  The call's deadline is the
         sum of its hooks' (each hook's own is the worker's, docs/PROTOCOL.md).
         """
-        peer = await self._peer()
+        peer = self._peers.active or await self._wait_for_peer()
         if not peer.merges:
             return None
         first = group[0]
@@ -128,11 +129,9 @@ class HookClient:
                                      sum(step.hook.timeout_ms for step in group))
         return group_reply(reply, len(group))
 
-    async def _peer(self) -> Peer:
-        peer = self._peers.active
-        if peer is None:
-            peer = await self._peers.wait_for_active(self._cfg.hooks.worker_wait_ms / 1000)
-        return peer
+    async def _wait_for_peer(self) -> Peer:
+        """The active worker once there is one (a new generation booting)."""
+        return await self._peers.wait_for_active(self._cfg.hooks.worker_wait_ms / 1000)
 
     async def _exchange(self, peer: Peer, hook: HookDef, payload: dict[str, Any],
                         timeout_ms: int) -> dict[str, Any]:
