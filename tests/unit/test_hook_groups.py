@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from config.apidef import HookDef, load_api_definitions
-from config.gateway import GatewayConfig
+from config.gateway import GatewayConfig, load_gateway_config
+from config.reader import ConfigError
 from gateway.analytics.observer import ObservedHooks
 from gateway.hook_errors import HookFailed, HookTimeout
 from gateway.hook_groups import GroupReply, HookGroup, Step, group_hooks, group_reply, hook_times
@@ -112,3 +113,14 @@ def test_metrics_count_one_call_per_hook_of_a_merged_call() -> None:
     assert reply is not None and len(reply.results) == 1
     assert metrics.hook_calls == {("api", "pre", "A", "ok"): 1,
                                   ("api", "post", "B", "timeout"): 1}
+
+
+def test_the_merge_setting(tmp_path: Path) -> None:
+    path = tmp_path / "coproc.json"
+    path.write_text("{}")
+    assert load_gateway_config(path).hooks.merge is True
+    path.write_text(json.dumps({"coproc": {"hooks": {"merge": False}}}))
+    assert load_gateway_config(path).hooks.merge is False
+    path.write_text(json.dumps({"coproc": {"hooks": {"merge": "no"}}}))
+    with pytest.raises(ConfigError, match=r"coproc\.hooks\.merge"):
+        load_gateway_config(path)
