@@ -1,7 +1,7 @@
 """Per-API plans: everything about an API the chain needs, worked out once at load.
 
-The request path then only reads attributes: hook lists per phase, the hooks
-of each request stage in the groups that share a CALL (gateway/hook_groups.py),
+The request path then only reads attributes: the hooks of each stage in the
+groups that share a CALL (gateway/hook_groups.py),
 the auth mode, whether the body must be buffered, the `spec` record hooks
 receive and the parsed upstream target.
 """
@@ -45,9 +45,6 @@ class ApiPlan:
     spec: dict[str, str]  # shared by every call: never mutated
     auth: AuthMode
     auth_hook: HookDef | None
-    pre: tuple[HookDef, ...]
-    post_key_auth: tuple[HookDef, ...]
-    post: tuple[HookDef, ...]
     response: tuple[HookDef, ...]
     needs_body: bool  # a request-phase hook runs: read the body whole
     log_fields: dict[str, str]
@@ -128,9 +125,6 @@ def build_plan(api: APIDefinition, coprocess: bool = True, merge: bool = True) -
         spec=api_spec(api),
         auth=auth,
         auth_hook=auth_hook,
-        pre=pre,
-        post_key_auth=post_key_auth,
-        post=post,
         response=response,
         needs_body=bool(pre or auth_hook or post_key_auth or post),
         log_fields={"api_id": api.api_id},
@@ -147,9 +141,9 @@ def build_plan(api: APIDefinition, coprocess: bool = True, merge: bool = True) -
 def _plugins_off(api: APIDefinition) -> ApiPlan:
     """An API whose plugins cannot run: closed, whatever its auth settings say."""
     return ApiPlan(api=api, target=Target.from_proxy(api.proxy), spec=api_spec(api),
-                   auth=AuthMode.PLUGIN, auth_hook=None, pre=(), post_key_auth=(), post=(),
-                   response=(), needs_body=False, log_fields={"api_id": api.api_id},
-                   broken=PLUGINS_DISABLED, broken_status=503)
+                   auth=AuthMode.PLUGIN, auth_hook=None, response=(), needs_body=False,
+                   log_fields={"api_id": api.api_id}, broken=PLUGINS_DISABLED,
+                   broken_status=503)
 
 
 def build_router(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> Router[ApiPlan]:
