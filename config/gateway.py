@@ -96,6 +96,8 @@ class HookOptions:
     failure_policy: str = "fail_closed"
     # How long a call waits for a worker while a new generation boots.
     worker_wait_ms: int = 5000
+    # Hooks with no gateway work between them share one CALL (ipc/merged.py).
+    merge: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +462,7 @@ def _hooks(r: Reader) -> HookOptions:
         timeout_ms=r.number("timeout_ms", int, d.timeout_ms, 1),
         failure_policy=r.choice("failure_policy", FAILURE_POLICIES, d.failure_policy),
         worker_wait_ms=r.number("worker_wait_ms", int, d.worker_wait_ms, 0),
+        merge=r.get("merge", bool, d.merge),
     )
 
 

@@ -6,13 +6,18 @@ match -> pre hooks -> auth and session checks (gateway.auth)
 A request with no request-phase hook streams its body to the upstream; one
 without response hooks streams the upstream's body back.  Hook failures follow
 each hook's `failure_policy`; auth always fails closed.
+
+Hooks run in the groups the plan made (gateway/hook_groups.py): a group of
+several hooks is one merged call, whose results are applied here in order
+exactly as separate calls' would be; a failed hook's own policy then decides
+(fail_open: the group's remaining hooks go on, as a further merged call).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -24,7 +29,8 @@ from config.gateway import GatewayOptions
 from gateway.analytics import observer as observe
 from gateway.auth import Authenticator, Denied
 from gateway.bodies import defers_text
-from gateway.hooks import BackendUnavailable, HookCallError, HookTimeout, NoWorker
+from gateway.hook_groups import GroupReply, HookGroup, Step
+from gateway.hooks import BackendUnavailable, HookCallError, HookFailed, HookTimeout, NoWorker
 from gateway.log_once import hook_failure_level
 from gateway.plan import ApiPlan, AuthMode
 from gateway.proxy import (
@@ -45,13 +51,15 @@ from gateway.tyk_object import (
     Reply,
     RequestState,
     ResponseState,
-    apply_request,
     apply_response,
+    apply_result,
     error_reply,
     overrides_reply,
     request_object,
     response_object,
 )
+from ipc.coprocess import merge_reply
+from ipc.protocol import ErrorCode
 from ipc.ratelog import Throttle
 
 __all__ = ["STATS", "Chain", "HookCaller", "json_error"]
@@ -74,10 +82,19 @@ STATS = ("requests", "no_route", "bad_path", "body_too_large", "upstream_errors"
 
 
 class HookCaller(Protocol):
-    """What the chain needs of `gateway.hooks.HookClient`."""
+    """What the chain needs of `gateway.hooks.HookClient` (through `DriverRouter`)."""
 
     async def call(self, api_id: str, hook_type: str, hook: HookDef,
                    obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def call_group(self, api_id: str, group: HookGroup,
+                         obj: dict[str, Any]) -> GroupReply | None: ...
+
+
+#: Builds a hook's object from the request's state (`defer`: its text may stay lazy).
+_Build = Callable[[Step, bool], dict[str, Any]]
+#: Applies a hook's result (the REPLY merged over what it got) to the request's state.
+_Apply = Callable[[Step, dict[str, Any], dict[str, Any]], None]
 
 
 class _Stop(Exception):
@@ -176,14 +193,12 @@ class Chain:
             raise _Stop(self._too_large())  # refused before reading a byte of it
         if plan.needs_body:
             state.body = await self._read_body(request)
-        if plan.pre:
-            await self._hooks(plan, "pre", plan.pre, state, rid)
+        for group in plan.before_auth:  # pre (and post on a keyless API)
+            await self._request_group(plan, group, state, rid)
         if plan.auth is not AuthMode.KEYLESS:
             await self._authenticate(plan, state, rid)
-        if plan.post_key_auth:
-            await self._hooks(plan, "post_key_auth", plan.post_key_auth, state, rid)
-        if plan.post:
-            await self._hooks(plan, "post", plan.post, state, rid)
+        for group in plan.after_auth:  # post_key_auth and post
+            await self._request_group(plan, group, state, rid)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole body, bounded by max_body_bytes, copied once.
@@ -217,22 +232,59 @@ class Chain:
         self.stats["body_too_large"] += 1
         return json_error(413, f"Request body exceeds {self.max_body} bytes")
 
-    async def _hooks(self, plan: ApiPlan, hook_type: str, hooks: tuple[HookDef, ...],
-                     state: RequestState, rid: str) -> None:
-        for hook in hooks:
-            obj = request_object(state, plan.spec, hook_type, hook,
-                                 defer_text=defers_text(self.hooks))
-            got = await self._call(plan, hook_type, hook, obj, rid)
-            if got is None:
-                continue  # failed open: the request goes on unchanged
-            request = got.get("request") or {}
-            apply_request(state, obj["request"], request)
-            if hook_type != "pre":  # pre hooks run before there is a session
-                state.session = got.get("session", state.session)
-                state.metadata = got.get("metadata", state.metadata)
+    async def _request_group(self, plan: ApiPlan, group: HookGroup, state: RequestState,
+                             rid: str) -> None:
+        def build(step: Step, defer: bool) -> dict[str, Any]:
+            return request_object(state, plan.spec, step.hook_type, step.hook, defer_text=defer)
+
+        def apply(step: Step, sent: dict[str, Any], got: dict[str, Any]) -> None:
+            request = apply_result(state, step.hook_type, sent, got)
             reply = overrides_reply(request.get("return_overrides") or {})
             if reply is not None:
                 raise _Stop(reply_response(reply))
+
+        await self._group(plan, group, build, apply, rid)
+
+    async def _group(self, plan: ApiPlan, group: HookGroup, build: _Build, apply: _Apply,
+                     rid: str) -> None:
+        """Run a group's hooks: `build` makes a hook's object from the state, `apply`
+        applies its result (raising _Stop to answer the client)."""
+        defer = defers_text(self.hooks)
+        while group:
+            reply = None
+            if len(group) > 1:
+                first = build(group[0], defer)
+                reply = await self._call_group(plan, group, first)
+            if reply is None:  # one hook, or a worker that does not merge: one call each
+                for step in group:
+                    obj = build(step, defer)
+                    got = await self._call(plan, step.hook_type, step.hook, obj, rid)
+                    if got is not None:  # None: failed open, the request goes on unchanged
+                        apply(step, obj, got)
+                return
+            sent = first
+            for index, result in enumerate(reply.results):
+                if index:  # what the worker built for it too (ipc/merged.py)
+                    sent = build(group[index], True)
+                apply(group[index], sent, merge_reply(sent, result))
+            done = len(reply.results)
+            error = reply.error
+            if error is None:
+                if done == len(group):
+                    return
+                error = HookFailed(ErrorCode.PROTOCOL, "the worker ended a merged call early "
+                                                       "without a failure or an answer")
+            step = group[done]
+            self._failed(plan, step.hook_type, step.hook, error, rid)  # fail_closed: _Stop
+            group = group[done + 1:]  # failed open: the others, as a further merged call
+
+    async def _call_group(self, plan: ApiPlan, group: HookGroup,
+                          obj: dict[str, Any]) -> GroupReply | None:
+        """A merged call; a call that failed as a whole is its first hook's failure."""
+        try:
+            return await self.hooks.call_group(plan.api_id, group, obj)
+        except HookCallError as exc:
+            return GroupReply([], exc)
 
     async def _call(self, plan: ApiPlan, hook_type: str, hook: HookDef, obj: dict[str, Any],
                     rid: str) -> dict[str, Any] | None:
@@ -240,17 +292,23 @@ class Chain:
         try:
             return await self.hooks.call(plan.api_id, hook_type, hook, obj)
         except HookCallError as exc:
-            fields = {**plan.log_fields, "hook": hook.name, "request_id": rid}
-            level = hook_failure_level(plan.api_id, hook.name, exc)  # load_failed: once
-            if hook.failure_policy == "fail_open":
-                self.stats["hooks_fail_open"] += 1
-                observe.failed_open(plan.api_id, hook_type, hook.name)
-                self._log_hook_failure(plan, hook_type, hook, exc, fields,
-                                       "failed open (skipped)", level)
-                return None
-            self.stats["hooks_fail_closed"] += 1
-            self._log_hook_failure(plan, hook_type, hook, exc, fields, "failed", level)
-            raise _Stop(_fail_closed(exc)) from None
+            self._failed(plan, hook_type, hook, exc, rid)
+            return None
+
+    def _failed(self, plan: ApiPlan, hook_type: str, hook: HookDef, exc: HookCallError,
+                rid: str) -> None:
+        """A hook failed: skip it (fail_open) or answer the client (_Stop)."""
+        fields = {**plan.log_fields, "hook": hook.name, "request_id": rid}
+        level = hook_failure_level(plan.api_id, hook.name, exc)  # load_failed: once
+        if hook.failure_policy == "fail_open":
+            self.stats["hooks_fail_open"] += 1
+            observe.failed_open(plan.api_id, hook_type, hook.name)
+            self._log_hook_failure(plan, hook_type, hook, exc, fields,
+                                   "failed open (skipped)", level)
+            return
+        self.stats["hooks_fail_closed"] += 1
+        self._log_hook_failure(plan, hook_type, hook, exc, fields, "failed", level)
+        raise _Stop(_fail_closed(exc)) from None
 
     def _log_hook_failure(self, plan: ApiPlan, hook_type: str, hook: HookDef,
                           exc: HookCallError, fields: dict[str, Any], outcome: str,
@@ -332,12 +390,15 @@ class Chain:
         # Response hooks get the whole body, bounded like request bodies.
         resp = ResponseState(upstream.status, _end_to_end(upstream),
                              await read_limited(upstream, self.max_body))
-        for hook in plan.response:
-            obj = response_object(state, resp, plan.spec, hook,
-                                  defer_text=defers_text(self.hooks))
-            got = await self._call(plan, "response", hook, obj, rid)
-            if got is not None:
-                apply_response(resp, obj["response"], got.get("response") or {})
+
+        def build(step: Step, defer: bool) -> dict[str, Any]:
+            return response_object(state, resp, plan.spec, step.hook, defer_text=defer)
+
+        def apply(step: Step, sent: dict[str, Any], got: dict[str, Any]) -> None:
+            apply_response(resp, sent["response"], got.get("response") or {})
+
+        for group in plan.response_groups:
+            await self._group(plan, group, build, apply, rid)
         out = web.Response(status=resp.status, body=resp.body,
                            reason=upstream.reason if resp.status == upstream.status else None)
         if request.method == "HEAD":

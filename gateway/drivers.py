@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from config.apidef import GRPC_DRIVER, APIDefinition, HookDef
 from config.gateway import GatewayConfig
+from gateway.hook_groups import GroupReply, HookGroup
 from gateway.hooks import NoWorker
 
 __all__ = ["DriverClient", "DriverRouter", "grpc_apis", "open_grpc"]
@@ -68,6 +69,16 @@ class DriverRouter:
             raise NoWorker("the API's driver is grpc but no gRPC plugin server is "
                            "configured (coprocess_options.coprocess_grpc_server)")
         return await self.grpc.call(api_id, hook_type, hook, obj)
+
+    async def call_group(self, api_id: str, group: HookGroup,
+                         obj: dict[str, Any]) -> GroupReply | None:
+        """A merged call to the worker (gateway/hook_groups.py); None: call one by one
+        (a gRPC hook, or a worker client that does not merge)."""
+        call_group = getattr(self.worker, "call_group", None)  # test fakes may have none
+        if call_group is None or any(step.hook.driver == GRPC_DRIVER for step in group):
+            return None
+        reply: GroupReply | None = await call_group(api_id, group, obj)
+        return reply
 
     def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
                    spec: Mapping[str, str]) -> bool:

@@ -28,6 +28,7 @@ from gateway.hook_errors import (
     WorkerLost,
     error_from_reply,
 )
+from gateway.hook_groups import GroupReply, HookGroup, group_reply, then
 from gateway.hook_socket import HookSocket
 from gateway.host_calls import HostCallHandler, HostCallServer
 from gateway.latency import Histogram
@@ -50,7 +51,7 @@ EXIT_GRACE_S = 0.05
 #: The counters in `HookClient.stats`; each is written by one of its objects.
 _STATS = ("calls", "replies", "errors", "timeouts", "worker_lost", "no_worker",
           "protocol_errors", "late_replies", "admitted", "rejected", "host_calls",
-          "shm_bodies", "shm_reply_bodies", "shm_fallback")
+          "shm_bodies", "shm_reply_bodies", "shm_fallback", "merged_calls")
 
 
 class HookClient:
@@ -96,23 +97,61 @@ class HookClient:
     async def call(self, api_id: str, hook_type: str, hook: HookDef,
                    obj: dict[str, Any]) -> dict[str, Any]:
         """Run one hook in the active worker; return the object after the hook."""
-        peer = self._peers.active
-        if peer is None:
-            peer = await self._peers.wait_for_active(self._cfg.hooks.worker_wait_ms / 1000)
-        assert self._loop is not None  # start() ran: a programming error otherwise
-        pending = self._calls.open(self._loop, peer, hook)
-        self.stats["calls"] += 1
         payload: dict[str, Any] = {"api_id": api_id, "hook_type": hook_type, "hook_name": hook.name,
                                    "timeout_ms": hook.timeout_ms, "object": obj}
+        peer = self._peers.active or await self._wait_for_peer()
+        reply = await self._exchange(peer, hook, payload, hook.timeout_ms)
+        if "object" not in reply:
+            self.stats["protocol_errors"] += 1
+            raise HookFailed(ErrorCode.PROTOCOL, "a merged REPLY answered a single CALL")
+        merged = merge_reply(obj, reply["object"])
+        merged[RUN_NS] = reply.get("run_ns", 0)  # the hook's own time (tracing, metrics)
+        return merged
+
+    async def call_group(self, api_id: str, group: HookGroup,
+                         obj: dict[str, Any]) -> GroupReply | None:
+        """Run a group's hooks in one merged CALL (`obj`: the first hook's object).
+
+        None: the active worker does not run merged calls (its HELLO did not say
+        so); the caller then calls them one by one.  The call's deadline is the
+        sum of its hooks' (each hook's own is the worker's, docs/PROTOCOL.md).
+        """
+        peer = self._peers.active or await self._wait_for_peer()
+        if not peer.merges:
+            return None
+        first = group[0]
+        payload: dict[str, Any] = {"api_id": api_id, "hook_type": first.hook_type,
+                                   "hook_name": first.hook.name,
+                                   "timeout_ms": first.hook.timeout_ms, "object": obj,
+                                   "then": then(group)}
+        self.stats["merged_calls"] += 1
+        reply = await self._exchange(peer, first.hook, payload,
+                                     sum(step.hook.timeout_ms for step in group))
+        return group_reply(reply, len(group))
+
+    async def _wait_for_peer(self) -> Peer:
+        """The active worker once there is one (a new generation booting)."""
+        return await self._peers.wait_for_active(self._cfg.hooks.worker_wait_ms / 1000)
+
+    async def _exchange(self, peer: Peer, hook: HookDef, payload: dict[str, Any],
+                        timeout_ms: int) -> dict[str, Any]:
+        """One CALL and its REPLY, with every body reference read back."""
+        assert self._loop is not None  # start() ran: a programming error otherwise
+        pending = self._calls.open(self._loop, peer, hook, timeout_ms)
+        self.stats["calls"] += 1
         bodies = self._bodies
         slots = bodies.send_side(payload) if bodies is not None else None
         started = time.perf_counter_ns()
         try:
             self._socket.queue_call(peer.identity, pending.call_id, payload)
             reply = await pending.future
-            got = reply["object"]
-            if "bodies" in reply:
-                got = reply_bodies(bodies, got, reply["bodies"], slots)
+            if "bodies" in reply and "object" in reply:
+                reply["object"] = reply_bodies(bodies, reply["object"], reply["bodies"], slots)
+            for result in reply.get("results", ()):
+                if "bodies" in result:
+                    result["object"] = reply_bodies(bodies, result["object"], result["bodies"],
+                                                    slots)
+                result["object"][RUN_NS] = result.get("run_ns", 0)
             self.latency.record_ns(time.perf_counter_ns() - started)
         except HookTimeout:
             self.stats["timeouts"] += 1
@@ -125,9 +164,7 @@ class HookClient:
             if slots and self._bodies is not None:  # None: closed, the arena is gone
                 self._bodies.release(peer, pending.call_id, slots,
                                      pending.answered or not self._peers.holds(peer))
-        merged = merge_reply(obj, got)
-        merged[RUN_NS] = reply.get("run_ns", 0)  # the hook's own time (tracing, metrics)
-        return merged
+        return reply
 
     async def analytics(self, records: list[dict[str, Any]], timeout_s: float
                         ) -> tuple[list[dict[str, Any]], int]:

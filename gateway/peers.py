@@ -54,6 +54,8 @@ class Peer:
     plugins: dict[str, Any]
     #: Its sandbox layers, as its HELLO reported them (docs/SECURITY.md).
     sandbox: dict[str, str] = field(default_factory=dict)
+    #: Its HELLO said it runs merged CALLs (several hooks, ipc/merged.py).
+    merges: bool = False
     draining: bool = False
     strikes: int = 0
     #: Its call threads' counters, as its last HEARTBEAT reported them.
@@ -112,7 +114,7 @@ class PeerTable:
         peer = self._peers.get(identity)
         if peer is None:
             peer = Peer(identity, generation, hello["pid"], hello.get("plugins", {}),
-                        dict(hello.get("sandbox", {})))
+                        dict(hello.get("sandbox", {})), merges=hello.get("merge", False))
             self._peers[identity] = peer
             self._stats["admitted"] += 1
             log.info("worker generation %d (pid %d) admitted", generation, peer.pid)

@@ -46,11 +46,14 @@ class PendingCalls:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def open(self, loop: asyncio.AbstractEventLoop, peer: Peer, hook: HookDef) -> Pending:
-        """A new call to `peer`, failing with HookTimeout after the hook's timeout."""
+    def open(self, loop: asyncio.AbstractEventLoop, peer: Peer, hook: HookDef,
+             timeout_ms: int | None = None) -> Pending:
+        """A new call to `peer`, failing with HookTimeout after the hook's timeout
+        (`timeout_ms`: a merged call's, the sum of its hooks')."""
         call_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        timer = loop.call_later(hook.timeout_ms / 1000, _expire, future, hook)
+        ms = hook.timeout_ms if timeout_ms is None else timeout_ms
+        timer = loop.call_later(ms / 1000, _expire, future, hook, ms)
         pending = self._pending[call_id] = Pending(call_id, future, peer, timer)
         return pending
 
@@ -80,7 +83,7 @@ class PendingCalls:
         if pending.future.done():
             return True
         if error is None:
-            assert obj is not None  # REPLY payloads always carry an object (validated)
+            assert obj is not None  # a REPLY's payload
             if not pending.analytics:
                 self._stats["replies"] += 1
             pending.future.set_result(obj)
@@ -119,9 +122,9 @@ class PendingCalls:
                       if pending.peer is peer and not pending.analytics)
 
 
-def _expire(future: asyncio.Future[Any], hook: HookDef) -> None:
+def _expire(future: asyncio.Future[Any], hook: HookDef, timeout_ms: int) -> None:
     # The error is built only when a call does time out: not on every call's path.
-    _fail(future, HookTimeout(f"hook {hook.name} exceeded {hook.timeout_ms} ms"))
+    _fail(future, HookTimeout(f"hook {hook.name} exceeded {timeout_ms} ms"))
 
 
 def _fail_later(future: asyncio.Future[Any], kind: type[Exception], text: str) -> None:

@@ -1,8 +1,9 @@
 """Per-API plans: everything about an API the chain needs, worked out once at load.
 
-The request path then only reads attributes: hook lists per phase, the auth
-mode, whether the body must be buffered, the `spec` record hooks receive and
-the parsed upstream target.
+The request path then only reads attributes: the hooks of each stage in the
+groups that share a CALL (gateway/hook_groups.py),
+the auth mode, whether the body must be buffered, the `spec` record hooks
+receive and the parsed upstream target.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from config.apidef import APIDefinition, HookDef
 from config.gateway import GatewayConfig
+from gateway.hook_groups import HookGroup, Step, group_hooks
 from gateway.id_extractor import IdExtractor
 from gateway.proxy import Target
 from gateway.router import Router
@@ -43,12 +45,15 @@ class ApiPlan:
     spec: dict[str, str]  # shared by every call: never mutated
     auth: AuthMode
     auth_hook: HookDef | None
-    pre: tuple[HookDef, ...]
-    post_key_auth: tuple[HookDef, ...]
-    post: tuple[HookDef, ...]
     response: tuple[HookDef, ...]
     needs_body: bool  # a request-phase hook runs: read the body whole
     log_fields: dict[str, str]
+    # The hooks of each stage in call groups (one CALL each), in order.  The
+    # gateway does nothing between pre and post on a keyless API, nor between
+    # post_key_auth and post; the upstream sits between post and response.
+    before_auth: tuple[HookGroup, ...] = ()  # pre (and post, keyless)
+    after_auth: tuple[HookGroup, ...] = ()  # post_key_auth and post (protected)
+    response_groups: tuple[HookGroup, ...] = ()
     # Why the API's plugins cannot run: it then answers every request with
     # `broken_status` rather than letting it through unchecked.  An unusable
     # bundle is Tyk's 500; plugins switched off (`enable_coprocess: false`) is
@@ -83,7 +88,8 @@ def api_spec(api: APIDefinition) -> dict[str, str]:
     return spec
 
 
-def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
+def build_plan(api: APIDefinition, coprocess: bool = True, merge: bool = True) -> ApiPlan:
+    """The API's plan; `merge`: hooks with no gateway work between them share a CALL."""
     mw = api.custom_middleware
     if coprocess and api.bundle_error:
         log.error("API %s answers 500 until its bundle is usable: %s", api.api_id,
@@ -108,18 +114,23 @@ def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
     # post_key_auth hooks run only on protected APIs.
     post_key_auth = () if auth is AuthMode.KEYLESS else phase("post_key_auth")
     pre, post = phase("pre"), phase("post")
+    pre_steps = [Step("pre", h) for h in pre]
+    post_steps = [Step("post_key_auth", h) for h in post_key_auth] + [Step("post", h)
+                                                                      for h in post]
+    response = phase("response")
+    keyless = auth is AuthMode.KEYLESS
     return ApiPlan(
         api=api,
         target=Target.from_proxy(api.proxy),
         spec=api_spec(api),
         auth=auth,
         auth_hook=auth_hook,
-        pre=pre,
-        post_key_auth=post_key_auth,
-        post=post,
-        response=phase("response"),
+        response=response,
         needs_body=bool(pre or auth_hook or post_key_auth or post),
         log_fields={"api_id": api.api_id},
+        before_auth=group_hooks(pre_steps + post_steps if keyless else pre_steps, merge),
+        after_auth=() if keyless else group_hooks(post_steps, merge),
+        response_groups=group_hooks((Step("response", h) for h in response), merge),
         broken=api.bundle_error,
         auth_header=api.auth_header_name,
         id_extractor=IdExtractor.from_config(mw.id_extractor) if auth_hook else None,
@@ -130,12 +141,13 @@ def build_plan(api: APIDefinition, coprocess: bool = True) -> ApiPlan:
 def _plugins_off(api: APIDefinition) -> ApiPlan:
     """An API whose plugins cannot run: closed, whatever its auth settings say."""
     return ApiPlan(api=api, target=Target.from_proxy(api.proxy), spec=api_spec(api),
-                   auth=AuthMode.PLUGIN, auth_hook=None, pre=(), post_key_auth=(), post=(),
-                   response=(), needs_body=False, log_fields={"api_id": api.api_id},
-                   broken=PLUGINS_DISABLED, broken_status=503)
+                   auth=AuthMode.PLUGIN, auth_hook=None, response=(), needs_body=False,
+                   log_fields={"api_id": api.api_id}, broken=PLUGINS_DISABLED,
+                   broken_status=503)
 
 
 def build_router(cfg: GatewayConfig, apis: Iterable[APIDefinition]) -> Router[ApiPlan]:
     """A router over the active APIs' plans."""
-    return Router((api.domain, api.proxy.listen_path, build_plan(api, cfg.enable_coprocess))
+    return Router((api.domain, api.proxy.listen_path,
+                   build_plan(api, cfg.enable_coprocess, cfg.hooks.merge))
                   for api in apis if api.active)

@@ -18,11 +18,14 @@ replaces the client's propagation headers in the request the chain forwards
 Each hook call gets an INTERNAL child span named `<hook_type> <hook name>`,
 with the API id and `coproc.hook.run_ms`, the worker's own time running that
 hook (the REPLY's `run_ns`: per hook even when calls share a round trip).
+The hooks of a merged call (gateway/hook_groups.py) get one span each too,
+laid end to end over the call (`coproc.hook.merged`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,6 +35,7 @@ from aiohttp import web
 from config.apidef import HookDef
 from config.reader import ConfigError
 from config.tracing import TracingOptions
+from gateway.hook_groups import GroupReply, HookGroup, Step, hook_times
 from gateway.request_id import REQUEST_INFO, TRACE_HEADERS, TraceHeaders
 from ipc.coprocess import RUN_NS
 
@@ -161,6 +165,42 @@ class TracedHooks:
             got = await self._hooks.call(api_id, hook_type, hook, obj)
             span.set_attribute("coproc.hook.run_ms", got.get(RUN_NS, 0) / 1e6)
             return got
+
+    async def call_group(self, api_id: str, group: HookGroup,
+                         obj: dict[str, Any]) -> GroupReply | None:
+        """A merged call: one span per hook that ran (and the failed one), laid end to
+        end over the call's time by each hook's share (`hook_times`)."""
+        from opentelemetry import trace
+
+        started = time.time_ns()
+        try:
+            reply = await self._hooks.call_group(api_id, group, obj)
+        except Exception as exc:
+            span = self._span(api_id, group[0], started)
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+            span.end()
+            raise
+        if reply is None:
+            return None
+        at = started
+        for index, elapsed in enumerate(hook_times(reply, time.time_ns() - started)):
+            span = self._span(api_id, group[index], at)
+            if index < len(reply.results):
+                span.set_attribute("coproc.hook.run_ms",
+                                   reply.results[index].get(RUN_NS, 0) / 1e6)
+            elif reply.error is not None:
+                span.record_exception(reply.error)
+                span.set_status(trace.StatusCode.ERROR, type(reply.error).__name__)
+            at += elapsed
+            span.end(end_time=at)
+        return reply
+
+    def _span(self, api_id: str, step: Step, start_ns: int) -> Any:
+        return self._tracer.start_span(
+            f"{step.hook_type} {step.hook.name}", start_time=start_ns,
+            attributes={"coproc.api_id": api_id, "coproc.hook.type": step.hook_type,
+                        "coproc.hook.name": step.hook.name, "coproc.hook.merged": True})
 
 
 def _sampler(opts: TracingOptions) -> Any:

@@ -30,13 +30,21 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from config.apidef import HookDef
 from gateway.header_bytes import plugin_text
 from ipc.coprocess import MISSING, LazyText, replaced, utf8_text
+from ipc.merged import (
+    canonical_header,
+    new_method,
+    params_view,
+    rebuild_query,
+    rewrite_path,
+    short_circuits,
+    valid_header,
+)
 
 __all__ = [
     "Headers",
@@ -45,6 +53,7 @@ __all__ = [
     "ResponseState",
     "apply_request",
     "apply_response",
+    "apply_result",
     "canonical_header",
     "error_reply",
     "header_map",
@@ -57,28 +66,7 @@ __all__ = [
 
 log = logging.getLogger("coproc.gateway.tyk")
 
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789"
-                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_CANONICAL: dict[str, str] = {}
-_CANONICAL_CACHE_MAX = 4096
-# Characters a path may carry unencoded; anything else a plugin writes is percent-encoded.
-_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
-
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
-
-
-def canonical_header(name: str) -> str:
-    """Go's canonical MIME header key: "x-foo-BAR" -> "X-Foo-Bar"."""
-    cached = _CANONICAL.get(name)
-    if cached is not None:
-        return cached
-    if name and _TOKEN.issuperset(name):
-        result = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
-    else:
-        result = name  # Go leaves names that are not valid tokens untouched
-    if len(_CANONICAL) < _CANONICAL_CACHE_MAX:  # bounded: names come from clients
-        _CANONICAL[name] = result
-    return result
 
 
 def header_map(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -97,12 +85,6 @@ def multivalue_headers(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any
     for name, value in headers:
         groups.setdefault(canonical_header(name), []).append(plugin_text(value))
     return [{"key": key, "values": values} for key, values in groups.items()]
-
-
-def _valid_header(name: object, value: object) -> bool:
-    return (isinstance(name, str) and isinstance(value, str) and bool(name)
-            and _TOKEN.issuperset(name)
-            and "\r" not in value and "\n" not in value and "\0" not in value)
 
 
 # -- request -----------------------------------------------------------------
@@ -141,10 +123,7 @@ class RequestState:
 
     def params_view(self) -> dict[str, str]:
         if self._params_view is None:
-            params: dict[str, str] = {}
-            for key, value in parse_qsl(self.query, keep_blank_values=True):
-                params.setdefault(key, value)
-            self._params_view = params
+            self._params_view = params_view(self.query)
         return self._params_view
 
     def lazy_text(self) -> LazyText:
@@ -226,18 +205,31 @@ def apply_request(state: RequestState, sent: Mapping[str, Any], got: Mapping[str
     _apply_headers(state, got.get("delete_headers") or (), got.get("set_headers") or {})
     url = replaced(got, sent, "url")
     if url is not MISSING and url != sent["url"] and isinstance(url, str):
-        path = urlsplit(url).path
-        state.path = quote(path if path.startswith("/") else "/" + path, safe=_PATH_SAFE)
+        state.path = rewrite_path(url)
     _apply_params(state, got.get("delete_params") or (), got.get("add_params") or {})
     method = got.get("method", "")
     if method and method != state.method:
-        if _TOKEN.issuperset(method):
-            state.method = method
-        else:
+        state.method = new_method(state.method, method)
+        if state.method != method:
             log.warning("ignoring invalid method %r set by a plugin", method)
     raw = replaced(got, sent, "raw_body")
     if isinstance(raw, bytes) and raw != sent.get("raw_body"):
         state.body, state.body_replaced = raw, True
+
+
+def apply_result(state: RequestState, hook_type: str, sent: Mapping[str, Any],
+                 got: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Apply a request-phase hook's whole result (`got`, merged over `sent`) to `state`;
+    return its `request` record (its `return_overrides` may end the request).
+
+    Pre hooks run before there is a session: their session and metadata are not taken.
+    """
+    request: Mapping[str, Any] = got.get("request") or {}
+    apply_request(state, sent["request"], request)
+    if hook_type != "pre":
+        state.session = got.get("session", state.session)
+        state.metadata = got.get("metadata", state.metadata)
+    return request
 
 
 def _apply_headers(state: RequestState, deletes: Iterable[str], sets: Mapping[str, str]) -> None:
@@ -247,7 +239,7 @@ def _apply_headers(state: RequestState, deletes: Iterable[str], sets: Mapping[st
     for name in deletes:
         headers.popall(name, None)
     for name, value in sets.items():
-        if not _valid_header(name, value):
+        if not valid_header(name, value):
             log.warning("ignoring invalid header %r set by a plugin", name)
         elif name.lower() == "host":
             state.host_override = value
@@ -259,11 +251,7 @@ def _apply_headers(state: RequestState, deletes: Iterable[str], sets: Mapping[st
 def _apply_params(state: RequestState, deletes: Iterable[str], adds: Mapping[str, str]) -> None:
     if not deletes and not adds:
         return
-    removed = set(deletes) | set(adds)
-    pairs = [(k, v) for k, v in parse_qsl(state.query, keep_blank_values=True)
-             if k not in removed]
-    pairs.extend((k, v) for k, v in adds.items())
-    state.query = urlencode(pairs)
+    state.query = rebuild_query(state.query, deletes, adds)
     state._params_view = None
 
 
@@ -300,10 +288,10 @@ def overrides_reply(overrides: Mapping[str, Any], default_error: str = "") -> Re
     >= 400 without `override_error` renders the error template; any other code
     > 0 is sent as is with the raw body.  Override headers apply in every case.
     """
-    code = overrides.get("response_code", -1)
-    if not isinstance(code, int) or code <= 0:
+    if not short_circuits(overrides):
         return None
-    headers = {k: v for k, v in (overrides.get("headers") or {}).items() if _valid_header(k, v)}
+    code: int = overrides["response_code"]
+    headers = {k: v for k, v in (overrides.get("headers") or {}).items() if valid_header(k, v)}
     body: str = overrides.get("response_error") or overrides.get("response_body") or ""
     if not 200 <= code <= 599:
         # A 1xx or out-of-range code cannot end a response: the plugin is broken.
@@ -369,13 +357,13 @@ def apply_response(resp: ResponseState, sent: Mapping[str, Any], got: Mapping[st
         for entry in multi:
             key = entry.get("key", "")
             for value in entry.get("values", ()):
-                if _valid_header(key, value):
+                if valid_header(key, value):
                     resp.headers.add(key, value)
     single = replaced(got, sent, "headers")
     if single is not MISSING:
         before: Mapping[str, str] = sent["headers"]
         for name, value in single.items():
-            if before.get(name) != value and _valid_header(name, value):
+            if before.get(name) != value and valid_header(name, value):
                 resp.headers[name] = value
         for name in before.keys() - single.keys():
             resp.headers.popall(name, None)

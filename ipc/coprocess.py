@@ -35,7 +35,10 @@ __all__ = [
     "BodyRefPayload",
     "CallPayload",
     "CoprocessObject",
+    "HookFailure",
+    "HookResult",
     "LazyText",
+    "MergedHook",
     "ReplyPayload",
     "default_for",
     "merge_reply",
@@ -198,14 +201,43 @@ class CallPayload(TypedDict):
     object: CoprocessObject
     timeout_ms: NotRequired[int]
     bodies: NotRequired[dict[str, BodyRefPayload]]
+    then: NotRequired[list[MergedHook]]  # a merged call: the hooks after this one
+
+
+class MergedHook(TypedDict):
+    """One entry of a CALL's `then`: a hook to run after the previous one."""
+
+    hook_name: str
+    hook_type: str
+    timeout_ms: NotRequired[int]
+    raw_body_only: NotRequired[bool]  # its object's `body` text is "" (Tyk's raw_body_only)
+
+
+class HookResult(TypedDict):
+    """One entry of a merged REPLY's `results`: one hook's REPLY, in call order."""
+
+    object: dict[str, Any]
+    run_ns: NotRequired[int]
+    bodies: NotRequired[dict[str, Any]]
+
+
+class HookFailure(TypedDict):
+    """A merged REPLY's `failed`: hook `index` (0: the CALL's own hook) failed so."""
+
+    index: int
+    code: str
+    message: str
 
 
 class ReplyPayload(TypedDict):
-    """A REPLY's payload: the changed fields only (`record_delta`)."""
+    """A REPLY's payload: the changed fields only (`record_delta`); a merged call's
+    has `results` and maybe `failed` instead of `object` (ipc/merged.py)."""
 
-    object: CoprocessObject
+    object: NotRequired[CoprocessObject]
     bodies: NotRequired[dict[str, BodyRefPayload]]
     run_ns: NotRequired[int]  # the hook's own run time in the worker
+    results: NotRequired[list[HookResult]]
+    failed: NotRequired[HookFailure]
 
 
 #: The key under which the gateway's hook client hands the REPLY's `run_ns` on with

@@ -32,6 +32,7 @@ from ipc.shm import BODY_REFS
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_MERGED",
     "PROTOCOL_VERSION",
     "ErrorCode",
     "Limits",
@@ -116,6 +117,16 @@ _ARENA = Record({"name": str, "size": int, "threshold": int},
 
 _ERROR = Record({"code": str, "message": str}, required=frozenset({"code", "message"}))
 
+#: Most hooks one merged CALL runs (its own and those in `then`).
+MAX_MERGED: Final = 64
+_THEN = ListOf(Record({"hook_name": str, "hook_type": str, "timeout_ms": int,
+                       "raw_body_only": bool},
+                      required=frozenset({"hook_name", "hook_type"})), MAX_MERGED - 1)
+_RESULT = Record({"object": OBJECT, "bodies": BODY_REFS, "run_ns": int},
+                 required=frozenset({"object"}))
+_FAILED = Record({"index": int, "code": str, "message": str},
+                 required=frozenset({"index", "code", "message"}))
+
 #: Analytics records: Tyk's JSON names (gateway/analytics/record.py), any values.
 _ANALYTICS_RECORDS = ListOf(MapOf(object))
 
@@ -129,6 +140,8 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "threads": int,
             # layer -> "active: ..." / "skipped: why" / "off" (worker/sandbox/launcher.py)
             "sandbox": MapOf(str),
+            # true: it runs merged CALLs (`then`); without it each hook gets its own CALL
+            "merge": bool,
         },
         required=frozenset({"generation", "pid", "token"}),
     ),
@@ -144,12 +157,16 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
             "timeout_ms": int,
             "object": OBJECT,
             "bodies": BODY_REFS,
+            # A merged call (ipc/merged.py): the hooks to run after this one, in order.
+            "then": _THEN,
         },
         required=frozenset({"api_id", "hook_type", "hook_name", "object"}),
     ),
     # run_ns: how long the hook itself ran in the worker (its own timing, per hook).
-    MsgType.REPLY: Record({"object": OBJECT, "bodies": BODY_REFS, "run_ns": int},
-                          required=frozenset({"object"})),
+    # A merged call's REPLY has `results` (one per hook run) instead of `object`, and
+    # `failed` when a hook failed (the hooks after it did not run): see `decode`.
+    MsgType.REPLY: Record({"object": OBJECT, "bodies": BODY_REFS, "run_ns": int,
+                           "results": ListOf(_RESULT, MAX_MERGED), "failed": _FAILED}),
     MsgType.ERROR: _ERROR,
     MsgType.HEARTBEAT: Record(
         # calls: the call threads' counters (worker/callthreads.py `CallThreads.counters`)
@@ -228,6 +245,8 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     check(payload, PAYLOADS[mtype], mtype.name)
     if mtype is MsgType.HOST_CALL and payload["op"] not in HOST_OPS:
         raise ProtocolError(f"HOST_CALL: unknown op {payload['op']!r}")
+    if mtype is MsgType.REPLY and ("object" in payload) == ("results" in payload):
+        raise ProtocolError("REPLY: needs either object (one hook) or results (a merged call)")
     return Message(mtype, call_id, payload)
 
 

@@ -49,11 +49,13 @@ from typing import Any, Final, Protocol, cast
 
 from ipc.coprocess import CallPayload
 from ipc.protocol import ErrorCode, Message, MsgType
+from worker import merged
 from worker.analytics import AnalyticsRunner
 from worker.answers import Answers
 from worker.channel import Channel
 from worker.dispatch import Call, Dispatcher, EventCall, Outcome, Ran, error
 from worker.loopcalls import LoopCalls
+from worker.merged import Group
 
 __all__ = ["CallThreads", "HostReplies"]
 
@@ -68,8 +70,9 @@ JOIN_S: Final = 1.0
 THREAD_PREFIX: Final = "coproc-call"
 
 Deliver = Callable[[Message], None]
-#: What a call thread runs: a plain hook's CALL, or a plain handler's EVENT.
-Job = Call | EventCall
+#: What a call thread runs: a plain hook's CALL, a merged CALL (any hooks, worker/merged.py),
+#: or a plain handler's EVENT.
+Job = Call | Group | EventCall
 
 
 class HostReplies(Protocol):
@@ -122,6 +125,7 @@ class CallThreads:
         self.accepting = True
         self.inflight = 0  # CALLs for the call threads, read and not answered yet
         self.calls = 0  # CALLs read, in total (the loop's too)
+        self.merged = 0  # of those, merged CALLs (several hooks each)
         self.handoffs = 0
         self.deadlines = 0  # calls the watchdog answered with ERROR `deadline`
         #: Runs ANALYTICS batches on its own threads (worker/analytics.py).
@@ -133,7 +137,7 @@ class CallThreads:
 
     def counters(self) -> dict[str, int]:
         """For HEARTBEAT, and from there `GET /hello` (`worker.call_threads`)."""
-        counters = {"calls": self.calls, "inflight": self.inflight,
+        counters = {"calls": self.calls, "merged": self.merged, "inflight": self.inflight,
                     "threads": len(self._threads), "handoffs": self.handoffs,
                     "deadlines": self.deadlines}
         if self.analytics is not None:
@@ -215,7 +219,7 @@ class CallThreads:
         running = self._running[me] = self._track(call_id, job)
         self._lock.release()
         try:
-            ran = self._execute(call_id, job)
+            ran = self._execute(call_id, job, running)
         finally:
             self._lock.acquire()
             del self._running[me]
@@ -266,8 +270,17 @@ class CallThreads:
             self._answers.answer(message.call_id,
                                  error(ErrorCode.DRAINING, "the worker is draining"))
             return
-        call = self._dispatcher.prepare(cast(CallPayload, message.payload))
-        if not isinstance(call, Call):  # no such hook: answered with the lookup's ERROR
+        payload = cast(CallPayload, message.payload)
+        call: Call | Group | Outcome
+        if "then" in payload:
+            self.merged += 1
+            call = merged.prepare_group(self._dispatcher, payload)
+        else:
+            call = self._dispatcher.prepare(payload)
+        if isinstance(call, Group):  # on this thread, even its `async def` hooks' turns
+            self.inflight += 1
+            self._queue.append((message.call_id, call))
+        elif not isinstance(call, Call):  # no such hook: answered with the lookup's ERROR
             self.inflight += 1
             self.inflight -= self._answers.hold(message.call_id, call)
         elif call.entry.is_async:
@@ -290,21 +303,57 @@ class CallThreads:
             self._watch_wake.set()
         return _Running(call_id, job, job.timeout_ms, time.monotonic())
 
-    def _execute(self, call_id: int, job: Job) -> Ran | Outcome | None:
-        """Run the hook (None for an event handler: nothing to answer)."""
+    def _execute(self, call_id: int, job: Job, running: _Running
+                 ) -> Ran | Group | Outcome | None:
+        """Run the hook (None for an event handler: nothing to answer, or for a group
+        the watchdog answered)."""
         if isinstance(job, EventCall):
             self._dispatcher.run_event(job)  # logs the handler's failures
             return None
+        if isinstance(job, Group):
+            return self._run_group(call_id, job, running)
+        return self._run_one(call_id, job)
+
+    def _run_one(self, call_id: int, call: Call) -> Ran | Outcome:
+        """One hook on this thread; an `async def` one (in a group) on the loop, waited for."""
         try:
-            return self._dispatcher.run_here(job)
+            if not call.entry.is_async:
+                return self._dispatcher.run_here(call)
+            self.before_blocking()  # waiting: another thread reads meanwhile
+            assert self._loop is not None  # set by start()
+            future = asyncio.run_coroutine_threadsafe(self._dispatcher.run_async_ran(call),
+                                                      self._loop)
+            # run_async_ran ends at the hook's deadline; the margin covers a busy loop.
+            return future.result(call.timeout_ms / 1000 + JOIN_S)
         except Exception as exc:  # the dispatcher turns hook errors into ERRORs already
             log.exception("CALL %d failed inside the worker", call_id)
             return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
 
-    def _finish(self, call_id: int, ran: Ran | Outcome) -> Outcome:
+    def _run_group(self, call_id: int, group: Group, running: _Running) -> Group | None:
+        """A merged CALL's hooks in turn (lock released; taken between hooks).
+
+        Each hook gets its own deadline: the watchdog sees the running hook's
+        start and timeout, and once it answered the group nothing more runs.
+        """
+        call: Call | None = group.first
+        for _ in range(group.size):
+            assert call is not None
+            ran = self._run_one(call_id, call)
+            with self._lock:
+                if running.answered:
+                    return None
+                call = merged.step(group, ran)
+                if call is None:
+                    break
+                running.started, running.timeout_ms = time.monotonic(), call.timeout_ms
+        return group
+
+    def _finish(self, call_id: int, ran: Ran | Group | Outcome) -> Outcome:
         """The answer to a call still unanswered (lock held: the watchdog cannot answer it
         meanwhile, so a changed body written to its arena slot is still the call's)."""
         try:
+            if isinstance(ran, Group):
+                return merged.reply(self._dispatcher, ran)
             return self._dispatcher.finish(ran)
         except Exception as exc:
             log.exception("CALL %d failed inside the worker", call_id)
@@ -361,7 +410,11 @@ class CallThreads:
                 continue
             self.inflight -= 1
             self.deadlines += 1
-            self._answers.answer(running.call_id, job.deadline_error())
+            if isinstance(job, Group):  # the hooks before it ran: their results go too
+                merged.deadline(job)
+                self._answers.answer(running.call_id, merged.reply(self._dispatcher, job))
+            else:
+                self._answers.answer(running.call_id, job.deadline_error())
         leading = self._running.get(self._leader) if self._leader is not None else None
         if leading is not None and now - leading.started >= self._handoff_s:
             self._hand_off()

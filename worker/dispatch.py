@@ -166,6 +166,10 @@ class Dispatcher:
 
     async def run_async(self, call: Call) -> Outcome:
         """Run an `async def` hook on the event loop, bounded by its deadline."""
+        return self.finish(await self.run_async_ran(call))
+
+    async def run_async_ran(self, call: Call) -> Ran | Outcome:
+        """`run_async` without building the REPLY (a merged call's hook, worker/merged.py)."""
         invocation = Invocation(call.api_id, call.entry, call.hook_type, call.wire)
         try:
             result = await asyncio.wait_for(run_async(invocation), call.timeout_ms / 1000)
@@ -173,30 +177,30 @@ class Dispatcher:
             return error(exc.code, exc.message)
         except TimeoutError:  # hook exceptions arrive as HookFailed, so this is ours
             return call.deadline_error()
-        return self._reply(call, result, invocation.run_ns)
+        return Ran(call, result, invocation.run_ns)
 
     def _reply(self, call: Call, result: dict[str, Any], run_ns: int) -> Outcome:
         # an `ipc.coprocess.ReplyPayload`; run_ns: per hook, even if calls are batched
         reply: dict[str, Any] = {"object": result, "run_ns": run_ns}
-        if call.refs:
-            self._bodies_back(reply, call.refs)
+        for part, ref in (call.refs or {}).items():
+            self.body_back(reply, part, ref)
         return MsgType.REPLY, reply
 
-    def _bodies_back(self, reply: dict[str, Any], refs: Mapping[str, Any]) -> None:
-        """Send changed large bodies back through the slots they came in."""
+    def body_back(self, reply: dict[str, Any], part: str, ref: Mapping[str, Any]) -> bool:
+        """Send a changed large body of `reply` back through the slot it came in;
+        False when it stays inline (unchanged, small, or grown past its slot)."""
         arena, result = self.arena, reply["object"]
         assert arena is not None  # refs were resolved through it
-        for part, ref in refs.items():
-            record = result.get(part)
-            raw = record.get("raw_body") if record else None
-            if raw is None or len(raw) < self.shm_threshold:
-                continue  # unchanged (not in the reply at all), or small: inline
-            if len(raw) > ref.get("capacity", ref["length"]):
-                continue  # grew past its slot: inline (bounded by the message limit)
-            arena.write(ref["offset"], raw)
-            result[part] = {k: v for k, v in record.items() if k != "raw_body"}
-            reply.setdefault("bodies", {})[part] = {"offset": ref["offset"],
-                                                    "length": len(raw)}
+        record = result.get(part)
+        raw = record.get("raw_body") if record else None
+        if raw is None or len(raw) < self.shm_threshold:
+            return False  # unchanged (not in the reply at all), or small: inline
+        if len(raw) > ref.get("capacity", ref["length"]):
+            return False  # grew past its slot: inline (bounded by the message limit)
+        arena.write(ref["offset"], raw)
+        result[part] = {k: v for k, v in record.items() if k != "raw_body"}
+        reply.setdefault("bodies", {})[part] = {"offset": ref["offset"], "length": len(raw)}
+        return True
 
     # -- EVENT --------------------------------------------------------------------------
 

@@ -281,4 +281,5 @@ class Uplink:
     def hello_payload(self) -> dict[str, Any]:
         return {"generation": self.identity.generation, "pid": self.identity.pid,
                 "token": self.identity.token, "plugins": self.report,
-                "threads": self.identity.threads, "sandbox": dict(self.identity.sandbox)}
+                "threads": self.identity.threads, "sandbox": dict(self.identity.sandbox),
+                "merge": True}  # runs merged CALLs (worker/merged.py)

@@ -24,6 +24,7 @@ from config.apidef import HookDef
 from gateway.analytics.pipeline import Pipeline
 from gateway.analytics.record import Exchange, RecordSpec, wire_request, wire_response
 from gateway.auth import strip_bearer
+from gateway.hook_groups import GroupReply, HookGroup, hook_times
 from gateway.hooks import BackendUnavailable, HookTimeout, NoWorker
 from gateway.metrics import GatewayMetrics, counters, gauge
 from gateway.plan import ApiPlan, AuthMode
@@ -230,20 +231,50 @@ class ObservedHooks:
             got = await self._hooks.call(api_id, hook_type, hook, obj)
             outcome = "ok"
             return got
-        except HookTimeout:
-            outcome = "timeout"
-            raise
-        except (NoWorker, BackendUnavailable):
-            outcome = "unavailable"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"  # the client went away
+        except BaseException as exc:
+            outcome = _outcome(exc)
             raise
         finally:
-            elapsed = time.perf_counter_ns() - started
-            trace = _CURRENT.get()
-            if trace is not None:
-                phases = trace.phase_ns
-                phases[hook_type] = phases.get(hook_type, 0) + elapsed
-            if self._metrics is not None:
-                self._metrics.observe_hook(api_id, hook_type, hook.name, outcome, elapsed / 1e9)
+            self._observe(api_id, hook_type, hook, outcome, time.perf_counter_ns() - started)
+
+    async def call_group(self, api_id: str, group: HookGroup,
+                         obj: dict[str, Any]) -> GroupReply | None:
+        """A merged call, observed per hook (gateway/hook_groups.py `hook_times`); a
+        call that failed as a whole counts as its first hook's failure, as the chain
+        handles it."""
+        started = time.perf_counter_ns()
+        try:
+            reply: GroupReply | None = await self._hooks.call_group(api_id, group, obj)
+        except BaseException as exc:
+            first = group[0]
+            self._observe(api_id, first.hook_type, first.hook, _outcome(exc),
+                          time.perf_counter_ns() - started)
+            raise
+        if reply is not None:
+            times = hook_times(reply, time.perf_counter_ns() - started)
+            outcomes = ["ok"] * len(reply.results)
+            if reply.error is not None:
+                outcomes.append(_outcome(reply.error))
+            for step, elapsed, outcome in zip(group, times, outcomes, strict=False):
+                self._observe(api_id, step.hook_type, step.hook, outcome, elapsed)
+        return reply
+
+    def _observe(self, api_id: str, hook_type: str, hook: HookDef, outcome: str,
+                 elapsed: int) -> None:
+        trace = _CURRENT.get()
+        if trace is not None:
+            phases = trace.phase_ns
+            phases[hook_type] = phases.get(hook_type, 0) + elapsed
+        if self._metrics is not None:
+            self._metrics.observe_hook(api_id, hook_type, hook.name, outcome, elapsed / 1e9)
+
+
+def _outcome(exc: BaseException) -> str:
+    """A failed hook call's outcome label."""
+    if isinstance(exc, HookTimeout):
+        return "timeout"
+    if isinstance(exc, (NoWorker, BackendUnavailable)):
+        return "unavailable"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"  # the client went away
+    return "error"

@@ -83,7 +83,8 @@ class Receiver:
                     self.spans.append({
                         "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
                         "parent": span.parent_span_id.hex(), "name": span.name,
-                        "kind": span.kind,
+                        "kind": span.kind, "start": span.start_time_unix_nano,
+                        "end": span.end_time_unix_nano,
                         "attributes": {a.key: _value(a.value) for a in span.attributes}})
         return web.Response(body=b"", content_type="application/x-protobuf")
 
@@ -113,7 +114,11 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def gw(module_coproc_factory: Any, echo_upstream: Any, receiver: Receiver) -> Instance:
     apis = {"traced": api_def("traced", "/traced/", echo_upstream.url,
-                              pre=[hook("SeeTrace", "tr/mw.py")])}
+                              pre=[hook("SeeTrace", "tr/mw.py")]),
+            # pre and post share one round trip (coproc.hooks.merge)
+            "merged": api_def("merged", "/merged/", echo_upstream.url,
+                              pre=[hook("SeeTrace", "tr/mw.py")],
+                              post=[hook("SeeTrace", "tr/mw.py")])}
     settings = {
         "opentelemetry": {"enabled": True, "exporter": "http",
                           "endpoint": f"{HOST}:{receiver.port}",
@@ -186,3 +191,19 @@ def test_a_new_trace_and_request_id_when_the_client_has_none(gw: Instance,
     assert access[0]["path"] == "/traced/b" and access[0]["method"] == "GET"
     plugin = [e for e in got if e["msg"] == "saw the request"]
     assert plugin and plugin[0]["api_id"] == "traced" and plugin[0]["hook"] == "SeeTrace"
+
+
+def test_hooks_sharing_a_round_trip_get_a_span_each(gw: Instance, receiver: Receiver) -> None:
+    trace = "5bf92f3577b34da6a3ce929d0e0e4737"
+    gw.expect(gw.get("/merged/a", {"traceparent": f"00-{trace}-{CLIENT_PARENT}-01"}), 200)
+    spans = poll("the merged call's spans exported",
+                 lambda: (lambda got: got if len(got) >= 3 else None)(receiver.in_trace(trace)),
+                 10)
+    by_name = {s["name"]: s for s in spans}
+    request_span, pre, post = by_name["GET request"], by_name["pre SeeTrace"], \
+        by_name["post SeeTrace"]
+    for span in (pre, post):
+        assert span["parent"] == request_span["span_id"]
+        assert span["attributes"]["coproc.hook.merged"] is True
+        assert span["attributes"]["coproc.hook.run_ms"] > 0
+    assert pre["start"] < pre["end"] <= post["start"] < post["end"]  # end to end, in order

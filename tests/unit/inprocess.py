@@ -19,7 +19,10 @@ from config.apidef import HookDef, load_api_definitions
 from config.gateway import GatewayConfig
 from gateway.app import build_app
 from gateway.echo_upstream import make_app as make_echo
+from gateway.hook_errors import HookCallError
+from gateway.hook_groups import GroupReply, HookGroup, then
 from ipc.coprocess import merge_reply
+from ipc.merged import next_request_object, next_response_object, short_circuits
 
 __all__ = ["Env", "FakeHooks", "echo_server", "gateway_factory"]
 
@@ -35,7 +38,9 @@ class FakeHooks:
         self.behaviours: dict[str, Behaviour] = {}
         self.calls: list[tuple[str, str, str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, dict[str, str]]] = []
-        self.stats = {"calls": 0}
+        self.stats = {"calls": 0, "merged_calls": 0}
+        #: Run groups of hooks in one call, as a worker does (False: one call each).
+        self.merges = True
         self.ready = True
         self.on_activate: Callable[[int], None] | None = None
 
@@ -53,6 +58,35 @@ class FakeHooks:
         if isinstance(result, Exception):
             raise result
         return merge_reply(obj, result)
+
+    async def call_group(self, api_id: str, group: HookGroup,
+                         obj: dict[str, Any]) -> GroupReply | None:
+        """A merged call as the worker runs it (worker/merged.py): each hook's object
+        from the previous one by `ipc.merged`'s rule, stopping at a short-circuit or a
+        failure.  None (one call per hook) when `merges` is off."""
+        if not self.merges:
+            return None
+        self.stats["calls"] += 1
+        self.stats["merged_calls"] += 1
+        results: list[dict[str, Any]] = []
+        sent = obj
+        for index, step in enumerate(group):
+            self.calls.append((api_id, step.hook_type, step.hook.name, sent))
+            result = self.behaviours.get(step.hook.name, _unchanged)(sent)
+            if isinstance(result, HookCallError):
+                return GroupReply(results, result)
+            if isinstance(result, Exception):
+                raise result
+            results.append(result)
+            if step.hook_type != "response" and short_circuits(
+                    (result.get("request") or {}).get("return_overrides")):
+                break
+            if index + 1 < len(group):
+                nxt = group[index + 1]
+                following = (next_response_object if nxt.hook_type == "response"
+                             else next_request_object)
+                sent = following(sent, result, then(group[index:])[0])
+        return GroupReply(results)
 
     def send_event(self, api_id: str, handler: str, event: Mapping[str, str],
                    spec: Mapping[str, str]) -> bool:
