@@ -13,12 +13,12 @@ import time
 import psutil
 
 from tests.conftest import InstanceFactory
-from tests.integration.harness import EchoUpstream, coproc_command, poll
+from tests.integration.harness import EchoUpstream, Load, coproc_command, poll
 from tests.integration.test_supervisor_reload import (
     STAMP,
-    Load,
     stamp_api,
     status,
+    versions,
     write_plugin,
 )
 
@@ -30,7 +30,7 @@ def test_sighup_storm_under_load(coproc_factory: InstanceFactory,
        fails, and once things settle one gateway and one worker are left.
     """
     inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
-    with Load(inst, "/v/x", threads=4) as load:
+    with Load(inst, "/v/x", threads=4, keep=versions) as load:
         poll("first answers", lambda: len(load.results) > 10, 20)
         for _ in range(6):
             os.kill(inst.pid, signal.SIGHUP)
@@ -58,7 +58,7 @@ def test_new_generation_killed_while_booting(coproc_factory: InstanceFactory,
     """
     inst = coproc_factory({"v": stamp_api(echo_upstream)}, {"v/mw.py": STAMP.format(version=1)})
     active = status(inst)["worker"]["pid"]
-    with Load(inst, "/v/x", threads=4) as load:
+    with Load(inst, "/v/x", threads=4, keep=versions) as load:
         poll("first answers", lambda: len(load.results) > 10, 20)
         write_plugin(inst, "v/mw.py", SLOW_IMPORT)
         reload = subprocess.Popen([*coproc_command(), "reload", "--config",
@@ -79,7 +79,7 @@ def test_new_generation_killed_while_booting(coproc_factory: InstanceFactory,
     assert reload.returncode == 1, out
     assert "SIGKILL" in err, err
     assert not load.failures, f"{load.failures[:5]}\n{inst.logs()}"
-    assert all(v["response"] == "1" for _, _, v in load.results)
+    assert all(v["response"] == "1" for _, v in load.results)
     assert status(inst)["worker"]["pid"] == active
 
 
