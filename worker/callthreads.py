@@ -25,8 +25,12 @@ A hook that blocks would stop the reading with it, so leadership moves on:
 
 The thread that was leading answers its call when its hook returns and then
 waits as a follower.  Followers are started when a hand-off needs one, up to
-`max_threads`; when every thread is inside a hook, CALLs wait in the socket,
-and the first thread to finish its hook leads again.
+`max_threads`.  When every thread is inside a hook, a *stand-in* reads: one
+more thread that never runs a hook.  It resolves host-call replies (without
+it, hooks all waiting on `get_data` would wait for replies nobody reads, until
+their host calls time out), hands control messages to the loop and queues
+CALLs; the first call thread out of its hook takes the reading back and runs
+what was queued.
 
 This watchdog is a plain hook's only deadline: past its call's `timeout_ms`
 it answers ERROR `deadline` and the call no longer counts as in flight (a
@@ -111,6 +115,9 @@ class CallThreads:
         self._context = context
         self._lock = threading.Lock()
         self._followers = threading.Condition(self._lock)
+        #: Wakes the stand-in reader (started on first need): every thread is in a hook.
+        self._stand_in_wake = threading.Condition(self._lock)
+        self._stand_in: int | None = None  # its thread ident
         self._queue: collections.deque[tuple[int, Job]] = collections.deque()
         self._threads: list[threading.Thread] = []
         self._leader: int | None = None  # thread ident
@@ -157,6 +164,7 @@ class CallThreads:
         with self._lock:
             self._stopping = True
             self._followers.notify_all()
+            self._stand_in_wake.notify_all()
         log.info("call threads: %d call(s), %d hand-off(s), %d thread(s)", self.calls,
                  self.handoffs, len(self._threads))
         self._watch_wake.set()
@@ -190,7 +198,9 @@ class CallThreads:
         lock = self._lock
         with lock:
             while not self._stopping:
-                if self._leader is None:
+                if self._leader is None or self._leader == self._stand_in:
+                    if self._leader is not None:
+                        self._channel.poke()  # the stand-in stops reading
                     self._leader = me
                     self._channel.reader = me
                 if self._leader != me:
@@ -375,7 +385,47 @@ class CallThreads:
             self._followers.notify()
         elif len(self._threads) < self._max:
             self._spawn()
-        # Else every thread is inside a hook: the first one out leads again.
+        elif self._stand_in is None:  # every thread is inside a hook: someone must read
+            thread = threading.Thread(target=self._stand_in_reads, daemon=True,
+                                      name=f"{THREAD_PREFIX}-reader")
+            thread.start()
+            self._stand_in = thread.ident
+        else:
+            self._stand_in_wake.notify()
+
+    def _stand_in_reads(self) -> None:
+        """Read while no call thread can (module docstring); never run a hook."""
+        me = threading.get_ident()
+        lock = self._lock
+        with lock:
+            self._stand_in = me
+            while not self._stopping:
+                if self._leader is not None and self._leader != me:
+                    self._stand_in_wake.wait()
+                    continue
+                if self._idle or (self._queue and len(self._threads) < self._max):
+                    # A call thread can lead again (a follower waits, or one more may start).
+                    self._leader = None
+                    self._channel.reader = None
+                    if self._idle:
+                        self._followers.notify()
+                    else:
+                        self._spawn()
+                    self._stand_in_wake.wait()  # until every thread is in a hook again
+                    continue
+                self._leader = me
+                self._channel.reader = me
+                lock.release()
+                try:
+                    messages = self._channel.receive(RECEIVE_TIMEOUT_S)
+                finally:
+                    lock.acquire()
+                self._sort(messages)
+                self._flush()
+                if self._leader != me and self._queue:
+                    # A call thread took the reading back while these were read: it may
+                    # be asleep in `receive` already, with work queued behind it.
+                    self._channel.poke()
 
     def _watch(self) -> None:
         idle_checks = 0

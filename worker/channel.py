@@ -62,9 +62,11 @@ class Channel:
         self._sock = sock
         self._lock = threading.Lock()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._poll = select.poll()
-        self._poll.register(cast(int, sock.getsockopt(zmq.FD)), select.POLLIN)
-        self._poll.register(self._wake, select.POLLIN)
+        self._zmq_fd = cast(int, sock.getsockopt(zmq.FD))
+        # A poll object per reading thread: one may not be polled from two threads at
+        # once, and the call threads' stand-in reader may overlap a call thread taking
+        # the reading back for a moment (worker/callthreads.py).
+        self._polls = threading.local()
         self._closed = False
         #: `threading.get_ident()` of the thread that reads now (None: nobody).
         self.reader: int | None = None
@@ -111,7 +113,12 @@ class Channel:
         messages = self._drain()
         if messages or self._closed:
             return messages
-        self._poll.poll(int(timeout_s * 1000))
+        poller: select.poll | None = getattr(self._polls, "poll", None)
+        if poller is None:
+            poller = self._polls.poll = select.poll()
+            poller.register(self._zmq_fd, select.POLLIN)
+            poller.register(self._wake, select.POLLIN)
+        poller.poll(int(timeout_s * 1000))
         try:
             os.eventfd_read(self._wake)
         except BlockingIOError:

@@ -75,3 +75,41 @@ def test_a_blocked_hook_does_not_stop_other_calls(coproc_factory: Any,
         c := gw.worker().get("call_threads", {})).get("handoffs", 0) >= 1
         and c, 10)
     assert counters["threads"] >= 2 and counters["calls"] >= 2 and counters["deadlines"] == 0
+
+
+HOST_CALLS = "from tyk.decorators import *\n" + textwrap.dedent('''
+    import time
+    from gateway import TykGateway as tyk
+
+    @Hook
+    def SlowStore(request, session, spec):
+        # Each hook waits on two host calls with the storage behind them.
+        key = "k-" + request.get_header("X-N")
+        tyk.store_data(key, "v", 60)
+        request.add_header("X-Got", tyk.get_data(key).decode())
+        return request, session
+''')
+
+
+def test_more_hooks_waiting_on_host_calls_than_call_threads(coproc_factory: Any,
+                                                            echo_upstream: Any) -> None:
+    """2 call threads, 24 concurrent requests whose hooks each wait on host calls:
+    with every call thread inside such a hook, the stand-in reader still reads the
+    replies, so every request is answered at once, not after a host call's timeout
+    (2 s each, in series: minutes)."""
+    gw = coproc_factory({"hc": api_def("hc", "/hc/", echo_upstream.url,
+                                       pre=[hook("SlowStore", "hc/mw.py")])},
+                        {"hc/mw.py": HOST_CALLS},
+                        {"coproc": {"worker": {"threads": 2}}})
+
+    def one(n: int) -> tuple[int, str | None, float]:
+        resp = gw.get("/hc/", {"X-N": str(n)}, timeout=30)
+        got = echo_header(resp.json(), "X-Got") if resp.status == 200 else None
+        return resp.status, got, resp.elapsed
+
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(one, range(24)))
+    assert [(status, got) for status, got, _ in results] == [(200, "v")] * 24, (
+        f"{sorted(results, key=lambda r: r[2])}\n{gw.logs()}")
+    slowest = max(elapsed for _, _, elapsed in results)
+    assert slowest < 2.0, f"a request waited {slowest:.2f} s: a host call's timeout"

@@ -155,12 +155,11 @@ class Instance:
         (self.base / "coproc.json").write_text(json.dumps({"coproc": {
             "run_dir": str(self.base), "log_level": "debug",
             "gateway": {"processes": 2},
-            # More call threads than concurrent plain hooks: each one here blocks on a
-            # host call, and with every thread inside such a hook nobody reads the
-            # replies until a host call times out (worker/callthreads.py).  No hand-off
-            # by the watchdog: only a blocking host call's own hand-off to another
-            # thread of its uplink lets its reply be read.
-            "worker": {"heartbeat_interval_ms": 50, "threads": 16, "drain_grace_ms": 5000,
+            # Fewer call threads than concurrent plain hooks, each blocking on a host
+            # call: with every thread inside such a hook, the stand-in reader reads the
+            # replies (worker/callthreads.py).  No hand-off by the watchdog: only a
+            # blocking host call's own hand-off lets its reply be read.
+            "worker": {"heartbeat_interval_ms": 50, "threads": 2, "drain_grace_ms": 5000,
                        "handoff_ms": 60_000}}}))
         self.gateways = [FakeGateway(self.ctx, f"ipc://{self.base}/hooks.sock", "gw0"),
                          FakeGateway(self.ctx, f"ipc://{self.base}/hooks-1.sock", "gw1")]
