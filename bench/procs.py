@@ -165,8 +165,9 @@ class Coproc:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.proc.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    if f"-m {role}" in " ".join(child.cmdline()):
-                        found.append(child.pid)
+                    cmd = child.cmdline()
+                    if "-m" in cmd and cmd[cmd.index("-m") + 1:][:1] == [role]:
+                        found.append(child.pid)  # not `-m gateway.storage.server`
         return sorted(found)
 
     def status(self) -> dict[str, Any]:

@@ -214,15 +214,19 @@ class CallThreads:
                     self._run_job(me, *self._queue.popleft())
                     continue
                 self._flush()  # nothing more to run: send before sleeping
-                lock.release()
-                try:
-                    messages = self._channel.receive(RECEIVE_TIMEOUT_S)
-                finally:
-                    lock.acquire()
-                self._sort(messages)
+                self._read()
             if self._leader == me:
                 self._leader = None
                 self._channel.reader = None
+
+    def _read(self) -> None:
+        """Wait for messages without the lock, then sort them (lock held on entry and exit)."""
+        self._lock.release()
+        try:
+            messages = self._channel.receive(RECEIVE_TIMEOUT_S)
+        finally:
+            self._lock.acquire()
+        self._sort(messages)
 
     def _run_job(self, me: int, call_id: int, job: Job) -> None:
         """Run one job on this thread, the lock released meanwhile, then answer it."""
@@ -415,12 +419,7 @@ class CallThreads:
                     continue
                 self._leader = me
                 self._channel.reader = me
-                lock.release()
-                try:
-                    messages = self._channel.receive(RECEIVE_TIMEOUT_S)
-                finally:
-                    lock.acquire()
-                self._sort(messages)
+                self._read()
                 self._flush()
                 if self._leader != me and self._queue:
                     # A call thread took the reading back while these were read: it may

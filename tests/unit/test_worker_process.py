@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 import zmq
+from unit.worker_launch import launch_worker
 
 from ipc import exitcodes
-from ipc.control import decode_control, make_control_pair, secret_fd
+from ipc.control import decode_control
 from ipc.protocol import Message, MsgType, decode, encode
 from ipc.tokens import worker_token
 
@@ -129,7 +130,6 @@ class WorkerProcess:
         self.log = base / "worker.log"
 
     def start(self, token: str) -> Gateway:
-        secret = secret_fd(token.encode())
         endpoint = f"ipc://{self.base}/h.sock"
         (self.base / "apps").mkdir()
         (self.base / "middleware" / "greet").mkdir(parents=True)
@@ -144,20 +144,9 @@ class WorkerProcess:
             "ipc": {"endpoint": endpoint},
             "worker": {"heartbeat_interval_ms": 50, "threads": 4,
                        "drain_grace_ms": 5000}}}))
-        parent, child = make_control_pair()
-        gateway = Gateway(endpoint, parent)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
-               "COPROC_GENERATION": str(GENERATION), "COPROC_SECRET_FD": str(secret),
-               "COPROC_SUPERVISOR_PID": str(os.getpid()),
-               "COPROC_CONTROL_FD": str(child.fileno())}
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "--config", str(self.base / "coproc.json")],
-                cwd=REPO_ROOT, env=env, pass_fds=(child.fileno(), secret),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        child.close()
-        os.close(secret)
-        return gateway
+        self.proc, parent = launch_worker(self.base / "coproc.json", self.log, GENERATION,
+                                          token)
+        return Gateway(endpoint, parent)
 
     def wait(self) -> int:
         assert self.proc is not None

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -26,9 +25,10 @@ from typing import Any
 
 import pytest
 import zmq
+from unit.worker_launch import launch_worker
 
 from ipc import exitcodes
-from ipc.control import decode_control, make_control_pair, secret_fd
+from ipc.control import decode_control
 from ipc.protocol import Message, MsgType, decode, encode
 from ipc.tokens import worker_token
 from worker.uplink import INTERNAL_ERROR
@@ -163,19 +163,8 @@ class Instance:
                        "handoff_ms": 60_000}}}))
         self.gateways = [FakeGateway(self.ctx, f"ipc://{self.base}/hooks.sock", "gw0"),
                          FakeGateway(self.ctx, f"ipc://{self.base}/hooks-1.sock", "gw1")]
-        secret = secret_fd(worker_token(KEY, GENERATION).encode())
-        self.control, child = make_control_pair()
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
-               "COPROC_GENERATION": str(GENERATION), "COPROC_SECRET_FD": str(secret),
-               "COPROC_SUPERVISOR_PID": str(os.getpid()),
-               "COPROC_CONTROL_FD": str(child.fileno())}
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "--config", str(self.base / "coproc.json")],
-                cwd=REPO_ROOT, env=env, pass_fds=(child.fileno(), secret),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        child.close()
-        os.close(secret)
+        self.proc, self.control = launch_worker(self.base / "coproc.json", self.log,
+                                                GENERATION, worker_token(KEY, GENERATION))
 
     def pump(self) -> None:
         for gateway in self.gateways:
