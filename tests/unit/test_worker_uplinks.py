@@ -326,7 +326,9 @@ def test_sigterm_drains_every_gateway(instance: Instance) -> None:
     """
     1. both gateways admit the worker; a CALL on gateway 1 is in flight (its
        hook waits for a file the test creates later);
-    2. SIGTERM: new CALLs on both sockets are refused with `draining`;
+    2. SIGTERM: new CALLs on gateway 1's socket are refused with `draining`;
+       gateway 0's too, unless its uplink (nothing in flight) has drained and
+       said DRAIN_ACK already, after which nothing answers there;
     3. gateway 0 gets its DRAIN_ACK; the in-flight call on gateway 1 is
        answered once released, then DRAIN_ACK, and the worker exits 0.
     """
@@ -344,6 +346,10 @@ def test_sigterm_drains_every_gateway(instance: Instance) -> None:
         while True:  # until the worker has seen the signal, a CALL may still be served
             assert time.monotonic() < deadline, "SIGTERM never took effect"
             gateway.call(call_id, "NoSuchHook")
+            instance.until(f"an answer or DRAIN_ACK from {gateway.name}", lambda g=gateway: any(
+                m.type in (MsgType.REPLY, MsgType.ERROR, MsgType.DRAIN_ACK) for m in g.received))
+            if gateway is gw0 and any(m.type is MsgType.DRAIN_ACK for m in gw0.received):
+                break  # drained already: it reads no more CALLs
             refused = instance.replies(gateway, 1)[call_id]
             assert refused.type is MsgType.ERROR
             if refused.payload["code"] == "draining":
