@@ -1,9 +1,13 @@
-"""`python -m bench.storage [ROUNDS]`: what a request's storage costs, by backend, in one run.
+"""`python -m bench.storage [ROUNDS] [--auth-check]`: what a request's storage costs, by
+backend, in one run.
 
 One API with Tyk's built-in key auth; the key has a rate limit and a quota
 (both high enough never to refuse), so every request makes three storage
-calls: the session read, `rate_hit` and `quota_hit`.  Three instances, one
-after the other, same load:
+calls: the session read, `rate_hit` and `quota_hit`.  With `--auth-check` the
+API is protected by a Python `auth_check` plugin instead (Tyk's coprocess
+auth: the hook returns a session with the same rate limit and quota, and its
+token in the metadata), so each request also makes the hook's round trip.
+Three instances, one after the other, same load:
 
 * `memory`: one gateway process, the storage in its own memory (the default);
 * `store`: `coproc.gateway.processes: 2` on memory, i.e. the store process
@@ -66,11 +70,34 @@ class Row:
         return statistics.median(r[key] for r in self.rounds)
 
 
-def _api(target: str) -> dict[str, Any]:
-    return {"api_id": "keyed", "name": "keyed", "use_keyless": False, "active": True,
-            "auth": {"auth_header_name": "Authorization"},
-            "proxy": {"listen_path": "/keyed/", "target_url": target,
-                      "strip_listen_path": True}}
+#: The `auth_check` plugin of `--auth-check`: every key is valid, with SESSION's limits.
+AUTH_PLUGIN = f'''
+from tyk.decorators import *
+
+
+@Hook
+def BenchAuth(request, session, metadata, spec):
+    key = request.get_header("Authorization")
+    if key:
+        session.rate = {SESSION["rate"]}.0
+        session.per = {SESSION["per"]}.0
+        session.quota_max = {SESSION["quota_max"]}
+        session.quota_renewal_rate = {SESSION["quota_renewal_rate"]}
+        metadata["token"] = key
+    return request, session, metadata
+'''
+
+
+def _api(target: str, auth_check: bool = False) -> dict[str, Any]:
+    api: dict[str, Any] = {
+        "api_id": "keyed", "name": "keyed", "use_keyless": False, "active": True,
+        "auth": {"auth_header_name": "Authorization"},
+        "proxy": {"listen_path": "/keyed/", "target_url": target, "strip_listen_path": True}}
+    if auth_check:
+        api["enable_coprocess_auth"] = True
+        api["custom_middleware"] = {"driver": "python", "auth_check": {
+            "name": "BenchAuth", "path": "bench/auth.py"}}
+    return api
 
 
 def _free_port() -> int:
@@ -157,10 +184,11 @@ class Target:
     storage: list[psutil.Process]
 
 
-def _target(name: str, inst: Coproc, storage: list[psutil.Process]) -> Target:
+def _target(name: str, inst: Coproc, storage: list[psutil.Process], auth_check: bool
+            ) -> Target:
     gateways, stores = _processes(inst)
-    return Target(Row(name), inst, f"{inst.url}/keyed/x", _add_key(inst), gateways,
-                  storage + stores)
+    key = f"bench-{uuid.uuid4().hex}" if auth_check else _add_key(inst)  # the plugin's
+    return Target(Row(name), inst, f"{inst.url}/keyed/x", key, gateways, storage + stores)
 
 
 def _measure(t: Target) -> None:
@@ -234,7 +262,7 @@ def _calls_alone(requests: int = 20_000) -> dict[str, float]:
     return out
 
 
-def main(rounds: int = 3) -> dict[str, Any]:
+def main(rounds: int = 3, auth_check: bool = False) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("bench.storage needs wrk on PATH")
     calls = _calls_alone()
@@ -244,7 +272,8 @@ def main(rounds: int = 3) -> dict[str, Any]:
     upstream = Server("upstream")
     targets: list[Target] = []
     try:
-        apis = {"keyed": _api(upstream.url + "/")}
+        apis = {"keyed": _api(upstream.url + "/", auth_check)}
+        plugins = {"bench/auth.py": AUTH_PLUGIN} if auth_check else {}
         with _redis() as (redis_port, redis_pid):
             configs: list[tuple[str, dict[str, Any], list[psutil.Process]]] = [
                 ("memory", {}, []),
@@ -253,8 +282,9 @@ def main(rounds: int = 3) -> dict[str, Any]:
                  [psutil.Process(redis_pid)]),
             ]
             for name, settings, storage in configs:
-                targets.append(_target(name, Coproc(apis, {}, {"secret": SECRET, **settings}),
-                                       storage))
+                targets.append(_target(name, Coproc(apis, plugins,
+                                                    {"secret": SECRET, **settings}),
+                                       storage, auth_check))
             for t in targets:
                 _wrk(t.url, t.key, 1)  # warm up
             for _ in range(rounds):  # interleaved: each round sees the same machine
@@ -291,4 +321,5 @@ def _table(report: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    _args = [a for a in sys.argv[1:] if a != "--auth-check"]
+    main(int(_args[0]) if _args else 3, auth_check="--auth-check" in sys.argv[1:])
