@@ -186,12 +186,16 @@ class CallThreads:
     # -- one thread ---------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        # Its own context either way (as any new thread has): what a hook sets stays there.
-        context = self._context.copy() if self._context is not None else contextvars.Context()
-        thread = threading.Thread(target=context.run, args=(self._run,), daemon=True,
-                                  name=f"{THREAD_PREFIX}-{len(self._threads) + 1}")
+        thread = self._thread(self._run, f"{THREAD_PREFIX}-{len(self._threads) + 1}")
         self._threads.append(thread)
         thread.start()
+
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """A thread in the call threads' context: its own copy either way (as any new
+        thread has: what a hook sets stays there).  The stand-in reader needs it too,
+        since `async def` hooks it hands to the loop run in a copy of its context."""
+        context = self._context.copy() if self._context is not None else contextvars.Context()
+        return threading.Thread(target=context.run, args=(target,), daemon=True, name=name)
 
     def _run(self) -> None:
         me = threading.get_ident()
@@ -390,8 +394,7 @@ class CallThreads:
         elif len(self._threads) < self._max:
             self._spawn()
         elif self._stand_in is None:  # every thread is inside a hook: someone must read
-            thread = threading.Thread(target=self._stand_in_reads, daemon=True,
-                                      name=f"{THREAD_PREFIX}-reader")
+            thread = self._thread(self._stand_in_reads, f"{THREAD_PREFIX}-reader")
             thread.start()
             self._stand_in = thread.ident
         else:

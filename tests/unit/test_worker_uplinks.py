@@ -302,6 +302,24 @@ def test_one_worker_serves_two_gateways(instance: Instance) -> None:
     assert instance.alive()
 
 
+def test_calls_the_stand_in_reads_keep_their_gateway(instance: Instance) -> None:
+    """Both call threads of gateway 1's uplink inside held hooks: the stand-in reader
+    reads the next CALL, an `async def` hook's, and hands it to the loop; that hook's
+    host call still goes to gateway 1 (the stand-in runs in the uplink's context)."""
+    instance.admit_both()
+    gw0, gw1 = instance.gateways
+    release = instance.base / "release-all"
+    for call_id in (1, 2):  # as many as the uplink has call threads (2)
+        gw1.call(call_id, "Hold", {"X-Release": str(release)})
+    instance.until("both held hooks' logs", lambda: sum(
+        m.type is MsgType.HOST_CALL and m.payload.get("message") == "holding"
+        for m in gw1.received) >= 2)
+    gw1.call(3, "WhoAsync")
+    assert served_by(instance.replies(gw1, 1)[3]) == "gw1"
+    release.touch()
+    assert {served_by(reply) for reply in instance.replies(gw1, 2).values()} == {"released"}
+
+
 def test_a_drain_from_one_gateway_leaves_the_other_serving(instance: Instance) -> None:
     """
     1. both gateways admit the worker;
