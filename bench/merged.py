@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from bench.load import run_load
-from bench.procs import Coproc, Server
+from bench.procs import Coproc, Server, cpu_seconds
 from bench.run import PLUGIN, _api
 
 SECONDS = 4.0
@@ -36,20 +36,15 @@ class _Case:
 
     def measure(self) -> None:
         procs = {role: psutil.Process(pid) for role, pid in self.inst.pids().items()}
-        before = {role: _cpu(p) for role, p in procs.items()}
+        before = {role: cpu_seconds(p) for role, p in procs.items()}
         result = run_load(self.inst.url + self.path, seconds=SECONDS, connections=CONNECTIONS)
         served = result.rps * SECONDS
         self.rps.append(result.rps)
         for role, proc in procs.items():
-            used = _cpu(proc) - before[role]
+            used = cpu_seconds(proc) - before[role]
             self.cpu_us.setdefault(role, []).append(used / served * 1e6 if served else 0.0)
         cpu = "  ".join(f"{role} {v[-1]:6.1f} µs" for role, v in self.cpu_us.items())
         print(f"  {self.name:<34} {result.rps:8.0f} req/s  CPU per request: {cpu}", flush=True)
-
-
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
 
 
 def main(rounds: int = 3) -> None:

@@ -27,10 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from bench.load import run_load
-from bench.procs import Coproc, Server
+from bench.procs import Coproc, Server, cpu_seconds
 from bench.run import PLUGIN, _api
 
 #: How long a gateway takes at most to report its counters (report_status: 1 s).
@@ -53,14 +51,6 @@ class Variant:
         return "/hook/x" if self.hook else "/plain/x"
 
 
-def _cpu(pid: int) -> float:
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(times.user + times.system)
-
-
 def _requests(coproc: Coproc) -> dict[int, int]:
     """Requests served so far by each gateway process, by pid."""
     return {g["pid"]: int((g.get("stats") or {}).get("requests", 0))
@@ -71,9 +61,9 @@ def _round(v: Variant, seconds: float, connections: int) -> None:
     assert v.coproc is not None
     gateways, worker = v.coproc.role_pids("gateway"), v.coproc.role_pids("worker")
     before_req = _requests(v.coproc)
-    before = {pid: _cpu(pid) for pid in [*gateways, *worker]}
+    before = {pid: cpu_seconds(pid) for pid in [*gateways, *worker]}
     result = run_load(v.coproc.url + v.path, seconds=seconds, connections=connections)
-    after = {pid: _cpu(pid) for pid in [*gateways, *worker]}
+    after = {pid: cpu_seconds(pid) for pid in [*gateways, *worker]}
     time.sleep(STATUS_LAG_S)  # the counters arrive with the next status report
     served = {pid: n - before_req.get(pid, 0) for pid, n in _requests(v.coproc).items()}
     per_process = [(after[pid] - before[pid]) / served[pid] * 1e6

@@ -46,6 +46,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         proc.wait(timeout=10)
 
 
+def cpu_seconds(*procs: psutil.Process | int) -> float:
+    """User + system CPU seconds of these processes (by handle or pid) so far; one that
+    is gone counts 0."""
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = (psutil.Process(proc) if isinstance(proc, int) else proc).cpu_times()
+            total += times.user + times.system
+    return total
+
+
 class Server:
     """`python -m bench.servers ROLE ...`; the port comes from its `PORT=` line."""
 
@@ -149,15 +160,9 @@ class Coproc:
             return {}
 
     def pids(self) -> dict[str, int]:
-        """{"gateway": pid, "worker": pid} among the supervisor's children."""
-        out: dict[str, int] = {}
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                argv = child.cmdline()
-                for role in ("gateway", "worker"):
-                    if argv[1:3] == ["-m", role]:  # not `-m gateway.storage.server`
-                        out[role] = child.pid
-        return out
+        """{"gateway": pid, "worker": pid}: one of each (`role_pids` has them all)."""
+        return {role: found[-1] for role in ("gateway", "worker")
+                if (found := self.role_pids(role))}
 
     def role_pids(self, role: str) -> list[int]:
         """Every child of `role` ("gateway": one per gateway process), by pid order."""

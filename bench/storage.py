@@ -48,7 +48,7 @@ from typing import Any
 import psutil
 
 from bench.load import Result, _parse_wrk
-from bench.procs import HOST, Coproc, Server, stop_process
+from bench.procs import HOST, Coproc, Server, cpu_seconds, stop_process
 from gateway.storage import Storage
 
 __all__ = ["main"]
@@ -142,28 +142,6 @@ def _add_key(inst: Coproc) -> str:
     return key
 
 
-def _processes(inst: Coproc) -> tuple[list[psutil.Process], list[psutil.Process]]:
-    """(gateway processes, store processes) among the instance's children."""
-    gateways, stores = [], []
-    for child in psutil.Process(inst.proc.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            argv = child.cmdline()
-            if "gateway.storage.server" in argv:
-                stores.append(child)
-            elif argv[1:3] == ["-m", "gateway"]:
-                gateways.append(child)
-    return gateways, stores
-
-
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            total += t.user + t.system
-    return total
-
-
 def _wrk(url: str, key: str, seconds: float) -> Result:
     out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s",
                           "--latency", "--timeout", "30s", "-H", f"Authorization: {key}", url],
@@ -186,15 +164,16 @@ class Target:
 
 def _target(name: str, inst: Coproc, storage: list[psutil.Process], auth_check: bool
             ) -> Target:
-    gateways, stores = _processes(inst)
+    gateways = [psutil.Process(pid) for pid in inst.role_pids("gateway")]
+    stores = [psutil.Process(pid) for pid in inst.role_pids("gateway.storage.server")]
     key = f"bench-{uuid.uuid4().hex}" if auth_check else _add_key(inst)  # the plugin's
     return Target(Row(name), inst, f"{inst.url}/keyed/x", key, gateways, storage + stores)
 
 
 def _measure(t: Target) -> None:
-    g0, s0 = _cpu(t.gateways), _cpu(t.storage)
+    g0, s0 = cpu_seconds(*t.gateways), cpu_seconds(*t.storage)
     result = _wrk(t.url, t.key, SECONDS)
-    g1, s1 = _cpu(t.gateways), _cpu(t.storage)
+    g1, s1 = cpu_seconds(*t.gateways), cpu_seconds(*t.storage)
     if result.errors or not result.requests:
         raise RuntimeError(f"{t.row.name}: {result.errors} failed of {result.requests}")
     gateway_us = (g1 - g0) / result.requests * 1e6

@@ -251,13 +251,11 @@ class Chain:
         applies its result (raising _Stop to answer the client)."""
         defer = defers_text(self.hooks)
         while group:
-            reply = None
-            if len(group) > 1:
-                first = build(group[0], defer)
-                reply = await self._call_group(plan, group, first)
+            first = build(group[0], defer)
+            reply = await self._call_group(plan, group, first) if len(group) > 1 else None
             if reply is None:  # one hook, or a worker that does not merge: one call each
-                for step in group:
-                    obj = build(step, defer)
+                for index, step in enumerate(group):
+                    obj = build(step, defer) if index else first
                     got = await self._call(plan, step.hook_type, step.hook, obj, rid)
                     if got is not None:  # None: failed open, the request goes on unchanged
                         apply(step, obj, got)

@@ -84,7 +84,7 @@ class Phase(enum.Enum):
 
 
 class Arbiter:
-    def __init__(self, cfg: GatewayConfig, listener: socket.socket | Sequence[socket.socket],
+    def __init__(self, cfg: GatewayConfig, listeners: Sequence[socket.socket],
                  commands: ChildCommands,
                  notifier: Notifier, clock: Callable[[], float] = time.monotonic,
                  control_path: Path | None = None) -> None:
@@ -98,7 +98,6 @@ class Arbiter:
         # one watcher each: each restarts, backs off and turns FATAL on its own.
         # Process i accepts on listener i (SO_REUSEPORT), or all on the one listener.
         processes = cfg.gateway.processes
-        listeners = (listener,) if isinstance(listener, socket.socket) else tuple(listener)
         self._link = GatewayLink(processes)
         key, window = new_instance_key(), cfg.supervisor.flap_window_s
         # Memory storage shared by several gateway processes lives in the store process.

@@ -21,12 +21,12 @@ import json
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ipc.peercred import peer_credentials
 from ipc.ratelog import Throttle
 
 __all__ = ["COMMANDS", "CONTROL_SOCKET_NAME", "ControlRequest", "ControlServer", "peer_refusal"]
@@ -40,7 +40,6 @@ MAX_REQUEST_BYTES: Final = 4096
 REFUSED_LOG_S: Final = 10.0
 #: Parent links followed from a peer towards pid 1 (a chain is never longer in practice).
 MAX_ANCESTRY: Final = 64
-_PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 log = logging.getLogger("coproc.supervisor.control_server")
 
@@ -128,11 +127,10 @@ def _connection_refusal(sock: socket.socket | None) -> str | None:
     if sock is None:
         return "no peer credentials"
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        peer = peer_credentials(sock)
     except OSError as exc:
         return f"no peer credentials ({exc.strerror})"
-    pid, uid, _gid = _PEERCRED.unpack(raw)
-    return peer_refusal(pid, uid)
+    return peer_refusal(peer.pid, peer.uid)
 
 
 def peer_refusal(pid: int, uid: int, supervisor_pid: int | None = None,

@@ -28,8 +28,6 @@ import hmac
 import logging
 import os
 import signal
-import socket
-import struct
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -39,6 +37,7 @@ from gateway.storage.memory import MemoryStorage
 from ipc import eventloop, exitcodes
 from ipc.child import die_with_parent
 from ipc.control import ControlEndpoint, ControlType, read_inherited_secret
+from ipc.peercred import peer_credentials
 from ipc.ratelog import Throttle
 from ipc.schema import ProtocolError
 from ipc.store_protocol import HEADER, Op, Request, decode_request, encode_reply, frame_length
@@ -51,18 +50,16 @@ T = TypeVar("T")
 ROLE: Final = "store"
 #: At most one line per this many seconds about refused peers or invalid frames.
 BAD_PEER_LOG_S: Final = 10.0
-_PEERCRED: Final = struct.Struct("3i")  # pid, uid, gid
 
 log = logging.getLogger("coproc.store")
 
 
 def peer_uid(sock: Any) -> int | None:
-    """The uid of a unix socket's peer (SO_PEERCRED), None if it cannot be read."""
+    """The uid of a unix socket's peer, None if it cannot be read."""
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        return peer_credentials(sock).uid
     except (OSError, AttributeError):
         return None
-    return int(_PEERCRED.unpack(raw)[1])
 
 
 def _now(step: Coroutine[Any, Any, T]) -> T:

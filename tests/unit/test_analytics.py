@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from unit.waiting import until
 
 from config import ConfigError
 from config.analytics import AnalyticsConfig
@@ -215,13 +216,6 @@ def check_rotated(tmp_path: Path) -> None:
     assert last[-1]["n"] == 39
 
 
-async def until(check: Any, attempts: int = 500) -> None:
-    """Poll `check` on the loop, bounded in attempts and time."""
-    for _ in range(attempts):  # 10 ms apart: 5 s at most
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 class ListSink:
@@ -274,7 +268,7 @@ async def test_a_full_queue_drops_and_counts_never_waits() -> None:
         for _ in range(10):
             pipeline.submit(SPEC, exchange(), 2_000_000_000)
         assert pipeline.dropped == 0  # below the bound: nothing lost
-        await asyncio.sleep(0.05)  # the dispatcher takes one batch, then waits on the sink
+        await until(lambda: not pipeline.depth)  # the dispatcher took them: the sink holds it
         for _ in range(30):
             pipeline.submit(SPEC, exchange(), 2_000_000_000)
         assert pipeline.dropped > 0 and pipeline.depth <= 10

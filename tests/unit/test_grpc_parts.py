@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from multidict import CIMultiDict
+from unit.waiting import until
 
 from config.apidef import HookDef, load_api_definition
 from config.gateway import GatewayConfig, GatewayOptions, GrpcOptions, load_gateway_config
@@ -370,7 +371,7 @@ async def test_call_deadline_and_server_error(served: tuple[Servicer, int]) -> N
         with pytest.raises(HookFailed):  # a response hook must return a response
             await client.call("a", "response", HOOK, _obj())
         assert client.send_event("a", "OnX", {"event": "E"}, {"APIID": "a"})
-        await asyncio.wait_for(_until(lambda: servicer.events), 5)
+        await until(lambda: servicer.events, 5)
         assert json.loads(servicer.events[0])["handler_name"] == "OnX"
         health = client.health()
         assert health["stats"]["grpc_calls"] == 4 and health["stats"]["grpc_timeouts"] == 1
@@ -412,7 +413,15 @@ async def test_switch_routes_new_calls_and_drains_the_old_server(
         served: tuple[Servicer, int]) -> None:
     """1. a slow call runs on server A; 2. switch to B; 3. new calls reach B; 4. the
     call on A completes (A's channel drains), then A's channel closes."""
-    _, port_a = served
+    servicer_a, port_a = served
+    received = asyncio.Event()
+    serve_a = servicer_a.handler
+
+    async def on_a(request: pb.Object) -> pb.Object:
+        received.set()
+        return await serve_a(request)
+
+    servicer_a.handler = on_a
 
     async def on_b(request: pb.Object) -> pb.Object:
         request.request.set_headers["X-Tag"] = "b"
@@ -423,22 +432,16 @@ async def test_switch_routes_new_calls_and_drains_the_old_server(
     await client.start()
     try:
         slow = asyncio.ensure_future(client.call("a", "pre", HOOK, _obj("0.5")))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(received.wait(), 5)  # in flight on A
         await client.switch(f"tcp://127.0.0.1:{port_b}", grace_s=5)
         assert await client.ready(5)  # B accepts connections: what a supervisor waits for
         got = await client.call("a", "pre", HOOK, _obj())
         assert got["request"]["set_headers"] == {"X-Tag": "b"}
         assert client.health()["draining"] == [f"tcp://127.0.0.1:{port_a}"]
         assert (await slow)["request"]["set_headers"] == {"X-Tag": "served"}
-        await asyncio.wait_for(_until(lambda: not client.health()["draining"]), 5)
+        await until(lambda: not client.health()["draining"], 5)
     finally:
         await client.close()
         await server_b.stop(None)
 
 
-async def _until(check: Callable[[], Any], attempts: int = 500) -> None:
-    for _ in range(attempts):  # also bounded in time by the caller's wait_for
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from unit.waiting import until
 
 from config.apidef import load_api_definitions
 from config.gateway import GatewayConfig, GrpcServerOptions, load_gateway_config
@@ -214,16 +215,10 @@ async def test_client_follows_grpc_server_and_reports_the_old_address_drained(
                      cast(Any, None), on_grpc_server=client.use)
         health = client.health()
         assert health["server"] == b and health["generation"] == 2 and health["ready"]
-        await asyncio.wait_for(_until(lambda: drained == [a]), 5)
+        await until(lambda: drained == [a], 5)
     finally:
         await client.close()
         await first.stop(None)
         await second.stop(None)
 
 
-async def _until(check: Any) -> None:
-    for _ in range(1000):  # bounded; the caller's wait_for bounds the time
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from unit.recording import RecordingNotifier
+from unit.waiting import until
 
 from config.gateway import GatewayConfig, GatewayOptions, SupervisorOptions, WorkerOptions
 from ipc.notify import Notifier
@@ -46,7 +47,7 @@ def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Arbiter]]:
             worker=WorkerOptions(boot_timeout_ms=30000))
         listener = bind_listener("127.0.0.1", 0)
         listeners.append(listener)
-        return Arbiter(cfg, listener, ChildCommands(gateway=gateway, worker=worker),
+        return Arbiter(cfg, [listener], ChildCommands(gateway=gateway, worker=worker),
                           notifier or RecordingNotifier())
 
     try:
@@ -56,11 +57,6 @@ def make_supervisor(tmp_path: Path) -> Iterator[Callable[..., Arbiter]]:
             listener.close()
 
 
-async def until(condition: Callable[[], bool], limit_s: float = 10.0) -> None:
-    async with asyncio.timeout(limit_s):
-        # The supervisor exposes states, not events: poll them, under a deadline.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def test_flapping_worker_goes_fatal_and_the_gateway_keeps_running(
@@ -193,7 +189,7 @@ def test_a_reload_whose_worker_never_loads_fails_and_keeps_the_old_one(
         supervisor=SupervisorOptions(stop_grace_ms=3000),
         worker=WorkerOptions(boot_timeout_ms=300))
     listener = bind_listener("127.0.0.1", 0)
-    sup = Arbiter(cfg, listener, ChildCommands(gateway=SLEEPS, worker=SLEEPS),
+    sup = Arbiter(cfg, [listener], ChildCommands(gateway=SLEEPS, worker=SLEEPS),
                      RecordingNotifier())
 
     async def scenario() -> int:
@@ -257,7 +253,7 @@ def hot_restart_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                         supervisor=SupervisorOptions(stop_grace_ms=3000),
                         worker=WorkerOptions(boot_timeout_ms=20000))
     listener = bind_listener("127.0.0.1", 0)
-    sup = Arbiter(cfg, listener, ChildCommands(gateway=SLEEPS, worker=GATED_WORKER),
+    sup = Arbiter(cfg, [listener], ChildCommands(gateway=SLEEPS, worker=GATED_WORKER),
                   RecordingNotifier())
 
     async def scenario() -> dict[str, Any]:
