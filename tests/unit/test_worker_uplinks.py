@@ -307,7 +307,7 @@ def test_calls_the_stand_in_reads_keep_their_gateway(instance: Instance) -> None
     reads the next CALL, an `async def` hook's, and hands it to the loop; that hook's
     host call still goes to gateway 1 (the stand-in runs in the uplink's context)."""
     instance.admit_both()
-    gw0, gw1 = instance.gateways
+    gw1 = instance.gateways[1]
     release = instance.base / "release-all"
     for call_id in (1, 2):  # as many as the uplink has call threads (2)
         gw1.call(call_id, "Hold", {"X-Release": str(release)})
