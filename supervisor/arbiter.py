@@ -200,7 +200,8 @@ class Arbiter:
     def status(self, now: float) -> dict[str, Any]:
         """What `coproc status` shows (JSON-ready), composed from each owner's part."""
         gateways = [g.status(now) for g in self._gateways]
-        worker = self._worker.status(now) if self._worker is not None else _NO_WORKER
+        serving = self._hot.serving if self._hot is not None else None
+        worker = self._worker.status(now, serving) if self._worker is not None else _NO_WORKER
         hot, reload = self._hot.status() if self._hot is not None else (_NO_HOT, _NO_RELOAD)
         own = self._grpc.watcher.status(now)["last_exits"] if self._grpc is not None else []
         own += self._store.watcher.status(now)["last_exits"] if self._store is not None else []

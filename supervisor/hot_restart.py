@@ -27,7 +27,7 @@ from supervisor.handover import Handover
 from supervisor.liveness import hang_reason
 from supervisor.readers import ChildReaders
 from supervisor.recycle import WorkerWatch
-from supervisor.reload import Reload, Waiter, regressions
+from supervisor.reload import Reload, ReloadState, Waiter, regressions
 from supervisor.slot import SlotState
 from supervisor.status import ServiceStatus
 from supervisor.watcher import Watcher
@@ -102,6 +102,17 @@ class HotRestart:
     def refuse(self, now: float, reason: str, waiter: Waiter | None, error: str) -> None:
         """Record a reload refused before it began (e.g. a new bundle failed to verify)."""
         self._finish(Reload(reason, now, waiters=[waiter] if waiter is not None else []), error)
+
+    @property
+    def serving(self) -> ChildProcess | None:
+        """Who serves while the slot is vacant, from the candidate's admission to its
+        READY: the outgoing generation until it has drained and exited, then the
+        admitted candidate (the gateway switched to it before it said READY)."""
+        handover = self._handover
+        if handover.outgoing is not None:
+            return handover.outgoing
+        admitted = handover.reload is not None and handover.reload.state is ReloadState.ADMITTING
+        return handover.candidate if admitted else None
 
     def owns(self, child: ChildProcess) -> bool:
         return child is self._handover.candidate or child is self._handover.outgoing \

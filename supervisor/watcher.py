@@ -189,9 +189,11 @@ class Watcher:
         if self._slot.child is not None:
             self._slot.stopped()
 
-    def status(self, now: float) -> dict[str, Any]:
-        """This role's part of `coproc status`."""
-        slot, child = self._slot, self._slot.child
+    def status(self, now: float, serving: ChildProcess | None = None) -> dict[str, Any]:
+        """This role's part of `coproc status`.  `serving`: the child that serves
+        while a hot restart holds the slot vacant (admitted candidate, not yet ready),
+        so status never shows a serving worker as absent."""
+        slot, child = self._slot, self._slot.child or serving
         silent = child.silent_for(now) if child else None
         return {
             "state": self._slot.state.value, "pid": child.pid if child else None,

@@ -260,11 +260,19 @@ def hot_restart_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         running = asyncio.create_task(sup.run())
         await until(lambda: sup.worker_state is SlotState.RUNNING)
         first = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]
-        outcome = await asyncio.wait_for(sup.post_command("reload"), 15)
+        reloading = sup.post_command("reload")
+        during = []  # the worker as status showed it while the reload ran
+        for _ in range(1500):
+            if reloading.done():
+                break
+            worker = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]["worker"]
+            during.append((worker["generation"], worker["pid"], worker["candidate"]))
+            await asyncio.sleep(0.01)
+        outcome = await asyncio.wait_for(reloading, 15)
         status = (await asyncio.wait_for(sup.post_command("status"), 5))["status"]
         await asyncio.wait_for(sup.post_command("stop"), 5)
         assert await asyncio.wait_for(running, 10) == 0
-        return {"first": first, "outcome": outcome, "status": status}
+        return {"first": first, "outcome": outcome, "status": status, "during": during}
 
     try:
         return asyncio.run(scenario())
@@ -283,6 +291,20 @@ def test_the_active_worker_leaves_the_slot_at_admission_and_its_exit_0_is_expect
     assert worker["generation"] == 2 and worker["state"] == "running"
     assert worker["restarts"] == 0 and worker["hot_restarts"] == 1
     assert seen["status"]["last_exits"] == []
+
+
+def test_status_always_shows_a_serving_worker_during_a_hot_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While generation 2 is admitted but not ready, the slot is vacant: status shows
+    generation 1 while it serves on, then generation 2 once 1 has drained and left;
+    never no worker at all (a reload via /tyk/reload was once polled into a None)."""
+    seen = hot_restart_scenario(tmp_path, monkeypatch, candidate="ready")
+    assert seen["outcome"]["ok"] is True, seen["outcome"]
+    during = seen["during"]
+    assert during, "the reload finished before status was asked once"
+    assert all(generation in (1, 2) and pid for generation, pid, _ in during), during
+    # The window this is about was seen: generation 2 admitted, not yet the slot's.
+    assert any(candidate == 2 for _, _, candidate in during), during
 
 
 def test_a_candidate_that_dies_after_admission_hands_the_slot_back(
