@@ -1,6 +1,11 @@
 """Load generators: wrk when it is on PATH, else a bundled aiohttp client.
 
 Both return the same `Result`: requests/s, p50/p99 latency in ms, errors.
+`pause_ms` paces the load: each connection waits that long after every
+response before its next request (wrk's `delay()`), so the offered rate is
+about connections / (pause + latency) and stays below what the machine can
+serve: CPU per request measured there is free of the contention that a
+saturated machine adds (every process runnable, none idle).
 The aiohttp generator runs in its own process (a loop per process), so it
 competes for the same cores as wrk would, only less efficiently: compare
 ratios within one run, never absolute figures across generators.
@@ -40,10 +45,10 @@ def generator_name() -> str:
 
 
 def run_load(url: str, *, seconds: float, connections: int, body: bytes = b"",
-             threads: int = 1) -> Result:
+             threads: int = 1, pause_ms: int = 0) -> Result:
     if shutil.which("wrk"):
-        return _wrk(url, seconds, connections, body, threads)
-    return _aiohttp(url, seconds, connections, body)
+        return _wrk(url, seconds, connections, body, threads, pause_ms)
+    return _aiohttp(url, seconds, connections, body, pause_ms)
 
 
 # -- wrk -----------------------------------------------------------------------------
@@ -51,18 +56,23 @@ def run_load(url: str, *, seconds: float, connections: int, body: bytes = b"",
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
-def _wrk(url: str, seconds: float, connections: int, body: bytes, threads: int) -> Result:
+def _wrk(url: str, seconds: float, connections: int, body: bytes, threads: int,
+         pause_ms: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="cp-wrk-") as tmp:
         args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                 "--latency", "--timeout", "30s"]
+        script = ""
         if body:
             # wrk sends the script's body with every request; Lua strings are binary-safe.
             (Path(tmp) / "body.bin").write_bytes(body)
-            (Path(tmp) / "post.lua").write_text(
-                'local f = io.open("' + str(Path(tmp) / "body.bin") + '", "rb")\n'
-                'wrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n'
-                'wrk.headers["Content-Type"] = "application/octet-stream"\n')
-            args += ["-s", str(Path(tmp) / "post.lua")]
+            script += ('local f = io.open("' + str(Path(tmp) / "body.bin") + '", "rb")\n'
+                       'wrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n'
+                       'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+        if pause_ms:
+            script += f"function delay()\n  return {int(pause_ms)}\nend\n"
+        if script:
+            (Path(tmp) / "load.lua").write_text(script)
+            args += ["-s", str(Path(tmp) / "load.lua")]
         out = subprocess.run([*args, url], capture_output=True, text=True,
                              timeout=seconds + 60, check=False).stdout
     return _parse_wrk(out)
@@ -86,13 +96,13 @@ def _parse_wrk(out: str) -> Result:
 
 # -- bundled aiohttp generator -----------------------------------------------------------
 
-def _aiohttp(url: str, seconds: float, connections: int, body: bytes) -> Result:
+def _aiohttp(url: str, seconds: float, connections: int, body: bytes, pause_ms: int) -> Result:
     with tempfile.NamedTemporaryFile(prefix="cp-body-", delete=False) as f:
         f.write(body)
     try:
         proc = subprocess.run([sys.executable, "-m", "bench.load", url, str(seconds),
-                               str(connections), f.name], capture_output=True, text=True,
-                              timeout=seconds + 60, check=False,
+                               str(connections), f.name, str(pause_ms)],
+                              capture_output=True, text=True, timeout=seconds + 60, check=False,
                               cwd=Path(__file__).resolve().parents[1])
     finally:
         Path(f.name).unlink(missing_ok=True)
@@ -100,7 +110,8 @@ def _aiohttp(url: str, seconds: float, connections: int, body: bytes) -> Result:
     return Result(**data)
 
 
-async def _drive(url: str, seconds: float, connections: int, body: bytes) -> Result:
+async def _drive(url: str, seconds: float, connections: int, body: bytes,
+                 pause_ms: int = 0) -> Result:
     import aiohttp
 
     latencies: list[float] = []
@@ -124,6 +135,8 @@ async def _drive(url: str, seconds: float, connections: int, body: bytes) -> Res
                 ok = False
             latencies.append((time.perf_counter() - started) * 1000)
             errors += not ok
+            if pause_ms:
+                await asyncio.sleep(pause_ms / 1000)
 
     connector = aiohttp.TCPConnector(limit=connections)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -140,9 +153,9 @@ async def _drive(url: str, seconds: float, connections: int, body: bytes) -> Res
 
 
 def main(argv: list[str]) -> int:
-    url, seconds, connections, body_path = argv
+    url, seconds, connections, body_path, pause_ms = argv
     body = Path(body_path).read_bytes()
-    result = asyncio.run(_drive(url, float(seconds), int(connections), body))
+    result = asyncio.run(_drive(url, float(seconds), int(connections), body, int(pause_ms)))
     print(json.dumps(result.as_dict()))
     return 0
 
