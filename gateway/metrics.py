@@ -71,18 +71,36 @@ class _Histogram:
         self.total += value
 
 
+class HookSeries:
+    """One hook's series (API, phase, hook): its calls by outcome and their durations.
+
+    Looked up once per call by its three labels; the outcome is a small dict
+    inside, so the hot path builds no label tuple per outcome.
+    """
+
+    __slots__ = ("calls", "duration")
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.duration = _Histogram()
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        calls = self.calls
+        calls[outcome] = calls.get(outcome, 0) + 1
+        self.duration.observe(seconds)
+
+
 class GatewayMetrics:
     """The gateway's metrics; `observe_*` are called where the outcome is known."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests: dict[Labels, int] = {}  # (api_id, code_class)
-        self.hook_calls: dict[Labels, int] = {}  # (api_id, phase, hook, outcome)
         self.fail_open: dict[Labels, int] = {}  # (api_id, phase, hook)
         self.duration: dict[Labels, _Histogram] = {}  # (api_id,)
         self.upstream: dict[Labels, _Histogram] = {}
         self.overhead: dict[Labels, _Histogram] = {}
-        self.hook_duration: dict[Labels, _Histogram] = {}  # (api_id, phase, hook)
+        self.hooks: dict[Labels, HookSeries] = {}  # (api_id, phase, hook)
         self._sources: list[Source] = [self._families]
         self.registry.register(_Sources(self._sources))
 
@@ -102,11 +120,26 @@ class GatewayMetrics:
             _hist(self.upstream, api).observe(upstream_s)
             _hist(self.overhead, api).observe(max(0.0, total_s - upstream_s))
 
+    def hook_series(self, api_id: str, phase: str, hook: str) -> HookSeries:
+        key = (api_id, phase, hook)
+        series = self.hooks.get(key)
+        if series is None:
+            series = self.hooks[key] = HookSeries()
+        return series
+
     def observe_hook(self, api_id: str, phase: str, hook: str, outcome: str,
                      seconds: float) -> None:
-        key = (api_id, phase, hook, outcome)
-        self.hook_calls[key] = self.hook_calls.get(key, 0) + 1
-        _hist(self.hook_duration, (api_id, phase, hook)).observe(seconds)
+        self.hook_series(api_id, phase, hook).observe(outcome, seconds)
+
+    @property
+    def hook_calls(self) -> dict[Labels, int]:
+        """(api_id, phase, hook, outcome) -> calls."""
+        return {(*key, outcome): n for key, series in list(self.hooks.items())
+                for outcome, n in list(series.calls.items())}
+
+    @property
+    def hook_duration(self) -> dict[Labels, _Histogram]:
+        return {key: series.duration for key, series in list(self.hooks.items())}
 
     def observe_fail_open(self, api_id: str, phase: str, hook: str) -> None:
         key = (api_id, phase, hook)

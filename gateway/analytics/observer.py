@@ -266,7 +266,7 @@ class ObservedHooks:
             phases = trace.phase_ns
             phases[hook_type] = phases.get(hook_type, 0) + elapsed
         if self._metrics is not None:
-            self._metrics.observe_hook(api_id, hook_type, hook.name, outcome, elapsed / 1e9)
+            self._metrics.hook_series(api_id, hook_type, hook.name).observe(outcome, elapsed / 1e9)
 
 
 def _outcome(exc: BaseException) -> str:
