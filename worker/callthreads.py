@@ -17,8 +17,10 @@ turns at the GIL (README, Performance: +40 % worker CPU per call with 2).
 What is per gateway process travels with each job as its `Lane`
 (worker/lane.py); `CURRENT_LANE` is set before each job runs, and before an
 `async def` hook is handed to the loop, so host calls answer via the right
-gateway.  The thread limit is `coproc.worker.threads` per attached lane, so
-blocking hooks of one gateway cannot take the threads another's need.
+gateway.  The thread limit is `coproc.worker.threads` per attached lane, and
+a lane's jobs run on at most `coproc.worker.threads` threads at once (the
+others wait in the queue), so hooks blocked on one gateway's calls never take
+the threads another gateway's calls need.
 
 What the leader reads and does not run:
 
@@ -246,14 +248,29 @@ class CallThreads:
                     self._idle -= 1
                     continue
                 if self._queue:
-                    if self._holding and self._holding[0].answers.overdue():
-                        self._flush()
-                    self._run_job(me, *self._queue.popleft())
-                    continue
+                    entry = self._next_job()
+                    if entry is not None:
+                        if self._holding and self._holding[0].answers.overdue():
+                            self._flush()
+                        self._run_job(me, *entry)
+                        continue
                 self._flush()  # nothing more to run: send before sleeping
                 self._read()
             if self._leader == me:
                 self._lead(None)
+
+    def _next_job(self) -> tuple[Lane, int, Job] | None:
+        """The first queued job whose lane runs fewer than its share of the threads
+        (lock held, queue not empty): hooks blocked on one gateway's calls leave the
+        other gateways' share of the threads to them.  None: read meanwhile."""
+        queue = self._queue
+        if queue[0][0].running < self._per_lane:
+            return queue.popleft()
+        for index, entry in enumerate(queue):
+            if entry[0].running < self._per_lane:
+                del queue[index]
+                return entry
+        return None
 
     def _read(self) -> None:
         """Wait for messages without the lock, then sort them (lock held on entry and exit)."""
@@ -281,6 +298,9 @@ class CallThreads:
             lane.running -= 1
             if not lane.attached:
                 self._lane_idle.notify_all()
+            elif (lane.running == self._per_lane - 1 and self._queue
+                  and self._leader not in (None, me)):
+                self.waker.poke()  # the leader may be reading past this lane's queued jobs
         if running.answered or ran is None:  # the watchdog answered at the deadline, or an event
             return
         running.answered = True

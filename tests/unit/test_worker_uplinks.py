@@ -351,26 +351,31 @@ def test_one_reading_thread_serves_both_gateways(instance: Instance) -> None:
 
 def test_hooks_held_on_one_gateway_leave_the_other_served(instance: Instance) -> None:
     """
-    1. gateway 0 holds as many hooks as it has call threads (2), each having
-       made a blocking host call;
+    1. gateway 0 sends twice as many held hooks as it has call threads (2 of
+       4 in the pool): two run (each has made a blocking host call), the other
+       two wait for gateway 0's share of the threads;
     2. gateway 1's CALLs are still served meanwhile, by call threads, with
        their host calls to gateway 1;
-    3. gateway 0's hooks are answered once released.
+    3. gateway 0's hooks are all answered once released.
     """
     instance.admit_both()
     gw0, gw1 = instance.gateways
     release = instance.base / "release-gw0"
-    for call_id in (1, 2):
+    for call_id in (1, 2, 3, 4):
         gw0.call(call_id, "Hold", {"X-Release": str(release)})
-    instance.until("both held hooks' logs", lambda: sum(
-        m.type is MsgType.HOST_CALL and m.payload.get("message") == "holding"
-        for m in gw0.received) >= 2)
+
+    def holding() -> int:
+        return sum(m.type is MsgType.HOST_CALL and m.payload.get("message") == "holding"
+                   for m in gw0.received)
+
+    instance.until("two held hooks' logs", lambda: holding() >= 2)
     for call_id in (11, 12, 13):
         gw1.call(call_id, "Ident")
     assert {served_by(r) for r in instance.replies(gw1, 3).values()} == {"gw1"}
+    assert holding() == 2  # the others wait for gateway 0's share of the threads
     assert not gw0.taken(MsgType.REPLY)  # still held
     release.touch()
-    assert {served_by(reply) for reply in instance.replies(gw0, 2).values()} == {"released"}
+    assert {served_by(reply) for reply in instance.replies(gw0, 4).values()} == {"released"}
 
 
 def test_a_drain_refuses_its_own_gateways_calls_only(instance: Instance) -> None:
