@@ -5,13 +5,14 @@ ZeroMQ sockets are not thread-safe, but they may be used from several threads
 one at a time; here every `send` and every `drain` of a channel happens under
 its lock.  Reading is the job of exactly one thread at a time for *all* the
 channels, the *reader* (the leading call thread, worker/callthreads.py): it
-drains every channel, and when none has anything, it blocks in one `poll` on
-every channel's ZMQ_FD and on one wake-up eventfd (`Waker`), without holding
-any lock (worker/inbox.py).
+drains the channels that may hold messages (`pending`), and when none has
+anything, it blocks in one `poll` on every channel's ZMQ_FD and on one
+wake-up eventfd (`Waker`), without holding any lock (worker/inbox.py).
 
 ZMQ_FD is edge-triggered and any socket operation can consume its edge, so
-a send from a thread other than the reader pokes the shared `Waker`: the
-reader then drains again instead of sleeping on an edge that already passed.
+a send from a thread other than the reader marks its channel `pending` and
+pokes the shared `Waker`: the reader then drains it again instead of sleeping
+on an edge that already passed.
 The reader's own sends need no poke, since it always drains before it blocks.
 
 Sends never block: with `IMMEDIATE` set, a message is only queued for a
@@ -80,17 +81,21 @@ class Waker:
 class Channel:
     """One DEALER connected to the gateway's ROUTER; `send` from any thread.
 
-    `waker`: the reader's, shared with the other channels it reads (a channel
-    without one gets its own, closed with it).
+    `waker`: the reader's, shared with the other channels it reads; `context`:
+    the ZeroMQ context, shared by the worker's channels so that one ZeroMQ I/O
+    thread serves every socket (a channel without them gets its own, closed
+    with it).
     """
 
     def __init__(self, endpoint: str, limits: Limits = DEFAULT_LIMITS,
-                 waker: Waker | None = None) -> None:
+                 waker: Waker | None = None,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         self.endpoint = endpoint
         self.limits = limits
         tune_for_large_buffers()  # messages and bodies of megabytes: see ipc/memtune.py
         # A fresh context per process: ZeroMQ contexts must not cross a fork.
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._own_ctx = context is None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context() if context is None else context
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -103,6 +108,12 @@ class Channel:
         #: Readable (edge-triggered) when the socket may have something to drain.
         self.zmq_fd = cast(int, sock.getsockopt(zmq.FD))
         self._closed = False
+        #: Whether the socket may hold messages, so that a drain must look: set by every
+        #: socket operation (each may consume ZMQ_FD's edge) and by the reader's poll
+        #: seeing ZMQ_FD readable, cleared by a drain that found the socket empty.
+        #: The reader of several sockets skips the others (each empty look costs a
+        #: ZeroMQ command check, two syscalls and a Python exception).
+        self.pending = True
         self.dropped = 0
         self.invalid = 0
 
@@ -123,6 +134,7 @@ class Channel:
         with self._lock:
             if self._closed:
                 return 0
+            self.pending = True
             for frames in encoded:
                 try:
                     send_frames(self._sock, *frames)
@@ -151,7 +163,8 @@ class Channel:
             self._closed = True
             self._sock.close(linger=linger_ms)
         self.waker.poke()  # a reader still polling this socket's fd looks again
-        self._ctx.term()
+        if self._own_ctx:
+            self._ctx.term()
         if self._own_waker:
             self.waker.close()
 
@@ -166,7 +179,7 @@ class Channel:
                 while len(batch) < MAX_BATCH:
                     batch.append(recv_frames(sock))
             except zmq.Again:
-                pass
+                self.pending = False  # until an operation or ZMQ_FD says otherwise
         messages = []
         for frames in batch:
             try:

@@ -4,8 +4,10 @@ The leading call thread (worker/callthreads.py) reads every gateway
 process's channel at once, so that with N gateway processes one thread wakes
 for all their messages, not N threads for 1/N each (more wake-ups, smaller
 batches, and a GIL hand-off between them every time).  It drains each
-channel; when none had anything, it blocks in one `poll` on every channel's
-ZMQ_FD and the shared `Waker`'s eventfd (worker/channel.py), then drains again.
+channel that may hold messages (`Channel.pending`: touched since its last
+empty drain, or its ZMQ_FD fired); when none had anything, it blocks in one
+`poll` on every channel's ZMQ_FD and the shared `Waker`'s eventfd
+(worker/channel.py), then drains again.
 
 The set of lanes changes under the call threads' lock (`lanes` is replaced,
 never changed in place); a reader polling the old set is poked and looks again.
@@ -17,7 +19,7 @@ import select
 import threading
 
 from ipc.protocol import Message
-from worker.channel import Waker
+from worker.channel import Channel, Waker
 from worker.lane import Lane
 
 __all__ = ["Inbox"]
@@ -48,26 +50,33 @@ class Inbox:
             return batches
         local = self._polls
         if getattr(local, "lanes", None) is not lanes:
-            local.poll = _poller(lanes, self.waker)
+            local.poll, local.by_fd = _poller(lanes, self.waker)
             local.lanes = lanes
-        local.poll.poll(int(timeout_s * 1000))
+        by_fd = local.by_fd
+        for fd, _ in local.poll.poll(int(timeout_s * 1000)):
+            channel = by_fd.get(fd)
+            if channel is not None:
+                channel.pending = True  # its edge: drain it (see worker/channel.py)
         self.waker.consume()
         return _drain(self.lanes)
 
 
 def _drain(lanes: tuple[Lane, ...]) -> list[tuple[Lane, list[Message]]]:
+    """The lanes' messages, from the channels that may hold some (`pending`)."""
     batches = []
     for lane in lanes:
-        messages = lane.channel.drain()
-        if messages:
-            batches.append((lane, messages))
+        if lane.channel.pending:
+            messages = lane.channel.drain()
+            if messages:
+                batches.append((lane, messages))
     return batches
 
 
-def _poller(lanes: tuple[Lane, ...], waker: Waker) -> select.poll:
-    poller = select.poll()
+def _poller(lanes: tuple[Lane, ...], waker: Waker) -> tuple[select.poll, dict[int, Channel]]:
+    poller, by_fd = select.poll(), {}
     for lane in lanes:
         if not lane.channel.closed:
             poller.register(lane.channel.zmq_fd, select.POLLIN)
+            by_fd[lane.channel.zmq_fd] = lane.channel
     poller.register(waker.fd, select.POLLIN)
-    return poller
+    return poller, by_fd

@@ -43,8 +43,11 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import zmq
+
 from config.gateway import GatewayConfig
 from ipc import exitcodes
+from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import Limits, MsgType
 from worker.analytics import AnalyticsFunc, AnalyticsRunner
 from worker.answers import Answers, CallLedger
@@ -73,6 +76,9 @@ class Uplinks:
                  timing: Timing, report: Mapping[str, Any], calls: CallThreads) -> None:
         self.identity = identity
         self.calls = calls
+        #: The uplinks' channels' one ZeroMQ context: one I/O thread for every socket.
+        tune_for_large_buffers()  # before the I/O thread starts: see ipc/memtune.py
+        self.zmq_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.link = link
         self.hostcalls = hostcalls
         self.timing = timing
@@ -105,7 +111,14 @@ class Uplinks:
             for task in (*helpers, *runs):
                 task.cancel()
             await asyncio.gather(*helpers, *runs, return_exceptions=True)
-            await asyncio.to_thread(self.calls.stop)  # every uplink has detached
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        """Once every uplink has finished (blocks: joins threads, lingers)."""
+        self.calls.stop()
+        for uplink in self.uplinks:  # closed already, unless its run was cancelled
+            uplink.channel.close()
+        self.zmq_context.term()
 
     def on_welcome(self, uplink: Uplink) -> None:
         if not self._ready_sent:
@@ -207,7 +220,7 @@ def build_uplinks(cfg: GatewayConfig, identity: Identity, link: SupervisorLink,
     owner = Uplinks(identity, link, hostcalls, timing, table.report(), calls)
     limits = Limits(max_message_bytes=cfg.ipc.max_message_bytes)
     for index, endpoint in enumerate(cfg.hooks_endpoints):
-        channel = Channel(endpoint, limits, calls.waker)  # read by the one pool
+        channel = Channel(endpoint, limits, calls.waker, owner.zmq_context)
         dispatcher = Dispatcher(table, cfg.hooks.timeout_ms)
         ledger = CallLedger()
         answers = Answers(channel, ledger)
