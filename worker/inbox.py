@@ -57,7 +57,8 @@ class Inbox:
             channel = by_fd.get(fd)
             if channel is not None:
                 channel.pending = True  # its edge: drain it (see worker/channel.py)
-        self.waker.consume()
+            else:  # poked (only then: an empty read is a syscall and an exception)
+                self.waker.consume()
         return _drain(self.lanes)
 
 
