@@ -187,7 +187,8 @@ class CallThreads:
                 lane.inflight -= lane.answers.flush()
             kept = [entry for entry in self._queue if entry[0] is not lane]
             if len(kept) != len(self._queue):
-                self._queue = collections.deque(kept)
+                self._queue.clear()
+                self._queue.extend(kept)
             deadline = time.monotonic() + JOIN_S
             while lane.running and (left := deadline - time.monotonic()) > 0:
                 self._lane_idle.wait(left)
@@ -247,8 +248,10 @@ class CallThreads:
                     self._followers.wait()
                     self._idle -= 1
                     continue
-                if self._queue:
-                    entry = self._next_job()
+                queue = self._queue
+                if queue:
+                    entry = (queue.popleft() if queue[0][0].running < self._per_lane
+                             else self._next_job())
                     if entry is not None:
                         if self._holding and self._holding[0].answers.overdue():
                             self._flush()
@@ -260,12 +263,11 @@ class CallThreads:
                 self._lead(None)
 
     def _next_job(self) -> tuple[Lane, int, Job] | None:
-        """The first queued job whose lane runs fewer than its share of the threads
-        (lock held, queue not empty): hooks blocked on one gateway's calls leave the
-        other gateways' share of the threads to them.  None: read meanwhile."""
+        """The first queued job whose lane runs fewer than its share of the threads,
+        when the first one's lane runs its share already (lock held): hooks blocked on
+        one gateway's calls leave the other gateways' share of the threads to them.
+        None: read meanwhile."""
         queue = self._queue
-        if queue[0][0].running < self._per_lane:
-            return queue.popleft()
         for index, entry in enumerate(queue):
             if entry[0].running < self._per_lane:
                 del queue[index]
