@@ -7,7 +7,8 @@ module builds them and owns what exists once per process:
 
 * the call threads (worker/callthreads.py): one pool reads every uplink's
   socket and runs every gateway's plain hooks, each job carrying its uplink's
-  `Lane` (worker/lane.py); it stops once every uplink has finished;
+  `Lane` (worker/lane.py), over one ZeroMQ context (one I/O thread for every
+  socket); both stop once every uplink has finished;
 * the supervisor link: the admission gate once, before any uplink says HELLO;
   `ready` once, on the first WELCOME from any gateway (each gateway admits on
   its own, and one in restart backoff must not keep the worker from being
