@@ -525,3 +525,64 @@ async def test_each_reply_carries_its_hooks_own_run_time(worker: Harness, name: 
     elapsed = time.perf_counter_ns() - started
     assert answer.type is MsgType.REPLY, answer
     assert 0 < answer.payload["run_ns"] <= elapsed  # the hook's time, within the round trip
+
+
+async def test_one_pool_reads_two_lanes_and_detaches_one(table: HookTable,
+                                                         hostcalls: HostCalls) -> None:
+    """
+    1. one CallThreads, two lanes, each with its own socket (two gateways);
+    2. CALLs on both sockets at once: each is answered on its own socket, all
+       by one thread (no hook blocks), each lane counting its own;
+    3. lane 0 is detached: its socket is read no more (a CALL there gets no
+       answer), while lane 1 is still served.
+    """
+    base = Path(tempfile.mkdtemp(prefix="cpl-"))  # short: ipc:// paths must fit sun_path
+    calls = CallThreads(hostcalls, threads_per_lane=2, handoff_s=HANDOFF_S)
+    gateways: list[Gateway] = []
+    lanes: list[Lane] = []
+    loop = asyncio.get_running_loop()
+    try:
+        for index in range(2):
+            endpoint = f"ipc://{base}/h{index}.sock"
+            gateways.append(Gateway(endpoint))
+            channel = Channel(endpoint, waker=calls.waker)
+            dispatcher = Dispatcher(table, default_timeout_ms=2000)
+            answers = Answers(channel, CallLedger())
+            lanes.append(Lane(channel, dispatcher, answers, LoopCalls(dispatcher, answers)))
+            deadline = time.monotonic() + STEP_S
+            while not channel.send(MsgType.HEARTBEAT, 0, {"generation": 1}):
+                assert time.monotonic() < deadline, "the DEALER never connected"
+                await asyncio.sleep(0.005)
+            assert (await gateways[-1].receive()).type is MsgType.HEARTBEAT
+            calls.attach(lanes[-1], loop, lambda message: None)
+        for call_id in range(1, 11):
+            for gateway in gateways:
+                gateway.send(MsgType.CALL, call_id, payload("WhichThread"))
+        threads = set()
+        for gateway in gateways:
+            answered = set()
+            for _ in range(10):
+                answer = await gateway.receive()
+                assert answer.type is MsgType.REPLY, answer
+                answered.add(answer.call_id)
+                threads.add(answer.payload["object"]["request"]["set_headers"]["X-Thread"])
+            assert answered == set(range(1, 11))
+        assert threads == {"coproc-call-1"}
+        assert [lane.calls for lane in lanes] == [10, 10] and calls.threads == 1
+
+        await asyncio.to_thread(calls.detach, lanes[0])
+        gateways[0].send(MsgType.CALL, 11, payload("WhichThread"))
+        gateways[1].send(MsgType.CALL, 11, payload("WhichThread"))
+        assert (await gateways[1].receive()).type is MsgType.REPLY
+        assert not await asyncio.to_thread(gateways[0].sock.poll, 300)
+        assert [lane.calls for lane in lanes] == [10, 11]
+    finally:
+        for lane in lanes:
+            await asyncio.to_thread(calls.detach, lane)
+        await asyncio.to_thread(calls.stop)
+        for lane in lanes:
+            lane.channel.close()
+            lane.dispatcher.close()
+        for gateway in gateways:
+            gateway.close()
+        shutil.rmtree(base, ignore_errors=True)
