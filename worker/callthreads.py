@@ -4,10 +4,24 @@ Why: the hook round trip is on every request's path, and on the machines we
 measured a thread hand-off costs more than the hook (README, Performance):
 waking another thread is a futex and a context switch, and waking one on
 another CPU of a virtual machine costs tens of microseconds.  So one thread
-at a time *leads*: it reads the hooks socket (worker/channel.py), looks each
-CALL's hook up (once, worker/dispatch.py) and runs the plain ones right
-there, answering on the same socket.  A batch of CALLs read at once runs back
-to back, without any hand-off.  Plain `@Event` handlers run the same way.
+at a time *leads*: it reads the hooks sockets of every gateway process (one
+`poll` over all of them, worker/inbox.py), looks each CALL's hook up (once,
+worker/dispatch.py) and runs the plain ones right there, answering each on
+the socket it came from.  A batch of CALLs read at once runs back to back,
+without any hand-off, whichever gateways sent them.  Plain `@Event` handlers
+run the same way.
+
+One pool serves every uplink (worker/uplinks.py): with N gateway processes, N
+pools would mean N leaders, each waking for 1/N of the messages and taking
+turns at the GIL (README, Performance: with 2, a pool per socket cost 77 µs of
+worker CPU per call against 64 for one pool, and 49 with one gateway process).
+What is per gateway process travels with each job as its `Lane`
+(worker/lane.py); `CURRENT_LANE` is set before each job runs, and before an
+`async def` hook is handed to the loop, so host calls answer via the right
+gateway.  The thread limit is `coproc.worker.threads` per attached lane, and
+a lane's jobs run on at most `coproc.worker.threads` threads at once (the
+others wait in the queue), so hooks blocked on one gateway's calls never take
+the threads another gateway's calls need.
 
 What the leader reads and does not run:
 
@@ -15,7 +29,8 @@ What the leader reads and does not run:
   waiting for it (worker/hostcalls.py), right from here;
 * the CALLs and EVENTs of `async def` hooks and handlers: to the event loop
   (worker/loopcalls.py);
-* WELCOME, DRAIN, REJECT, RESYNC: to the event loop (worker/uplink.py), in order.
+* WELCOME, DRAIN, REJECT, RESYNC: to the event loop, to their lane's uplink
+  (worker/uplink.py), in order.
 
 A hook that blocks would stop the reading with it, so leadership moves on:
 
@@ -25,7 +40,7 @@ A hook that blocks would stop the reading with it, so leadership moves on:
 
 The thread that was leading answers its call when its hook returns and then
 waits as a follower.  Followers are started when a hand-off needs one, up to
-`max_threads`.  When every thread is inside a hook, a *stand-in* reads: one
+the limit.  When every thread is inside a hook, a *stand-in* reads: one
 more thread that never runs a hook.  It resolves host-call replies (without
 it, hooks all waiting on `get_data` would wait for replies nobody reads, until
 their host calls time out), hands control messages to the loop and queues
@@ -43,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import logging
 import threading
 import time
@@ -54,11 +68,10 @@ from typing import Any, Final, Protocol, cast
 from ipc.coprocess import CallPayload
 from ipc.protocol import ErrorCode, Message, MsgType
 from worker import merged
-from worker.analytics import AnalyticsRunner
-from worker.answers import Answers
-from worker.channel import Channel
-from worker.dispatch import Call, Dispatcher, EventCall, Outcome, Ran, error
-from worker.loopcalls import LoopCalls
+from worker.channel import Waker
+from worker.dispatch import Call, EventCall, Outcome, Ran, error
+from worker.inbox import Inbox
+from worker.lane import CURRENT_LANE, Deliver, Lane
 from worker.merged import Group
 
 __all__ = ["CallThreads", "HostReplies"]
@@ -69,11 +82,10 @@ log = logging.getLogger("worker.calls")
 RECEIVE_TIMEOUT_S: Final = 1.0
 #: Consecutive watchdog checks without a running hook before the watchdog parks.
 PARK_AFTER_IDLE_CHECKS: Final = 200
-#: How long `stop` waits for the call threads to leave.
+#: How long `stop` waits for the call threads to leave, and `detach` for a lane's jobs.
 JOIN_S: Final = 1.0
 THREAD_PREFIX: Final = "coproc-call"
 
-Deliver = Callable[[Message], None]
 #: What a call thread runs: a plain hook's CALL, a merged CALL (any hooks, worker/merged.py),
 #: or a plain handler's EVENT.
 Job = Call | Group | EventCall
@@ -91,6 +103,7 @@ class HostReplies(Protocol):
 class _Running:
     """The job one thread is running (changed under the CallThreads lock only)."""
 
+    lane: Lane
     call_id: int  # 0 for an event
     job: Job
     timeout_ms: int
@@ -99,26 +112,29 @@ class _Running:
 
 
 class CallThreads:
-    """Reads the channel and runs plain hooks; `start` once the event loop runs."""
+    """Reads every attached lane's channel and runs plain hooks; one per process.
 
-    def __init__(self, channel: Channel, dispatcher: Dispatcher, answers: Answers,
-                 loop_calls: LoopCalls, host_replies: HostReplies, max_threads: int,
-                 handoff_s: float, context: contextvars.Context | None = None) -> None:
-        self._channel = channel
-        self._dispatcher = dispatcher
-        self._answers = answers
-        self._loop_calls = loop_calls
+    Channels it reads must be built with its `waker`.  `attach` a lane once the
+    event loop runs; the threads start with the first one.
+    """
+
+    def __init__(self, host_replies: HostReplies, threads_per_lane: int,
+                 handoff_s: float) -> None:
         self._host_replies = host_replies
-        self._max = max(1, max_threads)
+        self._per_lane = max(1, threads_per_lane)
+        self._max = self._per_lane
         self._handoff_s = handoff_s
-        #: Each call thread runs in a copy of this (worker/uplinks.py: whose thread it is).
-        self._context = context
+        self.waker = Waker()
+        self._inbox = Inbox(self.waker)
         self._lock = threading.Lock()
         self._followers = threading.Condition(self._lock)
         #: Wakes the stand-in reader (started on first need): every thread is in a hook.
         self._stand_in_wake = threading.Condition(self._lock)
+        #: Wakes `detach` waiting for a lane's running jobs to end.
+        self._lane_idle = threading.Condition(self._lock)
         self._stand_in: int | None = None  # its thread ident
-        self._queue: collections.deque[tuple[int, Job]] = collections.deque()
+        self._queue: collections.deque[tuple[Lane, int, Job]] = collections.deque()
+        self._holding: list[Lane] = []  # lanes whose answers the leader holds, oldest first
         self._threads: list[threading.Thread] = []
         self._leader: int | None = None  # thread ident
         self._running: dict[int, _Running] = {}  # by thread ident
@@ -127,48 +143,69 @@ class CallThreads:
         self._watch_parked = False
         self._watch_wake = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._deliver: Deliver | None = None
-        #: False once the worker drains: CALLs read after that are refused.
-        self.accepting = True
-        self.inflight = 0  # CALLs for the call threads, read and not answered yet
-        self.calls = 0  # CALLs read, in total (the loop's too)
-        self.merged = 0  # of those, merged CALLs (several hooks each)
         self.handoffs = 0
-        self.deadlines = 0  # calls the watchdog answered with ERROR `deadline`
-        #: Runs ANALYTICS batches on its own threads (worker/analytics.py).
-        self.analytics: AnalyticsRunner | None = None
 
     @property
     def threads(self) -> int:
         return len(self._threads)
 
-    def counters(self) -> dict[str, int]:
-        """For HEARTBEAT, and from there `GET /hello` (`worker.call_threads`)."""
-        counters = {"calls": self.calls, "merged": self.merged, "inflight": self.inflight,
-                    "threads": len(self._threads), "handoffs": self.handoffs,
-                    "deadlines": self.deadlines}
-        if self.analytics is not None:
-            counters.update(self.analytics.counters())
-        return counters
+    @property
+    def lanes(self) -> tuple[Lane, ...]:
+        return self._inbox.lanes
 
-    def start(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
-        """Start leading; `deliver` gets the control messages on `loop`."""
-        if self._threads:
-            return
-        self._loop, self._deliver = loop, deliver
+    def counters(self) -> dict[str, int]:
+        """The pool's part of HEARTBEAT `calls` (each lane adds its own counters)."""
+        return {"threads": len(self._threads), "handoffs": self.handoffs}
+
+    def attach(self, lane: Lane, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        """Read `lane` too (its channel must use `waker`); `deliver` gets its control
+        messages on `loop`, the one loop of the process."""
+        if lane.channel.waker is not self.waker:
+            raise ValueError("the lane's channel was not built with these call threads' waker")
         with self._lock:
+            if lane.attached or self._stopping:
+                return
+            self._loop = loop
+            lane.deliver, lane.attached = deliver, True
+            self._inbox.set_lanes((*self._inbox.lanes, lane))
+            self._max = self._per_lane * len(self._inbox.lanes)
+            if self._threads:
+                return
             self._spawn()
         threading.Thread(target=self._watch, name=f"{THREAD_PREFIX}-watch", daemon=True).start()
+
+    def detach(self, lane: Lane) -> None:
+        """Stop reading `lane` (blocks: call off the loop).  Its held answers go out, its
+        queued jobs are dropped, and its running ones get JOIN_S to finish; then
+        its channel and arena may close."""
+        with self._lock:
+            if not lane.attached:
+                return
+            lane.attached = False
+            self._inbox.set_lanes(tuple(x for x in self._inbox.lanes if x is not lane))
+            if lane in self._holding:
+                self._holding.remove(lane)
+                lane.inflight -= lane.answers.flush()
+            kept = [entry for entry in self._queue if entry[0] is not lane]
+            if len(kept) != len(self._queue):
+                self._queue.clear()
+                self._queue.extend(kept)
+            deadline = time.monotonic() + JOIN_S
+            while lane.running and (left := deadline - time.monotonic()) > 0:
+                self._lane_idle.wait(left)
+            if lane.running:
+                log.warning("%s: %d hook(s) still running as its uplink closes",
+                            lane.channel.endpoint, lane.running)
 
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
             self._followers.notify_all()
             self._stand_in_wake.notify_all()
-        log.info("call threads: %d call(s), %d hand-off(s), %d thread(s)", self.calls,
-                 self.handoffs, len(self._threads))
+        log.info("call threads: %d hand-off(s), %d thread(s)", self.handoffs,
+                 len(self._threads))
         self._watch_wake.set()
-        self._channel.poke()
+        self.waker.poke()
         deadline = time.monotonic() + JOIN_S
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -176,6 +213,8 @@ class CallThreads:
         if stuck:  # daemons: the process exits without them
             log.warning("call threads still inside a hook at exit (%s): exiting without "
                         "them", ", ".join(stuck))
+        else:
+            self.waker.close()
 
     def before_blocking(self) -> None:
         """The calling hook is about to wait (a host call): let another thread read."""
@@ -186,16 +225,15 @@ class CallThreads:
     # -- one thread ---------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        thread = self._thread(self._run, f"{THREAD_PREFIX}-{len(self._threads) + 1}")
+        thread = threading.Thread(target=self._run, daemon=True,
+                                  name=f"{THREAD_PREFIX}-{len(self._threads) + 1}")
         self._threads.append(thread)
         thread.start()
 
-    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
-        """A thread in the call threads' context: its own copy either way (as any new
-        thread has: what a hook sets stays there).  The stand-in reader needs it too,
-        since `async def` hooks it hands to the loop run in a copy of its context."""
-        context = self._context.copy() if self._context is not None else contextvars.Context()
-        return threading.Thread(target=context.run, args=(target,), daemon=True, name=name)
+    def _lead(self, me: int | None) -> None:
+        """`me` reads from now on (None: nobody); lock held."""
+        self._leader = me
+        self.waker.reader = me
 
     def _run(self) -> None:
         me = threading.get_ident()
@@ -204,69 +242,98 @@ class CallThreads:
             while not self._stopping:
                 if self._leader is None or self._leader == self._stand_in:
                     if self._leader is not None:
-                        self._channel.poke()  # the stand-in stops reading
-                    self._leader = me
-                    self._channel.reader = me
+                        self.waker.poke()  # the stand-in stops reading
+                    self._lead(me)
                 if self._leader != me:
                     self._idle += 1
                     self._followers.wait()
                     self._idle -= 1
                     continue
-                if self._queue:
-                    if self._answers.overdue():
-                        self._flush()
-                    self._run_job(me, *self._queue.popleft())
-                    continue
+                queue = self._queue
+                if queue:
+                    entry = (queue.popleft() if queue[0][0].running < self._per_lane
+                             else self._next_job())
+                    if entry is not None:
+                        if self._holding and self._holding[0].answers.overdue():
+                            self._flush()
+                        self._run_job(me, *entry)
+                        continue
                 self._flush()  # nothing more to run: send before sleeping
                 self._read()
             if self._leader == me:
-                self._leader = None
-                self._channel.reader = None
+                self._lead(None)
+
+    def _next_job(self) -> tuple[Lane, int, Job] | None:
+        """The first queued job whose lane runs fewer than its share of the threads,
+        when the first one's lane runs its share already (lock held): hooks blocked on
+        one gateway's calls leave the other gateways' share of the threads to them.
+        None: read meanwhile."""
+        queue = self._queue
+        for index, entry in enumerate(queue):
+            if entry[0].running < self._per_lane:
+                del queue[index]
+                return entry
+        return None
 
     def _read(self) -> None:
         """Wait for messages without the lock, then sort them (lock held on entry and exit)."""
         self._lock.release()
         try:
-            messages = self._channel.receive(RECEIVE_TIMEOUT_S)
+            batches = self._inbox.receive(RECEIVE_TIMEOUT_S)
         finally:
             self._lock.acquire()
-        self._sort(messages)
+        for lane, messages in batches:
+            if lane.attached:  # else its uplink is closing: nobody would answer
+                self._sort(lane, messages)
 
-    def _run_job(self, me: int, call_id: int, job: Job) -> None:
+    def _run_job(self, me: int, lane: Lane, call_id: int, job: Job) -> None:
         """Run one job on this thread, the lock released meanwhile, then answer it."""
-        running = self._running[me] = self._track(call_id, job)
+        running = self._running[me] = self._track(lane, call_id, job)
+        lane.running += 1
         self._lock.release()
         try:
-            ran = self._execute(call_id, job, running)
+            if CURRENT_LANE.get() is not lane:  # host calls go back to this lane's gateway
+                CURRENT_LANE.set(lane)
+            ran = self._execute(lane, call_id, job, running)
         finally:
             self._lock.acquire()
             del self._running[me]
+            lane.running -= 1
+            if not lane.attached:
+                self._lane_idle.notify_all()
+            elif (lane.running == self._per_lane - 1 and self._queue
+                  and self._leader not in (None, me)):
+                self.waker.poke()  # the leader may be reading past this lane's queued jobs
         if running.answered or ran is None:  # the watchdog answered at the deadline, or an event
             return
         running.answered = True
-        outcome = self._finish(call_id, ran)
+        outcome = self._finish(lane, call_id, ran)
         if self._leader == me:
-            self.inflight -= self._answers.hold(call_id, outcome)
+            lane.inflight -= lane.answers.hold(call_id, outcome)
+            if lane.answers.held and lane not in self._holding:
+                self._holding.append(lane)
         else:  # handed off meanwhile: the new leader has its own batch
-            self.inflight -= 1
-            self._answers.answer(call_id, outcome)
+            lane.inflight -= 1
+            lane.answers.answer(call_id, outcome)
 
-    def _sort(self, messages: list[Message]) -> None:
+    def _sort(self, lane: Lane, messages: list[Message]) -> None:
         """Each message read to where it runs (lock held; see the module docstring)."""
+        if CURRENT_LANE.get() is not lane:  # the loop runs what it is handed in this context
+            CURRENT_LANE.set(lane)
         for message in messages:
             kind = message.type
             if kind is MsgType.CALL:
-                self._sort_call(message)
+                self._sort_call(lane, message)
             elif kind is MsgType.EVENT:
-                event = self._dispatcher.prepare_event(message.payload)
+                event = lane.dispatcher.prepare_event(message.payload)
                 if event is None:
                     pass  # logged
                 elif event.handler.is_async:
-                    self._to_loop(self._loop_calls.start_event, event)
+                    self._to_loop(lane.loop_calls.start_event, event)
                 else:
-                    self._queue.append((0, event))
-            elif kind is MsgType.ANALYTICS and self.analytics is not None:
-                self.analytics.submit(message)  # its own threads: never a call thread
+                    self._queue.append((lane, 0, event))
+            elif kind is MsgType.ANALYTICS and lane.analytics is not None:
+                lane.analytics.submit(message)  # its own threads: never a call thread
             elif kind is MsgType.HOST_REPLY:
                 if not self._host_replies.resolve(message.call_id, message.payload):
                     log.debug("late or unknown HOST_REPLY %d", message.call_id)
@@ -278,68 +345,71 @@ class CallThreads:
                 if kind is MsgType.DRAIN:
                     # Here, not on the loop: CALLs read after the DRAIN are refused,
                     # those before it (the socket keeps the gateway's order) are served.
-                    self.accepting = False
-                assert self._deliver is not None  # set by start()
-                self._to_loop(self._deliver, message)
+                    lane.accepting = False
+                assert lane.deliver is not None  # set by attach()
+                self._to_loop(lane.deliver, message)
 
-    def _sort_call(self, message: Message) -> None:
-        self.calls += 1
-        if not self.accepting:
-            self._answers.answer(message.call_id,
-                                 error(ErrorCode.DRAINING, "the worker is draining"))
+    def _sort_call(self, lane: Lane, message: Message) -> None:
+        lane.calls += 1
+        if not lane.accepting:
+            lane.answers.answer(message.call_id,
+                                error(ErrorCode.DRAINING, "the worker is draining"))
             return
         payload = cast(CallPayload, message.payload)
         call: Call | Group | Outcome
         if "then" in payload:
-            self.merged += 1
-            call = merged.prepare_group(self._dispatcher, payload)
+            lane.merged += 1
+            call = merged.prepare_group(lane.dispatcher, payload)
         else:
-            call = self._dispatcher.prepare(payload)
+            call = lane.dispatcher.prepare(payload)
         if isinstance(call, Group):  # on this thread, even its `async def` hooks' turns
-            self.inflight += 1
-            self._queue.append((message.call_id, call))
+            lane.inflight += 1
+            self._queue.append((lane, message.call_id, call))
         elif not isinstance(call, Call):  # no such hook: answered with the lookup's ERROR
-            self.inflight += 1
-            self.inflight -= self._answers.hold(message.call_id, call)
+            lane.inflight += 1
+            lane.inflight -= lane.answers.hold(message.call_id, call)
+            if lane.answers.held and lane not in self._holding:
+                self._holding.append(lane)
         elif call.entry.is_async:
-            self._to_loop(self._loop_calls.start_call, message.call_id, call)
+            self._to_loop(lane.loop_calls.start_call, message.call_id, call)
         else:
-            self.inflight += 1
-            self._queue.append((message.call_id, call))
+            lane.inflight += 1
+            self._queue.append((lane, message.call_id, call))
 
     def _to_loop(self, func: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None  # set by start()
+        assert self._loop is not None  # set by attach()
         try:
             self._loop.call_soon_threadsafe(func, *args)
         except RuntimeError:  # the loop closed: the worker is exiting
             log.debug("dropped %r: the event loop is closed", args[0])
 
-    def _track(self, call_id: int, job: Job) -> _Running:
+    def _track(self, lane: Lane, call_id: int, job: Job) -> _Running:
         """Book-keeping before a job runs (lock held)."""
         if self._watch_parked:
             self._watch_parked = False
             self._watch_wake.set()
-        return _Running(call_id, job, job.timeout_ms, time.monotonic())
+        return _Running(lane, call_id, job, job.timeout_ms, time.monotonic())
 
-    def _execute(self, call_id: int, job: Job, running: _Running
+    def _execute(self, lane: Lane, call_id: int, job: Job, running: _Running
                  ) -> Ran | Group | Outcome | None:
         """Run the hook (None for an event handler: nothing to answer, or for a group
         the watchdog answered)."""
         if isinstance(job, EventCall):
-            self._dispatcher.run_event(job)  # logs the handler's failures
+            lane.dispatcher.run_event(job)  # logs the handler's failures
             return None
         if isinstance(job, Group):
-            return self._run_group(call_id, job, running)
-        return self._run_one(call_id, job)
+            return self._run_group(lane, call_id, job, running)
+        return self._run_one(lane, call_id, job)
 
-    def _run_one(self, call_id: int, call: Call) -> Ran | Outcome:
+    def _run_one(self, lane: Lane, call_id: int, call: Call) -> Ran | Outcome:
         """One hook on this thread; an `async def` one (in a group) on the loop, waited for."""
         try:
             if not call.entry.is_async:
-                return self._dispatcher.run_here(call)
+                return lane.dispatcher.run_here(call)
             self.before_blocking()  # waiting: another thread reads meanwhile
-            assert self._loop is not None  # set by start()
-            future = asyncio.run_coroutine_threadsafe(self._dispatcher.run_async_ran(call),
+            assert self._loop is not None  # set by attach()
+            # Scheduled from this thread's context: the hook's host calls keep the lane.
+            future = asyncio.run_coroutine_threadsafe(lane.dispatcher.run_async_ran(call),
                                                       self._loop)
             # run_async_ran ends at the hook's deadline; the margin covers a busy loop.
             return future.result(call.timeout_ms / 1000 + JOIN_S)
@@ -347,7 +417,8 @@ class CallThreads:
             log.exception("CALL %d failed inside the worker", call_id)
             return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
 
-    def _run_group(self, call_id: int, group: Group, running: _Running) -> Group | None:
+    def _run_group(self, lane: Lane, call_id: int, group: Group, running: _Running
+                   ) -> Group | None:
         """A merged CALL's hooks in turn (lock released; taken between hooks).
 
         Each hook gets its own deadline: the watchdog sees the running hook's
@@ -356,7 +427,7 @@ class CallThreads:
         call: Call | None = group.first
         for _ in range(group.size):
             assert call is not None
-            ran = self._run_one(call_id, call)
+            ran = self._run_one(lane, call_id, call)
             with self._lock:
                 if running.answered:
                     return None
@@ -366,35 +437,38 @@ class CallThreads:
                 running.started, running.timeout_ms = time.monotonic(), call.timeout_ms
         return group
 
-    def _finish(self, call_id: int, ran: Ran | Group | Outcome) -> Outcome:
+    def _finish(self, lane: Lane, call_id: int, ran: Ran | Group | Outcome) -> Outcome:
         """The answer to a call still unanswered (lock held: the watchdog cannot answer it
         meanwhile, so a changed body written to its arena slot is still the call's)."""
         try:
             if isinstance(ran, Group):
-                return merged.reply(self._dispatcher, ran)
-            return self._dispatcher.finish(ran)
+                return merged.reply(lane.dispatcher, ran)
+            return lane.dispatcher.finish(ran)
         except Exception as exc:
             log.exception("CALL %d failed inside the worker", call_id)
             return error(ErrorCode.HOOK_FAILED, f"{type(exc).__name__}: {exc}")
 
     def _flush(self) -> None:
-        """Send the leader's held answers (lock held)."""
-        self.inflight -= self._answers.flush()
+        """Send the leader's held answers, every lane's (lock held)."""
+        if self._holding:
+            for lane in self._holding:
+                lane.inflight -= lane.answers.flush()
+            self._holding.clear()
 
     # -- hand-offs and deadlines --------------------------------------------------------
 
     def _hand_off(self) -> None:
         """The leader is stuck in a hook: another thread reads (lock held)."""
         self._flush()  # the stuck leader's finished calls must not wait for it
-        self._leader = None
-        self._channel.reader = None
+        self._lead(None)
         self.handoffs += 1
         if self._idle:
             self._followers.notify()
         elif len(self._threads) < self._max:
             self._spawn()
         elif self._stand_in is None:  # every thread is inside a hook: someone must read
-            thread = self._thread(self._stand_in_reads, f"{THREAD_PREFIX}-reader")
+            thread = threading.Thread(target=self._stand_in_reads, daemon=True,
+                                      name=f"{THREAD_PREFIX}-reader")
             thread.start()
             self._stand_in = thread.ident
         else:
@@ -412,22 +486,20 @@ class CallThreads:
                     continue
                 if self._idle or (self._queue and len(self._threads) < self._max):
                     # A call thread can lead again (a follower waits, or one more may start).
-                    self._leader = None
-                    self._channel.reader = None
+                    self._lead(None)
                     if self._idle:
                         self._followers.notify()
                     else:
                         self._spawn()
                     self._stand_in_wake.wait()  # until every thread is in a hook again
                     continue
-                self._leader = me
-                self._channel.reader = me
+                self._lead(me)
                 self._read()
                 self._flush()
                 if self._leader != me and self._queue:
                     # A call thread took the reading back while these were read: it may
                     # be asleep in `receive` already, with work queued behind it.
-                    self._channel.poke()
+                    self.waker.poke()
 
     def _watch(self) -> None:
         idle_checks = 0
@@ -455,18 +527,18 @@ class CallThreads:
             if running.answered or now - running.started < running.timeout_ms / 1000:
                 continue
             running.answered = True
-            job = running.job
+            job, lane = running.job, running.lane
             if isinstance(job, EventCall):
                 log.warning("API %s: event handler %s did not finish within %d ms",
                             job.api_id, job.handler.name, job.timeout_ms)
                 continue
-            self.inflight -= 1
-            self.deadlines += 1
+            lane.inflight -= 1
+            lane.deadlines += 1
             if isinstance(job, Group):  # the hooks before it ran: their results go too
                 merged.deadline(job)
-                self._answers.answer(running.call_id, merged.reply(self._dispatcher, job))
+                lane.answers.answer(running.call_id, merged.reply(lane.dispatcher, job))
             else:
-                self._answers.answer(running.call_id, job.deadline_error())
+                lane.answers.answer(running.call_id, job.deadline_error())
         leading = self._running.get(self._leader) if self._leader is not None else None
         if leading is not None and now - leading.started >= self._handoff_s:
             self._hand_off()

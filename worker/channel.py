@@ -1,16 +1,19 @@
-"""The worker's end of the hooks socket: one ZeroMQ DEALER shared by the worker's threads.
+"""The worker's end of one hooks socket: a ZeroMQ DEALER shared by the worker's threads.
 
+The worker holds one channel per gateway process (worker/uplinks.py).
 ZeroMQ sockets are not thread-safe, but they may be used from several threads
-one at a time; here every `send` and every receive happens under one lock.
-Reading is the job of exactly one thread at a time, the *reader* (the leading
-call thread, worker/callthreads.py): it drains what is waiting, and when
-nothing is, it blocks in `poll` on the socket's ZMQ_FD and on a wake-up
-eventfd, without holding the lock.
+one at a time; here every `send` and every `drain` of a channel happens under
+its lock.  Reading is the job of exactly one thread at a time for *all* the
+channels, the *reader* (the leading call thread, worker/callthreads.py): it
+drains the channels that may hold messages (`pending`), and when none has
+anything, it blocks in one `poll` on every channel's ZMQ_FD and on one
+wake-up eventfd (`Waker`), without holding any lock (worker/inbox.py).
 
 ZMQ_FD is edge-triggered and any socket operation can consume its edge, so
-a send from a thread other than the reader pokes the eventfd: the reader then
-drains again instead of sleeping on an edge that already passed.  The
-reader's own sends need no poke, since it always drains before it blocks.
+a send from a thread other than the reader marks its channel `pending` and
+pokes the shared `Waker`: the reader then drains it again instead of sleeping
+on an edge that already passed.
+The reader's own sends need no poke, since it always drains before it blocks.
 
 Sends never block: with `IMMEDIATE` set, a message is only queued for a
 connected gateway, and one that cannot be queued (gateway gone, or not
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import threading
 from collections.abc import Mapping
 from typing import Any, Final, cast
@@ -35,7 +37,7 @@ from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import DEFAULT_LIMITS, Limits, Message, MsgType, ProtocolError, decode, encode
 from ipc.zmqio import recv_frames, send_frames
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "Waker"]
 
 log = logging.getLogger("worker.channel")
 
@@ -45,15 +47,55 @@ SEND_HWM: Final = 100_000
 MAX_BATCH: Final = 256
 
 
-class Channel:
-    """One DEALER connected to the gateway's ROUTER; `send` from any thread."""
+class Waker:
+    """The reader's wake-up eventfd and who the reader is, shared by the channels it reads."""
 
-    def __init__(self, endpoint: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        #: `threading.get_ident()` of the thread that reads now (None: nobody).
+        self.reader: int | None = None
+        self._closed = False
+
+    def poke(self) -> None:
+        """Wake the reader out of its `poll` (it drains every channel again)."""
+        if self._closed:
+            return
+        try:
+            os.eventfd_write(self.fd, 1)
+        except OSError:
+            pass  # closed: nobody reads any more
+
+    def consume(self) -> None:
+        """Reset after a `poll` (the reader drains next, whatever woke it)."""
+        try:
+            os.eventfd_read(self.fd)
+        except (BlockingIOError, OSError):
+            pass  # not poked: a socket is readable, or the poll timed out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+
+class Channel:
+    """One DEALER connected to the gateway's ROUTER; `send` from any thread.
+
+    `waker`: the reader's, shared with the other channels it reads; `context`:
+    the ZeroMQ context, shared by the worker's channels so that one ZeroMQ I/O
+    thread serves every socket (a channel without them gets its own, closed
+    with it).
+    """
+
+    def __init__(self, endpoint: str, limits: Limits = DEFAULT_LIMITS,
+                 waker: Waker | None = None,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         self.endpoint = endpoint
         self.limits = limits
         tune_for_large_buffers()  # messages and bodies of megabytes: see ipc/memtune.py
         # A fresh context per process: ZeroMQ contexts must not cross a fork.
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._own_ctx = context is None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context() if context is None else context
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -61,15 +103,17 @@ class Channel:
         sock.connect(endpoint)
         self._sock = sock
         self._lock = threading.Lock()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._zmq_fd = cast(int, sock.getsockopt(zmq.FD))
-        # A poll object per reading thread: one may not be polled from two threads at
-        # once, and the call threads' stand-in reader may overlap a call thread taking
-        # the reading back for a moment (worker/callthreads.py).
-        self._polls = threading.local()
+        self._own_waker = waker is None
+        self.waker = Waker() if waker is None else waker
+        #: Readable (edge-triggered) when the socket may have something to drain.
+        self.zmq_fd = cast(int, sock.getsockopt(zmq.FD))
         self._closed = False
-        #: `threading.get_ident()` of the thread that reads now (None: nobody).
-        self.reader: int | None = None
+        #: Whether the socket may hold messages, so that a drain must look: set by every
+        #: socket operation (each may consume ZMQ_FD's edge) and by the reader's poll
+        #: seeing ZMQ_FD readable, cleared by a drain that found the socket empty.
+        #: The reader of several sockets skips the others (each empty look costs a
+        #: ZeroMQ command check, two syscalls and a Python exception).
+        self.pending = True
         self.dropped = 0
         self.invalid = 0
 
@@ -90,6 +134,7 @@ class Channel:
         with self._lock:
             if self._closed:
                 return 0
+            self.pending = True
             for frames in encoded:
                 try:
                     send_frames(self._sock, *frames)
@@ -101,38 +146,14 @@ class Channel:
                     log.warning("sending %d message(s) failed: %s", len(encoded) - sent, exc)
                     break
                 sent += 1
-        if threading.get_ident() != self.reader:
-            self.poke()  # the send may have consumed ZMQ_FD's edge: the reader looks again
+        waker = self.waker
+        if threading.get_ident() != waker.reader:
+            waker.poke()  # the send may have consumed ZMQ_FD's edge: the reader looks again
         return sent
 
-    def receive(self, timeout_s: float) -> list[Message]:
-        """Valid messages waiting now, else those arriving within `timeout_s` (reader only).
-
-        Returns early, possibly with nothing, when poked.
-        """
-        messages = self._drain()
-        if messages or self._closed:
-            return messages
-        poller: select.poll | None = getattr(self._polls, "poll", None)
-        if poller is None:
-            poller = self._polls.poll = select.poll()
-            poller.register(self._zmq_fd, select.POLLIN)
-            poller.register(self._wake, select.POLLIN)
-        poller.poll(int(timeout_s * 1000))
-        try:
-            os.eventfd_read(self._wake)
-        except BlockingIOError:
-            pass  # not poked: the socket is readable, or the poll timed out
-        return self._drain()
-
-    def poke(self) -> None:
-        """Wake the reader out of `receive` (it drains the socket again)."""
-        if self._closed:
-            return
-        try:
-            os.eventfd_write(self._wake, 1)
-        except OSError:
-            pass  # closed: nobody reads any more
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; `linger_ms` lets already queued messages (DRAIN_ACK) go out first."""
@@ -141,11 +162,14 @@ class Channel:
                 return
             self._closed = True
             self._sock.close(linger=linger_ms)
-        self.poke()
-        self._ctx.term()
-        os.close(self._wake)
+        self.waker.poke()  # a reader still polling this socket's fd looks again
+        if self._own_ctx:
+            self._ctx.term()
+        if self._own_waker:
+            self.waker.close()
 
-    def _drain(self) -> list[Message]:
+    def drain(self) -> list[Message]:
+        """The valid messages waiting now, at most MAX_BATCH (the reader only)."""
         batch: list[list[bytes]] = []
         with self._lock:
             if self._closed:
@@ -155,7 +179,7 @@ class Channel:
                 while len(batch) < MAX_BATCH:
                     batch.append(recv_frames(sock))
             except zmq.Again:
-                pass
+                self.pending = False  # until an operation or ZMQ_FD says otherwise
         messages = []
         for frames in batch:
             try:

@@ -2,12 +2,14 @@
 
 An instance may run several gateway processes; the one worker holds an
 *uplink* to each (worker/uplinks.py owns them and what is per process: the
-supervisor link, signals, host-call routing, the exit code).  An uplink has
-its own DEALER (worker/channel.py), call threads (worker/callthreads.py, up
-to `coproc.worker.threads` of its own, so that blocking hooks of one gateway
-never starve another's), loop calls, answers and ledger, analytics runner and
-dispatcher (its gateway's shared-memory arena); the plugins (`HookTable`) are
-shared by all.
+supervisor link, signals, host-call routing, the call threads, the exit
+code).  An uplink has its own `Lane` (worker/lane.py): its DEALER
+(worker/channel.py), loop calls, answers and ledger, analytics runner,
+dispatcher (its gateway's shared-memory arena), in-flight count and
+counters.  The process's one pool of call threads (worker/callthreads.py)
+reads every uplink's socket; an uplink attaches its lane when it starts
+running and detaches it when it stops.  The plugins (`HookTable`) are shared
+by all.
 
 States (one at a time, changed only on the event loop):
 
@@ -19,12 +21,13 @@ States (one at a time, changed only on the event loop):
   REJECT.  How long to wait is the supervisor's call (`boot_timeout_ms`): a
   gateway that is restarting will answer eventually.
 * RUNNING: plain hooks run on the call threads that read them, `async def`
-  hooks on the loop (worker/loopcalls.py); the call threads hand this module
-  the control messages.
+  hooks on the loop (worker/loopcalls.py); the call threads hand this uplink
+  its lane's control messages.
 * DRAINING: new CALLs get ERROR `draining`; in-flight ones get `grace_ms`;
   then DRAIN_ACK and STOPPED with exit code 0.  A DRAIN from this uplink's
-  gateway drains this uplink only: each gateway hands over to a new worker
-  generation on its own.
+  gateway drains this uplink only (its lane refuses, and the drain waits for
+  its lane's calls only): each gateway hands over to a new worker generation
+  on its own.
 """
 
 from __future__ import annotations
@@ -43,8 +46,7 @@ from worker.analytics import AnalyticsRunner
 from worker.answers import CallLedger
 from worker.callthreads import CallThreads
 from worker.channel import Channel
-from worker.dispatch import Dispatcher
-from worker.loopcalls import LoopCalls
+from worker.lane import Lane
 
 __all__ = ["HELLO_INTERVAL_S", "INTERNAL_ERROR", "Identity", "Parts", "State", "Timing",
            "Uplink"]
@@ -92,14 +94,12 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class Parts:
-    """What serves one gateway's calls (built by worker/uplinks.py)."""
+    """What serves one gateway's calls (built by worker/uplinks.py); `calls` is shared."""
 
-    channel: Channel
-    dispatcher: Dispatcher
+    lane: Lane
     ledger: CallLedger
-    loop_calls: LoopCalls
-    calls: CallThreads
     analytics: AnalyticsRunner
+    calls: CallThreads
 
 
 class Uplink:
@@ -111,7 +111,8 @@ class Uplink:
         self.index = index
         self.identity = identity
         self.parts = parts
-        self.channel = parts.channel
+        self.lane = parts.lane
+        self.channel: Channel = parts.lane.channel
         self.calls = parts.calls
         self.report = dict(report)
         self.timing = timing
@@ -123,18 +124,18 @@ class Uplink:
 
     @property
     def inflight(self) -> int:
-        return self.parts.loop_calls.inflight + self.calls.inflight
+        return self.lane.loop_calls.inflight + self.lane.inflight
 
     def counters(self) -> dict[str, int]:
-        """The call threads' and analytics counters (HEARTBEAT `calls`)."""
-        return self.calls.counters()
+        """This gateway's calls and analytics counters (HEARTBEAT `calls`)."""
+        return self.lane.counters()
 
     async def run(self) -> int:
         """Serve until drained, rejected or broken (`admit` starts the HELLOs)."""
         loop = asyncio.get_running_loop()
         self.parts.analytics.start()
         # The call threads read the socket; the control messages come here, in order.
-        self.calls.start(loop, self._on_message)
+        self.calls.attach(self.lane, loop, self._on_message)
         try:
             return await self._exit
         finally:
@@ -158,7 +159,7 @@ class Uplink:
         log.info("%s: draining (%s): %d call(s) in flight, grace %d ms", self.channel.endpoint,
                  reason, self.inflight, grace_ms)
         self.state = State.DRAINING
-        self.calls.accepting = False
+        self.lane.accepting = False
         self._spawn(self._drain(grace_ms, set(awaited)), "drain")
 
     def stop_now(self) -> None:
@@ -206,12 +207,12 @@ class Uplink:
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, self.parts.loop_calls.cancel(),
+        await asyncio.gather(*self._tasks, self.lane.loop_calls.cancel(),
                              return_exceptions=True)
-        # Off the loop: joining a thread stuck in a hook, or a DRAIN_ACK lingering for
+        # Off the loop: waiting for a hook of this lane, or a DRAIN_ACK lingering for
         # a gateway that does not read, must not stall the other uplinks' heartbeats.
-        await asyncio.to_thread(self.calls.stop)
-        self.parts.dispatcher.close()  # unmap the arena: nothing reads it any more
+        await asyncio.to_thread(self.calls.detach, self.lane)
+        self.lane.dispatcher.close()  # unmap the arena: nothing reads it any more
         self.parts.analytics.close()
         await asyncio.to_thread(self.channel.close, CLOSE_LINGER_MS)
 
@@ -241,7 +242,7 @@ class Uplink:
             log.warning("WELCOME names generation %s, this is %s", payload["generation"],
                         self.identity.generation)
         # Before the state check: a restarted gateway has a new arena (RESYNC, HELLO).
-        self.parts.dispatcher.attach_arena(payload.get("shm"))
+        self.lane.dispatcher.attach_arena(payload.get("shm"))
         if self.state is not State.CONNECTING:
             return  # a duplicate answer to an earlier HELLO
         self.state = State.RUNNING
@@ -263,7 +264,7 @@ class Uplink:
 
     async def _drain(self, grace_ms: int, awaited: set[int]) -> None:
         deadline = time.monotonic() + grace_ms / 1000
-        await self.parts.loop_calls.wait(grace_ms / 1000)
+        await self.lane.loop_calls.wait(grace_ms / 1000)
         # Call threads answer on their own, and a listed call may still be queued
         # for one: poll (bounded) until every listed call is answered here.
         while ((self.inflight or self.parts.ledger.missing(awaited))  # noqa: ASYNC110

@@ -5,6 +5,10 @@ One plugin worker per instance serves all of the instance's gateway processes
 each one's hooks socket (`GatewayConfig.hooks_endpoints`, by index).  This
 module builds them and owns what exists once per process:
 
+* the call threads (worker/callthreads.py): one pool reads every uplink's
+  socket and runs every gateway's plain hooks, each job carrying its uplink's
+  `Lane` (worker/lane.py), over one ZeroMQ context (one I/O thread for every
+  socket); both stop once every uplink has finished;
 * the supervisor link: the admission gate once, before any uplink says HELLO;
   `ready` once, on the first WELCOME from any gateway (each gateway admits on
   its own, and one in restart backoff must not keep the worker from being
@@ -16,11 +20,11 @@ module builds them and owns what exists once per process:
   draining already stops at once (with one gateway: a second signal);
 * host calls (`tyk.store_data`, `get_data`, `log`, `trigger_event`): one
   `HostCalls` for the process, its replies matched by call id whichever
-  uplink brings them; a call goes out on the uplink whose CALL runs on the
-  calling thread or task (`CURRENT_UPLINK`, set in each uplink's call threads'
-  context; `async def` hooks inherit it, since the call threads hand them to the
-  loop with `call_soon_threadsafe`, which runs them in a copy of the calling
-  thread's context), else (a plugin's own thread) on the first running uplink;
+  uplink brings them; a call goes out on the channel of the lane whose CALL
+  runs on the calling thread or task (`CURRENT_LANE`, which the call threads
+  set before each job and before handing an `async def` hook to the loop with
+  `call_soon_threadsafe`, which runs it in a copy of the calling thread's
+  context), else (a plugin's own thread) on the first running uplink;
 * the exit: when every uplink has finished; 0 if any drained normally (this
   generation was retired or stopped), else the first failure (REJECTED, ...);
   a broken uplink (INTERNAL_ERROR) drains the others and the process exits 1,
@@ -33,7 +37,6 @@ one uplink's channel, as before uplinks existed.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import resource
@@ -41,8 +44,11 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import zmq
+
 from config.gateway import GatewayConfig
 from ipc import exitcodes
+from ipc.memtune import tune_for_large_buffers
 from ipc.protocol import Limits, MsgType
 from worker.analytics import AnalyticsFunc, AnalyticsRunner
 from worker.answers import Answers, CallLedger
@@ -50,30 +56,30 @@ from worker.callthreads import CallThreads
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
+from worker.lane import CURRENT_LANE, Lane
 from worker.loader import HookTable
 from worker.loopcalls import LoopCalls
 from worker.supervisor_link import SupervisorLink
 from worker.uplink import INTERNAL_ERROR, Identity, Parts, State, Timing, Uplink
 
-__all__ = ["ADMIT_WAIT_S", "CURRENT_UPLINK", "Uplinks", "build_uplinks", "current_rss",
-           "exit_code"]
+__all__ = ["ADMIT_WAIT_S", "Uplinks", "build_uplinks", "current_rss", "exit_code"]
 
 log = logging.getLogger("worker.uplinks")
 
 #: Backstop for the admission gate; the supervisor's boot timeout normally acts first.
 ADMIT_WAIT_S = 300.0
 
-#: The uplink whose CALL the current thread or task runs (None: a plugin's own thread).
-CURRENT_UPLINK: contextvars.ContextVar[Uplink | None] = contextvars.ContextVar(
-    "coproc_uplink", default=None)
-
 
 class Uplinks:
     """Runs every uplink to its end; `run` returns the process's exit code."""
 
     def __init__(self, identity: Identity, link: SupervisorLink, hostcalls: HostCalls,
-                 timing: Timing, report: Mapping[str, Any]) -> None:
+                 timing: Timing, report: Mapping[str, Any], calls: CallThreads) -> None:
         self.identity = identity
+        self.calls = calls
+        #: The uplinks' channels' one ZeroMQ context: one I/O thread for every socket.
+        tune_for_large_buffers()  # before the I/O thread starts: see ipc/memtune.py
+        self.zmq_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.link = link
         self.hostcalls = hostcalls
         self.timing = timing
@@ -106,6 +112,14 @@ class Uplinks:
             for task in (*helpers, *runs):
                 task.cancel()
             await asyncio.gather(*helpers, *runs, return_exceptions=True)
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        """Once every uplink has finished (blocks: joins threads, lingers)."""
+        self.calls.stop()
+        for uplink in self.uplinks:  # closed already, unless its run was cancelled
+            uplink.channel.close()
+        self.zmq_context.term()
 
     def on_welcome(self, uplink: Uplink) -> None:
         if not self._ready_sent:
@@ -145,7 +159,8 @@ class Uplinks:
             # (the supervisor's max_requests), `rss` is the gateway's /hello figure.
             beat = {"generation": self.identity.generation,
                     "inflight": sum(u.inflight for u in self.uplinks), "rss": current_rss(),
-                    "calls": _summed([u.counters() for u in self.uplinks])}
+                    "calls": _summed([self.calls.counters(),
+                                      *(u.counters() for u in self.uplinks)])}
             self.link.heartbeat(beat)
             for uplink in self.uplinks:
                 uplink.heartbeat(beat)
@@ -164,29 +179,19 @@ class Uplinks:
     # --- host calls ----------------------------------------------------------------------
 
     def _bind_host_calls(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.hostcalls.before_blocking = self.calls.before_blocking
         if len(self.uplinks) == 1:  # nothing to choose: no lookup on any host call
-            only = self.uplinks[0]
-            self.hostcalls.bind(loop, only.channel.send)
-            self.hostcalls.before_blocking = only.calls.before_blocking
+            self.hostcalls.bind(loop, self.uplinks[0].channel.send)
             return
         self.hostcalls.bind(loop, self._send_host)
-        self.hostcalls.before_blocking = _before_blocking
 
     def _send_host(self, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bool:
-        uplink = CURRENT_UPLINK.get()
-        if uplink is None:  # a plugin's own thread: any gateway serves it
-            uplink = next((u for u in self.uplinks if u.state is State.RUNNING), None)
-            if uplink is None:
-                return False
-        return uplink.channel.send(mtype, call_id, payload)
-
-
-def _before_blocking() -> None:
-    """The calling hook's own call threads hand the reading on (a plugin's own thread
-    reads nothing: nothing to hand on)."""
-    uplink = CURRENT_UPLINK.get()
-    if uplink is not None:
-        uplink.calls.before_blocking()
+        lane = CURRENT_LANE.get()
+        if lane is not None:
+            return lane.channel.send(mtype, call_id, payload)
+        # A plugin's own thread: any gateway serves it.
+        uplink = next((u for u in self.uplinks if u.state is State.RUNNING), None)
+        return uplink is not None and uplink.channel.send(mtype, call_id, payload)
 
 
 def _summed(counters: Sequence[Mapping[str, int]]) -> dict[str, int]:
@@ -212,22 +217,18 @@ def build_uplinks(cfg: GatewayConfig, identity: Identity, link: SupervisorLink,
     """One uplink per gateway process's hooks socket (on the running loop)."""
     timing = Timing(heartbeat_s=cfg.worker.heartbeat_interval_ms / 1000,
                     drain_grace_ms=cfg.worker.drain_grace_ms)
-    owner = Uplinks(identity, link, hostcalls, timing, table.report())
+    calls = CallThreads(hostcalls, cfg.worker.threads, cfg.worker.handoff_ms / 1000)
+    owner = Uplinks(identity, link, hostcalls, timing, table.report(), calls)
     limits = Limits(max_message_bytes=cfg.ipc.max_message_bytes)
     for index, endpoint in enumerate(cfg.hooks_endpoints):
-        channel = Channel(endpoint, limits)
+        channel = Channel(endpoint, limits, calls.waker, owner.zmq_context)
         dispatcher = Dispatcher(table, cfg.hooks.timeout_ms)
         ledger = CallLedger()
         answers = Answers(channel, ledger)
-        loop_calls = LoopCalls(dispatcher, answers)
-        context = contextvars.Context()  # its call threads' (CURRENT_UPLINK: below)
-        calls = CallThreads(channel, dispatcher, answers, loop_calls, hostcalls,
-                            cfg.worker.threads, cfg.worker.handoff_ms / 1000, context)
-        calls.analytics = AnalyticsRunner(channel, analytics)
-        parts = Parts(channel, dispatcher, ledger, loop_calls, calls, calls.analytics)
-        uplink = Uplink(index, identity, parts, owner.report, timing, owner.on_welcome)
-        context.run(CURRENT_UPLINK.set, uplink)
-        owner.add(uplink)
+        runner = AnalyticsRunner(channel, analytics)
+        lane = Lane(channel, dispatcher, answers, LoopCalls(dispatcher, answers), runner)
+        parts = Parts(lane, ledger, runner, calls)
+        owner.add(Uplink(index, identity, parts, owner.report, timing, owner.on_welcome))
     return owner
 
 

@@ -35,6 +35,7 @@ from worker.callthreads import CallThreads
 from worker.channel import Channel
 from worker.dispatch import Dispatcher
 from worker.hostcalls import HostCalls
+from worker.lane import Lane
 from worker.loader import HookTable, load_plugins
 from worker.loopcalls import LoopCalls
 from worker.tyk_api import install_plugin_api
@@ -224,14 +225,14 @@ class Harness:
     def __init__(self, table: HookTable, endpoint: str, hostcalls: HostCalls) -> None:
         self.table = table
         self.gateway = Gateway(endpoint)
-        self.channel = Channel(endpoint)
+        self.calls = CallThreads(hostcalls, threads_per_lane=4, handoff_s=HANDOFF_S)
+        self.channel = Channel(endpoint, waker=self.calls.waker)
         self.dispatcher = Dispatcher(table, default_timeout_ms=2000)
         self.ledger = CallLedger()
         answers = Answers(self.channel, self.ledger)
         self.loop_calls = LoopCalls(self.dispatcher, answers)
+        self.lane = Lane(self.channel, self.dispatcher, answers, self.loop_calls)
         self.hostcalls = hostcalls
-        self.calls = CallThreads(self.channel, self.dispatcher, answers, self.loop_calls,
-                                 hostcalls, max_threads=4, handoff_s=HANDOFF_S)
         hostcalls.before_blocking = self.calls.before_blocking
         self.delivered: list[Message] = []  # what the call threads gave the loop
 
@@ -244,7 +245,7 @@ class Harness:
             assert time.monotonic() < deadline, "the DEALER never connected"
             await asyncio.sleep(0.005)
         assert (await self.gateway.receive()).type is MsgType.HEARTBEAT
-        self.calls.start(loop, self.delivered.append)
+        self.calls.attach(self.lane, loop, self.delivered.append)
 
     def send_call(self, name: str, obj: dict[str, Any] | None = None, *, api_id: str = "api",
                   hook_type: str = "pre", timeout_ms: int = 2000) -> int:
@@ -284,14 +285,15 @@ class Harness:
     async def settled(self) -> None:
         """Until no call counts as in flight (the count drops right after the send)."""
         for _ in range(int(STEP_S / 0.005)):
-            if self.calls.inflight == 0 and self.loop_calls.inflight == 0:
+            if self.lane.inflight == 0 and self.loop_calls.inflight == 0:
                 return
             await asyncio.sleep(0.005)
-        raise AssertionError(f"{self.calls.inflight} + {self.loop_calls.inflight} call(s) "
+        raise AssertionError(f"{self.lane.inflight} + {self.loop_calls.inflight} call(s) "
                              "still in flight")
 
     async def close(self) -> None:
         await self.loop_calls.cancel()
+        await asyncio.to_thread(self.calls.detach, self.lane)
         await asyncio.to_thread(self.calls.stop)
         self.channel.close()
         self.gateway.close()
@@ -432,7 +434,7 @@ async def test_deadline_answers_instead_of_waiting(worker: Harness, name: str) -
     assert time.monotonic() - started < 2
     assert answer["code"] == ErrorCode.DEADLINE
     assert "did not finish within 100 ms" in answer["message"]
-    assert worker.calls.deadlines == (name == "SyncSlow")  # the watchdog's, for plain hooks
+    assert worker.lane.deadlines == (name == "SyncSlow")  # the watchdog's, for plain hooks
     await worker.settled()
 
 
@@ -523,3 +525,64 @@ async def test_each_reply_carries_its_hooks_own_run_time(worker: Harness, name: 
     elapsed = time.perf_counter_ns() - started
     assert answer.type is MsgType.REPLY, answer
     assert 0 < answer.payload["run_ns"] <= elapsed  # the hook's time, within the round trip
+
+
+async def test_one_pool_reads_two_lanes_and_detaches_one(table: HookTable,
+                                                         hostcalls: HostCalls) -> None:
+    """
+    1. one CallThreads, two lanes, each with its own socket (two gateways);
+    2. CALLs on both sockets at once: each is answered on its own socket, all
+       by one thread (no hook blocks), each lane counting its own;
+    3. lane 0 is detached: its socket is read no more (a CALL there gets no
+       answer), while lane 1 is still served.
+    """
+    base = Path(tempfile.mkdtemp(prefix="cpl-"))  # short: ipc:// paths must fit sun_path
+    calls = CallThreads(hostcalls, threads_per_lane=2, handoff_s=HANDOFF_S)
+    gateways: list[Gateway] = []
+    lanes: list[Lane] = []
+    loop = asyncio.get_running_loop()
+    try:
+        for index in range(2):
+            endpoint = f"ipc://{base}/h{index}.sock"
+            gateways.append(Gateway(endpoint))
+            channel = Channel(endpoint, waker=calls.waker)
+            dispatcher = Dispatcher(table, default_timeout_ms=2000)
+            answers = Answers(channel, CallLedger())
+            lanes.append(Lane(channel, dispatcher, answers, LoopCalls(dispatcher, answers)))
+            deadline = time.monotonic() + STEP_S
+            while not channel.send(MsgType.HEARTBEAT, 0, {"generation": 1}):
+                assert time.monotonic() < deadline, "the DEALER never connected"
+                await asyncio.sleep(0.005)
+            assert (await gateways[-1].receive()).type is MsgType.HEARTBEAT
+            calls.attach(lanes[-1], loop, lambda message: None)
+        for call_id in range(1, 11):
+            for gateway in gateways:
+                gateway.send(MsgType.CALL, call_id, payload("WhichThread"))
+        threads = set()
+        for gateway in gateways:
+            answered = set()
+            for _ in range(10):
+                answer = await gateway.receive()
+                assert answer.type is MsgType.REPLY, answer
+                answered.add(answer.call_id)
+                threads.add(answer.payload["object"]["request"]["set_headers"]["X-Thread"])
+            assert answered == set(range(1, 11))
+        assert threads == {"coproc-call-1"}
+        assert [lane.calls for lane in lanes] == [10, 10] and calls.threads == 1
+
+        await asyncio.to_thread(calls.detach, lanes[0])
+        gateways[0].send(MsgType.CALL, 11, payload("WhichThread"))
+        gateways[1].send(MsgType.CALL, 11, payload("WhichThread"))
+        assert (await gateways[1].receive()).type is MsgType.REPLY
+        assert not await asyncio.to_thread(gateways[0].sock.poll, 300)
+        assert [lane.calls for lane in lanes] == [10, 11]
+    finally:
+        for lane in lanes:
+            await asyncio.to_thread(calls.detach, lane)
+        await asyncio.to_thread(calls.stop)
+        for lane in lanes:
+            lane.channel.close()
+            lane.dispatcher.close()
+        for gateway in gateways:
+            gateway.close()
+        shutil.rmtree(base, ignore_errors=True)

@@ -73,6 +73,18 @@ PLUGIN = """
         return request, session
 
     @Hook
+    def Tid(request, session, spec):
+        request.add_header("X-Thread", str(threading.get_ident()))
+        return request, session
+
+    @Hook
+    def Ident(request, session, spec):
+        # Which thread ran this hook, and which gateway its host call reached.
+        request.add_header("X-Thread", str(threading.get_ident()))
+        request.add_header("X-Served-By", tyk.get_data("who").decode())
+        return request, session
+
+    @Hook
     def OwnThread(request, session, spec):
         # A plugin's own thread belongs to no call: its host calls go to the
         # first gateway still served.
@@ -299,6 +311,100 @@ def test_one_worker_serves_two_gateways(instance: Instance) -> None:
         instance.control_of("heartbeat")[-1]["calls"]["calls"] == total
         and all(g.heartbeats[-1]["calls"]["calls"] == total for g in instance.gateways)))
     assert len(instance.control_of("ready")) == 1
+    assert instance.alive()
+
+
+def test_one_reading_thread_serves_both_gateways(instance: Instance) -> None:
+    """
+    1. both gateways admit the worker;
+    2. a burst of CALLs on both sockets, of a hook that never blocks (and no
+       hand-off by the watchdog here): one thread ran them all, whichever
+       gateway sent them (one reader per uplink would show two threads);
+    3. CALLs on both sockets, one at a time in turns, each hook making a
+       blocking host call (a hand-off each): every hook's host call reaches
+       its own gateway;
+    4. the heartbeat counts the one pool's threads once: at most `threads` x 2,
+       and every thread that ran a hook is one of them.
+    """
+    instance.admit_both()
+    for call_id in range(1, CALLS_EACH + 1):
+        for gateway in instance.gateways:
+            gateway.call(call_id, "Tid")
+    threads_seen = {reply.payload["object"]["request"]["set_headers"]["X-Thread"]
+                    for gateway in instance.gateways
+                    for reply in instance.replies(gateway, CALLS_EACH).values()}
+    assert len(threads_seen) == 1, threads_seen
+    seen: dict[str, set[str]] = {"gw0": set(), "gw1": set()}
+    for call_id in range(100, 100 + CALLS_EACH):
+        for gateway in instance.gateways:
+            gateway.call(call_id, "Ident")
+            reply = instance.replies(gateway, 1)[call_id]
+            assert served_by(reply) == gateway.name
+            seen[gateway.name].add(reply.payload["object"]["request"]["set_headers"]["X-Thread"])
+    total = 4 * CALLS_EACH
+    instance.until("heartbeats with every call counted", lambda: (
+        instance.gateways[1].heartbeats[-1]["calls"]["calls"] == total))
+    threads = instance.gateways[1].heartbeats[-1]["calls"]["threads"]
+    assert 1 <= threads <= 4, threads
+    assert len(seen["gw0"] | seen["gw1"]) <= threads
+
+
+def test_hooks_held_on_one_gateway_leave_the_other_served(instance: Instance) -> None:
+    """
+    1. gateway 0 sends twice as many held hooks as it has call threads (2 of
+       4 in the pool): two run (each has made a blocking host call), the other
+       two wait for gateway 0's share of the threads;
+    2. gateway 1's CALLs are still served meanwhile, by call threads, with
+       their host calls to gateway 1;
+    3. gateway 0's hooks are all answered once released.
+    """
+    instance.admit_both()
+    gw0, gw1 = instance.gateways
+    release = instance.base / "release-gw0"
+    for call_id in (1, 2, 3, 4):
+        gw0.call(call_id, "Hold", {"X-Release": str(release)})
+
+    def holding() -> int:
+        return sum(m.type is MsgType.HOST_CALL and m.payload.get("message") == "holding"
+                   for m in gw0.received)
+
+    instance.until("two held hooks' logs", lambda: holding() >= 2)
+    for call_id in (11, 12, 13):
+        gw1.call(call_id, "Ident")
+    assert {served_by(r) for r in instance.replies(gw1, 3).values()} == {"gw1"}
+    assert holding() == 2  # the others wait for gateway 0's share of the threads
+    assert not gw0.taken(MsgType.REPLY)  # still held
+    release.touch()
+    assert {served_by(reply) for reply in instance.replies(gw0, 4).values()} == {"released"}
+
+
+def test_a_drain_refuses_its_own_gateways_calls_only(instance: Instance) -> None:
+    """
+    1. both gateways admit the worker; gateway 0 holds one hook in flight;
+    2. gateway 0 says DRAIN: its uplink waits for the held hook, and refuses
+       gateway 0's new CALLs with `draining`;
+    3. gateway 1's CALLs are served meanwhile;
+    4. the held hook is released: answered, then gateway 0's DRAIN_ACK; the
+       worker keeps serving gateway 1.
+    """
+    instance.admit_both()
+    gw0, gw1 = instance.gateways
+    release = instance.base / "release-drain"
+    gw0.call(1, "Hold", {"X-Release": str(release)})
+    instance.until("the held hook's log", lambda: any(
+        m.type is MsgType.HOST_CALL for m in gw0.received))
+    gw0.send(MsgType.DRAIN, 0, {"grace_ms": 10_000})
+    gw0.call(2, "Who")
+    refused = instance.replies(gw0, 1)[2]
+    assert refused.type is MsgType.ERROR and refused.payload["code"] == "draining", refused
+    gw1.call(3, "Who")
+    assert served_by(instance.replies(gw1, 1)[3]) == "gw1"
+    assert not gw0.taken(MsgType.DRAIN_ACK)
+    release.touch()
+    assert served_by(instance.replies(gw0, 1)[1]) == "released"
+    instance.until("DRAIN_ACK from gateway 0", lambda: bool(gw0.taken(MsgType.DRAIN_ACK)))
+    gw1.call(4, "Ident")
+    assert served_by(instance.replies(gw1, 1)[4]) == "gw1"
     assert instance.alive()
 
 
