@@ -154,7 +154,8 @@ def _report(variants: list[Variant], cpus: int, how: str) -> None:
         base_worker = statistics.median(base.worker_us)
         for v in group:
             worker = statistics.median(v.worker_us)
-            worker_ratio = f"{worker / base_worker:6.2f}" if base_worker >= 1 else f"{'-':>6}"
+            # Without hooks the worker only sends heartbeats: no ratio to speak of.
+            worker_ratio = f"{worker / base_worker:6.2f}" if hook else f"{'-':>6}"
             ratio = statistics.median(a / b for a, b in zip(v.rps, base.rps, strict=True))
             each = [statistics.median(r[i] for r in v.gateway_us if len(r) > i)
                     for i in range(max(len(r) for r in v.gateway_us))]
