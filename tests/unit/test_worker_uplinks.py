@@ -206,6 +206,12 @@ class Instance:
         self.until("heartbeats on both sockets (admitted)",
                    lambda: all(g.heartbeats for g in self.gateways))
 
+    def hold(self, gateway: FakeGateway, call_id: int, release: Path) -> None:
+        """A `Hold` hook in flight on `gateway` (until `release` exists), once it logged."""
+        gateway.call(call_id, "Hold", {"X-Release": str(release)})
+        self.until("the held hook's log", lambda: any(
+            m.type is MsgType.HOST_CALL for m in gateway.received))
+
     def replies(self, gateway: FakeGateway, count: int) -> dict[int, Message]:
         self.until(f"{count} answer(s) from {gateway.name}",
                    lambda: sum(m.type in (MsgType.REPLY, MsgType.ERROR)
@@ -390,9 +396,7 @@ def test_a_drain_refuses_its_own_gateways_calls_only(instance: Instance) -> None
     instance.admit_both()
     gw0, gw1 = instance.gateways
     release = instance.base / "release-drain"
-    gw0.call(1, "Hold", {"X-Release": str(release)})
-    instance.until("the held hook's log", lambda: any(
-        m.type is MsgType.HOST_CALL for m in gw0.received))
+    instance.hold(gw0, 1, release)
     gw0.send(MsgType.DRAIN, 0, {"grace_ms": 10_000})
     gw0.call(2, "Who")
     refused = instance.replies(gw0, 1)[2]
@@ -459,9 +463,7 @@ def test_sigterm_drains_every_gateway(instance: Instance) -> None:
     instance.admit_both()
     gw0, gw1 = instance.gateways
     release = instance.base / "release"
-    gw1.call(1, "Hold", {"X-Release": str(release)})
-    instance.until("the held hook's log", lambda: any(
-        m.type is MsgType.HOST_CALL for m in gw1.received))
+    instance.hold(gw1, 1, release)
     assert gw1.taken(MsgType.HOST_CALL)[0].payload["message"] == "holding"
     assert instance.proc is not None
     os.kill(instance.proc.pid, signal.SIGTERM)
