@@ -137,6 +137,7 @@ class Arbiter:
         # reload through the same event a SIGHUP makes.
         self._bundles = BundleGate.for_config(
             cfg, lambda _name: self._events.put_nowait(SignalEvent(signal.SIGHUP)))
+        self._bundles_released = 0  # hot restarts whose old bundle versions are gone
 
     @property
     def phase(self) -> Phase:
@@ -222,11 +223,26 @@ class Arbiter:
             **({"store": self._store.status(now)} if self._store is not None else {}),
         }
 
+    def _release_bundles(self, hot_restarts: int | None) -> None:
+        """Once the generations before a hot restart have exited, the bundle versions
+        only they used leave the cache (a refresh keeps them for a draining worker)."""
+        if self._bundles is None or hot_restarts is None \
+                or hot_restarts <= self._bundles_released:
+            return
+        removed = self._bundles.release()
+        if removed is None:
+            return  # a refresh runs: the next tick asks again
+        self._bundles_released = hot_restarts
+        if removed:
+            log.info("bundle cache: removed %d version(s) no worker uses any more",
+                     len(removed))
+
     def _reconcile(self, now: float) -> None:
         for watcher in self._roles:
             watcher.reap(now)
         if self._hot is not None:
             self._hot.reap()
+            self._release_bundles(self._hot.settled())
         if self._grpc is not None:
             self._grpc.reap(now)
         # One FATAL gateway process of several: the others serve while it cools off.

@@ -103,6 +103,15 @@ class HotRestart:
         """Record a reload refused before it began (e.g. a new bundle failed to verify)."""
         self._finish(Reload(reason, now, waiters=[waiter] if waiter is not None else []), error)
 
+    def settled(self) -> int | None:
+        """Hot restarts done, once no generation but the active one is left (no
+        candidate, no outgoing or retiring generation, no reload running); else None."""
+        handover = self._handover
+        if handover.reload is not None or handover.candidate is not None \
+                or handover.outgoing is not None or handover.retiring:
+            return None
+        return handover.count
+
     @property
     def serving(self) -> ChildProcess | None:
         """Who serves while the slot is vacant, from the candidate's admission to its

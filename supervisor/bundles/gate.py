@@ -75,6 +75,14 @@ class BundleGate:
         else:
             proceed()
 
+    def release(self) -> list[str] | None:
+        """Remove cached bundle versions no worker uses any more (the generations that
+        loaded them have exited); None while a refresh runs (it may be switching
+        versions: ask again later)."""
+        if self._lock.locked():
+            return None
+        return self.store.release()
+
     def status(self) -> list[dict[str, Any]]:
         return self.store.status()
 

@@ -21,6 +21,7 @@ from integration.harness import (
     poll,
 )
 
+from config.bundles import store_root
 from tests.conftest import InstanceFactory
 
 
@@ -84,7 +85,8 @@ def seen(load: Load) -> list[str]:
 def test_publish_v2_under_load_then_tampered_v3_is_refused(
         coproc_factory: InstanceFactory, echo_upstream: EchoUpstream, tmp_path: Path) -> None:
     """1. Serve signed v1 of b.zip under steady load.
-    2. Publish v2 under the same name; `coproc reload`: exit 0; v2 serves; 0 failed.
+    2. Publish v2 under the same name; `coproc reload`: exit 0; v2 serves; 0 failed;
+       once the v1 generation has exited, v1's cached copy is removed.
     3. Publish a tampered v3; `coproc reload`: exit 1 naming the checksum; v2 keeps
        serving; 0 failed.
     """
@@ -100,6 +102,9 @@ def test_publish_v2_under_load_then_tampered_v3_is_refused(
             assert done.returncode == 0, f"{done.stderr}\n{inst.logs()}"
             count = len(seen(load))
             poll("v2 answers", lambda: seen(load)[count:].count("v2") > 10, 20)
+            objects = store_root(inst.base / "middleware") / "objects"
+            poll("v1's cached copy removed", lambda: len(list(objects.iterdir())) == 1, 20)
+            assert "'v2'" in (next(objects.iterdir()) / "middleware.py").read_text()
             server.publish("b.zip", bundle_zip("v3", keys, tamper=True))
             refused = inst.ctl("reload")
             assert refused.returncode == 1, refused.stdout
