@@ -106,7 +106,9 @@ class RouterSwitch:
 
     `reload_apis(N)` builds the new router at once (reading files off the
     request path), but the chain keeps the old one until worker generation N
-    is active: routes and plugins change together.  Definitions that do not
+    is active: routes and plugins change together.  N = 0 switches at once:
+    the supervisor sends it when its gRPC plugin server (no worker) is
+    hot-restarted, just before the new server's address.  Definitions that do not
     load are left out, and handed to `on_broken` at the switch (health names
     them); an unusable app_path keeps the old router (logged).
     """
@@ -127,6 +129,9 @@ class RouterSwitch:
                       exc)
             return
         self._pending = (generation, build_router(self._cfg, loaded.apis), loaded.broken)
+        if generation == 0:
+            self.on_activated(0)
+            return
         active = self._active()
         if active is not None and active >= generation:
             self.on_activated(active)
@@ -137,8 +142,11 @@ class RouterSwitch:
             self._target.router, self._pending = pending[1], None
             if self._on_broken is not None:
                 self._on_broken(pending[2])
-            log.info("worker generation %d active: switched to the reloaded API definitions",
-                     generation)
+            if generation:
+                log.info("worker generation %d active: switched to the reloaded API "
+                         "definitions", generation)
+            else:
+                log.info("switched to the reloaded API definitions")
 
 
 def make_reload(secret: str, channel: ControlChannel

@@ -114,7 +114,9 @@ class Arbiter:
         # Without coprocess there is nothing for a worker to do (and no hooks
         # socket to become routable on): run the gateway alone.  A supervised
         # gRPC plugin server is the instance's one coprocess instead of the worker.
-        self._grpc = GrpcServerRole(cfg, self._link, self._readers, clock) \
+        #: Which API definitions serve and which are broken (`coproc status`).
+        self._definitions = ServedDefinitions(cfg)
+        self._grpc = GrpcServerRole(cfg, self._link, self._readers, clock, self._definitions) \
             if cfg.enable_coprocess and cfg.grpc_server.enabled else None
         self._worker = Watcher(worker_spec(commands, key, worker_config(cfg)),
                                RestartPolicy.from_options(cfg.supervisor, clock), self._readers,
@@ -125,8 +127,6 @@ class Arbiter:
         self._roles = self._gateways if coprocess is None else (*self._gateways, coprocess)
         if self._store is not None:  # first: started before the gateways, in each pass
             self._roles = (self._store.watcher, *self._roles)
-        #: Which API definitions serve and which are broken (`coproc status`).
-        self._definitions = ServedDefinitions(cfg)
         self._hot = HotRestart(cfg, self._worker, self._link, self._readers, self._status,
                                self._describe, clock, self._definitions) \
             if self._worker is not None else None
@@ -340,11 +340,12 @@ class Arbiter:
         if self._grpc is not None and self._phase is Phase.RUNNING:
             self._grpc.request(now, reason, waiter)
             return
-        if self._hot is None or self._phase is not Phase.RUNNING:
-            why = "stopping" if self._hot or self._grpc else \
-                "coprocess is disabled: there is no worker"
+        if self._phase is not Phase.RUNNING:
             if waiter is not None:
-                answer(waiter, {"ok": False, "error": f"cannot reload: {why}"})
+                answer(waiter, {"ok": False, "error": "cannot reload: stopping"})
+            return
+        if self._hot is None:
+            self._reload_definitions(reason, waiter)
             return
         if self._bundles is not None and not bundles_checked:
             # New bundle versions are fetched and verified before the worker restarts
@@ -356,6 +357,24 @@ class Arbiter:
                 lambda error: hot.refuse(self._clock(), reason, waiter, error))
             return
         self._hot.request(now, reason, waiter)
+
+    def _reload_definitions(self, reason: str, waiter: Waiter | None) -> None:
+        """No coprocess: nothing restarts, but a reload still re-reads the API definitions,
+        as Tyk's does (generation 0: the gateways switch at once), under the same rule
+        as a hot restart: never take a serving API out of service."""
+        refused = self._definitions.check()
+        if refused:
+            error = f"API definitions not reloaded: {refused}"
+            log.error("reload (%s) failed: %s", reason, error)
+            if waiter is not None:
+                answer(waiter, {"ok": False, "error": error})
+            return
+        log.info("reload (%s): no coprocess to restart; the gateways re-read the API "
+                 "definitions", reason)
+        self._link.reload_apis(0)
+        self._definitions.settle(ok=True)
+        if waiter is not None:
+            answer(waiter, {"ok": True, "generation": None, "reason": reason, "error": ""})
 
     def _stop(self, now: float, why: str, immediate: bool = False, exit_code: int = 0) -> None:
         if not self._shutdown.started:

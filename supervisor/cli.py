@@ -152,6 +152,8 @@ def control(command: str, config_path: Path, as_json: bool) -> int:
         print(json.dumps(answer.get("status", answer), indent=2, sort_keys=True))
     elif command == "status" and ok:
         print(ctl.format_status(answer["status"]))
+    elif ok and command != "stop" and answer.get("generation") is None:
+        print(f"coproc {command}: API definitions re-read (no coprocess to restart)")
     elif ok and command != "stop":
         print(f"coproc {command}: worker generation {answer.get('generation')} is active")
     elif ok:

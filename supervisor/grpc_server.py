@@ -18,6 +18,8 @@ speaks no Coproc protocol:
   then gets SIGTERM.  Without `{listen}` the address cannot move: the old
   server is stopped first and the new one started after it exited; calls in
   between fail fast (503, counted in the gateway's `grpc_unavailable`).
+  Either way the gateways re-read the API definitions and switch to them
+  together with the new address (`reload_apis` with generation 0).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from config.gateway import GRPC_LISTEN_ENV, GatewayConfig
 from ipc.contract import GENERATION_ENV, SUPERVISOR_PID_ENV, coprocess_env
 from ipc.control import ControlMessage, ControlType
 from supervisor.child import ChildProcess, ChildState
+from supervisor.definitions import ServedDefinitions
 from supervisor.gateway_link import GatewayLink
 from supervisor.grpc_health import probe
 from supervisor.policy import RestartPolicy
@@ -98,9 +101,12 @@ class _Quiet:
 
 class GrpcServerRole:
     def __init__(self, cfg: GatewayConfig, link: GatewayLink, readers: ChildReaders,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 definitions: ServedDefinitions | None = None) -> None:
         self._cfg, self._opts, self._link, self._readers = cfg, cfg.grpc_server, link, readers
         self._clock = clock
+        #: What a reload re-reads: checked before it starts, settled when it ends.
+        self.definitions = definitions or ServedDefinitions(cfg)
         spec = grpc_server_spec(self._opts.command, str(cfg.path), self._env)
         self.watcher = Watcher(spec, RestartPolicy.from_options(cfg.supervisor, clock),
                                readers, _Quiet(self), cfg.supervisor.flap_window_s)
@@ -260,6 +266,10 @@ class GrpcServerRole:
         log.info("%s is healthy at %s after %.2f s", child.name, address,
                  now - child.started_at)
         self._address = address
+        if self._restart is not None:
+            # A reload: the definitions are read again, and the gateways switch to them
+            # as this server takes the calls (generation 0: no worker to wait for).
+            self._link.reload_apis(0)
         self._link.grpc_server(address, child.generation)
         if self._restart is not None and self._restart.candidate is None \
                 and self._restart.stopping is None:
@@ -282,6 +292,15 @@ class GrpcServerRole:
         if self._restart is not None:
             if waiter is not None:
                 self._restart.waiters.append(waiter)
+            return
+        refused = self.definitions.check()  # as the worker's hot restart does
+        if refused:
+            error = f"API definitions not reloaded: {refused}"
+            log.error("reload (%s) failed: %s", reason, error)
+            self.last_reload = {"ok": False, "generation": self.watcher.generation,
+                                "reason": reason, "error": error, "state": "failed"}
+            if waiter is not None:
+                _answer(waiter, self.last_reload)
             return
         restart = self._restart = _Restart(reason, [waiter] if waiter is not None else [])
         if self.watcher.state is SlotState.FATAL:
@@ -313,6 +332,7 @@ class GrpcServerRole:
         result = {"ok": not error, "generation": generation, "reason": restart.reason,
                   "error": error, "state": "failed" if error else "done"}
         self.last_reload = result
+        self.definitions.settle(ok=not error)
         if error:
             log.error("gRPC server hot restart (%s) failed, the active one keeps serving: %s",
                       restart.reason, error)

@@ -255,6 +255,34 @@ def test_a_command_without_listen_is_stopped_then_started(coproc_factory: Any,
         remove_base(base)
 
 
+def test_reload_reads_the_api_definitions_again(coproc_factory: Any, echo_upstream: Any,
+                                                server: Events) -> None:
+    """1. API `pre` serves; `late` is not defined yet (404).
+    2. `late` is added to app_path and `coproc reload` hot-restarts the server.
+    3. The gateways switch to the re-read definitions with the new server: `late`
+       serves through its gRPC hook.
+    4. `late.json` edited into an error: the reload is refused, nothing restarts and
+       `late` keeps serving."""
+    inst = coproc_factory({"pre": grpc_api("pre", echo_upstream.url, pre=[hook("MyPreHook")],
+                                           config_data={"foo": "bar"})},
+                          {}, supervised(server.events))
+    inst.expect(inst.get("/pre/"), 200)
+    assert inst.get("/late/").status == 404
+    late = grpc_api("late", echo_upstream.url, pre=[hook("MyPreHook")],
+                    config_data={"foo": "bar"})
+    (inst.base / "apps" / "late.json").write_text(json.dumps(late))
+    done = inst.ctl("reload")
+    assert done.returncode == 0, (done.stdout, done.stderr, inst.logs())
+    poll("the new API served", lambda: inst.get("/late/").status == 200, 10)
+    echo = echoed(inst, "GET", "/late/path?keep=2", {})
+    assert echo_header(echo, "X-Added") == "added-by-grpc"
+    (inst.base / "apps" / "late.json").write_text("{not json")  # `late` serves: refused
+    refused = inst.ctl("reload")
+    assert refused.returncode == 1 and "late.json" in refused.stderr, refused.stderr
+    assert grpc_status(inst)["generation"] == 2  # no restart for a refused reload
+    assert inst.get("/late/").status == 200
+
+
 # --------------------------------------------------------------------------- refusals
 
 

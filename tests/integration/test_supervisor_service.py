@@ -5,6 +5,7 @@ Real processes, real signals, a real datagram socket standing in for systemd.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -204,6 +205,29 @@ def test_post_tyk_reload_needs_the_secret_and_hot_restarts(
     poll("a new generation", lambda: status(inst)["worker"]["generation"] > generation, 20)
     assert inst.get("/v/x").header("X-Response-Version") == "2"
 
+
+
+def test_reload_without_coprocess_reads_the_api_definitions_again(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream) -> None:
+    """No coprocess (nothing to hot-restart): `coproc reload` still re-reads app_path,
+    as Tyk's reload does; a new API serves and a removed one is gone; a reload that
+    would take a serving API out of service is refused, as with a worker."""
+    inst = coproc_factory({"old": api_def("old", "/old/", echo_upstream.url)}, {},
+                          {"coprocess_options": {"enable_coprocess": False}})
+    assert inst.get("/old/x").status == 200
+    assert inst.get("/new/x").status == 404
+    apps = inst.base / "apps"
+    (apps / "new.json").write_text(json.dumps(api_def("new", "/new/", echo_upstream.url)))
+    (apps / "old.json").unlink()
+    done = inst.ctl("reload")
+    assert done.returncode == 0, (done.stdout, done.stderr, inst.logs())
+    assert "API definitions re-read" in done.stdout
+    poll("the new definitions served", lambda: inst.get("/new/x").status == 200, 10)
+    assert inst.get("/old/x").status == 404
+    (apps / "new.json").write_text("{not json")  # would take a serving API away: refused
+    refused = inst.ctl("reload")
+    assert refused.returncode == 1 and "new.json" in refused.stderr, refused.stderr
+    assert inst.get("/new/x").status == 200
 
 
 def _environ(proc: psutil.Process) -> dict[str, str]:
