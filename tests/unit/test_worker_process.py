@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 import zmq
-from unit.worker_launch import launch_worker
+from unit.worker_launch import launch_worker, write_one_api
 
 from ipc import exitcodes
 from ipc.control import decode_control
@@ -131,21 +130,10 @@ class WorkerProcess:
 
     def start(self, token: str) -> Gateway:
         endpoint = f"ipc://{self.base}/h.sock"
-        (self.base / "apps").mkdir()
-        (self.base / "middleware" / "greet").mkdir(parents=True)
-        (self.base / "middleware" / "greet" / "mw.py").write_text(textwrap.dedent(PLUGIN))
-        (self.base / "apps" / "api1.json").write_text(json.dumps({
-            "api_id": "api1", "proxy": {"listen_path": "/api1/",
-                                        "target_url": "http://127.0.0.1:9/"},
-            "custom_middleware": {"driver": "python",
-                                  "pre": [{"name": "AddGreeting", "path": "greet/mw.py"}]}}))
-        (self.base / "coproc.json").write_text(json.dumps({"coproc": {
-            "run_dir": str(self.base), "log_level": "debug",
+        config = write_one_api(self.base, PLUGIN, "AddGreeting", {
             "ipc": {"endpoint": endpoint},
-            "worker": {"heartbeat_interval_ms": 50, "threads": 4,
-                       "drain_grace_ms": 5000}}}))
-        self.proc, parent = launch_worker(self.base / "coproc.json", self.log, GENERATION,
-                                          token)
+            "worker": {"heartbeat_interval_ms": 50, "threads": 4, "drain_grace_ms": 5000}})
+        self.proc, parent = launch_worker(config, self.log, GENERATION, token)
         return Gateway(endpoint, parent)
 
     def wait(self) -> int:

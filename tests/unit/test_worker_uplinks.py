@@ -9,7 +9,6 @@ call.  Every wait has a deadline; the worker is killed by pid in teardown.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import shutil
@@ -17,7 +16,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import pytest
 import zmq
-from unit.worker_launch import launch_worker
+from unit.worker_launch import launch_worker, write_one_api
 
 from ipc import exitcodes
 from ipc.control import decode_control
@@ -156,27 +154,18 @@ class Instance:
         self.log = base / "worker.log"
 
     def start(self) -> None:
-        (self.base / "apps").mkdir()
-        (self.base / "middleware" / "who").mkdir(parents=True)
-        (self.base / "middleware" / "who" / "mw.py").write_text(textwrap.dedent(PLUGIN))
-        (self.base / "apps" / "api1.json").write_text(json.dumps({
-            "api_id": "api1", "proxy": {"listen_path": "/api1/",
-                                        "target_url": "http://127.0.0.1:9/"},
-            "custom_middleware": {"driver": "python",
-                                  "pre": [{"name": "Who", "path": "who/mw.py"}]}}))
-        (self.base / "coproc.json").write_text(json.dumps({"coproc": {
-            "run_dir": str(self.base), "log_level": "debug",
+        config = write_one_api(self.base, PLUGIN, "Who", {
             "gateway": {"processes": 2},
             # Fewer call threads than concurrent plain hooks, each blocking on a host
             # call: with every thread inside such a hook, the stand-in reader reads the
             # replies (worker/callthreads.py).  No hand-off by the watchdog: only a
             # blocking host call's own hand-off lets its reply be read.
             "worker": {"heartbeat_interval_ms": 50, "threads": 2, "drain_grace_ms": 5000,
-                       "handoff_ms": 60_000}}}))
+                       "handoff_ms": 60_000}})
         self.gateways = [FakeGateway(self.ctx, f"ipc://{self.base}/hooks.sock", "gw0"),
                          FakeGateway(self.ctx, f"ipc://{self.base}/hooks-1.sock", "gw1")]
-        self.proc, self.control = launch_worker(self.base / "coproc.json", self.log,
-                                                GENERATION, worker_token(KEY, GENERATION))
+        self.proc, self.control = launch_worker(config, self.log, GENERATION,
+                                                worker_token(KEY, GENERATION))
 
     def pump(self) -> None:
         for gateway in self.gateways:
