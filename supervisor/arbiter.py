@@ -362,9 +362,8 @@ class Arbiter:
         """No coprocess: nothing restarts, but a reload still re-reads the API definitions,
         as Tyk's does (generation 0: the gateways switch at once), under the same rule
         as a hot restart: never take a serving API out of service."""
-        refused = self._definitions.check()
-        if refused:
-            error = f"API definitions not reloaded: {refused}"
+        error = self._definitions.check()
+        if error:
             log.error("reload (%s) failed: %s", reason, error)
             if waiter is not None:
                 answer(waiter, {"ok": False, "error": error})

@@ -35,7 +35,12 @@ class ServedDefinitions:
         self._pending: DefinitionSet | None = None
 
     def check(self) -> str:
-        """Re-read the files before a reload: "" when it may go ahead, else why not."""
+        """Re-read the files before a reload: "" when it may go ahead, else the
+        reload's error ("API definitions not reloaded: ...")."""
+        why = self._refusal()
+        return f"API definitions not reloaded: {why}" if why else ""
+
+    def _refusal(self) -> str:
         try:
             new = load_definition_set(self._cfg)
         except ConfigError as exc:

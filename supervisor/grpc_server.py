@@ -293,9 +293,8 @@ class GrpcServerRole:
             if waiter is not None:
                 self._restart.waiters.append(waiter)
             return
-        refused = self.definitions.check()  # as the worker's hot restart does
-        if refused:
-            error = f"API definitions not reloaded: {refused}"
+        error = self.definitions.check()  # as the worker's hot restart does
+        if error:
             log.error("reload (%s) failed: %s", reason, error)
             self.last_reload = {"ok": False, "generation": self.watcher.generation,
                                 "reason": reason, "error": error, "state": "failed"}

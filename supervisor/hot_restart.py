@@ -81,7 +81,7 @@ class HotRestart:
         # first: a reload that would take a serving API out of service is refused.
         refused = self.definitions.check()
         if refused:
-            self._finish(reload, f"API definitions not reloaded: {refused}")
+            self._finish(reload, refused)
             return
         revived = self._worker.state is SlotState.FATAL
         if revived:
