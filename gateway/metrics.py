@@ -127,10 +127,6 @@ class GatewayMetrics:
             series = self.hooks[key] = HookSeries()
         return series
 
-    def observe_hook(self, api_id: str, phase: str, hook: str, outcome: str,
-                     seconds: float) -> None:
-        self.hook_series(api_id, phase, hook).observe(outcome, seconds)
-
     @property
     def hook_calls(self) -> dict[Labels, int]:
         """(api_id, phase, hook, outcome) -> calls."""

@@ -28,7 +28,7 @@ def rendered_names() -> set[str]:
     metrics = GatewayMetrics()
     Observer(metrics, Pipeline(AnalyticsConfig(enabled=True), NullSink()), AnalyticsConfig())
     metrics.observe_request("a", 200, 0.01, 0.004)
-    metrics.observe_hook("a", "pre", "H", "ok", 0.001)
+    metrics.hook_series("a", "pre", "H").observe("ok", 0.001)
     metrics.observe_fail_open("a", "pre", "H")
     text = metrics.render().decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
