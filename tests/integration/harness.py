@@ -367,6 +367,18 @@ class Instance:
             self._seen.setdefault(p.pid, p)
         return kids
 
+    def running(self, marker: str) -> list[psutil.Process]:
+        """Live descendants whose command line contains `marker`; one that exited and
+        awaits its reaping (a zombie) or is gone already is not among them."""
+        found = []
+        for proc in self.children():
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
     def seen_children(self) -> list[psutil.Process]:
         return list(self._seen.values())
 

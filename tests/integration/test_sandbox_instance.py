@@ -166,16 +166,14 @@ def probe(inst: Instance, **params: str) -> str:
 
 
 def gateway_pid(inst: Instance) -> int:
-    for proc in inst.children():
-        if "-m gateway" in " ".join(proc.cmdline()):
-            return proc.pid
+    for proc in inst.running("-m gateway"):
+        return proc.pid
     raise AssertionError(f"no gateway among {inst.children()}\n{inst.logs()}")
 
 
 def worker_pid(inst: Instance) -> int:
-    for proc in inst.children():
-        if "-m worker" in " ".join(proc.cmdline()):
-            return proc.pid
+    for proc in inst.running("-m worker"):
+        return proc.pid
     raise AssertionError(f"no worker among {inst.children()}\n{inst.logs()}")
 
 
@@ -295,7 +293,7 @@ def test_a_new_worker_never_opens_the_config_file(coproc_factory: Any,
 
 
 def workers(inst: Instance) -> list[int]:
-    return [p.pid for p in inst.children() if "-m worker" in " ".join(p.cmdline())]
+    return [p.pid for p in inst.running("-m worker")]
 
 
 def _cgroups_of(supervisor: int) -> list[Path]:

@@ -41,14 +41,7 @@ def status(inst: Instance) -> dict[str, Any]:
 
 
 def store_children(inst: Instance) -> list[psutil.Process]:
-    out = []
-    for p in inst.children():
-        try:
-            if "gateway.storage.server" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.Error:
-            continue
-    return out
+    return inst.running("gateway.storage.server")
 
 
 def add_key(inst: Instance, session: dict[str, Any]) -> str:
