@@ -179,7 +179,9 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
         grpc = open_grpc(cfg, needed=bool(grpc_ids))
         if grpc is not None:
             await grpc.start()
-        app[CALLER] = DriverRouter(hooks, grpc, grpc_ids)
+        # Every hook call timed, its outcome counted (observation on).
+        app[CALLER] = DriverRouter(hooks, grpc, grpc_ids, observer=(
+            observe.hook_observer() if observe is not None else None))
         events = app[EVENTS]
         events.send_event = app[CALLER].send_event  # @Event / cp_dynamic_handler
         watched = [a for a, h in handlers.items() if h.get("WorkerRestarted")]
@@ -273,8 +275,7 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
     observe = app.get(OBSERVE)
     if TRACING in app:  # a span per hook call
         hooks = app[TRACING].hooks(hooks)
-    if observe is not None:  # every hook call timed, its outcome counted
-        hooks = observe.hooks(hooks)
+    if observe is not None:
         observe.add_stats("coproc_hook_client_events", "The hook client's counters",
                           lambda: getattr(app[HOOKS], "stats", {}))
     auth = Authenticator(app[STORE], hooks, app[EVENTS].emit,

@@ -56,6 +56,7 @@ from gateway.tyk_object import (
     error_reply,
     overrides_reply,
     request_object,
+    request_shadow,
     response_object,
 )
 from ipc.coprocess import merge_reply
@@ -93,6 +94,8 @@ class HookCaller(Protocol):
 
 #: Builds a hook's object from the request's state (`defer`: its text may stay lazy).
 _Build = Callable[[Step, bool], dict[str, Any]]
+#: What `_Apply` reads of a merged call's later hook's object (None: the whole object).
+_Shadow = Callable[[], dict[str, Any]] | None
 #: Applies a hook's result (the REPLY merged over what it got) to the request's state.
 _Apply = Callable[[Step, dict[str, Any], dict[str, Any]], None]
 
@@ -150,6 +153,9 @@ class Chain:
         self.session = session
         self.max_body = opts.max_body_bytes  # 0: no limit
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        # Whether hook objects may carry lazy body text: asked on the first hook call
+        # (the hook client has its arena by then, and keeps it).
+        self._defer: bool | None = None
         # One throttle per (api, hook, outcome, error kind): bounded by the config.
         self._hook_logs: dict[tuple[str, str, str, str], Throttle] = {}
 
@@ -243,13 +249,17 @@ class Chain:
             if reply is not None:
                 raise _Stop(reply_response(reply))
 
-        await self._group(plan, group, build, apply, rid)
+        await self._group(plan, group, build, apply, rid, lambda: request_shadow(state))
 
     async def _group(self, plan: ApiPlan, group: HookGroup, build: _Build, apply: _Apply,
-                     rid: str) -> None:
+                     rid: str, shadow: _Shadow = None) -> None:
         """Run a group's hooks: `build` makes a hook's object from the state, `apply`
-        applies its result (raising _Stop to answer the client)."""
-        defer = defers_text(self.hooks)
+        applies its result (raising _Stop to answer the client); `shadow` stands in
+        for `build` where only `apply` reads the object (a merged call's later hooks,
+        whose objects the worker made)."""
+        defer = self._defer
+        if defer is None:
+            defer = self._defer = defers_text(self.hooks)
         while group:
             first = build(group[0], defer)
             reply = await self._call_group(plan, group, first) if len(group) > 1 else None
@@ -262,8 +272,8 @@ class Chain:
                 return
             sent = first
             for index, result in enumerate(reply.results):
-                if index:  # what the worker built for it too (ipc/merged.py)
-                    sent = build(group[index], True)
+                if index:  # what the worker built for it (ipc/merged.py), as apply reads it
+                    sent = shadow() if shadow is not None else build(group[index], True)
                 apply(group[index], sent, merge_reply(sent, result))
             done = len(reply.results)
             error = reply.error

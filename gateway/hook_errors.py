@@ -2,11 +2,13 @@
 
 Raised by the hook client (`gateway.hooks`, which re-exports them) and
 handled by the chain per the hook's failure policy.  `error_from_reply` turns
-a worker's ERROR payload into one of them.
+a worker's ERROR payload into one of them; `outcome_of` names a failed call's
+outcome for metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = [
     "NoWorker",
     "WorkerLost",
     "error_from_reply",
+    "outcome_of",
 ]
 
 
@@ -64,3 +67,15 @@ def error_from_reply(payload: Mapping[str, Any]) -> HookCallError:
     if code == ErrorCode.UNAVAILABLE:
         return BackendUnavailable(message)
     return HookFailed(code, message)
+
+
+def outcome_of(exc: BaseException) -> str:
+    """A failed hook call's outcome label: timeout, unavailable (no worker or no
+    storage), cancelled (the client went away) or error."""
+    if isinstance(exc, HookTimeout):
+        return "timeout"
+    if isinstance(exc, (NoWorker, BackendUnavailable)):
+        return "unavailable"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"

@@ -29,7 +29,7 @@ from config.gateway import GatewayConfig
 from gateway.hook_errors import WorkerLost
 from ipc.loop_reader import LoopReader
 from ipc.protocol import Limits, Message, MsgType, ProtocolError, decode, encode
-from ipc.zmqio import send_frames
+from ipc.zmqio import recv_routed, send_frames
 
 __all__ = ["HookSocket"]
 
@@ -79,7 +79,7 @@ class HookSocket:
         if path is not None:
             os.chmod(path, 0o600)
         self._sock = sock
-        self._reader = LoopReader(sock, self._on_frames)
+        self._reader = LoopReader(sock, self._on_frames, recv_routed)
         self._reader.attach(loop)
         log.info("hooks socket bound on %s", endpoint)
 

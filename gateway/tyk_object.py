@@ -60,6 +60,7 @@ __all__ = [
     "multivalue_headers",
     "overrides_reply",
     "request_object",
+    "request_shadow",
     "response_object",
     "utf8_text",
 ]
@@ -172,6 +173,18 @@ def request_object(state: RequestState, spec: dict[str, str], hook_type: str,
         "metadata": state.metadata,
         "spec": spec,
     }
+
+
+def request_shadow(state: RequestState) -> dict[str, Any]:
+    """What `apply_result` reads of the object a hook was sent, from the state alone.
+
+    For the later hooks of a merged call, whose objects the worker built
+    (ipc/merged.py): the gateway applies their REPLYs in order and needs only
+    the fields that tell a change (`url`, `raw_body`) and the session that a
+    REPLY's session fields are laid over; any field left out reads as unchanged.
+    """
+    return {"request": {"url": state.url, "raw_body": state.body or b""},
+            "session": state.session}
 
 
 def _request_record(state: RequestState, raw_body_only: bool, *,

@@ -1,6 +1,6 @@
 """Drive a ZeroMQ socket's receive side from an asyncio event loop.
 
-Both ends of the hooks socket use this instead of `zmq.asyncio`, which makes a
+The gateway's hooks socket uses this instead of `zmq.asyncio`, which makes a
 future and a reader registration per message: here one readiness callback
 drains every waiting message (bounded per turn so a flood cannot starve the
 loop).  ZMQ_FD is edge-triggered and a *send* may consume the edge, so the
@@ -27,8 +27,11 @@ DRAIN_BATCH: Final = 1000
 class LoopReader:
     """Calls `on_frames(frames)` on the loop for every message `sock` receives."""
 
-    def __init__(self, sock: zmq.Socket[bytes], on_frames: Callable[[list[bytes]], None]) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], on_frames: Callable[[list[bytes]], None],
+                 recv: Callable[[zmq.Socket[bytes]], list[bytes]] = recv_frames) -> None:
+        """`recv`: how one whole message is read (`ipc.zmqio.recv_routed` for a ROUTER)."""
         self._sock = sock
+        self._recv = recv
         self._on_frames = on_frames
         self._fd = int(sock.getsockopt(zmq.FD))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,12 +70,12 @@ class LoopReader:
 
     def _drain(self) -> None:
         self._scheduled = False
-        sock = self._sock
+        sock, recv = self._sock, self._recv
         for _ in range(DRAIN_BATCH):
             if self._loop is None or sock.closed:
                 return
             try:
-                frames = recv_frames(sock)
+                frames = recv(sock)
             except zmq.Again:
                 return  # nothing waiting; ZMQ_FD signals the next message
             self._on_frames(frames)

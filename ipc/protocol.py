@@ -242,7 +242,7 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(f"payload of {len(frame) - _HEADER.size} bytes exceeds "
                             f"{limits.max_message_bytes}")
     payload = _unpack(memoryview(frame)[_HEADER.size:], limits)
-    check(payload, PAYLOADS[mtype], mtype.name)
+    check(payload, PAYLOADS[mtype], _NAMES[mtype])
     if mtype is MsgType.HOST_CALL and payload["op"] not in HOST_OPS:
         raise ProtocolError(f"HOST_CALL: unknown op {payload['op']!r}")
     if mtype is MsgType.REPLY and ("object" in payload) == ("results" in payload):
@@ -263,6 +263,8 @@ def peek_call_id(frames: Sequence[bytes]) -> int | None:
 
 
 _TYPES: Final = {int(t): t for t in MsgType}
+#: Each type's name: an enum's `.name` is a Python property, slow on every message.
+_NAMES: Final = {t: t.name for t in MsgType}
 
 
 def _unpack(body: bytes | memoryview, limits: Limits) -> Any:

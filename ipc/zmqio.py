@@ -5,6 +5,11 @@ in Python (flag enums, per-frame option lookups); on the hook round trip
 those add up on every request.  A protocol message is one frame
 (ipc/protocol.py), so these helpers make one `send`/`recv` call per frame
 with plain integer flags.
+
+Whether more frames follow is read from the received frame (`Frame.more`),
+not with `getsockopt(RCVMORE)`: pyzmq 27 turns every option number into its
+`SocketOption` enum first, about a microsecond per call, twice per message
+on a ROUTER.
 """
 
 from __future__ import annotations
@@ -13,11 +18,10 @@ from typing import Final
 
 import zmq
 
-__all__ = ["MAX_FRAMES", "NOBLOCK", "readable", "recv_frames", "send_frames"]
+__all__ = ["MAX_FRAMES", "NOBLOCK", "readable", "recv_frames", "recv_routed", "send_frames"]
 
 NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE: Final = int(zmq.SNDMORE) | NOBLOCK
-_RCVMORE: Final = int(zmq.RCVMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 #: Frames kept of one received message; a longer one is read to its end and
@@ -34,11 +38,28 @@ def send_frames(sock: zmq.Socket[bytes], *frames: bytes) -> None:
 
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     """One whole message without blocking; raises zmq.Again when none is waiting."""
-    frames = [sock.recv(NOBLOCK)]
-    while sock.getsockopt(_RCVMORE):
-        frame = sock.recv(NOBLOCK)
+    frame = sock.recv(NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(NOBLOCK, copy=False)
         if len(frames) < MAX_FRAMES:
-            frames.append(frame)
+            frames.append(frame.bytes)
+    return frames
+
+
+def recv_routed(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """`recv_frames` for a ROUTER: the routing id, then the frames the peer sent.
+
+    A ROUTER always has a frame after the routing id, so the id is received
+    as plain bytes without looking at its MORE flag.
+    """
+    frames = [sock.recv(NOBLOCK)]
+    frame = sock.recv(NOBLOCK, copy=False)
+    frames.append(frame.bytes)
+    while frame.more:
+        frame = sock.recv(NOBLOCK, copy=False)
+        if len(frames) < MAX_FRAMES:
+            frames.append(frame.bytes)
     return frames
 
 

@@ -3,15 +3,14 @@
 The app's request handler calls `begin` before the chain and `end` once the
 response has been sent; the chain reports the matched API (`matched`), the
 upstream's time (`upstream`) and failed-open hooks (`failed_open`); every
-hook call goes through `ObservedHooks`, which times it and classifies its
-outcome.  The request's `Trace` travels in a context variable so the chain's
-and the authenticator's signatures stay as they are: each aiohttp request
-runs in its own task, so the variable is the request's own.
+hook call is timed by the driver router and reported to `HookObserver`.
+The request's `Trace` travels in a context variable so the chain's and the
+authenticator's signatures stay as they are: each aiohttp request runs in
+its own task, so the variable is the request's own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import time
 from dataclasses import dataclass, field
@@ -24,16 +23,15 @@ from config.apidef import HookDef
 from gateway.analytics.pipeline import Pipeline
 from gateway.analytics.record import Exchange, RecordSpec, wire_request, wire_response
 from gateway.auth import strip_bearer
+from gateway.hook_errors import outcome_of
 from gateway.hook_groups import GroupReply, HookGroup, hook_times
-from gateway.hooks import BackendUnavailable, HookTimeout, NoWorker
 from gateway.metrics import GatewayMetrics, counters, gauge
 from gateway.plan import ApiPlan, AuthMode
 
 if TYPE_CHECKING:  # the chain imports this module
-    from gateway.chain import HookCaller
     from gateway.tyk_object import RequestState
 
-__all__ = ["ObservedHooks", "Observer", "Trace", "current", "failed_open", "matched",
+__all__ = ["HookObserver", "Observer", "Trace", "current", "failed_open", "matched",
            "upstream"]
 
 _CURRENT: contextvars.ContextVar[Trace | None] = contextvars.ContextVar(
@@ -209,72 +207,35 @@ def _api_key(plan: ApiPlan, state: RequestState | None) -> str:
     return str(token or strip_bearer(state.headers.get(plan.auth_header, "")))
 
 
-class ObservedHooks:
-    """The hook client as the chain and the authenticator see it: each call timed.
+class HookObserver:
+    """Records what each hook call did: its outcome and time in the per-hook metrics,
+    its time in the request's per-phase times (the analytics record's latency).
 
-    Outcomes: ok, timeout, unavailable (no worker or no storage), error.
-    Everything else (the arena, health, ...) is the wrapped client's.
+    The driver router (gateway/drivers.py) times every call and reports here,
+    so the hook path has no wrapping coroutine for observation.  Outcomes: ok,
+    timeout, unavailable (no worker or no storage), error, cancelled.
     """
 
-    def __init__(self, hooks: HookCaller, metrics: GatewayMetrics | None) -> None:
-        self._hooks = hooks
+    def __init__(self, metrics: GatewayMetrics | None) -> None:
         self._metrics = metrics
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._hooks, name)
-
-    async def call(self, api_id: str, hook_type: str, hook: HookDef,
-                   obj: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter_ns()
-        outcome = "error"
-        try:
-            got = await self._hooks.call(api_id, hook_type, hook, obj)
-            outcome = "ok"
-            return got
-        except BaseException as exc:
-            outcome = _outcome(exc)
-            raise
-        finally:
-            self._observe(api_id, hook_type, hook, outcome, time.perf_counter_ns() - started)
-
-    async def call_group(self, api_id: str, group: HookGroup,
-                         obj: dict[str, Any]) -> GroupReply | None:
-        """A merged call, observed per hook (gateway/hook_groups.py `hook_times`); a
-        call that failed as a whole counts as its first hook's failure, as the chain
-        handles it."""
-        started = time.perf_counter_ns()
-        try:
-            reply: GroupReply | None = await self._hooks.call_group(api_id, group, obj)
-        except BaseException as exc:
-            first = group[0]
-            self._observe(api_id, first.hook_type, first.hook, _outcome(exc),
-                          time.perf_counter_ns() - started)
-            raise
-        if reply is not None:
-            times = hook_times(reply, time.perf_counter_ns() - started)
-            outcomes = ["ok"] * len(reply.results)
-            if reply.error is not None:
-                outcomes.append(_outcome(reply.error))
-            for step, elapsed, outcome in zip(group, times, outcomes, strict=False):
-                self._observe(api_id, step.hook_type, step.hook, outcome, elapsed)
-        return reply
-
-    def _observe(self, api_id: str, hook_type: str, hook: HookDef, outcome: str,
-                 elapsed: int) -> None:
+    def one(self, api_id: str, hook_type: str, hook: HookDef, outcome: str,
+            elapsed_ns: int) -> None:
         trace = _CURRENT.get()
         if trace is not None:
             phases = trace.phase_ns
-            phases[hook_type] = phases.get(hook_type, 0) + elapsed
+            phases[hook_type] = phases.get(hook_type, 0) + elapsed_ns
         if self._metrics is not None:
-            self._metrics.hook_series(api_id, hook_type, hook.name).observe(outcome, elapsed / 1e9)
+            self._metrics.hook_series(api_id, hook_type, hook.name).observe(
+                outcome, elapsed_ns / 1e9)
 
-
-def _outcome(exc: BaseException) -> str:
-    """A failed hook call's outcome label."""
-    if isinstance(exc, HookTimeout):
-        return "timeout"
-    if isinstance(exc, (NoWorker, BackendUnavailable)):
-        return "unavailable"
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"  # the client went away
-    return "error"
+    def group(self, api_id: str, group: HookGroup, reply: GroupReply,
+              elapsed_ns: int) -> None:
+        """A merged call, per hook (gateway/hook_groups.py `hook_times`): those that
+        ran, then the failed one."""
+        times = hook_times(reply, elapsed_ns)
+        for index, elapsed in enumerate(times):
+            step = group[index]
+            outcome = ("ok" if index < len(reply.results) or reply.error is None
+                       else outcome_of(reply.error))
+            self.one(api_id, step.hook_type, step.hook, outcome, elapsed)

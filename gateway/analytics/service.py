@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from config.gateway import GatewayConfig
-from gateway.analytics.observer import ObservedHooks, Observer
+from gateway.analytics.observer import HookObserver, Observer
 from gateway.analytics.pipeline import Pipeline, Transform
 from gateway.analytics.sinks import open_sink
 from gateway.metrics import GatewayMetrics, add_metrics_route, counters, start_metrics_site
@@ -53,8 +53,9 @@ class Observability:
                 name, help_text, {k: v for k, v in stats().items() if isinstance(v, int)},
                 "event")])
 
-    def hooks(self, hooks: Any) -> Any:
-        return ObservedHooks(hooks, self.metrics)
+    def hook_observer(self) -> HookObserver:
+        """What the driver router reports every hook call to (gateway/drivers.py)."""
+        return HookObserver(self.metrics)
 
     def handler(self, inner: Handler) -> Handler:
         observer = self.observer

@@ -172,6 +172,31 @@ async def test_each_hook_sees_the_previous_hooks_changes(gateway: Any, echo: str
     assert third["request"]["set_headers"] == {}
 
 
+@pytest.mark.parametrize("merges", [True, False])
+async def test_later_hooks_of_a_merged_call_apply_every_change(gateway: Any, echo: str,
+                                                               merges: bool) -> None:
+    """The gateway applies a merged call's later REPLYs against what it knows of the
+    object the worker built (tyk_object.request_shadow): url, method, body, query,
+    session and metadata changes land exactly as with one call per hook."""
+    env = await gateway(api("a", "/a", echo, custom_middleware={
+        "pre": hooks("First"), "post": hooks("Second", "Third")}))
+    env.fake.merges = merges
+    env.fake.behaviours["First"] = lambda obj: {"request": {"raw_body": b"one"}}
+    env.fake.behaviours["Second"] = lambda obj: {
+        "request": {"url": "/moved", "method": "PUT", "add_params": {"p": "2"},
+                    "raw_body": obj["request"]["raw_body"] + b"+two"},
+        "session": {"rate": 7}, "metadata": {"m": "1"}}
+    env.fake.behaviours["Third"] = lambda obj: {"request": {"set_headers": {
+        "X-Seen": f'{obj["request"]["url"]} {obj["session"].get("rate")} '
+                  f'{obj["metadata"].get("m")}'}}}
+    status, got, _ = await env.request("POST", "/a/x?q=1", data=b"zero")
+    assert status == 200
+    assert (got["method"], got["path_qs"], got["body"]) == ("PUT", "/moved?q=1&p=2",
+                                                            "one+two")
+    assert got["headers"]["X-Seen"] == "/moved?q=1&p=2 7 1"
+    assert env.fake.stats["merged_calls"] == (1 if merges else 0)
+
+
 async def test_return_overrides_short_circuit(gateway: Any, echo: str) -> None:
     env = await gateway(api("a", "/a", echo, custom_middleware={
         "pre": hooks("Stop"), "post": hooks("Never")}))

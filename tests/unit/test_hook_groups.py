@@ -13,7 +13,8 @@ import pytest
 from config.apidef import HookDef, load_api_definitions
 from config.gateway import GatewayConfig, load_gateway_config
 from config.reader import ConfigError
-from gateway.analytics.observer import ObservedHooks
+from gateway.analytics.observer import HookObserver
+from gateway.drivers import DriverRouter
 from gateway.hook_errors import HookFailed, HookTimeout
 from gateway.hook_groups import GroupReply, HookGroup, Step, group_hooks, group_reply, hook_times
 from gateway.metrics import GatewayMetrics
@@ -107,7 +108,7 @@ class _Merged:
 
 def test_metrics_count_one_call_per_hook_of_a_merged_call() -> None:
     metrics = GatewayMetrics()
-    observed = ObservedHooks(_Merged(), metrics)  # type: ignore[arg-type]
+    observed = DriverRouter(_Merged(), None, observer=HookObserver(metrics))  # type: ignore[arg-type]
     group = (Step("pre", HookDef("A")), Step("post", HookDef("B")), Step("post", HookDef("C")))
     reply = asyncio.run(observed.call_group("api", group, {}))
     assert reply is not None and len(reply.results) == 1
