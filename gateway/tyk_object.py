@@ -326,6 +326,8 @@ class ResponseState:
     status: int
     headers: CIMultiDict[str]  # end-to-end headers only
     body: bytes
+    #: A hook changed `headers`: they may hold hop-by-hop ones again.
+    headers_changed: bool = False
 
 
 def response_object(req: RequestState, resp: ResponseState, spec: dict[str, str],
@@ -366,6 +368,7 @@ def apply_response(resp: ResponseState, sent: Mapping[str, Any], got: Mapping[st
     multi = replaced(got, sent, "multivalue_headers")
     if multi is not MISSING and multi != sent["multivalue_headers"]:
         # Changed: the response carries exactly these headers.
+        resp.headers_changed = True
         resp.headers.clear()
         for entry in multi:
             key = entry.get("key", "")
@@ -374,6 +377,7 @@ def apply_response(resp: ResponseState, sent: Mapping[str, Any], got: Mapping[st
                     resp.headers.add(key, value)
     single = replaced(got, sent, "headers")
     if single is not MISSING:
+        resp.headers_changed = True
         before: Mapping[str, str] = sent["headers"]
         for name, value in single.items():
             if before.get(name) != value and valid_header(name, value):
