@@ -214,6 +214,8 @@ class Chain:
         bytearray, then into bytes), which for large bodies costs as much as
         the hook's own transfer.  The stream is read to its end, as there.
         """
+        if not request.body_exists:
+            return b""  # a request without a body (GET): nothing to wait for
         content = request.content
         limit = self.max_body
         # Like request.read(): buffer without pausing the socket, the body is wanted whole.

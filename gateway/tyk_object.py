@@ -76,16 +76,31 @@ def header_map(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     for name, value in headers:
         key = canonical_header(name)
         if key not in out:
-            out[key] = plugin_text(value)  # any bytes: see gateway/header_bytes.py
+            # Any bytes: see gateway/header_bytes.py (ASCII, the usual case, as it is).
+            out[key] = value if value.isascii() else plugin_text(value)
     return out
 
 
 def multivalue_headers(headers: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
     """Tyk's `multivalue_headers`: [{"key": canonical name, "values": [...]}] in order."""
+    return _both_maps(headers)[1]
+
+
+def _both_maps(headers: Iterable[tuple[str, str]]
+               ) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """`header_map` and `multivalue_headers` of the same headers, in one pass."""
+    first: dict[str, str] = {}
     groups: dict[str, list[str]] = {}
     for name, value in headers:
-        groups.setdefault(canonical_header(name), []).append(plugin_text(value))
-    return [{"key": key, "values": values} for key, values in groups.items()]
+        key = canonical_header(name)
+        text = value if value.isascii() else plugin_text(value)
+        values = groups.get(key)
+        if values is None:
+            groups[key] = [text]
+            first[key] = text
+        else:
+            values.append(text)
+    return first, [{"key": key, "values": values} for key, values in groups.items()]
 
 
 # -- request -----------------------------------------------------------------
@@ -336,7 +351,7 @@ def response_object(req: RequestState, resp: ResponseState, spec: dict[str, str]
 
     `defer_text` as for `request_object`, for `response.body`.
     """
-    items = list(resp.headers.items())
+    single, multi = _both_maps(resp.headers.items())
     return {
         "hook_type": "response",
         "hook_name": hook.name,
@@ -345,8 +360,8 @@ def response_object(req: RequestState, resp: ResponseState, spec: dict[str, str]
             "status_code": resp.status,
             "raw_body": resp.body,
             "body": _text_field(resp.body, hook.raw_body_only, defer_text),
-            "headers": header_map(items),
-            "multivalue_headers": multivalue_headers(items),
+            "headers": single,
+            "multivalue_headers": multi,
         },
         "session": req.session,
         "metadata": req.metadata,
