@@ -72,6 +72,7 @@ from gateway.tracing import Tracing
 from ipc import gctune
 from ipc.contract import STORE_SOCKET_ENV
 from ipc.control import ControlType
+from ipc.memtune import trim_when_idle
 from ipc.tokens import store_token
 
 __all__ = [
@@ -286,7 +287,9 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
         observe.metrics.add_source(serving_families(
             lambda: _unserved_counts(chain, app[BROKEN]),
             lambda: app[HOOKS].health().get("shm", {}), lambda: auth.storage_errors))
-    yield
+    # Body buffers' memory back to the kernel once requests stop coming (ipc/memtune.py).
+    async with _background(trim_when_idle(lambda: chain.stats["requests"])):
+        yield
     await session.close()
 
 
