@@ -72,7 +72,7 @@ from gateway.tracing import Tracing
 from ipc import gctune
 from ipc.contract import STORE_SOCKET_ENV
 from ipc.control import ControlType
-from ipc.memtune import trim_when_idle
+from ipc.memtune import give_back_free_memory
 from ipc.tokens import store_token
 
 __all__ = [
@@ -288,7 +288,7 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
             lambda: _unserved_counts(chain, app[BROKEN]),
             lambda: app[HOOKS].health().get("shm", {}), lambda: auth.storage_errors))
     # Body buffers' memory back to the kernel once requests stop coming (ipc/memtune.py).
-    async with _background(trim_when_idle(lambda: chain.stats["requests"])):
+    async with _background(give_back_free_memory(lambda: chain.stats["requests"])):
         yield
     await session.close()
 

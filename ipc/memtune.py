@@ -19,12 +19,13 @@ The cost is that the heap keeps its high-water mark up to
 worker call `tune_for_large_buffers` at start; elsewhere than glibc it is a
 no-op.
 
-That free memory is not a leak, but it shows as RSS: a gateway moving 1 MiB
-bodies inline grew from 110 to 300 MiB over two minutes of load, and went
-back to 80 MiB, flat from one minute to the next, after `malloc_trim`.  So
-`trim_when_idle` gives it back once the process has been quiet for a while:
-under load the buffers stay mapped (the point of the tuning), and a quiet
-process does not keep the peak of its last burst.
+That memory shows as RSS: a gateway moving 1 MiB bodies inline grew from
+110 to 300 MiB over two minutes of load, and `malloc_trim` (with a garbage
+collection) brought it back to 80 MiB, flat from one minute to the next.
+Python's own allocations did not grow meanwhile (tracemalloc): it is the C
+heap's.  `give_back_free_memory` gives it back once the process has been
+quiet for a while: under load the buffers stay mapped (the point of the
+tuning), and a quiet process does not keep the peak of its last burst.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from collections.abc import Callable
 from typing import Final
 
 __all__ = ["ARENAS", "IDLE_TRIM_BYTES", "IDLE_TRIM_S", "MMAP_THRESHOLD_BYTES", "TRIM_BYTES",
-           "held_free_bytes", "release_free_memory", "trim_when_idle", "tune_for_large_buffers"]
+           "give_back_free_memory", "held_free_bytes", "release_free_memory",
+           "tune_for_large_buffers"]
 
 log = logging.getLogger("coproc.memtune")
 
@@ -114,10 +116,11 @@ def release_free_memory() -> bool:
     return True
 
 
-async def trim_when_idle(activity: Callable[[], int], *, interval_s: float = IDLE_TRIM_S / 2,
-                         min_free: int = IDLE_TRIM_BYTES,
-                         held: Callable[[], int | None] = held_free_bytes,
-                         release: Callable[[], bool] = release_free_memory) -> None:
+async def give_back_free_memory(activity: Callable[[], int], *,
+                                interval_s: float = IDLE_TRIM_S / 2,
+                                min_free: int = IDLE_TRIM_BYTES,
+                                held: Callable[[], int | None] = held_free_bytes,
+                                release: Callable[[], bool] = release_free_memory) -> None:
     """Run until cancelled: every `interval_s`, when `activity()` (a counter of the
     process's work, e.g. requests served) did not move over the last two checks and
     the heaps hold more than `min_free` bytes free, give them back once.  Trimming

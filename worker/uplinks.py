@@ -48,7 +48,7 @@ import zmq
 
 from config.gateway import GatewayConfig
 from ipc import exitcodes
-from ipc.memtune import trim_when_idle, tune_for_large_buffers
+from ipc.memtune import give_back_free_memory, tune_for_large_buffers
 from ipc.protocol import Limits, MsgType
 from worker.analytics import AnalyticsFunc, AnalyticsRunner
 from worker.answers import Answers, CallLedger
@@ -101,7 +101,7 @@ class Uplinks:
         helpers = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                    asyncio.create_task(self._admission(), name="admission"),
                    # Body buffers' memory back to the kernel once calls stop coming.
-                   asyncio.create_task(trim_when_idle(
+                   asyncio.create_task(give_back_free_memory(
                        lambda: sum(u.counters()["calls"] for u in self.uplinks)),
                        name="idle-trim")]
         for task in helpers:
