@@ -287,8 +287,10 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
         observe.metrics.add_source(serving_families(
             lambda: _unserved_counts(chain, app[BROKEN]),
             lambda: app[HOOKS].health().get("shm", {}), lambda: auth.storage_errors))
-    # Body buffers' memory back to the kernel once requests stop coming (ipc/memtune.py).
-    async with _background(give_back_free_memory(lambda: chain.stats["requests"])):
+    # Garbage cycles collected on time, and body buffers' memory back to the kernel once
+    # requests stop coming (ipc/gctune.py, ipc/memtune.py).
+    async with (_background(gctune.collect_young()),
+                _background(give_back_free_memory(lambda: chain.stats["requests"]))):
         yield
     await session.close()
 

@@ -47,7 +47,7 @@ from typing import Any
 import zmq
 
 from config.gateway import GatewayConfig
-from ipc import exitcodes
+from ipc import exitcodes, gctune
 from ipc.memtune import give_back_free_memory, tune_for_large_buffers
 from ipc.protocol import Limits, MsgType
 from worker.analytics import AnalyticsFunc, AnalyticsRunner
@@ -100,7 +100,9 @@ class Uplinks:
                 for u in self.uplinks]
         helpers = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                    asyncio.create_task(self._admission(), name="admission"),
-                   # Body buffers' memory back to the kernel once calls stop coming.
+                   # Garbage cycles collected on time, and body buffers' memory back
+                   # to the kernel once calls stop coming (ipc/gctune.py, memtune.py).
+                   asyncio.create_task(gctune.collect_young(), name="collect-young"),
                    asyncio.create_task(give_back_free_memory(
                        lambda: sum(u.counters()["calls"] for u in self.uplinks)),
                        name="idle-trim")]

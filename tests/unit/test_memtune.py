@@ -69,3 +69,4 @@ def test_the_heaps_free_memory_is_seen_and_given_back() -> None:
     held_mib, returned_mib = int(out[0]), int(out[1])
     assert held_mib >= 48
     assert returned_mib >= 48
+
