@@ -410,13 +410,12 @@ class Chain:
         for group in plan.response_groups:
             await self._group(plan, group, build, apply, rid)
         headers = resp.headers  # the upstream's end-to-end headers, as the hooks left them
-        if request.method == "HEAD":
-            pass  # the upstream's Content-Length stands
-        elif resp.headers_changed:  # a hook may have set hop-by-hop headers
-            headers = CIMultiDict()
-            copy_end_to_end(resp.headers, headers, _FRAMING)
-        else:
-            headers.popall("Content-Length", None)  # the body written sets its own
+        if request.method != "HEAD":  # (HEAD: the upstream's Content-Length stands)
+            if resp.headers_changed:  # a hook may have set hop-by-hop headers
+                headers = CIMultiDict()
+                copy_end_to_end(resp.headers, headers, _FRAMING)
+            else:
+                headers.popall("Content-Length", None)  # the body written sets its own
         out = web.Response(status=resp.status, body=resp.body, headers=headers,
                            reason=upstream.reason if resp.status == upstream.status else None)
         out.headers.update(state.response_headers)

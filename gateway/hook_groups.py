@@ -24,8 +24,7 @@ from gateway.hook_errors import HookCallError, HookFailed, error_from_reply
 from ipc.coprocess import RUN_NS, MergedHook
 from ipc.protocol import MAX_MERGED, ErrorCode
 
-__all__ = ["GroupReply", "HookGroup", "Step", "group_hooks", "group_reply", "hook_times",
-           "merged_head", "then"]
+__all__ = ["GroupReply", "HookGroup", "Step", "group_hooks", "group_reply", "hook_times", "then"]
 
 
 class Step(NamedTuple):
@@ -58,25 +57,6 @@ def then(group: HookGroup) -> list[MergedHook]:
     return [{"hook_name": s.hook.name, "hook_type": s.hook_type,
              "timeout_ms": s.hook.timeout_ms, "raw_body_only": s.hook.raw_body_only}
             for s in group[1:]]
-
-
-#: Groups seen -> (the group, its `then`, its call's deadline in ms), by identity:
-#: the plan's groups live as long as the plan, and a reload makes new ones.
-_HEADS: dict[int, tuple[HookGroup, list[MergedHook], int]] = {}
-_HEADS_MAX = 4096
-
-
-def merged_head(group: HookGroup) -> tuple[list[MergedHook], int]:
-    """A merged CALL's `then` and deadline (the sum of its hooks' timeouts), worked
-    out once per group; the `then` list is shared and must not be changed."""
-    known = _HEADS.get(id(group))
-    if known is not None and known[0] is group:
-        return known[1], known[2]
-    if len(_HEADS) >= _HEADS_MAX:  # groups of plans replaced by reloads
-        _HEADS.clear()
-    head = then(group), sum(step.hook.timeout_ms for step in group)
-    _HEADS[id(group)] = (group, *head)
-    return head
 
 
 @dataclass(frozen=True, slots=True)

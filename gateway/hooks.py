@@ -28,7 +28,7 @@ from gateway.hook_errors import (
     WorkerLost,
     error_from_reply,
 )
-from gateway.hook_groups import GroupReply, HookGroup, group_reply, merged_head
+from gateway.hook_groups import GroupReply, HookGroup, group_reply, then
 from gateway.hook_socket import HookSocket
 from gateway.host_calls import HostCallHandler, HostCallServer
 from gateway.latency import Histogram
@@ -120,13 +120,13 @@ class HookClient:
         if not peer.merges:
             return None
         first = group[0]
-        rest, timeout_ms = merged_head(group)
         payload: dict[str, Any] = {"api_id": api_id, "hook_type": first.hook_type,
                                    "hook_name": first.hook.name,
                                    "timeout_ms": first.hook.timeout_ms, "object": obj,
-                                   "then": rest}
+                                   "then": then(group)}
         self.stats["merged_calls"] += 1
-        reply = await self._exchange(peer, first.hook, payload, timeout_ms)
+        reply = await self._exchange(peer, first.hook, payload,
+                                     sum(step.hook.timeout_ms for step in group))
         return group_reply(reply, len(group))
 
     async def _wait_for_peer(self) -> Peer:

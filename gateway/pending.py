@@ -35,7 +35,6 @@ class Pending:
     call_id: int
     future: asyncio.Future[dict[str, Any]]  # resolves to the REPLY payload
     peer: Peer
-    deadline: float  # loop time
     hook: str  # the hook's name ("": an analytics batch)
     timeout_ms: int
     answered: bool = False  # the worker sent REPLY or ERROR: it no longer touches the slots
@@ -65,11 +64,12 @@ class Deadlines:
         self._table = table  # the open calls (PendingCalls owns it)
         self._queues: dict[float, _Queue] = {}
 
-    def add(self, loop: asyncio.AbstractEventLoop, pending: Pending, seconds: float) -> None:
+    def add(self, loop: asyncio.AbstractEventLoop, call_id: int, seconds: float) -> None:
+        """Call `call_id` expires `seconds` from now unless it is closed first."""
         queue = self._queues.get(seconds)
         if queue is None:
             queue = self._queues[seconds] = _Queue(loop, self._table)
-        queue.add(pending.deadline, pending.call_id)
+        queue.add(loop.time() + seconds, call_id)
 
     def clear(self) -> None:
         for queue in self._queues.values():
@@ -140,20 +140,18 @@ class PendingCalls:
         (`timeout_ms`: a merged call's, the sum of its hooks')."""
         call_id = next(self._ids)
         ms = hook.timeout_ms if timeout_ms is None else timeout_ms
-        seconds = ms / 1000
-        pending = self._pending[call_id] = Pending(
-            call_id, loop.create_future(), peer, loop.time() + seconds, hook.name, ms)
-        self._deadlines.add(loop, pending, seconds)
+        pending = self._pending[call_id] = Pending(call_id, loop.create_future(), peer,
+                                                   hook.name, ms)
+        self._deadlines.add(loop, call_id, ms / 1000)
         return pending
 
     def open_analytics(self, loop: asyncio.AbstractEventLoop, peer: Peer,
                        timeout_s: float) -> Pending:
         """A new ANALYTICS batch to `peer`, failing with HookTimeout after `timeout_s`."""
         call_id = next(self._ids)
-        pending = self._pending[call_id] = Pending(
-            call_id, loop.create_future(), peer, loop.time() + timeout_s, "",
-            round(timeout_s * 1000), analytics=True)
-        self._deadlines.add(loop, pending, timeout_s)
+        pending = self._pending[call_id] = Pending(call_id, loop.create_future(), peer, "",
+                                                   round(timeout_s * 1000), analytics=True)
+        self._deadlines.add(loop, call_id, timeout_s)
         return pending
 
     def close(self, pending: Pending) -> None:

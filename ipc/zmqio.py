@@ -39,12 +39,7 @@ def send_frames(sock: zmq.Socket[bytes], *frames: bytes) -> None:
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
     """One whole message without blocking; raises zmq.Again when none is waiting."""
     frame = sock.recv(NOBLOCK, copy=False)
-    frames = [frame.bytes]
-    while frame.more:
-        frame = sock.recv(NOBLOCK, copy=False)
-        if len(frames) < MAX_FRAMES:
-            frames.append(frame.bytes)
-    return frames
+    return _to_the_end(sock, [frame.bytes], frame)
 
 
 def recv_routed(sock: zmq.Socket[bytes]) -> list[bytes]:
@@ -53,13 +48,17 @@ def recv_routed(sock: zmq.Socket[bytes]) -> list[bytes]:
     A ROUTER always has a frame after the routing id, so the id is received
     as plain bytes without looking at its MORE flag.
     """
-    frames = [sock.recv(NOBLOCK)]
+    routing_id = sock.recv(NOBLOCK)
     frame = sock.recv(NOBLOCK, copy=False)
-    frames.append(frame.bytes)
-    while frame.more:
-        frame = sock.recv(NOBLOCK, copy=False)
+    return _to_the_end(sock, [routing_id, frame.bytes], frame)
+
+
+def _to_the_end(sock: zmq.Socket[bytes], frames: list[bytes], last: zmq.Frame) -> list[bytes]:
+    """The message's remaining frames after `last`, up to MAX_FRAMES kept."""
+    while last.more:
+        last = sock.recv(NOBLOCK, copy=False)
         if len(frames) < MAX_FRAMES:
-            frames.append(frame.bytes)
+            frames.append(last.bytes)
     return frames
 
 

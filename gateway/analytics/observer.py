@@ -233,9 +233,8 @@ class HookObserver:
               elapsed_ns: int) -> None:
         """A merged call, per hook (gateway/hook_groups.py `hook_times`): those that
         ran, then the failed one."""
-        times = hook_times(reply, elapsed_ns)
-        for index, elapsed in enumerate(times):
-            step = group[index]
-            outcome = ("ok" if index < len(reply.results) or reply.error is None
-                       else outcome_of(reply.error))
-            self.one(api_id, step.hook_type, step.hook, outcome, elapsed)
+        ran = len(reply.results)
+        for index, elapsed in enumerate(hook_times(reply, elapsed_ns)):
+            step, failed = group[index], reply.error if index == ran else None
+            self.one(api_id, step.hook_type, step.hook,
+                     "ok" if failed is None else outcome_of(failed), elapsed)
