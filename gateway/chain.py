@@ -59,7 +59,7 @@ from gateway.tyk_object import (
     request_shadow,
     response_object,
 )
-from ipc.coprocess import merge_reply
+from ipc.coprocess import changes_nothing, merge_reply
 from ipc.protocol import ErrorCode
 from ipc.ratelog import Throttle
 
@@ -269,11 +269,14 @@ class Chain:
                 for index, step in enumerate(group):
                     obj = build(step, defer) if index else first
                     got = await self._call(plan, step.hook_type, step.hook, obj, rid)
-                    if got is not None:  # None: failed open, the request goes on unchanged
+                    # None: failed open; obj itself: the hook changed nothing.
+                    if got is not None and got is not obj:
                         apply(step, obj, got)
                 return
             sent = first
             for index, result in enumerate(reply.results):
+                if changes_nothing(result):
+                    continue  # nothing to apply, and no object to rebuild for it
                 if index:  # what the worker built for it (ipc/merged.py), as apply reads it
                     sent = shadow() if shadow is not None else build(group[index], True)
                 apply(group[index], sent, merge_reply(sent, result))

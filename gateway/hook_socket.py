@@ -4,12 +4,14 @@ Workers connect with a DEALER.  The socket is driven from the event loop
 directly (`ipc.loop_reader`: `add_reader` on ZMQ_FD, non-blocking receives
 drained in a loop) instead of `zmq.asyncio`: one future per call and nothing
 else, which measured markedly cheaper per round trip.  Every message read is
-decoded here, by `ipc.protocol.decode`, and handed on valid or not.
+decoded here, frame by frame (a ZeroMQ message is a batch of protocol
+messages: ipc/protocol.py), and handed on valid or not.
 
-Every message leaves through one send path (`_send_frame`): a closed socket
+Every message leaves through one send path (`_send_frames`): a closed socket
 or an unreachable peer becomes `WorkerLost`, and an unreachable peer is
 reported to the owner, which drops it (its calls fail now).  CALLs wait for
-the end of the loop turn and leave together (`queue_call`); any other
+the end of the loop turn and leave together, one batch per worker
+(`queue_call`): the I/O thread is woken once per batch, not per CALL.  Any other
 message first sends the CALLs queued before it, so messages leave in the
 order they were made (a DRAIN never overtakes a CALL: the worker would
 refuse that CALL).
@@ -28,7 +30,7 @@ import zmq
 from config.gateway import GatewayConfig
 from gateway.hook_errors import WorkerLost
 from ipc.loop_reader import LoopReader
-from ipc.protocol import Limits, Message, MsgType, ProtocolError, decode, encode
+from ipc.protocol import MAX_BATCH, Limits, Message, MsgType, ProtocolError, decode_frame, encode
 from ipc.zmqio import recv_routed, send_frames
 
 __all__ = ["HookSocket"]
@@ -37,8 +39,9 @@ log = logging.getLogger("coproc.hooks")
 
 #: (routing id, message): a valid message from a peer.
 OnMessage = Callable[[bytes, Message], None]
-#: (routing id, frames after the routing id, why decode refused them).
-OnInvalid = Callable[[bytes, list[bytes], ProtocolError], None]
+#: (routing id, the refused frame or none, why); whether the peer is still heard
+#: (False: the rest of its batch is dropped unread).
+OnInvalid = Callable[[bytes, list[bytes], ProtocolError], bool]
 
 
 class HookSocket:
@@ -117,7 +120,7 @@ class HookSocket:
         if self._outbox:
             self._flush()
         try:
-            self._send_frame(identity, encode(mtype, call_id, payload)[0])
+            self._send_frames(identity, encode(mtype, call_id, payload)[0])
         finally:
             if self._reader is not None:
                 self._reader.after_send()
@@ -132,35 +135,55 @@ class HookSocket:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        batch, self._outbox = self._outbox, []
-        for identity, frame, call_id in batch:
-            try:
-                self._send_frame(identity, frame)
-            except WorkerLost as exc:
-                self._on_unsent(call_id, exc)
+        outbox, self._outbox = self._outbox, []
+        # One batch per worker (two only while a hot restart hands over), in call order.
+        batches: dict[bytes, list[tuple[bytes, int]]] = {}
+        for identity, frame, call_id in outbox:
+            batch = batches.get(identity)
+            if batch is None:
+                batch = batches[identity] = []
+            batch.append((frame, call_id))
+        for identity, batch in batches.items():
+            for start in range(0, len(batch), MAX_BATCH):
+                part = batch[start:start + MAX_BATCH]
+                try:
+                    self._send_frames(identity, *[frame for frame, _ in part])
+                except WorkerLost as exc:
+                    for _, call_id in part:
+                        self._on_unsent(call_id, exc)
         if self._reader is not None:
             self._reader.after_send()
 
-    def _send_frame(self, identity: bytes, frame: bytes) -> None:
-        """The one send path (the caller runs `after_send` once it is done sending)."""
+    def _send_frames(self, identity: bytes, *frames: bytes) -> None:
+        """The one send path: one ZeroMQ message of `frames` (the caller runs
+        `after_send` once it is done sending)."""
         sock = self._sock
         if sock is None:
             raise WorkerLost("cannot reach the worker: the hooks socket is closed")
         try:
-            send_frames(sock, identity, frame)
+            send_frames(sock, identity, *frames)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 self._on_unreachable(identity)
             raise WorkerLost(f"cannot reach the worker: {exc.strerror}") from None
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        identity, body = frames[0], frames[1:]
-        try:
-            message = decode(body, self._limits)
-        except ProtocolError as exc:
-            self._on_invalid(identity, body, exc)
+        """One ZeroMQ message from a peer: each frame is a message of its own."""
+        identity = frames[0]
+        if len(frames) > MAX_BATCH + 1:
+            self._on_invalid(identity, [], ProtocolError(
+                f"a batch of more than {MAX_BATCH} messages"))
             return
-        self._on_message(identity, message)
+        limits, on_message = self._limits, self._on_message
+        for index in range(1, len(frames)):
+            frame = frames[index]
+            try:
+                message = decode_frame(frame, limits)
+            except ProtocolError as exc:
+                if not self._on_invalid(identity, [frame], exc):
+                    return
+                continue
+            on_message(identity, message)
 
 
 def _remove_stale(path: str) -> None:

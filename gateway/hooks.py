@@ -96,7 +96,8 @@ class HookClient:
 
     async def call(self, api_id: str, hook_type: str, hook: HookDef,
                    obj: dict[str, Any]) -> dict[str, Any]:
-        """Run one hook in the active worker; return the object after the hook."""
+        """Run one hook in the active worker; return the object after the hook (`obj`
+        itself, with its `RUN_NS`, when the hook changed nothing)."""
         payload: dict[str, Any] = {"api_id": api_id, "hook_type": hook_type, "hook_name": hook.name,
                                    "timeout_ms": hook.timeout_ms, "object": obj}
         peer = self._peers.active or await self._wait_for_peer()
@@ -104,7 +105,10 @@ class HookClient:
         if "object" not in reply:
             self.stats["protocol_errors"] += 1
             raise HookFailed(ErrorCode.PROTOCOL, "a merged REPLY answered a single CALL")
-        merged = merge_reply(obj, reply["object"])
+        changes = reply["object"]
+        # A hook that changed nothing gives back the very object sent: the chain
+        # then has nothing to apply (tyk_object.py reads a field by identity anyway).
+        merged = merge_reply(obj, changes) if changes else obj
         merged[RUN_NS] = reply.get("run_ns", 0)  # the hook's own time (tracing, metrics)
         return merged
 
@@ -263,7 +267,9 @@ class HookClient:
             welcome["shm"] = self._bodies.welcome()
         self._socket.send_quietly(identity, MsgType.WELCOME, 0, welcome)
 
-    def _on_invalid(self, identity: bytes, frames: list[bytes], exc: ProtocolError) -> None:
+    def _on_invalid(self, identity: bytes, frames: list[bytes], exc: ProtocolError) -> bool:
+        """Count, log and answer an invalid message; whether its sender is still
+        admitted (False: the rest of its batch is not read)."""
         self.stats["protocol_errors"] += 1
         peer = self._peers.get(identity)
         who = f"generation {peer.generation}" if peer else f"unadmitted peer {identity.hex()}"
@@ -271,7 +277,7 @@ class HookClient:
         if peer is None:
             self._socket.send_quietly(identity, MsgType.REJECT, 0,
                                       {"reason": f"protocol error: {exc}"})
-            return
+            return False
         # Fail the call the bad message was meant to answer, instead of letting it time out.
         call_id = peek_call_id(frames)
         if call_id is not None:
@@ -279,6 +285,8 @@ class HookClient:
         if self._peers.strike(peer):
             self._drop(peer, f"worker generation {peer.generation} dropped: "
                              f"{peer.strikes} protocol errors")
+            return False
+        return True
 
     def _on_unreachable(self, identity: bytes) -> None:
         peer = self._peers.get(identity)

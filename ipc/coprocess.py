@@ -40,6 +40,7 @@ __all__ = [
     "LazyText",
     "MergedHook",
     "ReplyPayload",
+    "changes_nothing",
     "default_for",
     "merge_reply",
     "record_delta",
@@ -260,6 +261,12 @@ class _Missing:
 
 #: A field a record does not hold (in a REPLY: one the hook left unchanged).
 MISSING: Final[Any] = _Missing()
+
+
+def changes_nothing(reply: Mapping[str, Any]) -> bool:
+    """Whether a REPLY object (with the `RUN_NS` the hook client adds) changes no
+    field: merged and applied, it would leave the request or response as it was."""
+    return not reply or (len(reply) == 1 and RUN_NS in reply)
 
 
 def merge_reply(sent: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The hooks wire protocol between the gateway (ROUTER) and a worker (DEALER).
 
-A message is one ZeroMQ frame (the ROUTER side sees the peer's routing id
-in a frame in front of it):
+A protocol message is one ZeroMQ frame (the ROUTER side sees the peer's
+routing id in a frame in front of it):
 
     [version: 1 byte][type: 1 byte][call_id: 8 bytes, big endian][payload: msgpack map]
 
@@ -9,20 +9,29 @@ One frame, not four: with pyzmq every frame costs a Python-level send and
 receive, and on the hook round trip those were a measurable share of the
 gateway's time (README, Performance).
 
-`encode` builds the frames, `decode` is the single validating entry point for
-everything read from the socket: version, type, sizes and the payload's shape
-per message type.  Anything else raises `ProtocolError`, which the receiver
-treats as "this peer is broken or hostile", never as a reason to crash.
-See docs/PROTOCOL.md for the conversation these messages make up.
+A ZeroMQ message carries a batch: one protocol message per frame, at most
+MAX_BATCH.  The messages a side has ready at once (the CALLs of one gateway
+loop turn, the answers a worker holds) leave as one ZeroMQ message, so each
+side's I/O thread is handed, and wakes the other side for, one message per
+batch instead of one per call: waking a sleeping thread costs more CPU than
+the rest of a small send.
+
+`encode` builds one message's frame; `decode_frame` is the single validating
+entry point for every frame read from the socket: version, type, sizes and
+the payload's shape per message type.  Anything else raises `ProtocolError`,
+which the receiver treats as "this peer is broken or hostile" (for that
+frame: the batch's other messages stand on their own), never as a reason to
+crash.  See docs/PROTOCOL.md for the conversation these messages make up.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -32,6 +41,7 @@ from ipc.shm import BODY_REFS
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_BATCH",
     "MAX_MERGED",
     "PROTOCOL_VERSION",
     "ErrorCode",
@@ -40,11 +50,15 @@ __all__ = [
     "MsgType",
     "ProtocolError",
     "decode",
+    "decode_frame",
     "encode",
     "peek_call_id",
 ]
 
-PROTOCOL_VERSION: Final = 2
+#: 3: a ZeroMQ message may carry a batch of messages (2 sent exactly one).
+PROTOCOL_VERSION: Final = 3
+#: Most protocol messages (frames) one ZeroMQ message carries.
+MAX_BATCH: Final = 256
 #: version, type, call_id
 _HEADER: Final = struct.Struct(">BBQ")
 
@@ -96,8 +110,9 @@ class Limits:
 DEFAULT_LIMITS: Final = Limits()
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
+    """One decoded, validated protocol message (a tuple: made once per frame read)."""
+
     type: MsgType
     call_id: int
     payload: dict[str, Any]
@@ -221,32 +236,50 @@ HOST_OPS: Final = frozenset({"log", "store_data", "get_data", "trigger_event"}) 
 
 def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> list[bytes]:
     """The frames of one message (one frame; without the ROUTER's routing id)."""
-    return [_HEADER.pack(PROTOCOL_VERSION, mtype, call_id)
-            + msgpack.packb(payload, use_bin_type=True)]
+    return [_HEADER.pack(PROTOCOL_VERSION, mtype, call_id) + _packer().pack(payload)]
+
+
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's packer: `msgpack.packb` builds one per call (a Packer is not
+    thread-safe, and the worker's call threads encode their answers themselves)."""
+    try:
+        packer: msgpack.Packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer
 
 
 def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Validate and decode one message's frames; raise `ProtocolError`."""
+    """`decode_frame` for a ZeroMQ message that must hold exactly one protocol message."""
     if len(frames) != 1:
         raise ProtocolError(f"expected 1 frame, got {len(frames)}")
-    frame = frames[0]
-    if len(frame) < _HEADER.size:
-        raise ProtocolError(f"a message is at least {_HEADER.size} bytes, got {len(frame)}")
-    version, type_code, call_id = _HEADER.unpack_from(frame)
+    return decode_frame(frames[0], limits)
+
+
+def decode_frame(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate and decode one protocol message (one frame); raise `ProtocolError`."""
+    if len(frame) < _HEADER_SIZE:
+        raise ProtocolError(f"a message is at least {_HEADER_SIZE} bytes, got {len(frame)}")
+    version, type_code, call_id = _unpack_header(frame)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
     mtype = _TYPES.get(type_code)
     if mtype is None:
         raise ProtocolError(f"unknown message type {type_code}")
-    if len(frame) - _HEADER.size > limits.max_message_bytes:
-        raise ProtocolError(f"payload of {len(frame) - _HEADER.size} bytes exceeds "
+    if len(frame) - _HEADER_SIZE > limits.max_message_bytes:
+        raise ProtocolError(f"payload of {len(frame) - _HEADER_SIZE} bytes exceeds "
                             f"{limits.max_message_bytes}")
-    payload = _unpack(memoryview(frame)[_HEADER.size:], limits)
+    payload = _unpack(memoryview(frame)[_HEADER_SIZE:], limits)
     check(payload, PAYLOADS[mtype], _NAMES[mtype])
-    if mtype is MsgType.HOST_CALL and payload["op"] not in HOST_OPS:
+    if mtype is _REPLY:
+        if ("object" in payload) == ("results" in payload):
+            raise ProtocolError("REPLY: needs either object (one hook) or results "
+                                "(a merged call)")
+    elif mtype is _HOST_CALL and payload["op"] not in HOST_OPS:
         raise ProtocolError(f"HOST_CALL: unknown op {payload['op']!r}")
-    if mtype is MsgType.REPLY and ("object" in payload) == ("results" in payload):
-        raise ProtocolError("REPLY: needs either object (one hook) or results (a merged call)")
     return Message(mtype, call_id, payload)
 
 
@@ -256,13 +289,18 @@ def peek_call_id(frames: Sequence[bytes]) -> int | None:
     For a message `decode` refused: the receiver fails the call it was meant
     to answer at once instead of letting that call run into its deadline.
     """
-    if len(frames) != 1 or len(frames[0]) < _HEADER.size:
+    if len(frames) != 1 or len(frames[0]) < _HEADER_SIZE:
         return None
     call_id: int = _HEADER.unpack_from(frames[0])[2]
     return call_id
 
 
 _TYPES: Final = {int(t): t for t in MsgType}
+# Looked up on every frame: module constants, not enum attribute lookups.
+_REPLY: Final = MsgType.REPLY
+_HOST_CALL: Final = MsgType.HOST_CALL
+_HEADER_SIZE: Final = _HEADER.size
+_unpack_header: Final = _HEADER.unpack_from
 #: Each type's name: an enum's `.name` is a Python property, slow on every message.
 _NAMES: Final = {t: t.name for t in MsgType}
 

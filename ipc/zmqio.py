@@ -4,7 +4,9 @@ pyzmq's `send_multipart`/`recv_multipart` cost several microseconds per frame
 in Python (flag enums, per-frame option lookups); on the hook round trip
 those add up on every request.  A protocol message is one frame
 (ipc/protocol.py), so these helpers make one `send`/`recv` call per frame
-with plain integer flags.
+with plain integer flags.  A batch (ipc/protocol.py) is one ZeroMQ message
+of several frames: `send_frames(sock, *frames)` hands it to the I/O thread
+at once.
 
 Whether more frames follow is read from the received frame (`Frame.more`),
 not with `getsockopt(RCVMORE)`: pyzmq 27 turns every option number into its
@@ -18,15 +20,19 @@ from typing import Final
 
 import zmq
 
+from ipc.protocol import MAX_BATCH
+
 __all__ = ["MAX_FRAMES", "NOBLOCK", "readable", "recv_frames", "recv_routed", "send_frames"]
 
 NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE: Final = int(zmq.SNDMORE) | NOBLOCK
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
-#: Frames kept of one received message; a longer one is read to its end and
-#: returned with this many (the decoder then refuses it: it is not ours).
-MAX_FRAMES: Final = 4
+#: Frames kept of one received message besides a ROUTER's routing id: a batch's
+#: bound and one more.  A longer message is read to its end and returned with
+#: this many; its receiver refuses it (more than MAX_BATCH: no peer of ours
+#: sends that), instead of holding any number of frames at once.
+MAX_FRAMES: Final = MAX_BATCH + 1
 
 
 def send_frames(sock: zmq.Socket[bytes], *frames: bytes) -> None:
@@ -50,14 +56,15 @@ def recv_routed(sock: zmq.Socket[bytes]) -> list[bytes]:
     """
     routing_id = sock.recv(NOBLOCK)
     frame = sock.recv(NOBLOCK, copy=False)
-    return _to_the_end(sock, [routing_id, frame.bytes], frame)
+    return _to_the_end(sock, [routing_id, frame.bytes], frame, MAX_FRAMES + 1)
 
 
-def _to_the_end(sock: zmq.Socket[bytes], frames: list[bytes], last: zmq.Frame) -> list[bytes]:
-    """The message's remaining frames after `last`, up to MAX_FRAMES kept."""
+def _to_the_end(sock: zmq.Socket[bytes], frames: list[bytes], last: zmq.Frame,
+                keep: int = MAX_FRAMES) -> list[bytes]:
+    """The message's remaining frames after `last`, up to `keep` frames in all."""
     while last.more:
         last = sock.recv(NOBLOCK, copy=False)
-        if len(frames) < MAX_FRAMES:
+        if len(frames) < keep:
             frames.append(last.bytes)
     return frames
 

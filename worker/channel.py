@@ -19,8 +19,10 @@ Sends never block: with `IMMEDIATE` set, a message is only queued for a
 connected gateway, and one that cannot be queued (gateway gone, or not
 reading) is dropped and reported as `False`.  The protocol is built for that:
 HELLO is resent until answered, heartbeats are periodic, and a gateway that
-lost a REPLY has already timed the call out.  Everything received goes through
-`ipc.protocol.decode`; invalid messages are logged and dropped.
+lost a REPLY has already timed the call out.  Messages sent together
+(`send_many`: a batch of answers) leave as one ZeroMQ message, one frame
+each (ipc/protocol.py).  Every frame received goes through
+`ipc.protocol.decode_frame`; invalid messages are logged and dropped.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from typing import Any, Final, cast
 import zmq
 
 from ipc.memtune import tune_for_large_buffers
-from ipc.protocol import DEFAULT_LIMITS, Limits, Message, MsgType, ProtocolError, decode, encode
+from ipc.protocol import (
+    DEFAULT_LIMITS,
+    MAX_BATCH,
+    Limits,
+    Message,
+    MsgType,
+    ProtocolError,
+    decode_frame,
+    encode,
+)
 from ipc.zmqio import recv_frames, send_frames
 
 __all__ = ["Channel", "Waker"]
@@ -43,8 +54,9 @@ log = logging.getLogger("worker.channel")
 
 #: Outgoing messages ZeroMQ may queue for a slow gateway before sends fail.
 SEND_HWM: Final = 100_000
-#: Messages taken off the socket per drain; the rest wait for the next one.
-MAX_BATCH: Final = 256
+#: Messages a drain takes off the socket, about: it stops after the batch that
+#: reaches this many; the rest wait for the next drain.
+MAX_DRAIN: Final = 256
 
 
 class Waker:
@@ -124,10 +136,10 @@ class Channel:
     def send_many(self, messages: list[tuple[MsgType, int, Mapping[str, Any]]]) -> int:
         """Queue messages in order under one lock; how many were queued (a full or
         gone gateway stops the batch: the rest count as dropped)."""
-        encoded = []
+        encoded: list[bytes] = []
         for mtype, call_id, payload in messages:
             try:
-                encoded.append(encode(mtype, call_id, payload))
+                encoded.append(encode(mtype, call_id, payload)[0])
             except (TypeError, ValueError, OverflowError) as exc:
                 log.error("cannot encode %s: %s", mtype.name, exc)
         sent = 0
@@ -135,9 +147,11 @@ class Channel:
             if self._closed:
                 return 0
             self.pending = True
-            for frames in encoded:
+            # One ZeroMQ message per MAX_BATCH: one hand-off to the I/O thread each.
+            for start in range(0, len(encoded), MAX_BATCH):
+                batch = encoded[start:start + MAX_BATCH]
                 try:
-                    send_frames(self._sock, *frames)
+                    send_frames(self._sock, *batch)
                 except zmq.Again:
                     self.dropped += len(encoded) - sent  # the gateway is not reading
                     break
@@ -145,7 +159,7 @@ class Channel:
                     self.dropped += len(encoded) - sent
                     log.warning("sending %d message(s) failed: %s", len(encoded) - sent, exc)
                     break
-                sent += 1
+                sent += len(batch)
         waker = self.waker
         if threading.get_ident() != waker.reader:
             waker.poke()  # the send may have consumed ZMQ_FD's edge: the reader looks again
@@ -169,21 +183,31 @@ class Channel:
             self.waker.close()
 
     def drain(self) -> list[Message]:
-        """The valid messages waiting now, at most MAX_BATCH (the reader only)."""
-        batch: list[list[bytes]] = []
+        """The valid messages waiting now, about MAX_DRAIN at most (the reader only)."""
+        frames: list[bytes] = []
+        overlong = 0
         with self._lock:
             if self._closed:
                 return []
             sock = self._sock
             try:
-                while len(batch) < MAX_BATCH:
-                    batch.append(recv_frames(sock))
+                while len(frames) < MAX_DRAIN:
+                    batch = recv_frames(sock)
+                    if len(batch) > MAX_BATCH:  # not a batch the gateway sends
+                        overlong += 1
+                    else:
+                        frames.extend(batch)
             except zmq.Again:
                 self.pending = False  # until an operation or ZMQ_FD says otherwise
+        if overlong:
+            self.invalid += overlong
+            log.warning("dropped %d batch(es) of more than %d messages from the gateway (%s)",
+                        overlong, MAX_BATCH, self.endpoint)
         messages = []
-        for frames in batch:
+        limits = self.limits
+        for frame in frames:
             try:
-                messages.append(decode(frames, self.limits))
+                messages.append(decode_frame(frame, limits))
             except ProtocolError as exc:
                 self.invalid += 1
                 log.warning("dropped an invalid message from the gateway (%s): %s",

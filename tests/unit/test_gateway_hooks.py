@@ -18,8 +18,8 @@ import zmq.asyncio
 from config.apidef import HookDef
 from config.gateway import GatewayConfig, HookOptions
 from gateway.hooks import HookClient, HookFailed, HookTimeout, NoWorker, WorkerLost
-from ipc.coprocess import merge_reply
-from ipc.protocol import MsgType, decode, encode
+from ipc.coprocess import RUN_NS, changes_nothing, merge_reply
+from ipc.protocol import MAX_BATCH, MsgType, decode, encode
 from ipc.tokens import worker_token
 
 KEY = b"k" * 32
@@ -47,13 +47,18 @@ class FakeWorker:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self.generation = generation
+        self.backlog: list[Any] = []  # the rest of the last batch received
+        self.batch_sizes: list[int] = []  # messages per ZeroMQ message received
 
     async def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
         await self.sock.send_multipart(encode(mtype, call_id, payload))
 
     async def recv(self) -> Any:
-        frames = await asyncio.wait_for(self.sock.recv_multipart(), 2.0)
-        return decode(frames)
+        if not self.backlog:
+            frames = await asyncio.wait_for(self.sock.recv_multipart(), 2.0)
+            self.batch_sizes.append(len(frames))
+            self.backlog = [decode([frame]) for frame in frames]
+        return self.backlog.pop(0)
 
     async def hello(self, token: str | None = None) -> Any:
         await self.send(MsgType.HELLO, 0, {
@@ -172,6 +177,41 @@ async def test_invalid_reply_fails_its_call_fast(env: Any) -> None:
     assert info.value.code == "protocol"
 
 
+async def test_a_batch_of_replies_is_read_message_by_message(env: Any) -> None:
+    """Three answers in one ZeroMQ message: the valid ones resolve their calls and
+    the invalid one fails its own call at once; the worker stays admitted."""
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    slow = replace(HOOK, timeout_ms=5000)
+    tasks = [asyncio.ensure_future(client.call("x", "pre", slow, {})) for _ in range(3)]
+    calls = [await worker.recv() for _ in range(3)]
+    assert worker.batch_sizes[-1] == 3
+    await worker.sock.send_multipart([
+        encode(MsgType.REPLY, calls[0].call_id, {"object": {"metadata": {"n": "0"}}})[0],
+        encode(MsgType.REPLY, calls[1].call_id, {"object": {"request": {"headers": 5}}})[0],
+        encode(MsgType.REPLY, calls[2].call_id, {"object": {"metadata": {"n": "2"}}})[0],
+    ])
+    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1)
+    assert done[0]["metadata"] == {"n": "0"} and done[2]["metadata"] == {"n": "2"}
+    assert isinstance(done[1], HookFailed) and done[1].code == "protocol"
+    assert client.stats["protocol_errors"] == 1
+    assert client.health()["generation"] == 1
+
+
+async def test_a_batch_over_the_bound_is_refused_whole(env: Any) -> None:
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    task = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, timeout_ms=300), {}))
+    call = await worker.recv()
+    reply = encode(MsgType.REPLY, call.call_id, {"object": {}})[0]
+    await worker.sock.send_multipart([reply] * (MAX_BATCH + 1))
+    with pytest.raises(HookTimeout):  # none of it was read as an answer
+        await asyncio.wait_for(task, 2)
+    assert client.stats["protocol_errors"] == 1
+
+
 async def test_newer_generation_takes_over_and_older_drains(env: Any) -> None:
     client, ctx, endpoint, _ = env
     old, new = FakeWorker(ctx, endpoint, 1), FakeWorker(ctx, endpoint, 2)
@@ -215,6 +255,22 @@ async def test_fatal_state_fails_waiting_calls_immediately(env: Any) -> None:
         await asyncio.wait_for(task, 0.2)
 
 
+async def test_a_reply_that_changes_nothing_gives_back_the_object_sent(env: Any) -> None:
+    """The chain skips applying it (gateway/chain.py): the object is the very one sent,
+    with the hook's own run time."""
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    sent = {"request": {"headers": {"A": "1"}}}
+    task = asyncio.ensure_future(client.call("x", "pre", HOOK, sent))
+    call = await worker.recv()
+    await worker.send(MsgType.REPLY, call.call_id, {"object": {}, "run_ns": 1234})
+    result = await task
+    assert result is sent and result[RUN_NS] == 1234
+    assert changes_nothing({}) and changes_nothing({RUN_NS: 5})
+    assert not changes_nothing({RUN_NS: 5, "metadata": {}})
+
+
 def test_merge_reply_replaces_record_fields_only() -> None:
     sent = {"request": {"a": 1, "b": 2}, "metadata": {"x": "1"}}
     assert merge_reply(sent, {"request": {"b": 3}, "metadata": {}}) == {
@@ -247,6 +303,7 @@ async def test_calls_sent_in_one_loop_turn_leave_before_any_later_message(env: A
     assert client.send_event("x", "OnEvent", {"type": "t"}, {})
     received = [await worker.recv() for _ in range(4)]
     assert [m.type for m in received] == [MsgType.CALL] * 3 + [MsgType.EVENT]
+    assert worker.batch_sizes[-2:] == [3, 1]  # the turn's CALLs as one ZeroMQ message
     for message in received[:3]:
         await worker.send(MsgType.REPLY, message.call_id, {"object": {}})
     await asyncio.gather(*calls)

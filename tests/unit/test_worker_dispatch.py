@@ -184,6 +184,7 @@ class Gateway:
         self.ids = itertools.count(1)
         self.store: dict[str, bytes] = {}
         self.host_calls = 0
+        self.backlog: list[Message] = []  # the rest of the last batch received
 
     def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
         self.sock.send_multipart([self.peer, *encode(mtype, call_id, payload)])
@@ -192,10 +193,12 @@ class Gateway:
         """The next message from the worker; HOST_CALLs are served on the way."""
         deadline = time.monotonic() + STEP_S
         while time.monotonic() < deadline:
-            if self.sock.poll(0):
+            if not self.backlog and self.sock.poll(0):
                 peer, *frames = self.sock.recv_multipart()
                 self.peer = peer
-                message = decode(frames)
+                self.backlog = [decode([frame]) for frame in frames]  # a batch
+            if self.backlog:
+                message = self.backlog.pop(0)
                 if message.type is MsgType.HOST_CALL and message.call_id:
                     self._serve_host_call(message)
                     continue

@@ -81,6 +81,7 @@ class Gateway:
         self.control = control
         self.peer: bytes | None = None
         self.heartbeats = 0
+        self.backlog: list[Message] = []  # the rest of the last batch received
 
     def recv(self, skip: tuple[MsgType, ...] = (MsgType.HEARTBEAT,)) -> Message:
         deadline = time.monotonic() + STEP_S
@@ -88,11 +89,13 @@ class Gateway:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError("no message from the worker in time")
-            if not self.sock.poll(int(remaining * 1000) + 1):
-                continue
-            frames = self.sock.recv_multipart()
-            self.peer = frames[0]
-            message = decode(frames[1:])
+            if not self.backlog:
+                if not self.sock.poll(int(remaining * 1000) + 1):
+                    continue
+                frames = self.sock.recv_multipart()
+                self.peer = frames[0]
+                self.backlog = [decode([frame]) for frame in frames[1:]]  # a batch
+            message = self.backlog.pop(0)
             if message.type is MsgType.HEARTBEAT:
                 self.heartbeats += 1
             if message.type not in skip:

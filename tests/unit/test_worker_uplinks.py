@@ -111,17 +111,20 @@ class FakeGateway:
         while self.sock.poll(0):
             frames = self.sock.recv_multipart()
             self.peer = frames[0]
-            message = decode(frames[1:])
-            if message.type is MsgType.HEARTBEAT:
-                self.heartbeats.append(message.payload)
-            elif message.type is MsgType.HELLO:
-                self.hellos.append(message.payload)
-            elif (message.type is MsgType.HOST_CALL and message.call_id
-                  and message.payload["op"] == "get_data"):
-                self.send(MsgType.HOST_REPLY, message.call_id,
-                          {"value": self.name.encode(), "found": True})
-            else:
-                self.received.append(message)
+            for frame in frames[1:]:  # a batch: a message per frame
+                self._take(decode([frame]))
+
+    def _take(self, message: Message) -> None:
+        if message.type is MsgType.HEARTBEAT:
+            self.heartbeats.append(message.payload)
+        elif message.type is MsgType.HELLO:
+            self.hellos.append(message.payload)
+        elif (message.type is MsgType.HOST_CALL and message.call_id
+              and message.payload["op"] == "get_data"):
+            self.send(MsgType.HOST_REPLY, message.call_id,
+                      {"value": self.name.encode(), "found": True})
+        else:
+            self.received.append(message)
 
     def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
         assert self.peer is not None, "the worker never spoke to this gateway"
