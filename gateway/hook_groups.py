@@ -16,7 +16,6 @@ for separate calls, then the failed hook's own failure policy.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from config.apidef import GRPC_DRIVER, HookDef
@@ -59,10 +58,10 @@ def then(group: HookGroup) -> list[MergedHook]:
             for s in group[1:]]
 
 
-@dataclass(frozen=True, slots=True)
-class GroupReply:
+class GroupReply(NamedTuple):
     """What a merged call gave: `results[i]` is hook i's REPLY object (with its
-    `RUN_NS`); `error` is hook `len(results)`'s failure, None when none failed."""
+    `RUN_NS`); `error` is hook `len(results)`'s failure, None when none failed.
+    (A tuple: one is made per merged call.)"""
 
     results: list[dict[str, Any]]
     error: HookCallError | None = None

@@ -48,6 +48,8 @@ log = logging.getLogger("coproc.hooks")
 
 #: How long a worker's answers still in transit may arrive after its exit report.
 EXIT_GRACE_S = 0.05
+_REPLY = MsgType.REPLY  # a module constant: compared on every message read
+
 #: The counters in `HookClient.stats`; each is written by one of its objects.
 _STATS = ("calls", "replies", "errors", "timeouts", "worker_lost", "no_worker",
           "protocol_errors", "late_replies", "admitted", "rejected", "host_calls",
@@ -227,11 +229,13 @@ class HookClient:
 
     def _on_message(self, identity: bytes, message: Message) -> None:
         peer, mtype = self._peers.get(identity), message.type
-        if mtype is MsgType.HELLO:
+        if mtype is _REPLY and peer is not None:  # nearly every message: tested first
+            self._resolve(peer, message.call_id, message.payload, None)
+        elif mtype is MsgType.HELLO:
             self._admit(identity, message.payload)
         elif peer is None:  # a worker we do not know (we restarted, or it never said HELLO)
             self._socket.send_quietly(identity, MsgType.RESYNC, 0, {})
-        elif mtype is MsgType.REPLY or mtype is MsgType.ANALYTICS_DONE:
+        elif mtype is MsgType.ANALYTICS_DONE:
             self._resolve(peer, message.call_id, message.payload, None)
         elif mtype is MsgType.ERROR:
             self._resolve(peer, message.call_id, None, error_from_reply(message.payload))
