@@ -31,7 +31,7 @@ from config.gateway import GatewayConfig
 from gateway.hook_errors import WorkerLost
 from ipc.loop_reader import LoopReader
 from ipc.protocol import MAX_BATCH, Limits, Message, MsgType, ProtocolError, decode_frame, encode
-from ipc.zmqio import recv_routed, send_frames
+from ipc.zmqio import batch_bounds, recv_routed, send_frames
 
 __all__ = ["HookSocket"]
 
@@ -136,20 +136,20 @@ class HookSocket:
     def _flush(self) -> None:
         self._flush_scheduled = False
         outbox, self._outbox = self._outbox, []
-        # One batch per worker (two only while a hot restart hands over), in call order.
-        batches: dict[bytes, list[tuple[bytes, int]]] = {}
+        # Batches per worker (two workers only while a hot restart hands over), in order.
+        queued: dict[bytes, tuple[list[bytes], list[int]]] = {}
         for identity, frame, call_id in outbox:
-            batch = batches.get(identity)
-            if batch is None:
-                batch = batches[identity] = []
-            batch.append((frame, call_id))
-        for identity, batch in batches.items():
-            for start in range(0, len(batch), MAX_BATCH):
-                part = batch[start:start + MAX_BATCH]
+            calls = queued.get(identity)
+            if calls is None:
+                calls = queued[identity] = ([], [])
+            calls[0].append(frame)
+            calls[1].append(call_id)
+        for identity, (frames, call_ids) in queued.items():
+            for start, stop in batch_bounds(frames):
                 try:
-                    self._send_frames(identity, *[frame for frame, _ in part])
+                    self._send_frames(identity, *frames[start:stop])
                 except WorkerLost as exc:
-                    for _, call_id in part:
+                    for call_id in call_ids[start:stop]:
                         self._on_unsent(call_id, exc)
         if self._reader is not None:
             self._reader.after_send()

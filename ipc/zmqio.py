@@ -16,13 +16,15 @@ on a ROUTER.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import zmq
 
 from ipc.protocol import MAX_BATCH
 
-__all__ = ["MAX_FRAMES", "NOBLOCK", "readable", "recv_frames", "recv_routed", "send_frames"]
+__all__ = ["BATCH_BYTES", "MAX_FRAMES", "NOBLOCK", "batch_bounds", "readable", "recv_frames",
+           "recv_routed", "send_frames"]
 
 NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE: Final = int(zmq.SNDMORE) | NOBLOCK
@@ -33,6 +35,26 @@ _POLLIN: Final = int(zmq.POLLIN)
 #: this many; its receiver refuses it (more than MAX_BATCH: no peer of ours
 #: sends that), instead of holding any number of frames at once.
 MAX_FRAMES: Final = MAX_BATCH + 1
+
+
+#: A batch is closed once it holds this many bytes, and a larger message travels
+#: alone: next to copying a body, the wake-up a batch saves is nothing, and a batch
+#: of bodies would keep several of them in memory at once on both sides.
+BATCH_BYTES: Final = 64 * 1024
+
+
+def batch_bounds(frames: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each ZeroMQ message `frames` go out in, in order: at most
+    MAX_BATCH frames, and no more than BATCH_BYTES unless one frame alone is."""
+    start = size = 0
+    for index, frame in enumerate(frames):
+        if index > start and (index - start >= MAX_BATCH or size + len(frame) > BATCH_BYTES):
+            yield start, index
+            start = index
+            size = 0
+        size += len(frame)
+    if start < len(frames):
+        yield start, len(frames)
 
 
 def send_frames(sock: zmq.Socket[bytes], *frames: bytes) -> None:

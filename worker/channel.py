@@ -46,7 +46,7 @@ from ipc.protocol import (
     decode_frame,
     encode,
 )
-from ipc.zmqio import recv_frames, send_frames
+from ipc.zmqio import batch_bounds, recv_frames, send_frames
 
 __all__ = ["Channel", "Waker"]
 
@@ -147,9 +147,9 @@ class Channel:
             if self._closed:
                 return 0
             self.pending = True
-            # One ZeroMQ message per MAX_BATCH: one hand-off to the I/O thread each.
-            for start in range(0, len(encoded), MAX_BATCH):
-                batch = encoded[start:start + MAX_BATCH]
+            # One ZeroMQ message per batch: one hand-off to the I/O thread each.
+            for start, stop in batch_bounds(encoded):
+                batch = encoded[start:stop]
                 try:
                     send_frames(self._sock, *batch)
                 except zmq.Again:
