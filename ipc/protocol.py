@@ -236,20 +236,21 @@ HOST_OPS: Final = frozenset({"log", "store_data", "get_data", "trigger_event"}) 
 
 def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> list[bytes]:
     """The frames of one message (one frame; without the ROUTER's routing id)."""
-    return [_HEADER.pack(PROTOCOL_VERSION, mtype, call_id) + _packer().pack(payload)]
-
-
-_packers = threading.local()
-
-
-def _packer() -> msgpack.Packer:
-    """This thread's packer: `msgpack.packb` builds one per call (a Packer is not
-    thread-safe, and the worker's call threads encode their answers themselves)."""
-    try:
-        packer: msgpack.Packer = _packers.packer
-    except AttributeError:
+    packer: msgpack.Packer | None = getattr(_packers, "packer", None)
+    if packer is None:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return packer
+    body = packer.pack(payload)
+    if len(body) > _PACKER_KEEP_BYTES:  # its buffer grew to this message's size:
+        _packers.packer = packer = None  # let it go before the copy below
+    return [_HEADER.pack(PROTOCOL_VERSION, mtype, call_id) + body]
+
+
+#: Each thread's msgpack packer (`msgpack.packb` builds one per call; a Packer is not
+#: thread-safe, and the worker's call threads encode their answers themselves).
+_packers = threading.local()
+#: A packer keeps its buffer at the largest message it packed: after a bigger one
+#: (an inline body) it is dropped, else 10 MiB bodies kept ~30 MiB per thread.
+_PACKER_KEEP_BYTES: Final = 256 * 1024
 
 
 def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:

@@ -113,3 +113,18 @@ def test_tokens_are_per_generation() -> None:
 def test_notify_format_round_trip() -> None:
     assert parse_notify(format_notify(ready=1, status="Serving")) == {
         "READY": "1", "STATUS": "Serving"}
+
+
+def test_the_thread_packer_is_kept_for_small_messages_and_dropped_after_a_large_one() -> None:
+    """A msgpack Packer keeps its buffer at the largest message it packed: reused for
+    small messages (cheaper than one per call), let go after a large inline body."""
+    from ipc import protocol
+
+    encode(MsgType.HEARTBEAT, 0, {"generation": 1})
+    kept = protocol._packers.packer
+    encode(MsgType.HEARTBEAT, 0, {"generation": 2})
+    assert protocol._packers.packer is kept is not None
+    big = {"api_id": "a", "hook_type": "pre", "hook_name": "h",
+           "object": {"request": {"raw_body": b"x" * (protocol._PACKER_KEEP_BYTES + 1)}}}
+    assert decode(encode(MsgType.CALL, 1, big)).payload == big
+    assert protocol._packers.packer is None
