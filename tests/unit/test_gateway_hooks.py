@@ -68,6 +68,14 @@ class FakeWorker:
         return await self.recv()
 
 
+async def _admitted(env: Any) -> tuple[HookClient, FakeWorker]:
+    """The hook client and a worker it admitted (generation 1)."""
+    client, ctx, endpoint, _ = env
+    worker = FakeWorker(ctx, endpoint, 1)
+    await worker.hello()
+    return client, worker
+
+
 @pytest.fixture
 async def env() -> AsyncIterator[tuple[HookClient, zmq.asyncio.Context, str, _Host]]:
     run_dir = Path(tempfile.mkdtemp(prefix="cph-"))
@@ -121,9 +129,7 @@ async def test_bad_token_is_rejected_and_not_routed(env: Any) -> None:
 
 
 async def test_deadline_gives_timeout(env: Any) -> None:
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, _worker = await _admitted(env)  # admitted, and never answers
     started = time.monotonic()
     with pytest.raises(HookTimeout):
         await client.call("x", "pre", replace(HOOK, timeout_ms=100), {})
@@ -132,9 +138,7 @@ async def test_deadline_gives_timeout(env: Any) -> None:
 
 
 async def test_worker_exit_fails_inflight_calls_at_once(env: Any) -> None:
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     task = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, timeout_ms=5000), {}))
     await worker.recv()  # the call arrived; the worker never answers
     started = time.monotonic()
@@ -166,9 +170,7 @@ async def test_error_reply_and_hostile_garbage(env: Any) -> None:
 
 
 async def test_invalid_reply_fails_its_call_fast(env: Any) -> None:
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     task = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, timeout_ms=5000), {}))
     call = await worker.recv()
     await worker.send(MsgType.REPLY, call.call_id, {"object": {"request": {"headers": 5}}})
@@ -180,9 +182,7 @@ async def test_invalid_reply_fails_its_call_fast(env: Any) -> None:
 async def test_a_batch_of_replies_is_read_message_by_message(env: Any) -> None:
     """Three answers in one ZeroMQ message: the valid ones resolve their calls and
     the invalid one fails its own call at once; the worker stays admitted."""
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     slow = replace(HOOK, timeout_ms=5000)
     tasks = [asyncio.ensure_future(client.call("x", "pre", slow, {})) for _ in range(3)]
     calls = [await worker.recv() for _ in range(3)]
@@ -200,9 +200,7 @@ async def test_a_batch_of_replies_is_read_message_by_message(env: Any) -> None:
 
 
 async def test_a_batch_over_the_bound_is_refused_whole(env: Any) -> None:
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     task = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, timeout_ms=300), {}))
     call = await worker.recv()
     reply = encode(MsgType.REPLY, call.call_id, {"object": {}})[0]
@@ -258,9 +256,7 @@ async def test_fatal_state_fails_waiting_calls_immediately(env: Any) -> None:
 async def test_a_reply_that_changes_nothing_gives_back_the_object_sent(env: Any) -> None:
     """The chain skips applying it (gateway/chain.py): the object is the very one sent,
     with the hook's own run time."""
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     sent = {"request": {"headers": {"A": "1"}}}
     task = asyncio.ensure_future(client.call("x", "pre", HOOK, sent))
     call = await worker.recv()
@@ -295,9 +291,7 @@ async def test_calls_sent_in_one_loop_turn_leave_before_any_later_message(env: A
     """CALLs wait for the end of the loop turn (one I/O-thread wake for the turn's calls);
     a message sent meanwhile (here an EVENT; on a hot restart, DRAIN) must not overtake
     them: the worker refuses CALLs that arrive after its DRAIN."""
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     calls = [asyncio.ensure_future(client.call("x", "pre", HOOK, {})) for _ in range(3)]
     await asyncio.sleep(0)  # the calls are queued, not sent yet
     assert client.send_event("x", "OnEvent", {"type": "t"}, {})
@@ -313,9 +307,7 @@ async def test_answers_sent_before_the_exit_report_still_count(env: Any) -> None
     """A worker answers its last call and exits; the supervisor's exit report (another
     channel) reaches the gateway before the answer was read: the call still succeeds,
     and no new call is routed to the gone worker."""
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     task = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
     call = await worker.recv()
     await worker.send(MsgType.REPLY, call.call_id, {"object": {"metadata": {"last": "1"}}})
@@ -328,9 +320,7 @@ async def test_answers_sent_before_the_exit_report_still_count(env: Any) -> None
 async def test_a_disconnected_worker_is_dropped_by_the_send_that_finds_it_gone(env: Any) -> None:
     """The one send path: a CALL to a worker whose socket is gone fails at once with
     WorkerLost (not at its deadline), and the worker is no longer routed to."""
-    client, ctx, endpoint, _ = env
-    worker = FakeWorker(ctx, endpoint, 1)
-    await worker.hello()
+    client, worker = await _admitted(env)
     worker.sock.close()
     lost = None
     for _ in range(50):  # bounded: until the ROUTER has seen the disconnect
