@@ -98,14 +98,12 @@ class DriverRouter:
     async def call_group(self, api_id: str, group: HookGroup,
                          obj: dict[str, Any]) -> GroupReply | None:
         """A merged call to the worker (gateway/hook_groups.py); None: call one by one
-        (a gRPC hook, or a worker client that does not merge).  A call that failed as
-        a whole counts as its first hook's failure, as the chain handles it."""
+        (a worker client that does not merge).  A call that failed as a whole counts
+        as its first hook's failure, as the chain handles it.  A gRPC hook is never
+        in a merged group: `hook_groups.group_hooks` leaves each one alone."""
         call_group = self._call_group
         if call_group is None:
             return None
-        for step in group:
-            if step.hook.driver == GRPC_DRIVER:
-                return None
         observer = self.observer
         started = time.perf_counter_ns()
         try:

@@ -60,8 +60,9 @@ class HookSocket:
         self._sock: zmq.Socket[bytes] | None = None
         self._reader: LoopReader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: CALLs of this loop turn: (routing id, frame, call_id), sent by `_flush`.
-        self._outbox: list[tuple[bytes, bytes, int]] = []
+        #: CALLs of this loop turn by worker (routing id): their frames and call ids in
+        #: order, sent by `_flush` (two workers only while a hot restart hands over).
+        self._outbox: dict[bytes, tuple[list[bytes], list[int]]] = {}
         self._flush_scheduled = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -109,7 +110,11 @@ class HookSocket:
         share one wake-up.  A failed send reaches the call through `on_unsent`.
         """
         assert self._loop is not None  # bind() ran: a programming error otherwise
-        self._outbox.append((identity, encode(MsgType.CALL, call_id, payload)[0], call_id))
+        queued = self._outbox.get(identity)
+        if queued is None:
+            queued = self._outbox[identity] = ([], [])
+        queued[0].append(encode(MsgType.CALL, call_id, payload)[0])
+        queued[1].append(call_id)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -135,16 +140,8 @@ class HookSocket:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        outbox, self._outbox = self._outbox, []
-        # Batches per worker (two workers only while a hot restart hands over), in order.
-        queued: dict[bytes, tuple[list[bytes], list[int]]] = {}
-        for identity, frame, call_id in outbox:
-            calls = queued.get(identity)
-            if calls is None:
-                calls = queued[identity] = ([], [])
-            calls[0].append(frame)
-            calls[1].append(call_id)
-        for identity, (frames, call_ids) in queued.items():
+        outbox, self._outbox = self._outbox, {}
+        for identity, (frames, call_ids) in outbox.items():
             for start, stop in batch_bounds(frames):
                 try:
                     self._send_frames(identity, *frames[start:stop])

@@ -34,7 +34,7 @@ import ctypes.util
 import functools
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 __all__ = ["ARENAS", "IDLE_TRIM_BYTES", "IDLE_TRIM_S", "MMAP_THRESHOLD_BYTES", "TRIM_BYTES",
            "give_back_free_memory", "held_free_bytes", "release_free_memory",
@@ -92,15 +92,19 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    mallinfo2 = getattr(_libc(), "mallinfo2", None)
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallInfo2
+    return cast(Callable[[], _MallInfo2] | None, mallinfo2)
+
+
 def held_free_bytes() -> int | None:
     """Free memory the allocator holds in its heaps (glibc's `mallinfo2().fordblks`);
     None where that cannot be asked (not glibc, or glibc before 2.33)."""
-    libc = _libc()
-    mallinfo2 = getattr(libc, "mallinfo2", None)
-    if mallinfo2 is None:
-        return None
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
+    mallinfo2 = _mallinfo2()
+    return None if mallinfo2 is None else int(mallinfo2().fordblks)
 
 
 def release_free_memory() -> bool:
