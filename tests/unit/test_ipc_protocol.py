@@ -115,16 +115,46 @@ def test_notify_format_round_trip() -> None:
         "READY": "1", "STATUS": "Serving"}
 
 
-def test_the_thread_packer_is_kept_for_small_messages_and_dropped_after_a_large_one() -> None:
-    """A msgpack Packer keeps its buffer at the largest message it packed: reused for
-    small messages (cheaper than one per call), let go after a large inline body."""
-    from ipc import protocol
+def test_encode_writes_the_bytes_msgpack_writes() -> None:
+    """Messages are standard msgpack, whichever library wrote them (docs/PROTOCOL.md)."""
+    payload = {"api_id": "a", "hook_type": "pre", "hook_name": "h", "timeout_ms": 1000,
+               "object": {"request": {"headers": {"A": "b"}, "raw_body": b"\x00\xff",
+                                      "delete_headers": ["x"], "return_overrides":
+                                      {"response_code": -1}},
+                          "session": {"rate": 1.5, "expires": 2**63, "is_inactive": True}},
+               "then": [{"hook_name": "p", "hook_type": "post", "raw_body_only": False}]}
+    frame = encode(MsgType.CALL, 7, payload)[0]
+    assert frame[10:] == msgpack.packb(payload, use_bin_type=True)
+    assert decode([frame]).payload == payload
 
-    encode(MsgType.HEARTBEAT, 0, {"generation": 1})
-    kept = protocol._packers.packer
-    encode(MsgType.HEARTBEAT, 0, {"generation": 2})
-    assert protocol._packers.packer is kept is not None
-    big = {"api_id": "a", "hook_type": "pre", "hook_name": "h",
-           "object": {"request": {"raw_body": b"x" * (protocol._PACKER_KEEP_BYTES + 1)}}}
-    assert decode(encode(MsgType.CALL, 1, big)).payload == big
-    assert protocol._packers.packer is None
+
+@pytest.mark.parametrize("body", [
+    msgpack.packb({"generation": msgpack.ExtType(5, b"x")}),  # an extension type
+    b"\xd6\xff\x00\x00\x00\x01",  # a timestamp, not a map
+    b"\x81\xa1g" + b"\x91" * 5000 + b"\xc0",  # nested deeper than a decoder goes
+    b"\x81\x81\x01\x01\x01",  # a map as a map key
+])
+def test_values_msgpack_may_carry_but_the_protocol_does_not_are_refused(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode([b"\x03\x07" + b"\0" * 8 + body])
+
+
+def test_a_payload_longer_than_the_container_limit_is_decoded_with_the_limits() -> None:
+    """Past `max_container_items` bytes a payload could hold a longer container: the
+    limit is then enforced while decoding, before the container is built."""
+    limits = Limits(max_container_items=64)
+    frame = encode(MsgType.ANALYTICS, 1, {"records": [{"api_id": "a"}] * 100})[0]
+    with pytest.raises(ProtocolError, match="not valid msgpack"):
+        decode([frame], limits)
+    few = encode(MsgType.ANALYTICS, 1, {"records": [{"api_id": "a"}] * 3})[0]
+    assert len(few) - 10 <= 64  # the fast path
+    assert decode([few], limits).payload == {"records": [{"api_id": "a"}] * 3}
+
+
+def test_free_form_analytics_records_refuse_extension_types() -> None:
+    """Analytics record values are not typed by the shape: the decoder itself refuses
+    an extension type there (a timestamp would otherwise arrive as a datetime)."""
+    for value in (msgpack.ExtType(5, b"x"), msgpack.Timestamp(1)):
+        body = msgpack.packb({"records": [{"api_id": "a", "when": value}]})
+        with pytest.raises(ProtocolError, match="not valid msgpack"):
+            decode([b"\x03\x0e" + b"\0" * 8 + body])
