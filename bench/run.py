@@ -16,9 +16,10 @@ What is measured (all on 127.0.0.1, against the same minimal upstream):
   the queueing of a saturated run), and the gateway's and worker's peak RSS
   under load.
 
-The scenarios run in `--rounds` interleaved rounds.  Each ratio is computed
-within a round (its two scenarios ran seconds apart) and the median over the
-rounds is reported, as are the median req/s: the machine may be shared, and
+The scenarios run in `--rounds` interleaved rounds, every other one in reverse
+order.  Each ratio is computed within a round (its two scenarios ran seconds
+apart, those of the targets side by side) and the median over the rounds is
+reported, as are the median req/s: the machine may be shared, and
 neighbours' load moves absolute figures far more than it moves ratios.
 Targets are printed next to the figures; nothing is asserted.
 """
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured time per round")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured load first")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke run)")
     args = parser.parse_args(argv)
@@ -250,13 +251,17 @@ def main(argv: list[str] | None = None) -> int:
                         shm_threshold_bytes=INLINE_THRESHOLD)
         c = args.connections
         scenarios = [
-            Scenario("bare_proxy", "bare aiohttp reverse proxy", lambda: bare.url + "/x", c),
             Scenario("inprocess_middleware", "aiohttp proxy + in-process middleware",
                      lambda: middleware.url + "/x", c),
-            Scenario("no_hooks", "coproc, no hooks", lambda: plain.url + "/plain/x", c,
-                     coproc=plain),
             Scenario("pre_noop", "coproc, 1 no-op pre hook", lambda: pre.url + "/pre/x", c,
                      coproc=pre),
+            Scenario("no_hooks", "coproc, no hooks", lambda: plain.url + "/plain/x", c,
+                     coproc=plain),
+            Scenario("pre_post_response", "coproc, pre+post+response hooks",
+                     lambda: three.url + "/three/x", c, coproc=three),
+            Scenario("bare_proxy", "bare aiohttp reverse proxy", lambda: bare.url + "/x", c),
+            Scenario("pre_post_response_apart", "coproc, pre+post+response, not merged",
+                     lambda: three_apart.url + "/three/x", c, coproc=three_apart),
             Scenario("pre_async_noop", "coproc, 1 no-op async pre hook",
                      lambda: apre.url + "/apre/x", c, coproc=apre),
             Scenario("pre_noop_grpc", "coproc, 1 no-op pre hook via gRPC",
@@ -265,10 +270,6 @@ def main(argv: list[str] | None = None) -> int:
                      coproc=lua),
             Scenario("jsvm_noop", "coproc, 1 no-op JSVM pre hook", lambda: js.url + "/js/x",
                      c, coproc=js),
-            Scenario("pre_post_response", "coproc, pre+post+response hooks",
-                     lambda: three.url + "/three/x", c, coproc=three),
-            Scenario("pre_post_response_apart", "coproc, pre+post+response, not merged",
-                     lambda: three_apart.url + "/three/x", c, coproc=three_apart),
             Scenario("body_1mib_shm", "1 MiB body, body-reading pre hook, shm",
                      lambda: shm.url + "/body/x", 8, b"a" * MIB, coproc=shm),
             Scenario("body_1mib_inline", "1 MiB body, body-reading pre hook, inline",
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}", flush=True)
-            for s in scenarios:
+            for s in _round_order(scenarios, round_no):
                 _measure(s, args.seconds, args.warmup)
         print("hook round trip, 1 connection", flush=True)
         latency = {}
@@ -300,6 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2))
     print(f"\nresults written to {out}")
     return 0
+
+
+def _round_order(scenarios: list[Scenario], round_no: int) -> list[Scenario]:
+    """The scenarios in the order round `round_no` measures them.
+
+    The list puts the two scenarios of each target ratio side by side (no
+    hooks between one pre hook and pre+post+response, the bare proxy two
+    away), so that each ratio compares runs seconds apart; every other round
+    goes backwards, so that a drift of the machine's load over a round
+    favours neither side of a ratio.
+    """
+    return scenarios if round_no % 2 == 0 else scenarios[::-1]
 
 
 def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[str, Any],
