@@ -246,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         three_apart = coproc({"three": three_api}, merge=False)
         probes = {"pre_noop": coproc({"pre": _api("pre", up, pre=["NoopPre"])}),
                   "pre_async_noop": coproc({"pre": _api("pre", up, pre=["AsyncNoopPre"])})}
+        # An instance per body size: memory a 10 MiB round leaves behind must not count
+        # as the peak of a 1 MiB one (every other round runs them in reverse).
         shm = coproc({"body": _api("body", up, pre=["ReadBody"])})
         inline = coproc({"body": _api("body", up, pre=["ReadBody"])},
                         shm_threshold_bytes=INLINE_THRESHOLD)
+        shm10 = coproc({"body": _api("body", up, pre=["ReadBody"])})
+        inline10 = coproc({"body": _api("body", up, pre=["ReadBody"])},
+                          shm_threshold_bytes=INLINE_THRESHOLD)
         c = args.connections
         scenarios = [
             Scenario("inprocess_middleware", "aiohttp proxy + in-process middleware",
@@ -275,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             Scenario("body_1mib_inline", "1 MiB body, body-reading pre hook, inline",
                      lambda: inline.url + "/body/x", 8, b"a" * MIB, coproc=inline),
             Scenario("body_10mib_shm", "10 MiB body, body-reading pre hook, shm",
-                     lambda: shm.url + "/body/x", 2, b"a" * 10 * MIB, 0.7, coproc=shm),
+                     lambda: shm10.url + "/body/x", 2, b"a" * 10 * MIB, 0.7, coproc=shm10),
             Scenario("body_10mib_inline", "10 MiB body, body-reading pre hook, inline",
-                     lambda: inline.url + "/body/x", 2, b"a" * 10 * MIB, 0.7, coproc=inline),
+                     lambda: inline10.url + "/body/x", 2, b"a" * 10 * MIB, 0.7,
+                     coproc=inline10),
         ]
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}", flush=True)
@@ -291,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         latency.update({f"{name} (under load)": inst.hello().get("worker", {}).get(
             "hook_latency_us", {}) for name, inst in (("pre_noop", pre), ("body_shm", shm),
                                                       ("body_inline", inline))})
-        shm_stats = shm.hello().get("worker", {}).get("shm", {})
+        shm_stats: dict[str, Any] = {"bodies": 0, "fallback": 0}  # both shm instances'
+        for inst in (shm, shm10):
+            arena = inst.hello().get("worker", {}).get("shm", {})
+            for counter in shm_stats:
+                shm_stats[counter] += int(arena.get(counter, 0))
     print("round-trip floor of this machine (two blocking processes)", flush=True)
     floor = round_trip_floor_us()
     report = _report(scenarios, latency, shm_stats, floor, args, started)
