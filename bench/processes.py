@@ -29,7 +29,8 @@ is what every process of a saturated machine with enough cores sees.  The
 paced figures answer "does a request cost more because there are several
 gateway processes?" without the machine's contention or the thinner load
 per process in them.
-Medians over the rounds; nothing is asserted.
+Every other round runs the variants in reverse order.  Medians over the rounds;
+nothing is asserted.
 """
 
 from __future__ import annotations
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             run_load(v.coproc.url + v.path, seconds=1, connections=args.connections)
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
-            for v in [*variants, *paced]:
+            order = [*variants, *paced]
+            # Every other round backwards: a drift of the machine's load over a round
+            # favours neither the 1-process variant nor the others (bench/run.py).
+            for v in order if r % 2 == 0 else order[::-1]:
                 _round(v, args.seconds, args.connections)
     finally:
         for v in variants:
