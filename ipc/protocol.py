@@ -248,10 +248,11 @@ def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> list[byt
 
 
 #: msgspec writes standard msgpack (the bytes `msgpack.packb(..., use_bin_type=True)`
-#: writes) at about twice its speed.  An Encoder keeps no buffer between calls, so the
-#: worker's call threads share one and a large inline body leaves nothing behind.
+#: writes) at about twice its speed.  An Encoder keeps its working state per call and
+#: holds the GIL throughout, so the worker's call threads share one; it keeps no buffer
+#: between calls, so a large inline body leaves nothing behind.
 _encoder: Final = msgspec.msgpack.Encoder()
-#: The fast decoder (`_unpack`); one is safe to share between threads, like the encoder.
+#: The fast decoder (`_unpack`), shared the same way.
 _decoder: Final = msgspec.msgpack.Decoder()
 
 

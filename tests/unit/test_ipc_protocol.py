@@ -158,3 +158,15 @@ def test_free_form_analytics_records_refuse_extension_types() -> None:
         body = msgpack.packb({"records": [{"api_id": "a", "when": value}]})
         with pytest.raises(ProtocolError, match="not valid msgpack"):
             decode([b"\x03\x0e" + b"\0" * 8 + body])
+
+
+def test_a_payload_nested_too_deeply_to_encode_is_a_value_error() -> None:
+    """What the senders catch (TypeError, ValueError, OverflowError), not a RecursionError."""
+    nested: dict[str, object] = {}
+    inner = nested
+    for _ in range(100_000):
+        inner["x"] = inner = {}
+    with pytest.raises(ValueError, match="nested too deeply"):
+        encode(MsgType.HEARTBEAT, 0, nested)
+    with pytest.raises(OverflowError):
+        encode(MsgType.HEARTBEAT, 0, {"generation": 2**64})
