@@ -44,7 +44,7 @@ from typing import Any
 
 from bench.load import run_load
 from bench.procs import Coproc, Server, cpu_seconds
-from bench.run import PLUGIN, _api
+from bench.run import PLUGIN, _api, round_order
 
 #: How long a gateway takes at most to report its counters (report_status: 1 s).
 STATUS_LAG_S = 1.3
@@ -130,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             run_load(v.coproc.url + v.path, seconds=1, connections=args.connections)
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
-            order = [*variants, *paced]
-            # Every other round backwards: a drift of the machine's load over a round
-            # favours neither the 1-process variant nor the others (bench/run.py).
-            for v in order if r % 2 == 0 else order[::-1]:
+            for v in round_order([*variants, *paced], r):
                 _round(v, args.seconds, args.connections)
     finally:
         for v in variants:

@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}", flush=True)
-            for s in _round_order(scenarios, round_no):
+            for s in round_order(scenarios, round_no):
                 _measure(s, args.seconds, args.warmup)
         print("hook round trip, 1 connection", flush=True)
         latency = {}
@@ -313,16 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _round_order(scenarios: list[Scenario], round_no: int) -> list[Scenario]:
-    """The scenarios in the order round `round_no` measures them.
+T = TypeVar("T")
 
-    The list puts the two scenarios of each target ratio side by side (no
-    hooks between one pre hook and pre+post+response, the bare proxy two
-    away), so that each ratio compares runs seconds apart; every other round
-    goes backwards, so that a drift of the machine's load over a round
-    favours neither side of a ratio.
-    """
-    return scenarios if round_no % 2 == 0 else scenarios[::-1]
+
+def round_order(items: list[T], round_no: int) -> list[T]:
+    """The order round `round_no` measures `items` in: every other round backwards,
+    so that a drift of the machine's load over a round favours neither side of a
+    ratio (`main` also lists the two scenarios of each target ratio side by side)."""
+    return items if round_no % 2 == 0 else items[::-1]
 
 
 def _report(scenarios: list[Scenario], latency: dict[str, Any], shm_stats: dict[str, Any],
