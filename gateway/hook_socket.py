@@ -39,9 +39,9 @@ log = logging.getLogger("coproc.hooks")
 
 #: (routing id, message): a valid message from a peer.
 OnMessage = Callable[[bytes, Message], None]
-#: (routing id, the refused frame or none, why); whether the peer is still heard
-#: (False: the rest of its batch is dropped unread).
-OnInvalid = Callable[[bytes, list[bytes], ProtocolError], bool]
+#: (routing id, the refused frame, or None for a whole batch, why); whether the peer is
+#: still heard (False: the rest of its batch is dropped unread).
+OnInvalid = Callable[[bytes, bytes | None, ProtocolError], bool]
 
 
 class HookSocket:
@@ -113,7 +113,7 @@ class HookSocket:
         queued = self._outbox.get(identity)
         if queued is None:
             queued = self._outbox[identity] = ([], [])
-        queued[0].append(encode(MsgType.CALL, call_id, payload)[0])
+        queued[0].append(encode(MsgType.CALL, call_id, payload))
         queued[1].append(call_id)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -125,7 +125,7 @@ class HookSocket:
         if self._outbox:
             self._flush()
         try:
-            self._send_frames(identity, encode(mtype, call_id, payload)[0])
+            self._send_frames(identity, encode(mtype, call_id, payload))
         finally:
             if self._reader is not None:
                 self._reader.after_send()
@@ -168,7 +168,7 @@ class HookSocket:
         """One ZeroMQ message from a peer: each frame is a message of its own."""
         identity = frames[0]
         if len(frames) > MAX_BATCH + 1:
-            self._on_invalid(identity, [], ProtocolError(
+            self._on_invalid(identity, None, ProtocolError(
                 f"a batch of more than {MAX_BATCH} messages"))
             return
         limits, on_message = self._limits, self._on_message
@@ -177,7 +177,7 @@ class HookSocket:
             try:
                 message = decode_frame(frame, limits)
             except ProtocolError as exc:
-                if not self._on_invalid(identity, [frame], exc):
+                if not self._on_invalid(identity, frame, exc):
                     return
                 continue
             on_message(identity, message)

@@ -247,7 +247,7 @@ class HookClient:
         elif mtype is MsgType.DRAIN_ACK:
             log.info("worker generation %d drained", peer.generation)
         else:
-            self._on_invalid(identity, [], ProtocolError(f"{mtype.name} is not sent by workers"))
+            self._on_invalid(identity, None, ProtocolError(f"{mtype.name} is not sent by workers"))
 
     def _resolve(self, peer: Peer, call_id: int, obj: dict[str, Any] | None,
                  error: HookCallError | None) -> None:
@@ -271,7 +271,7 @@ class HookClient:
             welcome["shm"] = self._bodies.welcome()
         self._socket.send_quietly(identity, MsgType.WELCOME, 0, welcome)
 
-    def _on_invalid(self, identity: bytes, frames: list[bytes], exc: ProtocolError) -> bool:
+    def _on_invalid(self, identity: bytes, frame: bytes | None, exc: ProtocolError) -> bool:
         """Count, log and answer an invalid message; whether its sender is still
         admitted (False: the rest of its batch is not read)."""
         self.stats["protocol_errors"] += 1
@@ -283,7 +283,7 @@ class HookClient:
                                       {"reason": f"protocol error: {exc}"})
             return False
         # Fail the call the bad message was meant to answer, instead of letting it time out.
-        call_id = peek_call_id(frames)
+        call_id = None if frame is None else peek_call_id(frame)
         if call_id is not None:
             self._resolve(peer, call_id, None, HookFailed(ErrorCode.PROTOCOL, str(exc)))
         if self._peers.strike(peer):

@@ -234,8 +234,8 @@ JSVM_HOST_OPS: Final = frozenset({"jsvm_http", "jsvm_batch", "jsvm_get_key", "js
 HOST_OPS: Final = frozenset({"log", "store_data", "get_data", "trigger_event"}) | JSVM_HOST_OPS
 
 
-def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> list[bytes]:
-    """The frames of one message (one frame; without the ROUTER's routing id).
+def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bytes:
+    """One message's frame (without the ROUTER's routing id).
 
     Raises TypeError (a value msgpack cannot carry), OverflowError (an int
     wider than 64 bits) or ValueError (nesting too deep to encode).
@@ -244,7 +244,7 @@ def encode(mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> list[byt
         body = _encoder.encode(payload)
     except RecursionError:
         raise ValueError("the payload is nested too deeply to encode") from None
-    return [_HEADER.pack(PROTOCOL_VERSION, mtype, call_id) + body]
+    return _HEADER.pack(PROTOCOL_VERSION, mtype, call_id) + body
 
 
 #: msgspec writes standard msgpack (the bytes `msgpack.packb(..., use_bin_type=True)`
@@ -287,15 +287,15 @@ def decode_frame(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     return Message(mtype, call_id, payload)
 
 
-def peek_call_id(frames: Sequence[bytes]) -> int | None:
+def peek_call_id(frame: bytes) -> int | None:
     """The call_id in a message's header, the rest unchecked; None without a header.
 
-    For a message `decode` refused: the receiver fails the call it was meant
+    For a frame `decode_frame` refused: the receiver fails the call it was meant
     to answer at once instead of letting that call run into its deadline.
     """
-    if len(frames) != 1 or len(frames[0]) < _HEADER_SIZE:
+    if len(frame) < _HEADER_SIZE:
         return None
-    call_id: int = _HEADER.unpack_from(frames[0])[2]
+    call_id: int = _unpack_header(frame)[2]
     return call_id
 
 

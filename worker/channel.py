@@ -139,7 +139,7 @@ class Channel:
         encoded: list[bytes] = []
         for mtype, call_id, payload in messages:
             try:
-                encoded.append(encode(mtype, call_id, payload)[0])
+                encoded.append(encode(mtype, call_id, payload))
             except (TypeError, ValueError, OverflowError) as exc:
                 log.error("cannot encode %s: %s", mtype.name, exc)
         sent = 0

@@ -39,10 +39,10 @@ def test_garbage_and_forged_workers_are_rejected_while_serving(coproc_factory: A
         sock.send_multipart([b"\x01", b"\x04", b"\0" * 8, b"\xc1\xc1"])
         assert decode(sock.recv_multipart()).type is MsgType.REJECT
         forged = {"generation": before["generation"] + 5, "pid": 1, "token": "00" * 32}
-        sock.send_multipart(encode(MsgType.HELLO, 0, forged))
+        sock.send_multipart([encode(MsgType.HELLO, 0, forged)])
         answer = decode(sock.recv_multipart())
         assert answer.type is MsgType.REJECT and "token" in answer.payload["reason"]
-        sock.send_multipart(encode(MsgType.REPLY, 1, {"object": {}}))
+        sock.send_multipart([encode(MsgType.REPLY, 1, {"object": {}})])
         assert decode(sock.recv_multipart()).type is MsgType.RESYNC
     finally:
         sock.close()

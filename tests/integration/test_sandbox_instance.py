@@ -121,8 +121,8 @@ PROBE = textwrap.dedent('''
         sock.setsockopt(zmq.RCVTIMEO, 3000)
         sock.connect(p["endpoint"])
         generation = int(os.environ.get("COPROC_GENERATION", "1"))
-        sock.send_multipart(encode(MsgType.HELLO, 0, {"generation": generation,
-                                                      "pid": os.getpid(), "token": token}))
+        sock.send_multipart([encode(MsgType.HELLO, 0, {"generation": generation,
+                                                      "pid": os.getpid(), "token": token})])
         try:
             answer = decode(sock.recv_multipart())
         finally:

@@ -51,7 +51,7 @@ class FakeWorker:
         self.batch_sizes: list[int] = []  # messages per ZeroMQ message received
 
     async def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
-        await self.sock.send_multipart(encode(mtype, call_id, payload))
+        await self.sock.send_multipart([encode(mtype, call_id, payload)])
 
     async def recv(self) -> Any:
         if not self.backlog:
@@ -188,9 +188,9 @@ async def test_a_batch_of_replies_is_read_message_by_message(env: Any) -> None:
     calls = [await worker.recv() for _ in range(3)]
     assert worker.batch_sizes[-1] == 3
     await worker.sock.send_multipart([
-        encode(MsgType.REPLY, calls[0].call_id, {"object": {"metadata": {"n": "0"}}})[0],
-        encode(MsgType.REPLY, calls[1].call_id, {"object": {"request": {"headers": 5}}})[0],
-        encode(MsgType.REPLY, calls[2].call_id, {"object": {"metadata": {"n": "2"}}})[0],
+        encode(MsgType.REPLY, calls[0].call_id, {"object": {"metadata": {"n": "0"}}}),
+        encode(MsgType.REPLY, calls[1].call_id, {"object": {"request": {"headers": 5}}}),
+        encode(MsgType.REPLY, calls[2].call_id, {"object": {"metadata": {"n": "2"}}}),
     ])
     done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1)
     assert done[0]["metadata"] == {"n": "0"} and done[2]["metadata"] == {"n": "2"}
@@ -203,7 +203,7 @@ async def test_a_batch_over_the_bound_is_refused_whole(env: Any) -> None:
     client, worker = await _admitted(env)
     task = asyncio.ensure_future(client.call("x", "pre", replace(HOOK, timeout_ms=300), {}))
     call = await worker.recv()
-    reply = encode(MsgType.REPLY, call.call_id, {"object": {}})[0]
+    reply = encode(MsgType.REPLY, call.call_id, {"object": {}})
     await worker.sock.send_multipart([reply] * (MAX_BATCH + 1))
     with pytest.raises(HookTimeout):  # none of it was read as an answer
         await asyncio.wait_for(task, 2)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ipc.control import decode_control, encode_control
 from ipc.notify import format_notify, parse_notify
-from ipc.protocol import Limits, MsgType, ProtocolError, decode, encode
+from ipc.protocol import Limits, MsgType, ProtocolError, decode, decode_frame, encode
 from ipc.tokens import verify_worker_token, worker_token
 
 CALL = {
@@ -25,7 +25,7 @@ CALL = {
 
 
 def test_round_trip_keeps_every_field() -> None:
-    message = decode(encode(MsgType.CALL, 2**64 - 1, CALL))
+    message = decode_frame(encode(MsgType.CALL, 2**64 - 1, CALL))
     assert message.type is MsgType.CALL
     assert message.call_id == 2**64 - 1
     assert message.payload == CALL
@@ -56,13 +56,13 @@ def test_invalid_messages_are_refused(frames: list[bytes], error: str) -> None:
 def test_nested_object_fields_are_checked_with_their_path() -> None:
     bad = dict(CALL, object={"request": {"headers": {"X": 1}}})
     with pytest.raises(ProtocolError, match=r"CALL\.object\.request\.headers\.X"):
-        decode(encode(MsgType.CALL, 1, bad))
+        decode_frame(encode(MsgType.CALL, 1, bad))
 
 
 def test_size_limit_applies_before_unpacking() -> None:
-    frames = encode(MsgType.HEARTBEAT, 0, {"generation": 1})
+    frame = encode(MsgType.HEARTBEAT, 0, {"generation": 1})
     with pytest.raises(ProtocolError, match="exceeds"):
-        decode(frames, Limits(max_message_bytes=len(frames[0]) - 10 - 1))
+        decode_frame(frame, Limits(max_message_bytes=len(frame) - 10 - 1))
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,7 +88,7 @@ _VALUES = st.recursive(
 def test_random_payloads_either_decode_or_raise_protocol_error(mtype: MsgType,
                                                               payload: dict[str, object]) -> None:
     try:
-        decode(encode(mtype, 1, payload))
+        decode_frame(encode(mtype, 1, payload))
     except ProtocolError:
         pass
 
@@ -123,7 +123,7 @@ def test_encode_writes_the_bytes_msgpack_writes() -> None:
                                       {"response_code": -1}},
                           "session": {"rate": 1.5, "expires": 2**63, "is_inactive": True}},
                "then": [{"hook_name": "p", "hook_type": "post", "raw_body_only": False}]}
-    frame = encode(MsgType.CALL, 7, payload)[0]
+    frame = encode(MsgType.CALL, 7, payload)
     assert frame[10:] == msgpack.packb(payload, use_bin_type=True)
     assert decode([frame]).payload == payload
 
@@ -143,10 +143,10 @@ def test_a_payload_longer_than_the_container_limit_is_decoded_with_the_limits() 
     """Past `max_container_items` bytes a payload could hold a longer container: the
     limit is then enforced while decoding, before the container is built."""
     limits = Limits(max_container_items=64)
-    frame = encode(MsgType.ANALYTICS, 1, {"records": [{"api_id": "a"}] * 100})[0]
+    frame = encode(MsgType.ANALYTICS, 1, {"records": [{"api_id": "a"}] * 100})
     with pytest.raises(ProtocolError, match="not valid msgpack"):
         decode([frame], limits)
-    few = encode(MsgType.ANALYTICS, 1, {"records": [{"api_id": "a"}] * 3})[0]
+    few = encode(MsgType.ANALYTICS, 1, {"records": [{"api_id": "a"}] * 3})
     assert len(few) - 10 <= 64  # the fast path
     assert decode([few], limits).payload == {"records": [{"api_id": "a"}] * 3}
 

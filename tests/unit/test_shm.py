@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipc.protocol import MsgType, ProtocolError, decode, encode
+from ipc.protocol import MsgType, ProtocolError, decode_frame, encode
 from ipc.shm import (
     GRANULE,
     Arena,
@@ -173,13 +173,13 @@ def test_the_gateway_accepts_only_the_calls_own_slot(arena: Arena) -> None:
 def test_body_references_pass_the_one_validating_decode() -> None:
     call = {"api_id": "a", "hook_type": "pre", "hook_name": "h", "object": {"request": {}},
             "bodies": {"request": {"offset": 0, "length": 3, "capacity": 4096, "text": True}}}
-    assert decode(encode(MsgType.CALL, 1, call)).payload == call
+    assert decode_frame(encode(MsgType.CALL, 1, call)).payload == call
     reply = {"object": {}, "bodies": {"response": {"offset": 4096, "length": 1}}}
-    assert decode(encode(MsgType.REPLY, 1, reply)).payload == reply
+    assert decode_frame(encode(MsgType.REPLY, 1, reply)).payload == reply
     welcome = {"generation": 1, "shm": {"name": "n", "size": 1, "threshold": 2}}
-    assert decode(encode(MsgType.WELCOME, 0, welcome)).payload == welcome
+    assert decode_frame(encode(MsgType.WELCOME, 0, welcome)).payload == welcome
     for bad in ({**call, "bodies": {"session": {"offset": 0, "length": 1}}},
                 {**call, "bodies": {"request": {"offset": "0", "length": 1}}},
                 {**call, "bodies": {"request": {"length": 1}}}):
         with pytest.raises(ProtocolError):
-            decode(encode(MsgType.CALL, 1, bad))
+            decode_frame(encode(MsgType.CALL, 1, bad))

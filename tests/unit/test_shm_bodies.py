@@ -22,7 +22,7 @@ from config.apidef import HookDef
 from gateway.bodies import Bodies, defers_text
 from gateway.tyk_object import RequestState, apply_request, request_object
 from ipc.coprocess import LazyText, merge_reply
-from ipc.protocol import MsgType, decode, encode
+from ipc.protocol import MsgType, decode_frame, encode
 from ipc.shm import GRANULE, Arena, ArenaView
 from worker.dispatch import Call, Dispatcher
 from worker.loader import ApiPlugins, HookEntry, HookTable
@@ -86,13 +86,13 @@ class Side:
         payload = {"api_id": "api", "hook_type": "pre", "hook_name": hook.name,
                    "timeout_ms": 2000, "object": obj}
         slots = self.bodies.send_side(payload)
-        call = decode(encode(MsgType.CALL, 1, payload)).payload
+        call = decode_frame(encode(MsgType.CALL, 1, payload)).payload
         self.sent = call
         prepared = self.dispatcher.prepare(call)  # as the call thread reading it does
         assert isinstance(prepared, Call), prepared
         mtype, answer = self.dispatcher.finish(self.dispatcher.run_here(prepared))
         assert mtype is MsgType.REPLY, answer
-        reply = decode(encode(mtype, 1, answer)).payload
+        reply = decode_frame(encode(mtype, 1, answer)).payload
         got = reply["object"]
         if "bodies" in reply:
             got = self.bodies.reply_side(got, reply["bodies"], slots)
@@ -245,7 +245,7 @@ def test_a_full_arena_falls_back_to_inline_with_the_text(prefix_arena: Arena) ->
     assert stats["shm_fallback"] == 1
     assert payload["object"]["request"]["body"] == body.decode()
     assert payload["object"]["request"]["raw_body"] is body
-    decode(encode(MsgType.CALL, 1, {"api_id": "a", "hook_type": "pre", "hook_name": "h",
+    decode_frame(encode(MsgType.CALL, 1, {"api_id": "a", "hook_type": "pre", "hook_name": "h",
                                     **payload}))  # a plain, sendable object
 
 
@@ -331,7 +331,7 @@ def test_a_changed_body_reaches_its_slot_only_when_the_reply_is_built(side: Side
                "timeout_ms": 2000, "object": obj}
     slots = side.bodies.send_side(payload)
     slot = slots["request"]
-    call = side.dispatcher.prepare(decode(encode(MsgType.CALL, 1, payload)).payload)
+    call = side.dispatcher.prepare(decode_frame(encode(MsgType.CALL, 1, payload)).payload)
     assert isinstance(call, Call), call
     ran = side.dispatcher.run_here(call)
     assert side.bodies.arena.read(slot.offset, len(body)) == body  # untouched

@@ -55,8 +55,8 @@ async def _hello(ctx: zmq.asyncio.Context, endpoint: str, generation: int,
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    await sock.send_multipart(encode(MsgType.HELLO, 0, {
-        "generation": generation, "pid": pid, "token": worker_token(KEY, generation)}))
+    await sock.send_multipart([encode(MsgType.HELLO, 0, {
+        "generation": generation, "pid": pid, "token": worker_token(KEY, generation)})])
     return sock, decode(await asyncio.wait_for(sock.recv_multipart(), 2.0))
 
 
@@ -72,7 +72,7 @@ async def test_a_second_hello_for_an_admitted_generation_is_refused(hooks: Any) 
         task = asyncio.ensure_future(client.call("x", "pre", HOOK, {}))
         call = decode(await asyncio.wait_for(worker.recv_multipart(), 2.0))
         assert call.type is MsgType.CALL
-        await worker.send_multipart(encode(MsgType.REPLY, call.call_id,
-                                           {"object": {"metadata": {"by": "worker"}}}))
+        await worker.send_multipart([encode(MsgType.REPLY, call.call_id,
+                                           {"object": {"metadata": {"by": "worker"}}})])
         assert (await task)["metadata"] == {"by": "worker"}
     assert not await impostor.poll(100)  # nothing was routed to the second connection

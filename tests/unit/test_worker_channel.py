@@ -82,8 +82,8 @@ def test_a_received_batch_is_decoded_frame_by_frame(
     router, channel = pair
     peer = _identity(router, channel)
     call = {"api_id": "a", "hook_type": "pre", "hook_name": "h", "object": {}}
-    router.send_multipart([peer, encode(MsgType.CALL, 1, call)[0], b"\x03garbage",
-                           encode(MsgType.CALL, 2, call)[0]])
+    router.send_multipart([peer, encode(MsgType.CALL, 1, call), b"\x03garbage",
+                           encode(MsgType.CALL, 2, call)])
     got = _drain_until(channel, 2)
     assert [m.call_id for m in got] == [1, 2]
     assert channel.invalid == 1
@@ -94,9 +94,9 @@ def test_a_batch_over_the_bound_is_dropped_whole(
     router, channel = pair
     peer = _identity(router, channel)
     call = encode(MsgType.CALL, 1, {"api_id": "a", "hook_type": "pre", "hook_name": "h",
-                                    "object": {}})[0]
+                                    "object": {}})
     router.send_multipart([peer] + [call] * (MAX_BATCH + 1))
-    router.send_multipart([peer, encode(MsgType.RESYNC, 0, {})[0]])
+    router.send_multipart([peer, encode(MsgType.RESYNC, 0, {})])
     got = _drain_until(channel, 1)
     assert [m.type for m in got] == [MsgType.RESYNC]
     assert channel.invalid == 1

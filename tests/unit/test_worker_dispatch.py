@@ -187,7 +187,7 @@ class Gateway:
         self.backlog: list[Message] = []  # the rest of the last batch received
 
     def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
-        self.sock.send_multipart([self.peer, *encode(mtype, call_id, payload)])
+        self.sock.send_multipart([self.peer, encode(mtype, call_id, payload)])
 
     async def receive(self) -> Message:
         """The next message from the worker; HOST_CALLs are served on the way."""

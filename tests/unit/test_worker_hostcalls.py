@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ipc.protocol import Message, MsgType, decode, encode
+from ipc.protocol import Message, MsgType, decode_frame, encode
 from worker.hostcalls import HostCallError, HostCalls
 from worker.tyk_api import CURRENT_API, TykGateway, install_plugin_api, running
 
@@ -35,7 +35,7 @@ class FakeGateway:
 
     def send(self, mtype: MsgType, call_id: int, payload: Mapping[str, Any]) -> bool:
         self.sender_threads.add(threading.get_ident())
-        message = decode(encode(mtype, call_id, payload))  # must be valid protocol
+        message = decode_frame(encode(mtype, call_id, payload))  # must be valid protocol
         self.sent.append(message)
         self.arrived.set()
         if mtype is MsgType.HOST_CALL and call_id and self.mode != "silent":

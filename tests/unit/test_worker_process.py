@@ -103,7 +103,7 @@ class Gateway:
 
     def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
         assert self.peer is not None
-        self.sock.send_multipart([self.peer, *encode(mtype, call_id, payload)])
+        self.sock.send_multipart([self.peer, encode(mtype, call_id, payload)])
 
     def send_raw(self, *frames: bytes) -> None:
         assert self.peer is not None
@@ -236,7 +236,7 @@ def test_admission_call_host_call_and_drain(worker: WorkerProcess) -> None:
         admit(gateway)  # HELLO again, admitted again
 
         gateway.send_raw(b"\x01", b"junk")  # wrong frame count
-        gateway.send_raw(*encode(MsgType.CALL, 5, {"bogus": True}))  # wrong payload shape
+        gateway.send_raw(encode(MsgType.CALL, 5, {"bogus": True}))  # wrong payload shape
         call(gateway, 42)
         answer_get_data(gateway, b"hello")
         reply = reply_after_log(gateway)

@@ -128,7 +128,7 @@ class FakeGateway:
 
     def send(self, mtype: MsgType, call_id: int, payload: dict[str, Any]) -> None:
         assert self.peer is not None, "the worker never spoke to this gateway"
-        self.sock.send_multipart([self.peer, *encode(mtype, call_id, payload)])
+        self.sock.send_multipart([self.peer, encode(mtype, call_id, payload)])
 
     def call(self, call_id: int, name: str, headers: dict[str, str] | None = None) -> None:
         self.send(MsgType.CALL, call_id, {
