@@ -1,7 +1,9 @@
 """Tyk classic API definitions: the fields Coproc acts on, the rest kept as `raw`.
 
 One JSON file per API under the gateway's `app_path`.  Hook `path`s resolve
-against `middleware_path` first, then against the definition's own directory.
+against `middleware_path` first, then the definition's own directory, then the
+places that stand for Tyk's working directory (`_hook_path`).  A JS-driver API
+also gets Tyk's per-API folder hooks, middleware_path/<api_id>/<phase>/*.js.
 Coproc's own per-API options live under an optional `coproc` object; per-hook
 options (`timeout_ms`, `failure_policy`) may also sit in each hook entry.
 
@@ -69,6 +71,8 @@ class HookDef:
 
 #: The driver whose hooks a Tyk gRPC plugin server runs (not the Python worker).
 GRPC_DRIVER = "grpc"
+#: Tyk's JSVM drivers (otto, and goja under "javascript"); the worker runs both in QuickJS.
+JS_DRIVERS = ("otto", "javascript")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +317,8 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
     # looks at their paths (often written for the Tyk node), nor does Coproc.
     middleware = _middleware(r.child("custom_middleware"), cfg, path, hook_defaults,
                              resolve_paths=not bundle)
+    if not bundle and middleware.driver in JS_DRIVERS:
+        middleware = _with_folder_hooks(middleware, cfg, api_id, hook_defaults)
     bundle_dirs: tuple[Path, ...] = ()
     bundle_error = ""
     analytics = _analytics_plugin(r.child("analytics_plugin"), cfg, path)
@@ -485,7 +491,7 @@ def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef,
                           "name the decorated hook function")
         return HookDef(
             name=name,
-            path=_hook_path(h, cfg, source) if resolve_paths else "",
+            path=_hook_path(h, cfg, source, driver) if resolve_paths else "",
             disabled=h.get("disabled", bool, False),
             raw_body_only=h.get("raw_body_only", bool, False),
             require_session=h.get("require_session", bool, False),
@@ -508,6 +514,38 @@ def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef,
         ),
         id_extractor=_id_extractor(r.child("id_extractor")),
     )
+
+
+#: Tyk's per-API JS folders under middleware_path/<api_id>/: folder -> phase.
+_FOLDER_PHASES = {"pre": "pre", "auth": "auth_check", "post_auth": "post_key_auth",
+                  "post": "post"}
+
+
+def _with_folder_hooks(m: CustomMiddleware, cfg: GatewayConfig, api_id: str,
+                       d: HookDef) -> CustomMiddleware:
+    """Add the JS files Tyk loads for a JS-driver API from middleware_path/<api_id>/
+    {pre,auth,post_auth,post}/*.js, after the definition's own: each file is one
+    hook named by its file name up to the first dot, "_with_session" at the end of
+    the name asks for the session, and a file in auth/ replaces auth_check."""
+    if not api_id or Path(api_id).name != api_id:
+        return m  # no folder of its own (and never a path outside middleware_path)
+    changes: dict[str, Any] = {}
+    for folder, phase in _FOLDER_PHASES.items():
+        found = []
+        for file in sorted((cfg.middleware_path / api_id / folder).glob("*.js")):
+            name = file.name.split(".")[0]
+            if not name.isidentifier():
+                raise ConfigError(file, "", f"a per-API JS hook is named by its file, and "
+                                  f"{name!r} is not a JS function name",
+                                  "rename the file to <hook name>.js")
+            policy = "fail_closed" if phase == "auth_check" else d.failure_policy
+            found.append(dataclasses.replace(
+                d, name=name, path=str(file.resolve()), failure_policy=policy,
+                require_session=name.endswith("_with_session"), driver=m.driver))
+        if found:
+            changes[phase] = found[-1] if phase == "auth_check" else \
+                getattr(m, phase) + tuple(found)
+    return dataclasses.replace(m, **changes) if changes else m
 
 
 def _with_policy(h: HookDef, policy: str) -> HookDef:
@@ -534,7 +572,16 @@ def _grpc_installed() -> bool:
         return False
 
 
-def _hook_path(h: Reader, cfg: GatewayConfig, source: Path) -> str:
+#: The file a hook's `path` names, per driver (for the fix in an error).
+_HOOK_FILE_KIND = {"lua": ".lua", "otto": ".js", "javascript": ".js"}
+
+
+def _hook_path(h: Reader, cfg: GatewayConfig, source: Path, driver: str) -> str:
+    """A hook's file.  Tyk opens a relative path from its working directory, its
+    install directory (where tyk.conf and middleware/ live), so definitions say
+    "./middleware/x.js"; Coproc tries middleware_path, the definition's directory,
+    then the directories that stand for Tyk's: the gateway config's, the one above
+    middleware_path and the working directory."""
     value = h.get("path", str, "")
     if not value:
         return ""
@@ -542,13 +589,23 @@ def _hook_path(h: Reader, cfg: GatewayConfig, source: Path) -> str:
     if candidate.is_absolute():
         options = [candidate]
     else:
-        options = [cfg.middleware_path / candidate, source.parent / candidate]
+        bases = [cfg.middleware_path, source.parent, cfg.path.parent,
+                 cfg.middleware_path.parent, *_working_directory()]
+        options = list(dict.fromkeys(base / candidate for base in bases))
     for option in options:
         if option.is_file():
             return str(option.resolve())
+    kind = _HOOK_FILE_KIND.get(driver, ".py")
     raise h.error("path", f"no such file: tried {', '.join(str(o) for o in options)}",
-                  "point path at the plugin's .py file (relative to middleware_path "
-                  "or to this API definition's directory)")
+                  f"point path at the hook's {kind} file (relative to middleware_path, "
+                  "to this API definition's directory or to the gateway config's)")
+
+
+def _working_directory() -> list[Path]:
+    try:
+        return [Path.cwd()]
+    except OSError:  # removed under the running gateway
+        return []
 
 
 def _find_bundles(cfg: GatewayConfig, api_id: str,

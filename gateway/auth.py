@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from config.apidef import HookDef
+from config.apidef import JS_DRIVERS, HookDef
 from gateway.hooks import HookCallError
 from gateway.keys import KEY_PREFIX, KeyStore
 from gateway.log_once import hook_failure_level
@@ -169,9 +169,13 @@ class Authenticator:
         metadata = got.get("metadata") or {}
         # Tyk's Python auth plugins set metadata["token"]; accept the session's too.
         token = metadata.get("token") or (returned.get("metadata") or {}).get("token")
-        if not token:
+        # A coprocess auth plugin must name the key; Tyk's JSVM takes the plugin's
+        # word without one (the key is then "", one shared by such callers), and
+        # its own query-parameter example relies on that.
+        if not token and hook.driver not in JS_DRIVERS:
             self._failed(plan, "", FORBIDDEN)
             raise Denied(403, overrides.get("response_error") or FORBIDDEN)
+        token = token or ""
         key = cache_key or token
         session = from_object(returned, await self.keys.get(key), metadata)
         return key, session, True

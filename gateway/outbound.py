@@ -86,7 +86,8 @@ class JsvmHostCalls:
         """Tyk's TykJSHttpRequest in (`Method`, `Domain`, `Resource`, `Headers`,
         `Body`, `FormData`), TykJSHttpResponse out (`Code`, `Body`, `Headers` and
         their lowercase twins)."""
-        spec = _json_object(payload.get("value", b""), "TykMakeHttpRequest")
+        spec = _go_fields(_json_object(payload.get("value", b""), "TykMakeHttpRequest"),
+                          _HTTP_REQUEST_FIELDS)
         url = str(spec.get("Domain") or "") + str(spec.get("Resource") or "")
         form = spec.get("FormData") or {}
         body = str(spec.get("Body") or "")
@@ -108,12 +109,14 @@ class JsvmHostCalls:
 
     async def batch(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Tyk's batch request structure in, a list of batch reply units out."""
-        spec = _json_object(payload.get("value", b""), "TykBatchRequest")
+        spec = _go_fields(_json_object(payload.get("value", b""), "TykBatchRequest"),
+                          _BATCH_FIELDS)
         requests = spec.get("requests") or []
         if not isinstance(requests, list):
             raise ValueError("TykBatchRequest: requests must be a list")
 
-        async def one(item: Mapping[str, Any]) -> dict[str, Any]:
+        async def one(unit: Mapping[str, Any]) -> dict[str, Any]:
+            item = _go_fields(unit, _BATCH_ITEM_FIELDS)
             url = str(item.get("relative_url") or "")
             headers = {str(k): str(v) for k, v in (item.get("headers") or {}).items()}
             try:
@@ -160,6 +163,28 @@ class JsvmHostCalls:
         log.info("API %s: a JS plugin stored the session of a key", api_id,
                  extra={"fields": {"api_id": api_id}})
         return {}
+
+
+# The Go structs Tyk decodes these arguments into (TykJSHttpRequest,
+# BatchRequestStructure, RequestDefinition): their JSON field names.
+_HTTP_REQUEST_FIELDS = ("Method", "Body", "Headers", "Domain", "Resource", "FormData")
+_BATCH_FIELDS = ("requests", "suppress_parallel_execution")
+_BATCH_ITEM_FIELDS = ("method", "headers", "body", "relative_url")
+
+
+def _go_fields(obj: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """`obj`'s members as Go's encoding/json assigns them to a struct with these
+    field names: a key matches its field exactly or, failing that, ignoring case
+    (plugins write `resource` for `Resource`), a later key overwrites an earlier
+    one, and keys that match no field are dropped."""
+    exact = set(fields)
+    folded = {name.lower(): name for name in fields}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = key if key in exact else folded.get(key.lower())
+        if name is not None:
+            out[name] = value
+    return out
 
 
 def _json_object(raw: Any, what: str) -> dict[str, Any]:

@@ -168,9 +168,8 @@ class _CheckedList(list[Any]):
         super().append(self._item(value))
 
     def extend(self, values: Iterable[Any]) -> None:
-        if isinstance(values, (str, bytes, Mapping)):
-            raise TypeError(f"{self._where}: expected an iterable of items, got "
-                            f"{type(values).__name__}")
+        # Like protobuf's repeated fields, any iterable will do, a str too (one item
+        # per character: Tyk's docs show `values.extend("a=1")`, and it runs there).
         super().extend([self._item(v) for v in values])
 
     def insert(self, index: SupportsIndex, value: Any) -> None:

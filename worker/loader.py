@@ -32,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from config.apidef import APIDefinition
+from config.apidef import JS_DRIVERS, APIDefinition
 from config.gateway import GatewayConfig, JsvmOptions
 from ipc.protocol import ErrorCode
 from worker import decorators
@@ -182,7 +182,7 @@ def load_api(api: APIDefinition, middleware_path: Path,
     `cfg` gives the JSVM settings (its defaults, enabled, without one)."""
     if api.custom_middleware.driver == "lua":
         return _load_lua(api)
-    if api.custom_middleware.driver in ("otto", "javascript"):
+    if api.custom_middleware.driver in JS_DRIVERS:
         return _load_jsvm(api, cfg)
     plugins = ApiPlugins(api.api_id)
     configured = api.custom_middleware.all_hooks()

@@ -37,6 +37,19 @@ jsAuth.NewProcessRequest(function(request, session, spec) {
   return jsAuth.ReturnAuthData(request, s);
 });
 
+// As Tyk's own auth example: the credential is a query parameter, and the
+// returned object has no AuthValue (Tyk keys such sessions by "").
+var paramAuth = new TykJS.TykMiddleware.NewMiddleware({});
+paramAuth.NewProcessRequest(function(request, session, spec) {
+  var given = request.Params["auth"];
+  if (given === undefined || given[0] !== "open-sesame") {
+    request.ReturnOverrides.ResponseCode = 401;
+    request.ReturnOverrides.ResponseError = "no auth param";
+    return paramAuth.ReturnAuthData(request, session);
+  }
+  return paramAuth.ReturnAuthData(request, {rate: 1000, per: 1, meta_data: {via: "param"}});
+});
+
 var fetcher = new TykJS.TykMiddleware.NewMiddleware({});
 fetcher.NewProcessRequest(function(request, session, spec) {
   var answer = TykMakeHttpRequest(JSON.stringify({
@@ -55,6 +68,23 @@ fetcher.NewProcessRequest(function(request, session, spec) {
 
 # Its own file: an API whose JS uses a host-call function (TykMakeHttpRequest
 # above) runs without QuickJS's time limit (docs/drivers/jsvm.md).
+# Tyk's per-API folder hooks: middleware/<api_id>/<phase>/<name>.js, no entry
+# in the definition; "_with_session" in the name gives the hook the session.
+FOLDER_PRE = """
+var folderPre = new TykJS.TykMiddleware.NewMiddleware({});
+folderPre.NewProcessRequest(function(request, session, spec) {
+  request.SetHeaders["X-Folder-Pre"] = "ran";
+  return folderPre.ReturnData(request, {});
+});
+"""
+FOLDER_POST = """
+var tag_with_session = new TykJS.TykMiddleware.NewMiddleware({});
+tag_with_session.NewProcessRequest(function(request, session, spec) {
+  request.SetHeaders["X-Folder-Post"] = session.meta_data.via;
+  return tag_with_session.ReturnData(request, session.meta_data);
+});
+"""
+
 SPIN = """
 var spin = new TykJS.TykMiddleware.NewMiddleware({});
 spin.NewProcessRequest(function(request, session, spec) { while (true) {} });
@@ -82,11 +112,15 @@ def gw(module_coproc_factory: Any, echo_upstream: Any) -> Instance:
         "denied": js_api("denied", url, pre=[hook("fetcher", "js/mw.js", timeout_ms=5000)],
                          config_data={"target": f"http://127.0.0.1:{port + 1}"}),
         "spin": js_api("spin", url, pre=[hook("spin", "js/spin.js", timeout_ms=20_000)]),
+        "folder": js_api("folder", url, auth_check=hook("paramAuth", "js/mw.js"),
+                         use_keyless=False, enable_coprocess_auth=True),
     }
     settings = {"enable_jsvm": True, "jsvm_timeout": 1,
                 "coproc": {"sandbox": {"profile": "strict"},
                            "jsvm": {"outbound_allow": [f"127.0.0.1:{port}"]}}}
-    return module_coproc_factory(apis, {"js/mw.js": JS, "js/spin.js": SPIN}, settings)
+    files = {"js/mw.js": JS, "js/spin.js": SPIN, "folder/pre/folderPre.js": FOLDER_PRE,
+             "folder/post/tag_with_session.js": FOLDER_POST}
+    return module_coproc_factory(apis, files, settings)
 
 
 def test_pre_middleware_headers_and_params_reach_the_upstream(gw: Instance) -> None:
@@ -103,6 +137,16 @@ def test_auth_middleware_accepts_the_token_and_refuses_others(gw: Instance) -> N
     resp = gw.expect(gw.get("/auth/x", {"Authorization": "wrong"}), 401)
     assert resp.json() == {"error": "JS says no"}
     gw.expect(gw.get("/auth/x"), 401)
+
+
+def test_auth_by_query_parameter_without_auth_value_is_let_in(gw: Instance) -> None:
+    """Tyk's JS auth takes a session with no AuthValue (its example reads `?auth=`);
+    the API's folder hooks run around it, the post one with that session."""
+    echo = gw.expect(gw.get("/folder/x?auth=open-sesame"), 200).json()
+    assert echo_header(echo, "X-Folder-Pre") == "ran"
+    assert echo_header(echo, "X-Folder-Post") == "param"
+    resp = gw.expect(gw.get("/folder/x?auth=guess"), 401)
+    assert resp.json() == {"error": "no auth param"}
 
 
 def test_make_http_request_goes_through_the_gateway_to_an_allowed_server(

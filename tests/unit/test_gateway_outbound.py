@@ -78,6 +78,22 @@ async def test_http_request_and_key_data(tmp_path: Path) -> None:
         units = json.loads(got["value"])
         assert [u["code"] for u in units] == [201, 0]
         assert "outbound_allow" in units[1]["body"]
+        # Go's encoding/json matches field names ignoring case (the WAF example
+        # sends "resource"); an exact match is not preferred over a later key.
+        loose = {"method": "PUT", "DOMAIN": f"http://127.0.0.1:{port}", "resource": "/q?x=1",
+                 "Body": "ignored", "body": "last wins", "Unknown": 1}
+        got = await host.host_call("api", {"op": "jsvm_http",
+                                           "value": json.dumps(loose).encode()})
+        assert got is not None and got["found"] is True
+        assert json.loads(json.loads(got["value"])["Body"]) == {
+            "path": "/q", "from": None, "body": "last wins"}
+        batch = {"Requests": [{"Method": "POST", "Relative_URL": f"http://127.0.0.1:{port}/c",
+                               "BODY": "b"}], "Suppress_Parallel_Execution": True}
+        got = await host.host_call("api", {"op": "jsvm_batch",
+                                           "value": json.dumps(batch).encode()})
+        assert got is not None
+        [unit] = json.loads(got["value"])
+        assert unit["code"] == 201 and json.loads(unit["body"])["body"] == "b"
         got = await host.host_call("api", {"op": "jsvm_http", "value": json.dumps(
             {**spec, "Domain": "http://127.0.0.1:1"}).encode()})
         assert got is not None and got["found"] is False

@@ -92,8 +92,15 @@ def test_repeated_fields_add_append_extend() -> None:
     request.delete_headers += ["A"]
     request.delete_headers.insert(0, "B")
     assert list(request.delete_headers) == ["B", "A"]
+    # As protobuf's repeated fields: a str is an iterable of one-character names,
+    # a mapping of its keys, and bytes of ints, which a string field refuses.
+    request.delete_headers.extend("cd")
+    request.delete_headers.extend({"E": 1})
+    assert list(request.delete_headers) == ["B", "A", "c", "d", "E"]
     with pytest.raises(TypeError):
-        request.delete_headers.extend("abc")  # a str is not a list of names
+        request.delete_headers.extend(b"f")
+    response.multivalue_headers[0].values.extend("x")
+    assert response.multivalue_headers[0].values[-1] == "x"
 
 
 def test_message_maps_create_entries_like_protobuf() -> None:

@@ -17,7 +17,8 @@ response       ``DoProcessResponse(response, request, session,     ``ReturnRespo
 
 `SessionMeta` replaces the session's `meta_data` only for hooks with
 `require_session` (Tyk's rule).  An auth hook's session is keyed by the
-returned `AuthValue` if any, else by the API's auth header value.
+returned `AuthValue` if any, else by the API's auth header value, else by
+Tyk's empty key (the gateway lets a JS auth hook through without a token).
 """
 
 from __future__ import annotations
@@ -54,9 +55,6 @@ log = logging.getLogger("worker.jsvm")
 #: call at the deadline (504, as for any hook), and the stop then frees the call
 #: thread; stopping first would race the deadline's answer.
 STOP_MARGIN_S = 0.1
-
-JS_DRIVERS = ("otto", "javascript")
-
 
 def load_jsvm_api(api: APIDefinition, options: JsvmOptions) -> ApiPlugins:
     """The JS plugins of one API (never raises): its files, then its hooks."""
