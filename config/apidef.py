@@ -23,6 +23,7 @@ broken file back into a start failure.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib.util
 import re
@@ -67,12 +68,16 @@ class HookDef:
     # The API's `custom_middleware.driver`: which hook service runs it ("grpc":
     # the gRPC plugin server, anything else: the Python worker).
     driver: str = ""
+    # Tyk's inline `code` (driver "javascript"): the JS source, decoded from base64.
+    code: str = ""
 
 
 #: The driver whose hooks a Tyk gRPC plugin server runs (not the Python worker).
 GRPC_DRIVER = "grpc"
 #: Tyk's JSVM drivers (otto, and goja under "javascript"); the worker runs both in QuickJS.
 JS_DRIVERS = ("otto", "javascript")
+#: Tyk's goja driver: each JS file in its own scope, and hooks may carry inline `code`.
+GOJA_DRIVER = "javascript"
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,9 +494,17 @@ def _middleware(r: Reader, cfg: GatewayConfig, source: Path, d: HookDef,
         elif not name.isidentifier():
             raise h.error("name", f"{name!r} is not a Python function name",
                           "name the decorated hook function")
+        code = _inline_code(h, driver)
+        if code:
+            path = ""  # Tyk does not look at a path beside code
+        elif resolve_paths:
+            path = _hook_path(h, cfg, source, driver)
+        else:
+            path = _bundle_hook_path(h, source, driver)
         return HookDef(
             name=name,
-            path=_hook_path(h, cfg, source, driver) if resolve_paths else "",
+            path=path,
+            code=code,
             disabled=h.get("disabled", bool, False),
             raw_body_only=h.get("raw_body_only", bool, False),
             require_session=h.get("require_session", bool, False),
@@ -570,6 +583,34 @@ def _grpc_installed() -> bool:
                 and importlib.util.find_spec("google.protobuf") is not None)
     except ModuleNotFoundError:  # no `google` namespace at all
         return False
+
+
+def _inline_code(h: Reader, driver: str) -> str:
+    """Tyk's `code`: base64 JS that the goja driver runs instead of a file."""
+    encoded = h.get("code", str, "")
+    if not encoded or driver not in JS_DRIVERS:
+        return ""  # coprocess drivers call hooks by name; Tyk never reads `code` there
+    if driver != GOJA_DRIVER:
+        raise h.error("code", "inline code runs only under the \"javascript\" driver",
+                      "set custom_middleware.driver to \"javascript\", or put the code in "
+                      "a file named by path")
+    try:
+        # Go's StdEncoding: the standard alphabet, padded; it skips line breaks.
+        raw = base64.b64decode(encoded.replace("\r", "").replace("\n", ""), validate=True)
+        return raw.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise h.error("code", "is not base64 of UTF-8 JS source (standard alphabet, padded)",
+                      "set code to base64 of the hook's JS, e.g. `base64 -w0 hook.js`") from None
+
+
+def _bundle_hook_path(h: Reader, manifest: Path, driver: str) -> str:
+    """A goja bundle hook's file: its `path` inside the bundle ("" when none).  Only
+    the goja driver uses it (to tell apart hooks of one name in several files);
+    the others load the bundle's file_list and call hooks by name."""
+    value = h.get("path", str, "")
+    if driver != GOJA_DRIVER or not value:
+        return ""
+    return str((manifest.parent / value).resolve())
 
 
 #: The file a hook's `path` names, per driver (for the fix in an error).

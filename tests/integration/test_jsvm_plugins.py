@@ -6,6 +6,7 @@ stopped at jsvm_timeout while the worker keeps serving."""
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,15 +86,34 @@ tag_with_session.NewProcessRequest(function(request, session, spec) {
 });
 """
 
+# Tyk's goja driver ("javascript"): inline base64 `code`, and a file of its own
+# scope (its `var who` does not clash with the inline code's).
+INLINE = """
+var who = "inline";
+var inlinePre = new TykJS.TykMiddleware.NewMiddleware({});
+inlinePre.NewProcessRequest(function(request, session, spec) {
+  request.SetHeaders["X-Inline"] = who;
+  return inlinePre.ReturnData(request, {});
+});
+"""
+SCOPED = """
+var who = "file";
+var scopedPost = new TykJS.TykMiddleware.NewMiddleware({});
+scopedPost.NewProcessRequest(function(request, session, spec) {
+  request.SetHeaders["X-Scoped"] = who;
+  return scopedPost.ReturnData(request, {});
+});
+"""
+
 SPIN = """
 var spin = new TykJS.TykMiddleware.NewMiddleware({});
 spin.NewProcessRequest(function(request, session, spec) { while (true) {} });
 """
 
 
-def js_api(api_id: str, echo_url: str, **kw: Any) -> dict[str, Any]:
+def js_api(api_id: str, echo_url: str, driver: str = "otto", **kw: Any) -> dict[str, Any]:
     definition = api_def(api_id, f"/{api_id}/", echo_url, **kw)
-    definition["custom_middleware"]["driver"] = "otto"
+    definition["custom_middleware"]["driver"] = driver
     return definition
 
 
@@ -112,13 +132,17 @@ def gw(module_coproc_factory: Any, echo_upstream: Any) -> Instance:
         "denied": js_api("denied", url, pre=[hook("fetcher", "js/mw.js", timeout_ms=5000)],
                          config_data={"target": f"http://127.0.0.1:{port + 1}"}),
         "spin": js_api("spin", url, pre=[hook("spin", "js/spin.js", timeout_ms=20_000)]),
+        "goja": js_api("goja", url, driver="javascript",
+                       pre=[hook("inlinePre", code=base64.b64encode(INLINE.encode()).decode())],
+                       post=[hook("scopedPost", "js/scoped.js")]),
         "folder": js_api("folder", url, auth_check=hook("paramAuth", "js/mw.js"),
                          use_keyless=False, enable_coprocess_auth=True),
     }
     settings = {"enable_jsvm": True, "jsvm_timeout": 1,
                 "coproc": {"sandbox": {"profile": "strict"},
                            "jsvm": {"outbound_allow": [f"127.0.0.1:{port}"]}}}
-    files = {"js/mw.js": JS, "js/spin.js": SPIN, "folder/pre/folderPre.js": FOLDER_PRE,
+    files = {"js/mw.js": JS, "js/spin.js": SPIN, "js/scoped.js": SCOPED,
+             "folder/pre/folderPre.js": FOLDER_PRE,
              "folder/post/tag_with_session.js": FOLDER_POST}
     return module_coproc_factory(apis, files, settings)
 
@@ -147,6 +171,11 @@ def test_auth_by_query_parameter_without_auth_value_is_let_in(gw: Instance) -> N
     assert echo_header(echo, "X-Folder-Post") == "param"
     resp = gw.expect(gw.get("/folder/x?auth=guess"), 401)
     assert resp.json() == {"error": "no auth param"}
+
+
+def test_goja_inline_code_and_a_scoped_file(gw: Instance) -> None:
+    echo = gw.expect(gw.get("/goja/x"), 200).json()
+    assert (echo_header(echo, "X-Inline"), echo_header(echo, "X-Scoped")) == ("inline", "file")
 
 
 def test_make_http_request_goes_through_the_gateway_to_an_allowed_server(

@@ -4,6 +4,7 @@ middleware_path/<api_id>/{pre,auth,post_auth,post}/*.js."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,52 @@ def test_a_folder_file_that_cannot_name_a_hook_fails_its_api(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as raised:
         _load(cfg, _js_api("dash"))
     assert raised.value.file == str(bad) and "rename the file" in raised.value.fix
+
+
+def _goja_api(api_id: str, **kw: Any) -> dict[str, Any]:
+    definition = api_def(api_id, f"/{api_id}/", UPSTREAM, **kw)
+    definition["custom_middleware"]["driver"] = "javascript"
+    return definition
+
+
+def test_inline_code_under_the_goja_driver_is_decoded(tmp_path: Path) -> None:
+    """Tyk's `code`: base64 (standard, padded; Go skips line breaks); `path` is ignored."""
+    cfg = _tyk_layout(tmp_path)
+    source = "var inl = 1; // é\n"
+    encoded = base64.b64encode(source.encode()).decode()
+    api = _load(cfg, _goja_api("inl", pre=[hook("inl", "not/there.js",
+                                                 code=encoded[:8] + "\n" + encoded[8:])]))
+    [pre] = api.custom_middleware.pre
+    assert (pre.code, pre.path) == (source, "")
+
+
+def test_inline_code_that_cannot_run_is_named(tmp_path: Path) -> None:
+    cfg = _tyk_layout(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        _load(cfg, _goja_api("bad", pre=[hook("bad", code="bm90IGJhc2U2NA")]))  # unpadded
+    assert raised.value.field == "custom_middleware.pre[0].code"
+    assert "base64" in raised.value.problem
+    encoded = base64.b64encode(b"var x = 1;").decode()
+    with pytest.raises(ConfigError) as raised:
+        _load(cfg, _js_api("otto", pre=[hook("x", code=encoded)]))
+    assert '"javascript"' in raised.value.fix
+    # Coprocess drivers call hooks by name: Tyk never reads `code` there.
+    py = _load(cfg, api_def("py", "/py/", UPSTREAM, pre=[hook("x", code="%%")]))
+    assert py.custom_middleware.pre[0].code == ""
+
+
+def test_a_goja_bundle_hook_keeps_its_file_in_the_bundle(tmp_path: Path) -> None:
+    cfg = _tyk_layout(tmp_path)
+    bundle = tmp_path / "middleware" / "bundles" / "gb-b.zip"
+    _put(bundle, "hooks/a.js")
+    manifest = {"file_list": ["hooks/a.js"], "custom_middleware": {
+        "driver": "javascript", "pre": [{"name": "a", "path": "hooks/a.js"}, {"name": "b"}]}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    api = _load(cfg, _goja_api("gb", custom_middleware_bundle="b.zip"))
+    assert not api.bundle_error
+    assert [h.path for h in api.custom_middleware.pre] == [
+        str((bundle / "hooks/a.js").resolve()), ""]
+    manifest["custom_middleware"]["driver"] = "otto"  # otto calls bundle hooks by name
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert [h.path for h in _load(cfg, _goja_api("gb", custom_middleware_bundle="b.zip"))
+            .custom_middleware.pre] == ["", ""]

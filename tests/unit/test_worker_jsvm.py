@@ -76,13 +76,13 @@ PLUGIN = textwrap.dedent("""
 """)
 
 
-def _api(tmp_path: Path) -> APIDefinition:
+def _api(tmp_path: Path, driver: str = "otto") -> APIDefinition:
     """A JS API definition read by the real config loader."""
     (tmp_path / "coproc.json").write_text(json.dumps({"coproc": {"run_dir": "run"}}))
     definition = {"name": "js", "api_id": "js-api", "org_id": "default", "active": True,
                   "use_keyless": True,
                   "proxy": {"listen_path": "/js/", "target_url": "http://127.0.0.1:1"},
-                  "custom_middleware": {"driver": "otto"}}
+                  "custom_middleware": {"driver": driver}}
     (tmp_path / "js.json").write_text(json.dumps(definition))
     cfg = load_gateway_config(tmp_path / "coproc.json")
     return load_api_definition(tmp_path / "js.json", cfg)
@@ -243,3 +243,57 @@ def test_config_reads_tyk_and_coproc_jsvm_settings(tmp_path: Path) -> None:
         "outbound_allow": ["http://x/"]}}}))
     with pytest.raises(ConfigError, match=r"outbound_allow\[0\]"):
         load_gateway_config(path)
+
+
+def _tagger(name: str, value: str) -> str:
+    """A file with a top-level `tag` and a middleware object `name` that reports it."""
+    return (f"var tag = {json.dumps(value)};\n"
+            f"var {name} = new TykJS.TykMiddleware.NewMiddleware({{}});\n"
+            f"{name}.NewProcessRequest(function(r, s, c) {{\n"
+            f"  r.SetHeaders['X-{name}'] = tag; return {name}.ReturnData(r, {{}}); }});\n")
+
+
+@pytest.mark.parametrize(("driver", "first_sees"), [("otto", "B"), ("javascript", "A")])
+def test_goja_gives_each_file_its_own_scope_and_otto_shares_one(
+        tmp_path: Path, driver: str, first_sees: str) -> None:
+    """Tyk's otto runs every file at top level (b.js's `tag` replaces a.js's); its goja
+    driver ("javascript") scopes each file, so each hook sees its own file's `tag`."""
+    a, b = tmp_path / "a.js", tmp_path / "b.js"
+    a.write_text(_tagger("first", "A"))
+    b.write_text(_tagger("second", "B"))
+    plugins = load_jsvm_plugins(
+        _api(tmp_path, driver), [a, b],
+        [("pre", HookDef("first", path=str(a))), ("post", HookDef("second", path=str(b)))],
+        JsvmOptions(enable=True))
+    assert plugins.ok, plugins.problems
+    request, _ = plugins.hooks["first"].func(_request(), SessionState(), SPEC)
+    assert dict(request.set_headers) == {"X-first": first_sees}
+    request, _ = plugins.hooks["second"].func(_request(), SessionState(), SPEC)
+    assert dict(request.set_headers) == {"X-second": "B"}
+
+
+def test_goja_inline_code_is_a_hook_and_must_define_its_object(tmp_path: Path) -> None:
+    plugins = load_jsvm_plugins(
+        _api(tmp_path, "javascript"), [],
+        [("pre", HookDef("inline", code=_tagger("inline", "in code"))),
+         ("post", HookDef("absent", code="var other = 1;"))],
+        JsvmOptions(enable=True))
+    request, _ = plugins.hooks["inline"].func(_request(), SessionState(), SPEC)
+    assert dict(request.set_headers) == {"X-inline": "in code"}
+    assert plugins.problems == ["hook 'absent' is not a TykJS middleware object "
+                                "(NewMiddleware) in its inline code"]
+
+
+def test_goja_bundle_hook_without_a_path_is_found_in_the_files(tmp_path: Path) -> None:
+    """A bundle's hooks may name no file: the last file defining the name serves."""
+    a, b, c = tmp_path / "a.js", tmp_path / "b.js", tmp_path / "c.js"
+    a.write_text(_tagger("shared", "A"))
+    b.write_text(_tagger("shared", "B"))
+    c.write_text(_tagger("onlyC", "C"))
+    plugins = load_jsvm_plugins(
+        _api(tmp_path, "javascript"), [a, b, c],
+        [("pre", HookDef("shared")), ("post", HookDef("onlyC"))], JsvmOptions(enable=True))
+    request, _ = plugins.hooks["shared"].func(_request(), SessionState(), SPEC)
+    assert dict(request.set_headers) == {"X-shared": "B"}
+    request, _ = plugins.hooks["onlyC"].func(_request(), SessionState(), SPEC)
+    assert dict(request.set_headers) == {"X-onlyC": "C"}

@@ -24,17 +24,21 @@ parallel on the worker's call threads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import quickjs
 
-__all__ = ["DEFAULT_MAX_MEMORY", "JSDeadline", "JSHookError", "JSVMContext"]
+__all__ = ["DEFAULT_MAX_MEMORY", "JSDeadline", "JSHookError", "JSVMContext", "Script",
+           "scoped_name"]
 
 log = logging.getLogger("worker.jsvm")
 
@@ -180,10 +184,48 @@ class JSDeadline(JSHookError):
     error_code = "deadline"  # worker.invoke reads it: ErrorCode.DEADLINE
 
 
-class JSVMContext:
-    """The QuickJS context of one API: Tyk's prelude, host functions, then the files."""
+def scoped_name(label: str, name: str) -> str:
+    """The global under which a scoped script publishes its object `name`: one per
+    (script, name), so two files may each have a `handler` (Tyk's goja scheme)."""
+    digest = hashlib.sha256(f"{label}::{name}".encode()).hexdigest()[:12]
+    return f"__tyk_h_{digest}_{re.sub(r'[^A-Za-z0-9_]', '_', name) or 'h'}"
 
-    def __init__(self, files: Iterable[Path], host_functions: Mapping[str, Callable[..., Any]],
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One JS source of a context.  With `exports`, it runs in a function scope of
+    its own (Tyk's goja driver: its `var`s stay local), and each exported name it
+    defines is published as `scoped_name(label, name)`; without, at top level
+    (otto: every file shares the globals)."""
+
+    label: str  # the file, or Tyk's synthetic name of inline code; names it in errors
+    text: str
+    exports: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, path: Path, what: str, exports: tuple[str, ...] = ()) -> Script:
+        try:
+            return cls(str(path), path.read_text(encoding="utf-8"), exports)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JSHookError(f"{path}: cannot read the {what} file ({exc})") from None
+
+    def source(self) -> str:
+        if not self.exports:
+            return self.text
+        # Names are JS identifiers (config/apidef.py checks hook names).
+        publish = "".join(
+            f"if (typeof {n} !== 'undefined') "
+            f"{{ globalThis[{_js_string(scoped_name(self.label, n))}] = {n}; }}\n"
+            for n in self.exports)
+        # The newline and semicolon end a last line that is a comment or lacks ";".
+        return f"(function () {{\n{self.text}\n;\n{publish}}})();\n"
+
+
+class JSVMContext:
+    """The QuickJS context of one API: Tyk's prelude, host functions, then the scripts."""
+
+    def __init__(self, scripts: Iterable[Script],
+                 host_functions: Mapping[str, Callable[..., Any]],
                  log_sink: Callable[[str, str], None], max_memory: int = DEFAULT_MAX_MEMORY,
                  library: Path | None = None) -> None:
         self._context = quickjs.Context()
@@ -197,27 +239,23 @@ class JSVMContext:
         self._drain = self._context.get("__coproc_drain")
         sources: list[str] = []
         if library is not None:  # Tyk's `tyk_js_path`: the operator's own JS library
-            sources.append(self._load(library, "tyk_js_path"))
-        for path in files:
-            sources.append(self._load(path, "plugin"))
+            scripts = [Script.read(library, "tyk_js_path"), *scripts]
+        for script in scripts:
+            self._load(script)
+            sources.append(script.text)
         # QuickJS's time limit and calls into Python exclude each other (the
         # binding refuses the call): an API whose JS uses a host-call function
         # runs without the limit, bounded by the hook deadline's answer only.
         self.uses_host_calls = any(name in text for name in host_functions
                                    for text in sources)
 
-    def _load(self, path: Path, what: str) -> str:
+    def _load(self, script: Script) -> None:
         try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise JSHookError(f"{path}: cannot read the {what} file ({exc})") from None
-        try:
-            self._context.eval(source)
+            self._context.eval(script.source())
         except quickjs.JSException as exc:
-            raise JSHookError(f"{path}: {_text(exc)}") from None
+            raise JSHookError(f"{script.label}: {_text(exc)}") from None
         finally:
             self._flush_logs()
-        return source
 
     def has_object(self, name: str) -> bool:
         """Whether `name` is a global with a `DoProcessRequest` (a Tyk middleware object)."""
@@ -229,16 +267,19 @@ class JSVMContext:
             except quickjs.JSException:
                 return False
 
-    def call(self, name: str, method: str, args_json: str, timeout_s: float) -> str:
+    def call(self, name: str, method: str, args_json: str, timeout_s: float,
+             shown: str = "") -> str:
         """`name.method(...args)` with the JSON-encoded args; the JSON of its result
-        ("" for undefined).  Stops the call at `timeout_s` (see `uses_host_calls`)."""
+        ("" for undefined).  Stops the call at `timeout_s` (see `uses_host_calls`).
+        `shown`: the hook's name in errors, when `name` is a scoped one."""
+        target, name = name, shown or name
         with self._lock:
             limited = not self.uses_host_calls
             if limited:
                 self._context.set_time_limit(timeout_s)
             started = time.monotonic()
             try:
-                result = self._run(name, method, args_json)
+                result = self._run(target, method, args_json)
             except quickjs.JSException as exc:
                 text = _text(exc)
                 if "interrupted" in text and time.monotonic() - started >= timeout_s * 0.9:
