@@ -25,6 +25,7 @@ import aiohttp
 from config.gateway import GatewayConfig
 from gateway.keys import KeyStore
 from gateway.storage import Storage
+from ipc import jsvm_store
 
 __all__ = ["Denied", "HostOp", "JsvmHostCalls", "OutboundPolicy", "default_allow"]
 
@@ -77,10 +78,12 @@ class JsvmHostCalls:
         self.timeout_s = cfg.jsvm.outbound_timeout_ms / 1000
         self.max_bytes = cfg.gateway.max_body_bytes or (64 << 20)
         self.keys = KeyStore(store, cfg.keys)
+        self.store = store
 
     def ops(self) -> dict[str, HostOp]:
         return {"jsvm_http": self.http, "jsvm_batch": self.batch,
-                "jsvm_get_key": self.get_key, "jsvm_set_key": self.set_key}
+                "jsvm_get_key": self.get_key, "jsvm_set_key": self.set_key,
+                "jsvm_store": self.storage}
 
     async def http(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Tyk's TykJSHttpRequest in (`Method`, `Domain`, `Resource`, `Headers`,
@@ -147,6 +150,38 @@ class JsvmHostCalls:
             for name, value in response.headers.items():
                 got.setdefault(name, []).append(value)
             return response.status, got, raw.decode("utf-8", "replace")
+
+    async def storage(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Tyk's goja storage functions (TykStorageGet, …): `name` is the action,
+        `key` the plugin's key (stored under ipc.jsvm_store.PREFIX, so plugins
+        reach nothing else), `value` and `ttl` (seconds) for the writes.  The answer's
+        value is {"result": …} as JSON, or (found false) why it was refused."""
+        action, key = str(payload.get("name", "")), str(payload.get("key", ""))
+        value = bytes(payload.get("value", b""))
+        problem = jsvm_store.store_problem(key, value)
+        if problem:
+            return {"value": problem.encode(), "found": False}
+        full, ttl = jsvm_store.PREFIX + key, max(0, int(payload.get("ttl", 0)))
+        result: Any = None
+        if action == "get":
+            got = await self.store.get(full)
+            result = None if got is None else got.decode("utf-8", "replace")
+        elif action == "set":
+            await self.store.set(full, value, ttl)
+        elif action == "setnx":
+            result = await self.store.set_nx(full, value, ttl)
+        elif action == "del":
+            await self.store.delete(full)
+        elif action == "ttl":
+            result = await self.store.ttl(full)
+        elif action == "incr":
+            count = await self.store.incr(full, ttl)
+            if count is None:
+                return {"value": b"the stored value is not an integer", "found": False}
+            result = str(count)  # as Tyk: a JS number would lose precision past 2**53
+        else:
+            return {"value": f"unknown storage action {action!r}".encode(), "found": False}
+        return {"value": json.dumps({"result": result}).encode(), "found": True}
 
     async def get_key(self, api_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Tyk's TykGetKeyData: the key's session JSON ("{}" when there is none)."""

@@ -229,8 +229,11 @@ PAYLOADS: Final[Mapping[MsgType, Shape]] = {
 #: driver's Tyk functions (worker/jsvm/api.py): `value` carries Tyk's JSON text
 #: (the request or session), `key` the API key, `name` the target API id, `level`
 #: TykSetKeyData's suppress_reset ("1"); the HOST_REPLY's `value` is Tyk's JSON
-#: answer.  The gateway checks every outbound destination (gateway/outbound.py).
-JSVM_HOST_OPS: Final = frozenset({"jsvm_http", "jsvm_batch", "jsvm_get_key", "jsvm_set_key"})
+#: answer.  `jsvm_store` (the goja storage functions): `name` the action, `key`,
+#: `value` and `ttl` (seconds).  The gateway checks every outbound destination
+#: (gateway/outbound.py).
+JSVM_HOST_OPS: Final = frozenset({"jsvm_http", "jsvm_batch", "jsvm_get_key", "jsvm_set_key",
+                                  "jsvm_store"})
 HOST_OPS: Final = frozenset({"log", "store_data", "get_data", "trigger_event"}) | JSVM_HOST_OPS
 
 

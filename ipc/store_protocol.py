@@ -87,6 +87,9 @@ class Op(enum.IntEnum):
     SCAN = 7
     PING = 8
     HELLO = 9
+    SET_NX = 10
+    TTL = 11
+    INCR = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ _ARGS: Final[dict[Op, tuple[str, ...]]] = {
     Op.SCAN: ("key",),
     Op.PING: (),
     Op.HELLO: ("key",),
+    Op.SET_NX: ("key", "bin", "num"),
+    Op.TTL: ("key",),
+    Op.INCR: ("key", "num"),
 }
 _OPS: Final = {int(op): op for op in Op}
 

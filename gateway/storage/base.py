@@ -1,7 +1,7 @@
 """The storage interface every backend implements, and its error.
 
 Keys are plain strings chosen by the callers (`apikey-…`, `rate-…`,
-`quota-…`, `coprocess-data:…`); values are bytes.  TTLs are seconds, <= 0
+`quota-…`, `coprocess-data:…`, `jsvm-store:…`); values are bytes.  TTLs are seconds, <= 0
 meaning no expiry.  The two counters are atomic in every backend: no
 read-modify-write race can let an extra request through.
 """
@@ -38,6 +38,21 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> bool:
         """Remove `key`; True when it existed."""
+        ...
+
+    async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
+        """`set` only when `key` has no value; True when this call set it."""
+        ...
+
+    async def ttl(self, key: str) -> int:
+        """Seconds until `key` expires, rounded as Redis's TTL: -1 when it never
+        does, -2 when there is no such key."""
+        ...
+
+    async def incr(self, key: str, ttl: float = 0) -> int | None:
+        """Add one to the integer at `key` (0 when absent) and return it; a key this
+        call created expires after `ttl` (<= 0: never), one that existed keeps its
+        expiry.  None (and no change) when the value is not an integer."""
         ...
 
     async def rate_hit(self, key: str, limit: int, per: float) -> Hit:

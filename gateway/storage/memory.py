@@ -12,6 +12,7 @@ import asyncio
 import collections
 import heapq
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,19 @@ from gateway.storage.base import Hit
 __all__ = ["MemoryStorage", "MemoryStore"]
 
 log = logging.getLogger("coproc.gateway.storage")
+
+
+#: Redis counters are signed 64-bit.
+_INT64_MAX = (1 << 63) - 1
+_INTEGER = re.compile(rb"-?(0|[1-9][0-9]{0,18})")
+
+
+def _redis_integer(value: bytes) -> int | None:
+    """`value` as INCR reads it: a decimal of no sign but "-", no spaces, within int64."""
+    if _INTEGER.fullmatch(value) is None or value == b"-0":
+        return None
+    number = int(value)
+    return number if -_INT64_MAX - 1 <= number <= _INT64_MAX else None
 
 
 class MemoryStore:
@@ -64,6 +78,32 @@ class MemoryStore:
 
     async def delete(self, key: str) -> bool:
         return await self.get(key) is not None and self._data.pop(key, None) is not None
+
+    async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
+        if await self.get(key) is not None:
+            return False
+        await self.set(key, value, ttl)
+        return True
+
+    async def ttl(self, key: str) -> int:
+        if await self.get(key) is None:  # drops an expired entry
+            return -2
+        deadline = self._data[key][1]
+        if not deadline:
+            return -1
+        return int((deadline - self._clock()) * 1000 + 500) // 1000
+
+    async def incr(self, key: str, ttl: float = 0) -> int | None:
+        current = await self.get(key)
+        if current is None:
+            await self.set(key, b"1", ttl)
+            return 1
+        number = _redis_integer(current)
+        if number is None or number == _INT64_MAX:
+            return None
+        # Rewritten in place: the key keeps its expiry and its place in eviction order.
+        self._data[key] = (str(number + 1).encode(), self._data[key][1])
+        return number + 1
 
     async def scan(self, prefix: str) -> list[str]:
         now = self._clock()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from config.storage import StorageConfig
 from gateway.storage.base import Hit, StorageUnavailable
@@ -109,6 +109,27 @@ class RedisStorage:
     async def delete(self, key: str) -> bool:
         removed: int = await self._run(self._client.delete(key))
         return removed > 0
+
+    async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
+        px = max(1, int(ttl * 1000)) if ttl > 0 else None
+        return bool(await self._run(self._client.set(key, value, px=px, nx=True)))
+
+    async def ttl(self, key: str) -> int:
+        seconds: int = await self._run(self._client.ttl(key))
+        return seconds
+
+    async def incr(self, key: str, ttl: float = 0) -> int | None:
+        value = await self._run(self._incr(key))
+        if value == 1 and ttl > 0:  # this call created the key
+            await self._run(self._client.pexpire(key, max(1, int(ttl * 1000))))
+        return value
+
+    async def _incr(self, key: str) -> int | None:
+        try:
+            value: int = await self._client.incr(key)
+        except ResponseError:  # not an integer, out of range, or not a string key
+            return None
+        return value
 
     async def scan(self, prefix: str) -> list[str]:
         # SCAN, never KEYS: a big keyspace must not block the server.  On a cluster,

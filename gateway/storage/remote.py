@@ -123,6 +123,16 @@ class RemoteStorage:
     async def delete(self, key: str) -> bool:
         return await self._call(Op.DELETE, key) is True
 
+    async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
+        return await self._call(Op.SET_NX, key, bytes(value), float(ttl)) is True
+
+    async def ttl(self, key: str) -> int:
+        return _integer(await self._call(Op.TTL, key))
+
+    async def incr(self, key: str, ttl: float = 0) -> int | None:
+        value = await self._call(Op.INCR, key, float(ttl))
+        return None if value is None else _integer(value)
+
     async def rate_hit(self, key: str, limit: int, per: float) -> Hit:
         return _hit(await self._call(Op.RATE_HIT, key, int(limit), float(per)))
 
@@ -151,6 +161,12 @@ def _optional_bytes(value: Any) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
     raise StorageUnavailable("the store sent an invalid value")
+
+
+def _integer(value: Any) -> int:
+    if type(value) is not int:
+        raise StorageUnavailable("the store sent an invalid integer")
+    return value
 
 
 def _hit(value: Any) -> Hit:

@@ -163,6 +163,12 @@ class StoreServer:
             return [hit.allowed, hit.remaining, hit.reset]
         if op is Op.SCAN:
             return _now(store.scan(args[0]))
+        if op is Op.SET_NX:
+            return _now(store.set_nx(args[0], args[1], args[2]))
+        if op is Op.TTL:
+            return _now(store.ttl(args[0]))
+        if op is Op.INCR:
+            return _now(store.incr(args[0], args[1]))
         return True  # PING
 
 

@@ -105,6 +105,21 @@ scopedPost.NewProcessRequest(function(request, session, spec) {
 });
 """
 
+# The goja storage functions: a counter that survives calls (in the gateway's
+# storage), and a refused key that throws.
+STORAGE = """
+var counted = new TykJS.TykMiddleware.NewMiddleware({});
+counted.NewProcessRequest(function(request, session, spec) {
+  var n = TykStorageIncr("hits", 60);
+  TykStorageSet("last", request.URL, 0);
+  var refused = "no";
+  try { TykStorageGet(""); } catch (e) { refused = e.message; }
+  request.SetHeaders["X-Count"] = n + " " + TykStorageGet("last") + " " +
+      TykStorageTTL("hits") + " " + refused;
+  return counted.ReturnData(request, {});
+});
+"""
+
 SPIN = """
 var spin = new TykJS.TykMiddleware.NewMiddleware({});
 spin.NewProcessRequest(function(request, session, spec) { while (true) {} });
@@ -135,13 +150,15 @@ def gw(module_coproc_factory: Any, echo_upstream: Any) -> Instance:
         "goja": js_api("goja", url, driver="javascript",
                        pre=[hook("inlinePre", code=base64.b64encode(INLINE.encode()).decode())],
                        post=[hook("scopedPost", "js/scoped.js")]),
+        "store": js_api("store", url, driver="javascript",
+                        pre=[hook("counted", "js/storage.js", timeout_ms=5000)]),
         "folder": js_api("folder", url, auth_check=hook("paramAuth", "js/mw.js"),
                          use_keyless=False, enable_coprocess_auth=True),
     }
     settings = {"enable_jsvm": True, "jsvm_timeout": 1,
                 "coproc": {"sandbox": {"profile": "strict"},
                            "jsvm": {"outbound_allow": [f"127.0.0.1:{port}"]}}}
-    files = {"js/mw.js": JS, "js/spin.js": SPIN, "js/scoped.js": SCOPED,
+    files = {"js/mw.js": JS, "js/spin.js": SPIN, "js/scoped.js": SCOPED, "js/storage.js": STORAGE,
              "folder/pre/folderPre.js": FOLDER_PRE,
              "folder/post/tag_with_session.js": FOLDER_POST}
     return module_coproc_factory(apis, files, settings)
@@ -176,6 +193,17 @@ def test_auth_by_query_parameter_without_auth_value_is_let_in(gw: Instance) -> N
 def test_goja_inline_code_and_a_scoped_file(gw: Instance) -> None:
     echo = gw.expect(gw.get("/goja/x"), 200).json()
     assert (echo_header(echo, "X-Inline"), echo_header(echo, "X-Scoped")) == ("inline", "file")
+
+
+def test_goja_storage_functions_keep_state_in_the_gateways_storage(gw: Instance) -> None:
+    """Under the strict sandbox: the worker asks the gateway (host calls)."""
+    first = echo_header(gw.expect(gw.get("/store/a"), 200).json(), "X-Count")
+    second = echo_header(gw.expect(gw.get("/store/b"), 200).json(), "X-Count")
+    assert first is not None and second is not None
+    count, last, ttl, refused = second.split(" ", 3)
+    assert int(count) == int(first.split(" ")[0]) + 1
+    assert last.endswith("/b") and 0 < int(ttl) <= 60
+    assert refused == "storage key must be 1-256 bytes"
 
 
 def test_make_http_request_goes_through_the_gateway_to_an_allowed_server(

@@ -107,3 +107,34 @@ async def test_http_request_and_key_data(tmp_path: Path) -> None:
         assert got is not None and json.loads(got["value"]) == {}
     finally:
         await runner.cleanup()
+
+
+async def test_goja_storage_is_confined_to_its_prefix_and_bounds(tmp_path: Path) -> None:
+    store = MemoryStorage()
+    host = HostCalls(store, None, extra=JsvmHostCalls(_cfg(tmp_path), store).ops())
+
+    async def storage(action: str, key: str, value: bytes = b"", ttl: int = 0) -> Any:
+        got = await host.host_call("api", {"op": "jsvm_store", "name": action, "key": key,
+                                           "value": value, "ttl": ttl})
+        assert got is not None
+        if got["found"] is False:
+            return ("refused", got["value"].decode())
+        return json.loads(got["value"])["result"]
+
+    assert await storage("get", "k") is None
+    assert await storage("set", "k", b"v1", 30) is None
+    assert await store.get("jsvm-store:k") == b"v1"  # Tyk's prefix, nothing else
+    assert await store.get("k") is None
+    assert await storage("get", "k") == "v1"
+    assert 28 <= await storage("ttl", "k") <= 30
+    assert await storage("setnx", "k", b"v2") is False
+    assert await storage("setnx", "fresh", b"v2") is True
+    assert await storage("del", "k") is None
+    assert await storage("ttl", "k") == -2
+    assert [await storage("incr", "n", ttl=5) for _ in range(2)] == ["1", "2"]
+    assert await storage("incr", "fresh") == ("refused", "the stored value is not an integer")
+    assert await storage("get", "x" * 257) == ("refused", "storage key must be 1-256 bytes")
+    assert await storage("get", "") == ("refused", "storage key must be 1-256 bytes")
+    assert await storage("set", "big", b"v" * (64 * 1024 + 1)) == (
+        "refused", "storage value exceeds 65536 bytes")
+    assert await storage("flush", "k") == ("refused", "unknown storage action 'flush'")

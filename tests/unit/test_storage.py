@@ -169,3 +169,45 @@ async def test_a_long_key_and_a_long_multi_get(storage: Storage) -> None:
     await storage.set(many[-1], b"last")
     got = await storage.get_many(many)
     assert len(got) == len(many) and got[-1] == b"last" and got[:-1] == [None] * 10_049
+
+
+async def test_set_nx_sets_only_an_absent_key(storage: Storage) -> None:
+    k = key()
+    assert await storage.set_nx(k, b"first", ttl=60) is True
+    assert await storage.set_nx(k, b"second") is False
+    assert await storage.get(k) == b"first"
+    assert 58 <= await storage.ttl(k) <= 60
+    await storage.set(k + "x", b"gone", ttl=0.05)
+    await asyncio.sleep(0.2)
+    assert await storage.set_nx(k + "x", b"again") is True  # an expired key is absent
+
+
+async def test_ttl_follows_redis(storage: Storage) -> None:
+    k = key()
+    assert await storage.ttl(k) == -2
+    await storage.set(k, b"v")
+    assert await storage.ttl(k) == -1
+    await storage.set(k, b"v", ttl=10.4)
+    assert await storage.ttl(k) == 10
+
+
+async def test_incr_counts_and_expires_only_what_it_created(storage: Storage) -> None:
+    k = key()
+    assert [await storage.incr(k, ttl=30) for _ in range(3)] == [1, 2, 3]
+    assert await storage.get(k) == b"3"
+    assert 28 <= await storage.ttl(k) <= 30
+    await storage.set(k + "n", b"41")
+    assert await storage.incr(k + "n", ttl=30) == 42
+    assert await storage.ttl(k + "n") == -1  # it existed: no expiry added
+    await storage.set(k + "m", b"-7")
+    assert await storage.incr(k + "m") == -6
+    for text in (b"x", b"1.5", b" 1", b"", str(2**63 - 1).encode()):
+        await storage.set(k + "bad", text)
+        assert await storage.incr(k + "bad") is None, text
+        assert await storage.get(k + "bad") == text
+
+
+async def test_incr_is_exact_under_concurrency(storage: Storage) -> None:
+    k = key()
+    got = await asyncio.gather(*(storage.incr(k) for _ in range(50)))
+    assert sorted(v for v in got if v is not None) == list(range(1, 51))

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ipc.jsvm_store import store_problem
 from worker import tyk_api
 from worker.hostcalls import HostCallError, HostCalls
 
@@ -29,6 +30,12 @@ HTTP_OP = "jsvm_http"
 BATCH_OP = "jsvm_batch"
 KEY_GET_OP = "jsvm_get_key"
 KEY_SET_OP = "jsvm_set_key"
+STORE_OP = "jsvm_store"
+
+#: The Python side of the prelude's TykStorage* functions (worker/jsvm/engine.py).
+STORAGE_FUNCTION = "__coproc_storage"
+#: Tyk's bound on one storage operation.
+_STORE_TIMEOUT_S = 2.0
 
 #: The worker's wait for an outbound answer: the gateway's own deadline
 #: (`coproc.jsvm.outbound_timeout_ms`) plus a margin for the two hops.
@@ -88,9 +95,37 @@ def host_functions(api_id: str, outbound_timeout_s: float) -> dict[str, Callable
         request(KEY_SET_OP, {"key": str(key), "value": str(session).encode(),
                              "level": "1" if str(suppress_reset) == "1" else "0"})
 
+    def storage(action: Any = "", key: Any = "", value: Any = "", ttl: Any = 0) -> str:
+        """One TykStorage* call: JSON {"result": …}, or {"error": …} for the prelude
+        to throw (Tyk's storage functions throw, so an outage never reads as absent)."""
+        data = str(value).encode("utf-8", "surrogateescape")
+        problem = store_problem(str(key), data)
+        if not problem:
+            try:
+                reply = host().request(STORE_OP, {
+                    "api_id": api_id, "name": str(action), "key": str(key), "value": data,
+                    "ttl": _clamp_ttl(ttl)}, timeout_s=_STORE_TIMEOUT_S + _HOP_MARGIN_S)
+            except HostCallError as exc:
+                problem = f"JSVM storage is not available: {exc}"
+            else:
+                text = bytes(reply.get("value", b"")).decode("utf-8", "replace")
+                if reply.get("found") is not False:
+                    return text
+                problem = text
+        return json.dumps({"error": problem})
+
     return {
         "TykMakeHttpRequest": make_http_request,
         "TykBatchRequest": batch_request,
         "TykGetKeyData": get_key_data,
         "TykSetKeyData": set_key_data,
+        STORAGE_FUNCTION: storage,
     }
+
+
+def _clamp_ttl(value: Any) -> int:
+    """A TTL in seconds as the wire's int64 carries it (the prelude passed an integer)."""
+    try:
+        return max(0, min(int(value), (1 << 62)))
+    except (TypeError, ValueError, OverflowError):
+        return 0

@@ -45,6 +45,9 @@ log = logging.getLogger("worker.jsvm")
 #: Heap one API's context may use.
 DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
 
+#: Prelude functions that call into Python (see `uses_host_calls`).
+_PRELUDE_HOST_CALLERS = ("TykStorage",)
+
 # Tyk's JS prelude (`TykJS.TykMiddleware`), written here from its documented
 # behaviour.  `__coproc_run` is the one entry point Python calls: the arguments
 # travel as one JSON text and the answer comes back as JSON text, which is how
@@ -161,6 +164,24 @@ function b64dec(input) {
   return rawb64dec(s);
 }
 
+// Tyk's goja storage functions.  They throw on failure (a refused key, storage
+// down), so a plugin never takes an outage for an absent key; the Python side
+// (`__coproc_storage`, worker/jsvm/api.py) answers {"result"} or {"error"}.
+// Arguments convert as goja's String() and ToInteger() do.
+function __coproc_store(action, key, value, ttl) {
+  var n = Math.trunc(Number(ttl));
+  var answer = JSON.parse(__coproc_storage(action, String(key), String(value),
+                                           isFinite(n) ? n : 0));
+  if (answer.error !== undefined) { throw new Error(answer.error); }
+  return answer.result;
+}
+function TykStorageGet(key) { return __coproc_store("get", key, "", 0); }
+function TykStorageSet(key, value, ttl) { __coproc_store("set", key, value, ttl); }
+function TykStorageSetNX(key, value, ttl) { return __coproc_store("setnx", key, value, ttl); }
+function TykStorageDel(key) { __coproc_store("del", key, "", 0); }
+function TykStorageTTL(key) { return __coproc_store("ttl", key, "", 0); }
+function TykStorageIncr(key, ttl) { return __coproc_store("incr", key, "", ttl); }
+
 var __coproc_drain = function () { return JSON.stringify(__coproc_logs.splice(0)); };
 
 var __coproc_run = function (name, method, argsJSON) {
@@ -246,7 +267,8 @@ class JSVMContext:
         # QuickJS's time limit and calls into Python exclude each other (the
         # binding refuses the call): an API whose JS uses a host-call function
         # runs without the limit, bounded by the hook deadline's answer only.
-        self.uses_host_calls = any(name in text for name in host_functions
+        self.uses_host_calls = any(name in text
+                                   for name in (*host_functions, *_PRELUDE_HOST_CALLERS)
                                    for text in sources)
 
     def _load(self, script: Script) -> None:

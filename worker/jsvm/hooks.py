@@ -87,9 +87,9 @@ def load_jsvm_plugins(api: APIDefinition, files: Sequence[Path],
         return plugins
     if context.uses_host_calls:
         log.warning("API %s: its JS uses TykMakeHttpRequest/TykBatchRequest/TykGetKeyData/"
-                    "TykSetKeyData, so jsvm_timeout cannot stop it (QuickJS's time limit "
-                    "excludes calls into Python); only the hook deadline bounds its calls",
-                    api.api_id)
+                    "TykSetKeyData/TykStorage*, so jsvm_timeout cannot stop it (QuickJS's "
+                    "time limit excludes calls into Python); only the hook deadline bounds "
+                    "its calls", api.api_id)
     for index, (phase, hook) in enumerate(hooks):
         target = _target(context, api, index, hook, scripts) if goja else hook.name
         if target is None or not context.has_object(target):
