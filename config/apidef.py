@@ -40,6 +40,7 @@ __all__ = [
     "REQUEST_HOOK_PHASES",
     "APIDefinition",
     "AnalyticsPlugin",
+    "AuthConfig",
     "BrokenDefinition",
     "CustomMiddleware",
     "DefinitionSet",
@@ -109,6 +110,32 @@ class AnalyticsPlugin:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Tyk's AuthConfig (`auth`, or an entry of `auth_configs`): where a request
+    carries its credential.  For the key of built-in token auth Tyk reads the
+    header (unless `disable_header`), then a query parameter (`use_param`) and a
+    cookie (`use_cookie`), each replacing the key when it has a value; those two
+    are named by `param_name`/`cookie_name`, else like the header."""
+
+    auth_header_name: str = ""
+    disable_header: bool = False
+    use_param: bool = False
+    param_name: str = ""
+    use_cookie: bool = False
+    cookie_name: str = ""
+
+    @property
+    def header(self) -> str:
+        return self.auth_header_name or "Authorization"
+
+    @property
+    def default_name(self) -> str:
+        """What a parameter or cookie is called when not named: the header's name,
+        unless the header is off (then Tyk falls back to "Authorization")."""
+        return "Authorization" if self.disable_header else self.header
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyDef:
     listen_path: str
     target_url: str
@@ -138,6 +165,13 @@ class APIDefinition:
     # token auth alongside a plugin, which auth method's session wins, and
     # `event_handlers.events` as {event name: [handler objects]}.
     auth_header_name: str = "Authorization"
+    # Where built-in token auth finds the key (`auth_configs.authToken`, else `auth`),
+    # and the credentials `strip_auth_data` takes off before the upstream (empty
+    # when it is off).
+    token_auth: AuthConfig = AuthConfig()
+    strip_auth: tuple[AuthConfig, ...] = ()
+    disable_rate_limit: bool = False
+    disable_quota: bool = False
     use_standard_auth: bool = False
     base_identity_provided_by: str = ""
     event_handlers: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -337,6 +371,7 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
                 analytics = _traffic_logs(manifest, directory) or analytics
         except ConfigError as exc:  # a bad bundle fails its API, never the gateway
             bundle_dirs, bundle_error = (), str(exc)
+    token_auth, strip_auth = _auth_configs(r)
     driver_file = Path(bundle_dirs[0] / "manifest.json") if bundle_dirs else path
     check_driver(driver_file, "custom_middleware.driver", middleware.driver,
                  bool(middleware.all_hooks()) or bool(bundle))
@@ -359,11 +394,39 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
         domain=r.get("domain", str, ""),
         source=path,
         raw=raw,
-        auth_header_name=r.child("auth").get("auth_header_name", str, "") or "Authorization",
+        auth_header_name=token_auth.header,
+        token_auth=token_auth,
+        strip_auth=strip_auth,
+        disable_rate_limit=r.get("disable_rate_limit", bool, False),
+        disable_quota=r.get("disable_quota", bool, False),
         use_standard_auth=r.get("use_standard_auth", bool, False),
         base_identity_provided_by=r.get("base_identity_provided_by", str, ""),
         event_handlers=_event_handlers(r.child("event_handlers")),
         analytics_plugin=analytics,
+    )
+
+
+def _auth_configs(r: Reader) -> tuple[AuthConfig, tuple[AuthConfig, ...]]:
+    """(token auth's AuthConfig, what strip_auth_data strips), as Tyk picks them:
+    `auth_configs` (its `authToken` entry for keys) when set, else the older `auth`."""
+    configs = r.child("auth_configs")
+    by_type = {name: _auth_config(configs.child(name))
+               for name, value in configs.data.items() if isinstance(value, dict)}
+    legacy = _auth_config(r.child("auth"))
+    token = by_type.get("authToken", legacy)
+    if not r.get("strip_auth_data", bool, False):
+        return token, ()
+    return token, tuple(by_type.values()) or (legacy,)
+
+
+def _auth_config(r: Reader) -> AuthConfig:
+    return AuthConfig(
+        auth_header_name=r.get("auth_header_name", str, ""),
+        disable_header=r.get("disable_header", bool, False),
+        use_param=r.get("use_param", bool, False),
+        param_name=r.get("param_name", str, ""),
+        use_cookie=r.get("use_cookie", bool, False),
+        cookie_name=r.get("cookie_name", str, ""),
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from config.apidef import JS_DRIVERS, HookDef
+from gateway.credentials import find_key
 from gateway.hooks import HookCallError
 from gateway.keys import KEY_PREFIX, KeyStore
 from gateway.log_once import hook_failure_level
@@ -93,8 +94,9 @@ class Authenticator:
                 self._failed(plan, key, problem[1])
                 raise Denied(*problem)
             # Counters are named by the key's hash when keys are hashed, as in Tyk.
-            limited, headers = await enforce_limits(self.storage, self.keys.key_hash(key),
-                                                    session)
+            limited, headers = await enforce_limits(
+                self.storage, self.keys.key_hash(key), session,
+                rate=not plan.api.disable_rate_limit, quota=not plan.api.disable_quota)
             if limited is not None:
                 self.emit(plan.api_id, limited.event, {"message": limited.message, "key": key},
                           plan.api.event_handlers)
@@ -105,6 +107,7 @@ class Authenticator:
         except StorageUnavailable as exc:
             self._storage_down(plan, exc, rid)
             raise Denied(503, "Storage unavailable", {"Retry-After": "1"}) from None
+        state.api_key = key
         state.session = to_object(session)
         # Object.metadata mirrors the session's, as Tyk builds it.
         state.metadata = dict(state.session.get("metadata") or {})
@@ -123,7 +126,7 @@ class Authenticator:
         return (*token, False) if plan.base_identity == "auth_token" else plugin
 
     async def _token(self, plan: ApiPlan, state: RequestState) -> tuple[str, dict[str, Any]]:
-        key = strip_bearer(state.headers.get(plan.auth_header, ""))
+        key = strip_bearer(find_key(state, plan.api.token_auth))
         if not key:
             self._failed(plan, "", FIELD_MISSING)
             raise Denied(401, FIELD_MISSING)

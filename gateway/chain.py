@@ -29,6 +29,7 @@ from config.gateway import GatewayOptions
 from gateway.analytics import observer as observe
 from gateway.auth import Authenticator, Denied
 from gateway.bodies import defers_text
+from gateway.credentials import strip_credentials
 from gateway.hook_groups import GroupReply, HookGroup, Step
 from gateway.hooks import BackendUnavailable, HookCallError, HookFailed, HookTimeout, NoWorker
 from gateway.log_once import hook_failure_level
@@ -203,7 +204,13 @@ class Chain:
             await self._request_group(plan, group, state, rid)
         if plan.auth is not AuthMode.KEYLESS:
             await self._authenticate(plan, state, rid)
-        for group in plan.after_auth:  # post_key_auth and post
+        after_auth = plan.after_auth  # post_key_auth and post
+        if plan.strip_auth:
+            for group in after_auth[:plan.strip_at]:
+                await self._request_group(plan, group, state, rid)
+            strip_credentials(state, plan.strip_auth)
+            after_auth = after_auth[plan.strip_at:]
+        for group in after_auth:
             await self._request_group(plan, group, state, rid)
 
     async def _read_body(self, request: web.Request) -> bytes:

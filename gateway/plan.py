@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from config.apidef import APIDefinition, HookDef
+from config.apidef import APIDefinition, AuthConfig, HookDef
 from config.gateway import GatewayConfig
 from gateway.hook_groups import HookGroup, Step, group_hooks
 from gateway.id_extractor import IdExtractor
@@ -62,6 +62,10 @@ class ApiPlan:
     broken: str = ""
     broken_status: int = 500
     auth_header: str = "Authorization"
+    # strip_auth_data: the credentials to take off once the post_key_auth hooks
+    # ran (Tyk's StripAuth sits there), before the first of after_auth[strip_at:].
+    strip_auth: tuple[AuthConfig, ...] = ()
+    strip_at: int = 0
     id_extractor: IdExtractor | None = None
     base_identity: str = ""  # Tyk's base_identity_provided_by
 
@@ -119,6 +123,14 @@ def build_plan(api: APIDefinition, coprocess: bool = True, merge: bool = True) -
                                                                       for h in post]
     response = phase("response")
     keyless = auth is AuthMode.KEYLESS
+    strip_auth = () if keyless else api.strip_auth
+    strip_at = 0
+    if strip_auth:  # gateway work between post_key_auth and post: no call spans it
+        before_strip = group_hooks(post_steps[:len(post_key_auth)], merge)
+        strip_at = len(before_strip)
+        after_auth = before_strip + group_hooks(post_steps[len(post_key_auth):], merge)
+    else:
+        after_auth = group_hooks(post_steps, merge)
     return ApiPlan(
         api=api,
         target=Target.from_proxy(api.proxy),
@@ -129,10 +141,12 @@ def build_plan(api: APIDefinition, coprocess: bool = True, merge: bool = True) -
         needs_body=bool(pre or auth_hook or post_key_auth or post),
         log_fields={"api_id": api.api_id},
         before_auth=group_hooks(pre_steps + post_steps if keyless else pre_steps, merge),
-        after_auth=() if keyless else group_hooks(post_steps, merge),
+        after_auth=() if keyless else after_auth,
         response_groups=group_hooks((Step("response", h) for h in response), merge),
         broken=api.bundle_error,
         auth_header=api.auth_header_name,
+        strip_auth=strip_auth,
+        strip_at=strip_at,
         id_extractor=IdExtractor.from_config(mw.id_extractor) if auth_hook else None,
         base_identity=api.base_identity_provided_by,
     )

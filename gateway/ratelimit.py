@@ -36,24 +36,27 @@ def _number(session: Mapping[str, Any], key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
-async def enforce_limits(storage: Storage, key_id: str,
-                         session: dict[str, Any]) -> tuple[Limited | None, dict[str, str]]:
+async def enforce_limits(storage: Storage, key_id: str, session: dict[str, Any], *,
+                         rate: bool = True,
+                         quota: bool = True) -> tuple[Limited | None, dict[str, str]]:
     """Count this request; (refusal or None, X-RateLimit-* headers for the response).
+    `rate`/`quota` False: the API's `disable_rate_limit`/`disable_quota` (that one
+    is neither counted nor checked).
 
     Updates `quota_remaining`/`quota_renews` in `session` so later hooks and
     the stored session see the counts.
     """
     headers: dict[str, str] = {}
-    rate, per = _number(session, "rate"), _number(session, "per")
-    if rate > 0 and per > 0:
-        limit = int(rate)
+    allowed, per = _number(session, "rate"), _number(session, "per")
+    if rate and allowed > 0 and per > 0:
+        limit = int(allowed)
         hit = await storage.rate_hit(f"rate-{key_id}", limit, per)
         headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(hit.remaining),
                    "X-RateLimit-Reset": str(int(time.time() + math.ceil(hit.reset)))}
         if not hit.allowed:
             return Limited(429, RATE_EXCEEDED, "RateLimitExceeded", headers), headers
     quota_max = int(_number(session, "quota_max"))
-    if quota_max > 0:
+    if quota and quota_max > 0:
         renewal = int(_number(session, "quota_renewal_rate"))
         hit = await storage.quota_hit(f"quota-{key_id}", quota_max, renewal)
         session["quota_remaining"] = hit.remaining

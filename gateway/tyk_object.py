@@ -121,6 +121,7 @@ class RequestState:
     host_override: str = ""  # a Host a hook set explicitly
     session: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    api_key: str = ""  # the key auth accepted (the analytics record's), "" keyless
     # Headers the gateway adds to the client's response (X-RateLimit-*), as Tyk does.
     response_headers: dict[str, str] = field(default_factory=dict)
     _header_view: dict[str, str] | None = None

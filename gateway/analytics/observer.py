@@ -22,7 +22,6 @@ from config.analytics import AnalyticsConfig
 from config.apidef import HookDef
 from gateway.analytics.pipeline import Pipeline
 from gateway.analytics.record import Exchange, RecordSpec, wire_request, wire_response
-from gateway.auth import strip_bearer
 from gateway.hook_errors import outcome_of
 from gateway.hook_groups import GroupReply, HookGroup, hook_times
 from gateway.metrics import GatewayMetrics, counters, gauge
@@ -204,7 +203,7 @@ def _api_key(plan: ApiPlan, state: RequestState | None) -> str:
     if plan.auth is AuthMode.KEYLESS or state is None or not state.session:
         return ""
     token = (state.metadata or {}).get("token")
-    return str(token or strip_bearer(state.headers.get(plan.auth_header, "")))
+    return str(token or state.api_key)
 
 
 class HookObserver:
