@@ -135,7 +135,8 @@ def _redis() -> Iterator[tuple[int, int]]:
 def _add_key(inst: Coproc) -> str:
     key = f"bench-{uuid.uuid4().hex}"
     request = urllib.request.Request(  # noqa: S310 (our own loopback instance)
-        f"{inst.url}/tyk/keys/{key}", data=json.dumps(SESSION).encode(), method="POST",
+        f"{inst.url}/tyk/keys/{key}", method="POST",
+        data=json.dumps({**SESSION, "access_rights": {"keyed": {"api_id": "keyed"}}}).encode(),
         headers={"X-Tyk-Authorization": SECRET, "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
         resp.read()

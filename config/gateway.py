@@ -88,6 +88,9 @@ class KeyOptions:
     hash_key_function: str = ""
     hash_key_function_fallback: tuple[str, ...] = ()
     enable_hashed_keys_listing: bool = False
+    #: Tyk's `allow_master_keys`: the admin API may create a key without access
+    #: rights (it opens every API).  Off, such a key is refused, as in Tyk.
+    allow_master_keys: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +456,7 @@ def _keys(r: Reader) -> KeyOptions:
         hash_key_function=r.choice("hash_key_function", KEY_HASH_FUNCTIONS, ""),
         hash_key_function_fallback=tuple(fallback),
         enable_hashed_keys_listing=r.get("enable_hashed_keys_listing", bool, False),
+        allow_master_keys=r.get("allow_master_keys", bool, False),
     )
 
 

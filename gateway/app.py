@@ -224,9 +224,9 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
         app.router.add_get(path, reload, allow_head=False)
         app.router.add_post(path, reload)
-    add_key_routes(app, cfg.secret, KeyStore(app[STORE], cfg.keys))
-    add_api_routes(app, cfg.secret, cfg)
     app[POLICIES] = PolicyStore(cfg.policies)
+    add_key_routes(app, cfg.secret, KeyStore(app[STORE], cfg.keys), app[POLICIES])
+    add_api_routes(app, cfg.secret, cfg)
     add_policy_routes(app, cfg.secret, app[POLICIES])
     app.router.add_route("*", "/{tail:.*}", serve_api)
     return app

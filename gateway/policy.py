@@ -17,7 +17,10 @@ storage or returned by an auth plugin, as Tyk's policy service does
 * tags join, `meta_data` of the policies is merged in, the key is inactive
   if any policy is;
 * a policy of another org, a missing policy (when it is the only one), or no
-  API left in the result: the session is refused.
+  API left in the result: the session is refused (with Tyk's error texts,
+  which the admin API answers with);
+* a session without policies keeps its own values; an API of it with its own
+  `limit` gets `allowance_scope` set to the API's id (its quota counter's scope).
 
 Coproc enforces the session-level rate and quota and the set of APIs;
 per-API `limit`s are written into `access_rights` as Tyk writes them.
@@ -30,6 +33,7 @@ without a restart; a broken edit keeps the last good policies and is logged.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +49,8 @@ log = logging.getLogger("coproc.gateway.policy")
 
 _LIMIT_FIELDS = ("rate", "per", "quota_max", "quota_renewal_rate", "throttle_interval",
                  "throttle_retry_limit", "max_query_depth")
+#: The fields Tyk's `APILimit.IsEmpty` looks at.
+_API_LIMIT_FIELDS = (*_LIMIT_FIELDS, "quota_renews", "quota_remaining")
 
 
 class PolicyStore:
@@ -155,6 +161,7 @@ def apply_policies(session: dict[str, Any], store: PolicyStore,
     """
     ids = policy_ids(session)
     if not ids:
+        _scope_own_limits(session)
         return ""
     _clear(session, [p for p in map(store.get, ids) if p is not None])
     state = _State()
@@ -168,13 +175,14 @@ def apply_policies(session: dict[str, Any], store: PolicyStore,
             log.error("policy not found: %r", pid)
             if len(ids) > 1:
                 continue
-            return f"policy not found: {pid!r}"
+            return f"policy not found: {json.dumps(pid)}"  # Go's %q
         if org_id is not None and policy.get("org_id", "") != org_id:
-            return f"policy {pid!r} belongs to another organisation"
+            return "attempting to apply policy from different organisation to key, skipping"
         parts = _parts(policy)
         partitioned = any(parts[k] for k in ("quota", "rate_limit", "acl", "complexity"))
         if parts["per_api"] and partitioned:
-            return f"policy {pid!r} sets per_api and partitions"
+            return f"cannot apply policy {policy.get('id', pid)} which has per_api and any " \
+                   "of partitions set"
         problem = _per_api(policy, session, state) if parts["per_api"] else \
             _partitions(policy, session, state, parts, partitioned)
         if problem:
@@ -191,6 +199,16 @@ def apply_policies(session: dict[str, Any], store: PolicyStore,
     if not state.rights:
         return "key has no valid policies to be applied"
     return ""
+
+
+def _scope_own_limits(session: dict[str, Any]) -> None:
+    rights = session.get("access_rights")
+    if not isinstance(rights, dict):
+        return
+    for api_id, right in rights.items():
+        limit = right.get("limit") if isinstance(right, dict) else None
+        if isinstance(limit, Mapping) and any(_num(limit.get(k)) for k in _API_LIMIT_FIELDS):
+            right["allowance_scope"] = api_id
 
 
 def _clear(session: dict[str, Any], policies: list[dict[str, Any]]) -> None:

@@ -29,6 +29,10 @@ as aiohttp hands them over):
     SCAN      prefix                      -> [key, ...]
     PING                                  -> true
     HELLO     token                       -> true
+    SET_NX    key, value: bin, ttl: float -> bool
+    TTL       key                         -> int
+    INCR      key, ttl: float             -> int | nil
+    QUOTA_PEEK key, max: int              -> [allowed, remaining, reset] | nil
 
 Any invalid frame is a `ProtocolError`: the store closes that connection and
 keeps serving the others.
@@ -90,6 +94,7 @@ class Op(enum.IntEnum):
     SET_NX = 10
     TTL = 11
     INCR = 12
+    QUOTA_PEEK = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,7 @@ _ARGS: Final[dict[Op, tuple[str, ...]]] = {
     Op.SET_NX: ("key", "bin", "num"),
     Op.TTL: ("key",),
     Op.INCR: ("key", "num"),
+    Op.QUOTA_PEEK: ("key", "int"),
 }
 _OPS: Final = {int(op): op for op in Op}
 

@@ -64,6 +64,13 @@ class Storage(Protocol):
         (<= 0: never); the window starts at the first use."""
         ...
 
+    async def quota_peek(self, key: str, quota_max: int) -> Hit | None:
+        """The quota counter at `key` as the next `quota_hit` would find it, without
+        counting a use: the uses of `quota_max` left (never below 0) and the seconds
+        until it renews (0: never).  None when there is no live counter (never used,
+        reset, or renewed since); read by the admin API's key detail."""
+        ...
+
     async def scan(self, prefix: str) -> list[str]:
         """Every key (of `set`) that starts with `prefix`; for the admin API's listings."""
         ...

@@ -170,6 +170,14 @@ class MemoryStorage(MemoryStore):
         self._quotas[key] = (used + 1, renews)
         return Hit(True, quota_max - used - 1, reset)
 
+    async def quota_peek(self, key: str, quota_max: int) -> Hit | None:
+        now = self._clock()
+        used, renews = self._quotas.get(key, (0, -1.0))
+        if renews < 0 or (renews and renews <= now):  # none, or its period is over
+            return None
+        reset = renews - now if renews else 0.0
+        return Hit(used < quota_max, max(0, quota_max - used), reset)
+
     def sweep(self) -> int:
         removed = super().sweep()
         now = self._clock()

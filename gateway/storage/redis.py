@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -62,6 +63,17 @@ end
 return {1, tonumber(ARGV[1]) - used, ttl}
 """
 
+# The quota counter's count and time left, read together; no counter (or a key that
+# is not a string): nil.  Tyk's own counter under the same name is read the same way.
+_QUOTA_PEEK = """
+local used = redis.pcall('GET', KEYS[1])
+if type(used) ~= 'string' then return false end
+return {used, redis.call('PTTL', KEYS[1])}
+"""
+
+#: How Go's strconv.Atoi reads a counter (Tyk's key detail): anything else counts 0.
+_ATOI = re.compile(rb"[+-]?[0-9]+")
+
 
 class RedisStorage:
     """`Storage` on Redis: one server, Sentinel or Cluster (one pool per gateway process)."""
@@ -76,6 +88,7 @@ class RedisStorage:
         scripts: Any = self._client
         self._rate: AsyncScript = scripts.register_script(_RATE)
         self._quota: AsyncScript = scripts.register_script(_QUOTA)
+        self._quota_peek: AsyncScript = scripts.register_script(_QUOTA_PEEK)
         self._member = os.urandom(4).hex()  # makes log members unique across instances
         self._seq = 0
 
@@ -154,6 +167,13 @@ class RedisStorage:
         got: list[Any] = await self._run(
             self._quota(keys=[key], args=[quota_max, max(0, renewal_s) * 1000]))
         return Hit(bool(got[0]), int(got[1]), max(0, int(got[2])) / 1000)
+
+    async def quota_peek(self, key: str, quota_max: int) -> Hit | None:
+        got: list[Any] | None = await self._run(self._quota_peek(keys=[key]))
+        if not got:
+            return None
+        used = int(got[0]) if _ATOI.fullmatch(got[0]) else 0
+        return Hit(used < quota_max, max(0, quota_max - used), max(0, int(got[1])) / 1000)
 
     async def ping(self) -> bool:
         try:

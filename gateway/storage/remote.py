@@ -139,6 +139,10 @@ class RemoteStorage:
     async def quota_hit(self, key: str, quota_max: int, renewal_s: int) -> Hit:
         return _hit(await self._call(Op.QUOTA_HIT, key, int(quota_max), int(renewal_s)))
 
+    async def quota_peek(self, key: str, quota_max: int) -> Hit | None:
+        value = await self._call(Op.QUOTA_PEEK, key, int(quota_max))
+        return None if value is None else _hit(value)
+
     async def scan(self, prefix: str) -> list[str]:
         keys = await self._call(Op.SCAN, prefix)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):

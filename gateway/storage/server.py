@@ -161,6 +161,9 @@ class StoreServer:
         if op is Op.QUOTA_HIT:
             hit = _now(store.quota_hit(args[0], args[1], args[2]))
             return [hit.allowed, hit.remaining, hit.reset]
+        if op is Op.QUOTA_PEEK:
+            peeked = _now(store.quota_peek(args[0], args[1]))
+            return None if peeked is None else [peeked.allowed, peeked.remaining, peeked.reset]
         if op is Op.SCAN:
             return _now(store.scan(args[0]))
         if op is Op.SET_NX:

@@ -133,8 +133,65 @@ def test_plain_keys_are_listed_by_prefix(coproc_factory: Any, echo_upstream: Any
     """Without hash_keys (memory storage): keys are stored and listed as given."""
     api = api_def("keys", "/keys/", echo_upstream.url, use_keyless=False)
     gw = coproc_factory({"keys": api}, {}, {"secret": SECRET})
+    body = json.dumps({"access_rights": {"keys": {"api_id": "keys"}}}).encode()
     for name in ("alpha1", "alpha2", "beta1"):
-        gw.expect(gw.request("POST", f"/tyk/keys/{name}", ADMIN, b"{}"), 200)
+        gw.expect(gw.request("POST", f"/tyk/keys/{name}", ADMIN, body), 200)
     assert gw.expect(gw.request("GET", "/tyk/keys?filter=alpha", ADMIN), 200).json() == \
         {"keys": ["alpha1", "alpha2"]}
     assert gw.request("GET", "/tyk/keys/alpha1?hashed=true", ADMIN).status == 400
+
+
+NO_RIGHTS = {"status": "error", "message": "Failed to create key, keys must have at least "
+             "one Access Rights record set."}
+
+
+def test_a_key_without_access_rights_is_refused_and_the_detail_reads_tyks_counter(
+        coproc_factory: Any, echo_upstream: Any, redis_server: RedisServer) -> None:
+    """Redis, hash_keys, allow_master_keys unset (Tyk's default: off):
+    1. POST /tyk/keys/create without access rights: 400 and Tyk's message; POST
+       /tyk/keys/<name>: 500; Redis gets no session;
+    2. a key with a quota: its detail shows the quota left from the counter a Tyk
+       gateway on the same Redis wrote (quota-<hash>, INCR'd: "2" used of 5), then
+       from Coproc's own use of the same counter; by hash too; no unknown field."""
+    gw = _instance(coproc_factory, echo_upstream, redis_server)
+    before = redis_server.command("KEYS", "apikey-*")
+    body = json.dumps({"org_id": "default", "rate": 10, "per": 1}).encode()
+    resp = gw.expect(gw.request("POST", "/tyk/keys/create", ADMIN, body), 400)
+    assert resp.json() == NO_RIGHTS
+    resp = gw.expect(gw.request("POST", "/tyk/keys/nope", ADMIN, body), 500)
+    assert resp.json() == {"status": "error", "message": "Failed to create key, ensure "
+                           "security settings are correct."}
+    assert redis_server.command("KEYS", "apikey-*") == before
+
+    body = json.dumps({"org_id": "default", "quota_max": 5, "quota_renewal_rate": 3600,
+                       "extra": "dropped",
+                       "access_rights": {"keys": {"api_id": "keys"}}}).encode()
+    created = gw.expect(gw.request("POST", "/tyk/keys/create", ADMIN, body), 200).json()
+    key, key_hash = created["key"], created["key_hash"]
+    redis_server.command("SET", f"quota-{key_hash}", "2")  # as Tyk's limiter leaves it
+    redis_server.command("EXPIRE", f"quota-{key_hash}", "3600")
+    got = gw.expect(gw.request("GET", f"/tyk/keys/{key}", ADMIN), 200).json()
+    assert got["quota_remaining"] == 3 and "extra" not in got and got["org_id"] == "default"
+    assert got["access_rights"] == {"keys": {"api_id": "keys"}} and "date_created" in got
+    gw.expect(gw.get("/keys/x", {"Authorization": key}), 200)
+    got = gw.expect(gw.request("GET", f"/tyk/keys/{key_hash}?hashed=true", ADMIN), 200).json()
+    assert got["quota_remaining"] == 2
+
+
+def test_allow_master_keys_and_the_live_quota_with_the_store_process(
+        coproc_factory: Any, echo_upstream: Any) -> None:
+    """Memory storage in the store process (two gateway processes), allow_master_keys
+    true in the config file: 1. /tyk/keys/create without access rights makes a key
+    that opens both APIs; 2. after two uses its detail's quota_remaining is 3 of 5,
+    read from the store process's counter, whichever gateway process answers."""
+    apis = {name: api_def(name, f"/{name}/", echo_upstream.url, use_keyless=False)
+            for name in ("keys", "more")}
+    gw = coproc_factory(apis, {}, {"secret": SECRET, "allow_master_keys": True,
+                                   "coproc": {"gateway": {"processes": 2}}})
+    body = json.dumps({"quota_max": 5, "quota_renewal_rate": 3600}).encode()
+    key = gw.expect(gw.request("POST", "/tyk/keys/create", ADMIN, body), 200).json()["key"]
+    gw.expect(gw.get("/keys/x", {"Authorization": key}), 200)
+    gw.expect(gw.get("/more/x", {"Authorization": key}), 200)
+    for _ in range(4):  # the two processes share the port: ask several times
+        got = gw.expect(gw.request("GET", f"/tyk/keys/{key}", ADMIN), 200).json()
+        assert got["quota_remaining"] == 3 and "access_rights" not in got, got

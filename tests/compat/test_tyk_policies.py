@@ -63,10 +63,10 @@ def test_several_policies_the_larger_allowance_wins() -> None:
 
 
 @pytest.mark.parametrize(("policies", "ids", "org", "reason"), [
-    ([GOLD], ["missing"], "org1", "policy not found"),
-    ([GOLD], ["gold"], "org2", "another organisation"),
+    ([GOLD], ["missing"], "org1", 'policy not found: "missing"'),
+    ([GOLD], ["gold"], "org2", "policy from different organisation"),
     ([{**GOLD, "partitions": {"per_api": True, "quota": True}}], ["gold"], "org1",
-     "per_api and partitions"),
+     "cannot apply policy gold which has per_api and any of partitions set"),
     ([{**GOLD, "access_rights": {}}], ["gold"], "org1", "no valid policies"),
     ([{**GOLD, "partitions": {"per_api": True}}, {**GOLD, "id": "p2", "partitions":
       {"acl": True}}], ["gold", "p2"], "org1", "per_api set and some are partitioned"),
@@ -75,6 +75,19 @@ def test_refusals(policies: list[dict[str, Any]], ids: list[str], org: str,
                   reason: str) -> None:
     session = {"apply_policies": ids}
     assert reason in apply_policies(session, _store(*policies), org)
+
+
+def test_without_policies_an_api_limit_is_scoped_to_its_api() -> None:
+    """Tyk's Apply with no policy ids: an access right with a limit of its own counts
+    under its API's scope (its quota counter is quota-<api_id>-<key>); the rest stays."""
+    session: dict[str, Any] = {"rate": 5, "per": 1, "access_rights": {
+        "a": {"api_id": "a", "limit": {"quota_max": 5}}, "b": {"api_id": "b"},
+        "c": {"api_id": "c", "limit": {"rate": 0, "per": 0}}}}
+    assert apply_policies(session, _store(GOLD), "org1") == ""
+    rights = session["access_rights"]
+    assert rights["a"]["allowance_scope"] == "a"
+    assert "allowance_scope" not in rights["b"] and "allowance_scope" not in rights["c"]
+    assert (session["rate"], session["per"]) == (5, 1)
 
 
 def test_an_inactive_policy_makes_the_key_inactive_and_legacy_id_works() -> None:

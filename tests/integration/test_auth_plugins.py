@@ -159,7 +159,8 @@ def test_tyk_auth_acceptance(gw: Instance) -> None:
 def test_post_hook_sees_nested_metadata_as_json(gw: Instance) -> None:
     key = f"key-{uuid.uuid4().hex}"
     session = {"meta_data": {"testkey": {"nestedkey": "nestedvalue"},
-                             "stringkey": "testvalue"}}
+                             "stringkey": "testvalue"},
+               "access_rights": {"keys": {"api_id": "keys"}}}
     gw.expect(gw.request("POST", f"/tyk/keys/{key}", ADMIN, json.dumps(session).encode()),
               200)
     echo = gw.expect(gw.get("/keys/", {"Authorization": key}), 200).json()

@@ -230,7 +230,8 @@ def test_coprocess_disabled_closes_plugin_apis_instead_of_key_auth(
                                  {"h/mw.py": PLUGIN},
                                  {"secret": SECRET,
                                   "coprocess_options": {"enable_coprocess": False}})
-    created = inst.expect(inst.request("POST", "/tyk/keys/create", ADMIN, b"{}"), 200).json()
+    body = json.dumps({"access_rights": {"auth": {"api_id": "auth"}}}).encode()
+    created = inst.expect(inst.request("POST", "/tyk/keys/create", ADMIN, body), 200).json()
     for headers in ({"Authorization": created["key"]}, {}):
         resp = inst.expect(inst.get("/auth/x", headers), 503)
         assert resp.json() == {"error": "Plugins unavailable"}

@@ -182,7 +182,7 @@ def test_the_file_sink_shows_the_records(gw: Instance) -> None:
 
 def test_a_keyed_request_records_the_hashed_key_and_session(gw: Instance) -> None:
     key = "obs-key-0001"
-    session = {"alias": "alice", "tags": ["gold"]}
+    session = {"alias": "alice", "tags": ["gold"], "access_rights": {"keys": {"api_id": "keys"}}}
     gw.expect(gw.request("POST", f"/tyk/keys/{key}", {"X-Tyk-Authorization": SECRET},
                          json.dumps(session).encode()), 200)
     gw.expect(gw.get("/keys/mine", {"Authorization": key, "X-Team": "blue"}), 200)

@@ -51,9 +51,15 @@ def start(factory: Any, echo: Any, redis: RedisServer) -> Instance:
                                                          **redis.settings()})
 
 
+#: Access to the "keys" API: the admin API refuses a key without access rights
+#: (Tyk's allow_master_keys is off by default).
+ACCESS = {"access_rights": {"keys": {"api_id": "keys", "versions": ["Default"]}}}
+
+
 def add_key(gw: Instance, session: dict[str, Any]) -> str:
     key = f"key-{uuid.uuid4().hex}"
-    gw.expect(gw.request("POST", f"/tyk/keys/{key}", ADMIN, json.dumps(session).encode()), 200)
+    body = json.dumps({**ACCESS, **session}).encode()
+    gw.expect(gw.request("POST", f"/tyk/keys/{key}", ADMIN, body), 200)
     return key
 
 
@@ -142,7 +148,8 @@ def test_redis_outage_is_503_then_recovers(coproc_factory: Any, echo_upstream: A
     own_redis.start()
     # Data is gone (no persistence): the key comes back through the admin API.
     poll("the key API to reach Redis again",
-         lambda: gw.request("POST", f"/tyk/keys/{key}", ADMIN, b"{}").status == 200, 15)
+         lambda: gw.request("POST", f"/tyk/keys/{key}", ADMIN,
+                            json.dumps(ACCESS).encode()).status == 200, 15)
     gw.expect(gw.get("/keys/", {"Authorization": key}), 200)
     poll("/ready == 200 again", lambda: gw.ready().status == 200, 10)
     assert gw.pid == pid and gw.proc.poll() is None

@@ -46,7 +46,8 @@ def store_children(inst: Instance) -> list[psutil.Process]:
 
 def add_key(inst: Instance, session: dict[str, Any]) -> str:
     key = f"key-{uuid.uuid4().hex}"
-    inst.expect(inst.request("POST", f"/tyk/keys/{key}", ADMIN, json.dumps(session).encode()),
+    body = {"access_rights": {"keys": {"api_id": "keys"}}, **session}
+    inst.expect(inst.request("POST", f"/tyk/keys/{key}", ADMIN, json.dumps(body).encode()),
                 200)
     return key
 

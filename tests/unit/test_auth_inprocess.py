@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,18 +21,26 @@ from aiohttp.test_utils import TestServer
 from integration.harness import free_port
 from unit import inprocess
 
-from config.gateway import StorageConfig
+from config.gateway import KeyOptions, StorageConfig
+from config.policies import PolicyOptions
 from config.reader import ConfigError
-from gateway.app import CHAIN, EVENTS
+from gateway.app import CHAIN, EVENTS, STORE
 from gateway.hooks import HookTimeout
+from gateway.storage.keyhash import hash_key
 
 SECRET = "admin-secret"
 ADMIN = {"X-Tyk-Authorization": SECRET}
 
 
 class Env(inprocess.Env):
+    #: The started APIs: a key put without access rights gets access to them (the
+    #: admin API refuses a key without any, as Tyk does without allow_master_keys).
+    api_ids: tuple[str, ...] = ()
+
     async def put_key(self, key: str, session: dict[str, Any]) -> None:
-        status, body, _ = await self.request("POST", f"/tyk/keys/{key}", json=session,
+        rights = {api_id: {"api_id": api_id} for api_id in self.api_ids}
+        status, body, _ = await self.request("POST", f"/tyk/keys/{key}",
+                                             json={"access_rights": rights, **session},
                                              headers=ADMIN)
         assert status == 200 and body["action"] == "added", body
 
@@ -55,9 +64,10 @@ def plugin_api(api_id: str, listen: str, target: str, **fields: Any) -> dict[str
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     async def start(*apis: dict[str, Any], secret: str = SECRET,
-                    storage: StorageConfig | None = None) -> Env:
-        env = await starter(*apis, secret=secret, storage=storage or StorageConfig())
+                    storage: StorageConfig | None = None, **fields: Any) -> Env:
+        env = await starter(*apis, secret=secret, storage=storage or StorageConfig(), **fields)
         assert isinstance(env, Env)
+        env.api_ids = tuple(a["api_id"] for a in apis)
         return env
 
     async with inprocess.gateway_factory(tmp_path, inprocess.FakeHooks, Env) as starter:
@@ -114,7 +124,8 @@ async def test_keys_api_disabled_without_secret(gateway: Any, echo: str) -> None
 
 async def test_create_generates_a_key(gateway: Any, echo: str) -> None:
     env = await gateway(api("k", "/k", echo))
-    status, body, _ = await env.request("POST", "/tyk/keys/create", json={}, headers=ADMIN)
+    status, body, _ = await env.request("POST", "/tyk/keys/create", headers=ADMIN,
+                                        json={"access_rights": {"k": {"api_id": "k"}}})
     assert status == 200 and body["action"] == "added" and len(body["key"]) >= 16
     assert (await env.request("GET", "/k/", headers={"Authorization": body["key"]}))[0] == 200
 
@@ -123,10 +134,198 @@ async def test_put_needs_an_existing_key(gateway: Any, echo: str) -> None:
     env = await gateway(api("k", "/k", echo))
     assert (await env.request("PUT", "/tyk/keys/nope", json={}, headers=ADMIN))[0] == 404
     await env.put_key("yes", {})
-    status, body, _ = await env.request("PUT", "/tyk/keys/yes", json={"is_inactive": True},
-                                        headers=ADMIN)
+    status, body, _ = await env.request("PUT", "/tyk/keys/yes", headers=ADMIN, json={
+        "is_inactive": True, "access_rights": {"k": {"api_id": "k"}}})
     assert status == 200 and body["action"] == "modified"
     assert (await env.request("GET", "/k/", headers={"Authorization": "yes"}))[0] == 403
+
+
+# -- keys without access rights (Tyk's master keys) --------------------------------------
+
+NO_RIGHTS_400 = {"status": "error", "message": "Failed to create key, keys must have at "
+                 "least one Access Rights record set."}
+NO_RIGHTS_500 = {"status": "error",
+                 "message": "Failed to create key, ensure security settings are correct."}
+
+
+def policy_files(tmp_path: Path, *policies: dict[str, Any]) -> PolicyOptions:
+    folder = tmp_path / "policies"
+    folder.mkdir(exist_ok=True)
+    for policy in policies:
+        (folder / f"{policy['id']}.json").write_text(json.dumps(policy))
+    return PolicyOptions(policy_source="file", policy_path=folder)
+
+
+@pytest.mark.parametrize("rights", [{}, {"access_rights": {}}, {"access_rights": None},
+                                    {"access_rights": []}])
+async def test_a_key_without_access_rights_is_refused(gateway: Any, echo: str,
+                                                      rights: dict[str, Any]) -> None:
+    """allow_master_keys off (Tyk's default): 1. /tyk/keys/create answers 400 (Tyk's
+    createKeyHandler); 2. POST /tyk/keys/{key} and POST /tyk/keys answer 500, and a
+    PUT of an existing key 500 (handleAddOrUpdate -> doAddOrUpdate), after the PUT's
+    404 for an unknown key; 3. nothing was written: the old key still works, no key
+    was added, and the refused names open nothing."""
+    env = await gateway(api("k", "/k", echo), api("j", "/j", echo))
+    await env.put_key("kept", {"access_rights": {"k": {"api_id": "k"}}})
+    body = {"rate": 5, "per": 1, **rights}
+    assert (await env.request("POST", "/tyk/keys/create", json=body, headers=ADMIN))[:2] == \
+        (400, NO_RIGHTS_400)
+    for method, path in [("POST", "/tyk/keys/master"), ("POST", "/tyk/keys"),
+                         ("PUT", "/tyk/keys/kept")]:
+        assert (await env.request(method, path, json=body, headers=ADMIN))[:2] == \
+            (500, NO_RIGHTS_500), (method, path)
+    assert (await env.request("PUT", "/tyk/keys/nope", json=body, headers=ADMIN))[:2] == \
+        (404, {"status": "error", "message": "Key is not found"})
+    assert (await env.request("GET", "/tyk/keys", headers=ADMIN))[1] == {"keys": ["kept"]}
+    assert (await env.request("GET", "/k/", headers={"Authorization": "kept"}))[0] == 200
+    assert (await env.request("GET", "/j/", headers={"Authorization": "kept"}))[0] == 403
+    assert (await env.request("GET", "/j/", headers={"Authorization": "master"}))[0] == 403
+
+
+async def test_access_rights_from_policies_count(gateway: Any, echo: str,
+                                                 tmp_path: Path) -> None:
+    """1. A key whose policy grants access rights is created by both paths, and
+    opens only the policy's API; 2. /tyk/keys/create with a policy that does not
+    exist: 500 "Failed to create key - <Tyk's policy error>"; 3. POST /tyk/keys/{key}
+    ignores the policy error (as Tyk's handleAddOrUpdate): own access rights pass,
+    none is 500."""
+    gold = {"id": "gold", "org_id": "org1", "rate": 100, "per": 1,
+            "access_rights": {"k": {"api_id": "k", "versions": ["Default"]}}}
+    env = await gateway(api("k", "/k", echo), api("j", "/j", echo),
+                        policies=policy_files(tmp_path, gold))
+    created = await env.request("POST", "/tyk/keys/create", headers=ADMIN,
+                                json={"org_id": "org1", "apply_policies": ["gold"]})
+    assert created[0] == 200, created
+    assert (await env.request("POST", "/tyk/keys/custom", headers=ADMIN,
+                              json={"apply_policy_id": "gold"}))[0] == 200
+    for key in (created[1]["key"], "custom"):
+        assert (await env.request("GET", "/k/", headers={"Authorization": key}))[0] == 200
+        assert (await env.request("GET", "/j/", headers={"Authorization": key}))[0] == 403
+    missing = {"apply_policies": ["missing"]}
+    assert (await env.request("POST", "/tyk/keys/create", json=missing, headers=ADMIN))[:2] \
+        == (500, {"status": "error",
+                  "message": 'Failed to create key - policy not found: "missing"'})
+    assert (await env.request("POST", "/tyk/keys/nope", json=missing, headers=ADMIN))[:2] \
+        == (500, NO_RIGHTS_500)
+    own = {**missing, "access_rights": {"j": {"api_id": "j"}}}
+    assert (await env.request("POST", "/tyk/keys/own", json=own, headers=ADMIN))[0] == 200
+
+
+async def test_allow_master_keys_creates_keys_for_every_api(gateway: Any, echo: str) -> None:
+    """allow_master_keys: true: 1. every path writes a key without access rights;
+    2. it opens every API; 3. `?api_id=` lists it for any API (Tyk's keyHasAccess),
+    which it does not with the default."""
+    env = await gateway(api("k", "/k", echo), api("j", "/j", echo),
+                        keys=KeyOptions(allow_master_keys=True))
+    created = await env.request("POST", "/tyk/keys/create", json={"org_id": "org1"},
+                                headers=ADMIN)
+    assert created[0] == 200 and created[1]["key"].startswith("org1"), created
+    assert (await env.request("POST", "/tyk/keys/master", json={"org_id": "org1"},
+                              headers=ADMIN))[0] == 200
+    await env.put_key("org1only-j", {"org_id": "org1", "access_rights": {"j": {}}})
+    for key in (created[1]["key"], "org1master"):
+        for path in ("/k/", "/j/"):
+            assert (await env.request("GET", path, headers={"Authorization": key}))[0] == 200
+    listed = (await env.request("GET", "/tyk/keys?api_id=k&filter=org1", headers=ADMIN))[1]
+    assert sorted(listed["keys"]) == sorted([created[1]["key"], "org1master"])
+
+    plain = await gateway(api("k", "/k", echo))
+    await plain.client.app[STORE].set("apikey-org1old", b"{}")
+    assert (await plain.request("GET", "/tyk/keys?api_id=k&filter=org1",
+                                headers=ADMIN))[1] == {"keys": []}
+
+
+@pytest.mark.parametrize("stored", [b"{}", b'{"access_rights": {}}',
+                                    b'{"access_rights": null, "rate": 5, "per": 1}'])
+async def test_a_stored_key_without_access_rights_opens_every_api(gateway: Any, echo: str,
+                                                                  stored: bytes) -> None:
+    """A session without access rights already in storage (written earlier, or by
+    another gateway) is a master key at request time, as Tyk's AccessRightsCheck lets
+    it through whatever allow_master_keys says; only writing one is refused."""
+    env = await gateway(api("k", "/k", echo), api("j", "/j", echo))
+    await env.client.app[STORE].set("apikey-old", stored)
+    for path in ("/k/", "/j/"):
+        assert (await env.request("GET", path, headers={"Authorization": "old"}))[0] == 200
+
+
+# -- GET /tyk/keys/{key}: Tyk's SessionState --------------------------------------------
+
+SESSION_ORDER = ["rate", "per", "date_created", "quota_max", "quota_renews",
+                 "quota_remaining", "quota_renewal_rate", "access_rights", "meta_data",
+                 "last_updated"]
+
+
+async def test_key_detail_is_tyks_session_state_with_the_live_quota(gateway: Any,
+                                                                    echo: str) -> None:
+    """1. GET answers the session as Tyk's Go struct: its fields in order, zero ones
+    left out (Tyk >= 5.12 tags them omitzero), unknown ones dropped, floats without
+    a fraction, map keys sorted, `date_created` set when the key was written;
+    2. before any use the stored `quota_remaining` shows (no counter yet, as in Tyk);
+    3. after two uses it is the live counter's (and `quota_renews` its renewal);
+    4. an exhausted quota (0) is left out; 5. writing the key again resets it."""
+    env = await gateway(api("k", "/k", echo))
+    session = {"rate": 10.0, "per": 60, "quota_max": 5, "quota_renewal_rate": 3600,
+               "quota_remaining": 5, "is_inactive": False, "expires": 0, "unknown": 1,
+               "tags": [], "meta_data": {"b": 1, "a": 2.0},
+               "access_rights": {"k": {"api_id": "k", "api_name": "K",
+                                       "versions": ["Default"], "limit": None}}}
+    await env.put_key("q", session)
+    status, got, _ = await env.request("GET", "/tyk/keys/q", headers=ADMIN)
+    assert status == 200
+    order = [f for f in SESSION_ORDER if f != "quota_renews"]
+    assert list(got) == order, got
+    assert got == {**got, "rate": 10, "per": 60, "quota_max": 5, "quota_remaining": 5,
+                   "quota_renewal_rate": 3600, "meta_data": {"a": 2, "b": 1},
+                   "access_rights": {"k": {"api_name": "K", "api_id": "k",
+                                           "versions": ["Default"]}}}
+    assert list(got["meta_data"]) == ["a", "b"] and isinstance(got["rate"], int)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", got["date_created"])
+
+    for _ in range(2):
+        assert (await env.request("GET", "/k/", headers={"Authorization": "q"}))[0] == 200
+    got = (await env.request("GET", "/tyk/keys/q", headers=ADMIN))[1]
+    assert list(got) == SESSION_ORDER and got["quota_remaining"] == 3
+    assert time.time() + 3590 < got["quota_renews"] <= time.time() + 3600
+
+    statuses = [(await env.request("GET", "/k/", headers={"Authorization": "q"}))[0]
+                for _ in range(4)]
+    assert statuses == [200, 200, 200, 403]
+    got = (await env.request("GET", "/tyk/keys/q", headers=ADMIN))[1]
+    assert "quota_remaining" not in got and got["quota_max"] == 5
+
+    await env.put_key("q", session)  # resets the quota (no counter): the stored count
+    assert (await env.request("GET", "/tyk/keys/q", headers=ADMIN))[1]["quota_remaining"] == 5
+
+
+async def test_key_detail_applies_policies_and_reads_api_limit_counters(
+        gateway: Any, echo: str, tmp_path: Path) -> None:
+    """1. A key of a per-API policy shows the policy's access rights and limits, the
+    API's `limit.quota_remaining` read from `quota-<allowance_scope>-<key>` (the whole
+    quota without a counter), as Tyk's handleGetDetail; 2. by hash (`?hashed=true`,
+    hash_keys on) the same; 3. a basic auth password is never shown."""
+    per_api = {"id": "per-api", "org_id": "org1", "partitions": {"per_api": True},
+               "access_rights": {"k": {"api_id": "k", "versions": ["Default"],
+                                       "limit": {"rate": 7, "per": 1, "quota_max": 10,
+                                                 "quota_renewal_rate": 60}}}}
+    env = await gateway(api("k", "/k", echo), policies=policy_files(tmp_path, per_api),
+                        keys=KeyOptions(hash_keys=True))
+    await env.put_key("pk", {"apply_policies": ["per-api"], "access_rights": {},
+                             "basic_auth_data": {"password": "secret", "hash_type": "bcrypt"}})
+    name = hash_key("pk", True)
+    got = (await env.request("GET", "/tyk/keys/pk", headers=ADMIN))[1]
+    limit = {"rate": 7, "per": 1, "quota_max": 10, "quota_remaining": 10,
+             "quota_renewal_rate": 60}
+    assert got["access_rights"] == {"k": {"api_id": "k", "versions": ["Default"],
+                                          "limit": limit, "allowance_scope": "k"}}
+    assert got["apply_policies"] == ["per-api"] and got["rate"] == 7
+    assert got["basic_auth_data"] == {"hash_type": "bcrypt"}
+
+    store = env.client.app[STORE]
+    for _ in range(3):  # a Tyk gateway on the same storage counted three uses
+        await store.quota_hit(f"quota-k-{name}", 10, 60)
+    for path in ("/tyk/keys/pk", f"/tyk/keys/{name}?hashed=true"):
+        got = (await env.request("GET", path, headers=ADMIN))[1]
+        assert got["access_rights"]["k"]["limit"]["quota_remaining"] == 7, path
 
 
 # -- session checks ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from integration.store_process import StoreProcess
 
 from config.gateway import StorageConfig
 from gateway.storage import (
+    Hit,
     MemoryStorage,
     RemoteStorage,
     Storage,
@@ -126,6 +127,56 @@ async def test_redis_quota_renews(redis_server: Any) -> None:
         assert not (await store.quota_hit(k, 1, 1)).allowed
         await asyncio.sleep(1.1)  # the renewal period under test
         assert (await store.quota_hit(k, 1, 1)).allowed
+    finally:
+        await store.close()
+
+
+async def test_quota_peek_reads_the_counter_without_counting(storage: Storage) -> None:
+    """The admin API's key detail: what is left of a quota, and when it renews, read
+    without using it; no counter (never used, or reset) is None."""
+    k = key()
+    assert await storage.quota_peek(k, 5) is None
+    for _ in range(3):
+        await storage.quota_hit(k, 5, 3600)
+    for _ in range(2):  # a peek does not count
+        peeked = await storage.quota_peek(k, 5)
+        assert peeked is not None and (peeked.allowed, peeked.remaining) == (True, 2)
+        assert 3590 < peeked.reset <= 3600.001
+    assert (await storage.quota_hit(k, 5, 3600)).remaining == 1
+    peeked = await storage.quota_peek(k, 2)  # another quota_max: never below 0
+    assert peeked is not None and (peeked.allowed, peeked.remaining) == (False, 0)
+    assert await storage.delete(k)
+    assert await storage.quota_peek(k, 5) is None
+    await storage.quota_hit(k, 5, 0)  # never renews: no reset time
+    peeked = await storage.quota_peek(k, 5)
+    assert peeked is not None and (peeked.remaining, peeked.reset) == (4, 0)
+
+
+async def test_quota_peek_after_renewal_is_none() -> None:
+    now = [1000.0]
+    store = MemoryStorage(clock=lambda: now[0])
+    await store.quota_hit("q", 3, 60)
+    assert (await store.quota_peek("q", 3)) is not None
+    now[0] += 61
+    assert await store.quota_peek("q", 3) is None
+
+
+async def test_redis_quota_peek_reads_a_counter_as_tyk_does(redis_server: Any) -> None:
+    """Tyk's own quota counter (INCR on quota-<key>) reads the same; a value that is
+    not an integer counts 0 (Go's Atoi, as Tyk's handleGetDetail), a key of another
+    type is no counter."""
+    store = RedisStorage(StorageConfig(type="redis", port=redis_server.port))
+    try:
+        k = key()
+        redis_server.command("SET", k, "4")
+        redis_server.command("PEXPIRE", k, "60000")
+        peeked = await store.quota_peek(k, 10)
+        assert peeked is not None and peeked.remaining == 6 and 59 < peeked.reset <= 60
+        redis_server.command("SET", k, "many")
+        assert (await store.quota_peek(k, 10)) == Hit(True, 10, 0)
+        redis_server.command("DEL", k)
+        redis_server.command("LPUSH", k, "x")
+        assert await store.quota_peek(k, 10) is None
     finally:
         await store.close()
 

@@ -41,6 +41,7 @@ def packed(value: Any) -> bytes:
     (Op.DELETE, ("k",)),
     (Op.RATE_HIT, ("rate-k", 10, 1.0)),
     (Op.QUOTA_HIT, ("quota-k", 5, 3600)),
+    (Op.QUOTA_PEEK, ("quota-k", 5)),
     (Op.SCAN, ("apikey-",)),
     (Op.PING, ()),
     (Op.HELLO, ("a1b2c3",)),
