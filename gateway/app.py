@@ -32,6 +32,7 @@ from gateway.auth import Authenticator
 from gateway.chain import Chain, HookCaller
 from gateway.control import (
     ControlChannel,
+    ReloadWaits,
     RouterSwitch,
     WorkerEvents,
     dispatch,
@@ -54,6 +55,7 @@ from gateway.health_routes import (
     add_health_routes,
     report_storage,
     show_gateway_processes,
+    show_reload_outcome,
     watch_definitions,
     watch_gateway,
     watch_storage,
@@ -109,6 +111,9 @@ HookFactory = Callable[[GatewayConfig, bytes, HostCallHandler], HookService]
 CONFIG = web.AppKey("config", GatewayConfig)
 ROUTER = web.AppKey("router", Router[ApiPlan])
 CONTROL = web.AppKey("control", ControlChannel)
+RELOADS = web.AppKey("reloads", ReloadWaits)
+#: `/tyk/reload?block=true` waits for the worker's boot timeout plus this.
+RELOAD_WAIT_MARGIN_S = 15.0
 STORE = web.AppKey("store", Storage)
 POLICIES = web.AppKey("policies", PolicyStore)
 EVENTS = web.AppKey("events", EventBus)
@@ -153,6 +158,7 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app[EVENTS] = EventBus(lambda api_id: handlers.get(api_id, {}),
                            specs={api.api_id: api_spec(api) for api in apis if api.active})
     app[CONTROL] = ControlChannel(control_sock)
+    app[RELOADS] = ReloadWaits()
     app[HEALTH] = health = HealthRegistry()
     # Probes read at each request; requests come only once the contexts below started.
     def coprocess_health() -> Mapping[str, Any]:
@@ -220,7 +226,9 @@ def build_app(cfg: GatewayConfig, apis: Iterable[APIDefinition], *, instance_key
     app.cleanup_ctx.extend([_store_ctx, hooks_ctx, _chain_ctx, _control_ctx, _serving_ctx])
     add_health_routes(app, health, cfg.secret, lambda: {
         "gateway": {"pid": os.getpid()}, "worker": coprocess_health()})
-    reload = make_reload(cfg.secret, app[CONTROL])
+    # `?block=true` waits as long as `coproc reload` does (supervisor/control_server).
+    reload = make_reload(cfg.secret, app[CONTROL], app[RELOADS],
+                         cfg.worker.boot_timeout_ms / 1000 + RELOAD_WAIT_MARGIN_S)
     for path in ("/tyk/reload", "/tyk/reload/", "/tyk/reload/group"):  # Tyk: GET; also POST
         app.router.add_get(path, reload, allow_head=False)
         app.router.add_post(path, reload)
@@ -312,7 +320,10 @@ async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     health, index = app[HEALTH], app[CONFIG].process_index
     channel.start(lambda message: dispatch(
         message, hooks, switch.on_reload_apis, grpc.use if grpc is not None else None,
-        lambda processes: show_gateway_processes(health, processes, index)))
+        lambda processes: show_gateway_processes(health, processes, index),
+        on_reload_outcome=lambda m: show_reload_outcome(health, m["ok"], m.get("reason", ""),
+                                                        m.get("error", "")),
+        on_reload_answer=app[RELOADS].answered))
     stats = collections.ChainMap(app[CHAIN].stats, getattr(grpc, "stats", {}))  # live views
     async with _background(report_status(channel, hooks, stats)):
         yield

@@ -8,13 +8,16 @@ left, see `grpc_drained_sender`), and `reload_apis`
 (hot restart: re-read the API definitions, switch router when the new worker
 generation becomes active, so that every request is served by one consistent
 pair of routes and plugins).  Datagrams out: `ready` once HTTP is served,
-`status` every second, and `reload_request` for `POST /tyk/reload`.  Without
+`status` every second, and `reload_request` for `/tyk/reload`; with
+`block=true` the supervisor's `reload_answer` settles that request, and
+`reload_outcome` (every reload's end) goes to /hello.  Without
 `$COPROC_CONTROL_FD` (run by hand) the channel is inert.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,9 +32,8 @@ from gateway.plan import ApiPlan, build_router
 from gateway.router import Router
 from ipc.control import ControlEndpoint, ControlMessage, ControlType
 
-__all__ = ["ControlChannel", "RouterSwitch", "WorkerEvents", "dispatch", "grpc_drained_sender",
-           "make_reload",
-           "report_status", "status_message"]
+__all__ = ["ControlChannel", "ReloadWaits", "RouterSwitch", "WorkerEvents", "dispatch",
+           "grpc_drained_sender", "make_reload", "report_status", "status_message"]
 
 log = logging.getLogger("coproc.gateway.control")
 
@@ -149,39 +151,113 @@ class RouterSwitch:
                 log.info("switched to the reloaded API definitions")
 
 
-def make_reload(secret: str, channel: ControlChannel
-                ) -> Callable[[web.Request], Awaitable[web.Response]]:
+class ReloadWaits:
+    """`/tyk/reload?block=true` requests waiting for the supervisor's answer, by id."""
+
+    #: Waiting requests at most: more answer 503 at once (each holds a connection).
+    MAX_WAITING = 64
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[ControlMessage]] = {}
+
+    def ask(self, channel: ControlChannel, reason: str
+            ) -> asyncio.Future[ControlMessage] | None:
+        """Send a `reload_request` with a new id: the future of its answer, or None
+        if it could not go (no supervisor)."""
+        request_id = next(self._ids)
+        if not channel.send(ControlType.RELOAD_REQUEST, {"reason": reason, "id": request_id}):
+            return None
+        future: asyncio.Future[ControlMessage] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        future.add_done_callback(lambda _: self._waiting.pop(request_id, None))
+        return future
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their answer."""
+        return len(self._waiting)
+
+    @property
+    def full(self) -> bool:
+        return self.waiting >= self.MAX_WAITING
+
+    def answered(self, message: ControlMessage) -> None:
+        """A `reload_answer`: settle its request (gone already if it timed out)."""
+        future = self._waiting.pop(message["id"], None)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+
+def make_reload(secret: str, channel: ControlChannel, waits: ReloadWaits | None = None,
+                wait_s: float = 45.0) -> Callable[[web.Request], Awaitable[web.Response]]:
     """GET or POST /tyk/reload (and /tyk/reload/group): ask the supervisor for a
     hot restart, as Tyk's admin call does.
 
     Guarded by the config's `secret` in `X-Tyk-Authorization`, compared in
-    constant time; with no secret configured the endpoint is disabled.  The
-    reload is queued and the answer does not wait for its outcome (Tyk's
-    `block=true` is not supported; `coproc reload` waits).  One instance is
-    its own group, so `/group` reloads this instance only.
+    constant time; with no secret configured the endpoint is disabled.  Without
+    `block=true` the reload is queued and the answer is Tyk's at once
+    (`{"status": "ok", "message": ""}`).  With it (Tyk's `block=true`), the
+    answer waits for the outcome, up to `wait_s` (then 504): Tyk's ok answer
+    when the new configuration serves (`message` names the APIs whose plugins
+    failed to load, if any: they answer 500), else 500 with Tyk's error shape
+    and the reason, as `coproc reload` prints it (the previous configuration
+    serves).  One instance is its own group, so `/group` reloads this instance
+    only.
     """
+    waits = waits or ReloadWaits()
 
     async def reload(request: web.Request) -> web.Response:
         denied = admin_denied(request, secret)
         if denied is not None:
             return denied
-        if not channel.send(ControlType.RELOAD_REQUEST, {"reason": "POST /tyk/reload"}):
-            return web.json_response(
-                {"status": "error", "message": "no supervisor to reload the worker"},
-                status=503)
-        return web.json_response({"status": "ok", "message": ""})
+        reason = f"{request.method} {request.path}"
+        if request.query.get("block") != "true":  # as Tyk reads it
+            if not channel.send(ControlType.RELOAD_REQUEST, {"reason": reason}):
+                return _reload_error(503, _NO_SUPERVISOR)
+            return web.json_response({"status": "ok", "message": ""})
+        if waits.full:
+            return _reload_error(503, f"{ReloadWaits.MAX_WAITING} reloads are waiting already")
+        asked = waits.ask(channel, reason)
+        if asked is None:
+            return _reload_error(503, _NO_SUPERVISOR)
+        try:
+            answer = await asyncio.wait_for(asked, wait_s)
+        except TimeoutError:
+            return _reload_error(504, f"the reload did not finish within {wait_s:.0f} s; "
+                                      "`coproc status` shows its outcome")
+        if not answer["ok"]:
+            return _reload_error(500, f"reload failed, nothing changed: "
+                                      f"{answer.get('error') or 'unknown error'}")
+        unserved = answer.get("unserved") or []
+        message = "not served, plugins failed to load: " + "; ".join(unserved) \
+            if unserved else ""
+        return web.json_response({"status": "ok", "message": message})
 
     return reload
+
+
+_NO_SUPERVISOR = "no supervisor to reload the worker"
+
+
+def _reload_error(status: int, message: str) -> web.Response:
+    return web.json_response({"status": "error", "message": message}, status=status)
 
 
 def dispatch(message: ControlMessage, events: WorkerEvents,
              on_reload_apis: Callable[[int], None] | None = None,
              on_grpc_server: Callable[[str, int], None] | None = None,
-             on_gateways: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+             on_gateways: Callable[[list[dict[str, Any]]], None] | None = None, *,
+             on_reload_outcome: Callable[[ControlMessage], None] | None = None,
+             on_reload_answer: Callable[[ControlMessage], None] | None = None) -> None:
     """Deliver one validated supervisor message."""
     kind = message.type
     if kind is ControlType.GATEWAYS and on_gateways is not None:
         on_gateways(message["processes"])
+    elif kind is ControlType.RELOAD_OUTCOME and on_reload_outcome is not None:
+        on_reload_outcome(message)
+    elif kind is ControlType.RELOAD_ANSWER and on_reload_answer is not None:
+        on_reload_answer(message)
     elif kind is ControlType.RELOAD_APIS and on_reload_apis is not None:
         on_reload_apis(message["generation"])
     elif kind is ControlType.GRPC_SERVER and on_grpc_server is not None:

@@ -4,13 +4,15 @@ GET /hello (liveness: always 200), GET /ready (readiness: 503 with Tyk's
 `{"status": "error", "message": ...}` until ready), GET /coproc/status (full
 detail; the admin secret in `X-Tyk-Authorization`, as Tyk's admin API).
 
-The gateway reports four kinds of component here: `worker` (the plugin
+The gateway reports five kinds of component here: `worker` (the plugin
 worker, when coprocess is on), `storage` (the session store; required when it
 is Redis), one `api:<api_id>` per API that cannot serve (its plugins are
-disabled, its bundle is unusable or a plugin failed to import), and one per
+disabled, its bundle is unusable or a plugin failed to import), one per
 API definition file that does not load (`api:<api_id>`, or `apidef:<file
 name>` when the id is unknown or another file's API has it): the public
-reason names the file's base name and field, `/coproc/status` the full message.
+reason names the file's base name and field, `/coproc/status` the full message;
+and `reload` (warn) while the last reload failed: what serves is the
+configuration from before it, not what the files say.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "add_health_routes",
     "api_checks",
     "report_storage",
+    "show_reload_outcome",
     "watch_definitions",
     "watch_gateway",
     "watch_storage",
@@ -126,6 +129,21 @@ def show_gateway_processes(registry: HealthRegistry, processes: Iterable[Mapping
     for stale in [n for n in registry.components() if n.startswith("gateway:")
                   and n not in names]:
         registry.clear(stale)
+
+
+#: The `reload` component's public output while the last reload failed.
+RELOAD_FAILED = "last reload failed, nothing changed"
+
+
+def show_reload_outcome(registry: HealthRegistry, ok: bool, reason: str, error: str) -> None:
+    """The supervisor's `reload_outcome`: `reload` warns while the last one failed
+    (its error, which may name files, only in /coproc/status); a reload that
+    serves clears it (APIs it left unserved are `api:<id>` components)."""
+    if ok:
+        registry.clear("reload")
+    else:
+        registry.set("reload", Status.WARN, RELOAD_FAILED, kind="system",
+                     detail={"reason": reason, "error": error})
 
 
 def watch_definitions(registry: HealthRegistry, broken: BrokenDefinitions) -> None:

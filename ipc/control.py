@@ -8,7 +8,8 @@ credentials or tokens.
 
 child -> supervisor:  ready, heartbeat (worker), status (gateway), loaded (worker),
                       reload_request (gateway)
-supervisor -> gateway: worker_state, worker_exited, reload_apis, grpc_server
+supervisor -> gateway: worker_state, worker_exited, reload_apis, grpc_server,
+                       reload_outcome, reload_answer
 gateway -> supervisor: grpc_drained (besides ready/status/reload_request)
 supervisor -> worker:  admit
 
@@ -39,6 +40,8 @@ from ipc.schema import ListOf, MapOf, ProtocolError, Record, check
 __all__ = [
     "CONTROL_MESSAGES",
     "MAX_DATAGRAM",
+    "MAX_NAMES",
+    "MAX_NAME_CHARS",
     "ControlEndpoint",
     "ControlMessage",
     "ControlType",
@@ -53,6 +56,10 @@ __all__ = [
 MAX_DATAGRAM: Final = 256 * 1024
 #: Datagrams read per wake-up: a flooding peer cannot starve an event loop.
 READ_BATCH: Final = 64
+#: At most this many APIs named in a reload's outcome, each at most MAX_NAME_CHARS
+#: long (the rest are cut): a datagram stays far below MAX_DATAGRAM.
+MAX_NAMES: Final = 200
+MAX_NAME_CHARS: Final = 500
 #: A child's secret: a key, or a worker's token with its part of the config.
 MAX_SECRET_BYTES: Final = 1 << 20
 #: At most one line per this many seconds about a peer's invalid datagrams.
@@ -77,6 +84,8 @@ class ControlType(enum.Enum):
     GRPC_SERVER = "grpc_server"
     GRPC_DRAINED = "grpc_drained"
     GATEWAYS = "gateways"
+    RELOAD_OUTCOME = "reload_outcome"
+    RELOAD_ANSWER = "reload_answer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,8 @@ class ControlMessage:
 
 
 _ANY_STATS = MapOf(int)
+#: A reload's unserved APIs, one line each ("API <id>: <error summary>").
+_NAMES = ListOf(str, max_items=MAX_NAMES)
 #: worker: sandbox layer -> "active: detail" / "skipped: why" / "off" (as in HELLO).
 _SANDBOX = MapOf(str, max_items=64)
 #: The worker's heartbeat has one shape on both channels: the hooks protocol's
@@ -146,9 +157,20 @@ CONTROL_MESSAGES: Final[Mapping[ControlType, Record]] = {
     ControlType.RELOAD_APIS: Record(
         {"type": str, "generation": int}, required=frozenset({"type", "generation"})
     ),
-    # gateway -> supervisor: hot-restart the worker (POST /tyk/reload).
-    ControlType.RELOAD_REQUEST: Record({"type": str, "reason": str},
+    # gateway -> supervisor: hot-restart the worker (/tyk/reload); with `id`
+    # (`?block=true`) the outcome comes back to this gateway in `reload_answer`.
+    ControlType.RELOAD_REQUEST: Record({"type": str, "reason": str, "id": int},
                                        required=frozenset({"type"})),
+    # supervisor -> every gateway: how the last reload ended (its /hello says when
+    # one failed: the previous configuration serves); re-sent to a gateway that
+    # (re)starts.  `unserved`: APIs of an accepted reload whose plugins failed.
+    ControlType.RELOAD_OUTCOME: Record(
+        {"type": str, "ok": bool, "reason": str, "error": str, "unserved": _NAMES},
+        required=frozenset({"type", "ok"})),
+    # supervisor -> the gateway whose `reload_request` had this `id`: its outcome.
+    ControlType.RELOAD_ANSWER: Record(
+        {"type": str, "id": int, "ok": bool, "error": str, "unserved": _NAMES},
+        required=frozenset({"type", "id", "ok"})),
     # supervisor -> gateway: the supervised gRPC plugin server of `generation`
     # is healthy at `address`: send new grpc-driver calls there.
     ControlType.GRPC_SERVER: Record({"type": str, "address": str, "generation": int},

@@ -323,7 +323,8 @@ class Arbiter:
         if kind not in _EXPECTED[child.role]:
             log.warning("%s sent an unexpected %r message; ignored", child.name, kind.value)
         elif kind is ControlType.RELOAD_REQUEST:
-            self._reload(now, message.get("reason", "the gateway asked"))
+            self._reload(now, message.get("reason", "the gateway asked"),
+                         self._answer_to(child, message.get("id")))
         elif kind is ControlType.GRPC_DRAINED:
             if self._grpc is not None:
                 self._grpc.on_drained(message["address"])
@@ -334,6 +335,16 @@ class Arbiter:
                     self._hot.admit(child)
                 else:
                     self._hot.on_worker(message, ready, now)
+
+    def _answer_to(self, gateway: ChildProcess, request_id: int | None) -> Waiter | None:
+        """A waiter whose outcome goes back to `gateway` (`/tyk/reload?block=true`
+        sent `request_id`); None when the gateway does not wait."""
+        if request_id is None:
+            return None
+        waiter: Waiter = asyncio.get_running_loop().create_future()
+        waiter.add_done_callback(lambda done: self._link.answer_reload(
+            gateway, request_id, done.result()) if not done.cancelled() else None)
+        return waiter
 
     def _reload(self, now: float, reason: str, waiter: Waiter | None = None,
                 bundles_checked: bool = False) -> None:
@@ -365,15 +376,16 @@ class Arbiter:
         error = self._definitions.check()
         if error:
             log.error("reload (%s) failed: %s", reason, error)
-            if waiter is not None:
-                answer(waiter, {"ok": False, "error": error})
-            return
-        log.info("reload (%s): no coprocess to restart; the gateways re-read the API "
-                 "definitions", reason)
-        self._link.reload_apis(0)
-        self._definitions.settle(ok=True)
+            outcome = {"ok": False, "reason": reason, "error": error}
+        else:
+            log.info("reload (%s): no coprocess to restart; the gateways re-read the API "
+                     "definitions", reason)
+            self._link.reload_apis(0)
+            self._definitions.settle(ok=True)
+            outcome = {"ok": True, "generation": None, "reason": reason, "error": ""}
+        self._link.reload_outcome(outcome)
         if waiter is not None:
-            answer(waiter, {"ok": True, "generation": None, "reason": reason, "error": ""})
+            answer(waiter, outcome)
 
     def _stop(self, now: float, why: str, immediate: bool = False, exit_code: int = 0) -> None:
         if not self._shutdown.started:

@@ -156,6 +156,9 @@ def control(command: str, config_path: Path, as_json: bool) -> int:
         print(f"coproc {command}: API definitions re-read (no coprocess to restart)")
     elif ok and command != "stop":
         print(f"coproc {command}: worker generation {answer.get('generation')} is active")
+        for name in answer.get("unserved") or ():  # new APIs whose plugins failed: 500
+            print(f"coproc {command}: not served, plugin failed to load: {name}",
+                  file=sys.stderr)
     elif ok:
         pid = answer.get("pid")
         gone = isinstance(pid, int) and ctl.wait_exit(

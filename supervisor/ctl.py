@@ -17,6 +17,7 @@ from typing import Any, Final
 import psutil
 
 from supervisor.control_server import CONTROL_SOCKET_NAME
+from supervisor.reload import unserved
 
 __all__ = ["NOT_RUNNING", "ControlError", "format_status", "send_command", "wait_exit"]
 
@@ -122,9 +123,12 @@ def format_status(status: dict[str, Any]) -> str:
                      f"restarts {_dash(store.get('restarts'))}  {store.get('socket')}")
     last = (status.get("reload") or {}).get("last")
     if last:
-        outcome = "ok" if last.get("ok") else f"FAILED: {last.get('error')}"
+        outcome = "ok" if last.get("ok") else f"FAILED (nothing changed): {last.get('error')}"
         lines.append(f"last reload generation {last.get('generation')} ({last.get('reason')}): "
                      f"{outcome}")
+    # APIs the active generation does not serve: their plugins failed to load (500).
+    lines += [f"{name}: plugin failed to load, answers 500"
+              for name in unserved(wk.get("plugins") or {})]
     for bundle in status.get("bundles") or []:  # supervisor/bundles: which, where, why
         if bundle.get("state") != "ready" or bundle.get("reason"):
             lines.append(f"bundle {bundle.get('bundle')} (API {bundle.get('api_id')}): "

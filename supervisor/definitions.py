@@ -64,6 +64,10 @@ class ServedDefinitions:
             self.current = self._pending
         self._pending = None
 
+    def served(self) -> frozenset[str]:
+        """The api_ids the gateway routes now (a reload must not take them away)."""
+        return frozenset(api.api_id for api in self.current.apis if api.active)
+
     def status(self) -> dict[str, Any]:
         """The `definitions` part of `coproc status`."""
         return {"served": sum(1 for api in self.current.apis if api.active),

@@ -1,10 +1,11 @@
 """What the gateway processes are told about the worker, from one place.
 
 `GatewayLink` is the only sender of `worker_state`, `worker_exited`,
-`reload_apis`, `grpc_server` and `gateways` (docs/PROTOCOL.md).  It keeps the
-gateway processes that are up (`coproc.gateway.processes`) and the last
-`worker_state`, which a gateway that (re)starts gets at once: a new gateway
-knows nothing about the worker.  With several processes it also keeps each
+`reload_apis`, `grpc_server`, `gateways`, `reload_outcome` and
+`reload_answer` (docs/PROTOCOL.md).  It keeps the gateway processes that are
+up (`coproc.gateway.processes`), the last `worker_state` and the last reload's
+outcome, which a gateway that (re)starts gets at once: a new gateway knows
+nothing about the worker.  With several processes it also keeps each
 one's state, which every gateway shows in its /hello.
 
 A `Watcher` reports through a `Reporter`: `GatewayReporter` registers its
@@ -14,13 +15,26 @@ changes and exits into messages.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
-from ipc.control import ControlType
+from ipc.control import MAX_NAME_CHARS, MAX_NAMES, ControlType
 from supervisor.child import ChildProcess
 from supervisor.slot import SlotState
 
-__all__ = ["GatewayLink", "GatewayReporter", "Reporter", "WorkerReporter"]
+__all__ = ["GatewayLink", "GatewayReporter", "Reporter", "WorkerReporter", "reload_fields"]
+
+#: The longest reload error sent to a gateway (the rest is in `coproc status`).
+MAX_RELOAD_ERROR: Final = 8 * 1024
+
+
+def reload_fields(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """A reload's outcome (`Reload.outcome()` and the like) as control-message fields."""
+    error = str(outcome.get("error") or "")
+    if len(error) > MAX_RELOAD_ERROR:
+        error = error[:MAX_RELOAD_ERROR] + " [truncated]"
+    names = [str(n)[:MAX_NAME_CHARS] for n in outcome.get("unserved") or ()][:MAX_NAMES]
+    return {"ok": bool(outcome.get("ok")), "error": error, "unserved": names}
 
 
 class GatewayLink:
@@ -28,6 +42,7 @@ class GatewayLink:
         self._gateways: list[ChildProcess] = []
         self._last_state: dict[str, Any] | None = None
         self._last_grpc: dict[str, Any] | None = None
+        self._last_reload: dict[str, Any] | None = None
         #: With several gateway processes: each one's pid and slot state, by index.
         self._roster: dict[int, dict[str, Any]] = {}
         self._processes = processes
@@ -38,6 +53,8 @@ class GatewayLink:
             child.send(ControlType.WORKER_STATE, self._last_state)
         if self._last_grpc is not None:
             child.send(ControlType.GRPC_SERVER, self._last_grpc)
+        if self._last_reload is not None:
+            child.send(ControlType.RELOAD_OUTCOME, self._last_reload)
         if self._processes > 1:
             self._roster[index] = {"index": index, "pid": child.pid,
                                    "state": SlotState.STARTING.value}
@@ -89,6 +106,20 @@ class GatewayLink:
     def reload_apis(self, generation: int) -> None:
         """Re-read the API definitions; switch routes when `generation` is active."""
         self._broadcast(ControlType.RELOAD_APIS, {"generation": generation})
+
+    def reload_outcome(self, outcome: Mapping[str, Any]) -> None:
+        """A reload ended (hot restart, definitions only, gRPC server): every gateway's
+        /hello says so while the last one failed."""
+        self._last_reload = {**reload_fields(outcome), "reason": str(outcome.get("reason", ""))}
+        self._broadcast(ControlType.RELOAD_OUTCOME, self._last_reload)
+
+    @staticmethod
+    def answer_reload(gateway: ChildProcess, request_id: int,
+                      outcome: Mapping[str, Any]) -> None:
+        """The outcome of the reload `gateway` asked for with `request_id` (`block=true`)."""
+        if gateway.alive:
+            gateway.send(ControlType.RELOAD_ANSWER, {"id": request_id,
+                                                     **reload_fields(outcome)})
 
     def _broadcast(self, kind: ControlType, fields: dict[str, Any]) -> None:
         for gateway in self._gateways:

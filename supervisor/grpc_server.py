@@ -298,6 +298,7 @@ class GrpcServerRole:
             log.error("reload (%s) failed: %s", reason, error)
             self.last_reload = {"ok": False, "generation": self.watcher.generation,
                                 "reason": reason, "error": error, "state": "failed"}
+            self._link.reload_outcome(self.last_reload)
             if waiter is not None:
                 _answer(waiter, self.last_reload)
             return
@@ -331,6 +332,7 @@ class GrpcServerRole:
         result = {"ok": not error, "generation": generation, "reason": restart.reason,
                   "error": error, "state": "failed" if error else "done"}
         self.last_reload = result
+        self._link.reload_outcome(result)
         self.definitions.settle(ok=not error)
         if error:
             log.error("gRPC server hot restart (%s) failed, the active one keeps serving: %s",

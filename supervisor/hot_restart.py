@@ -3,12 +3,15 @@
 `HotRestart` owns the `Handover` (candidate, outgoing and retiring
 generations, the running `Reload`) and the active generation's `WorkerWatch`
 (load report, heartbeat counters, recycling).  A *candidate* generation N+1
-boots beside the active N (see reload.py); when its plugins loaded no worse
-than N's it is admitted: N leaves the worker slot at that moment (outgoing),
-the gateway re-reads the API definitions and makes N+1 active when it says
-HELLO, then tells N to DRAIN.  Once N+1 is ready it takes the slot and N is
-retiring: its exit 0 is expected (not a crash, no backoff).  If N+1 fails
-first, N goes back to the slot.
+boots beside the active N (see reload.py).  If an API that serves now fails
+to load in it (a regression) the reload is refused and N serves on; else it
+is admitted, even when APIs that did not serve (new ones, or ones failing
+already) fail in it: those answer 500 and every other API serves.  At
+admission N leaves the worker slot (outgoing), the gateway re-reads the API
+definitions and makes N+1 active when it says HELLO, then tells N to DRAIN.
+Once N+1 is ready it takes the slot and N is retiring: its exit 0 is
+expected (not a crash, no backoff).  If N+1 fails first, N goes back to the
+slot.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from supervisor.handover import Handover
 from supervisor.liveness import hang_reason
 from supervisor.readers import ChildReaders
 from supervisor.recycle import WorkerWatch
-from supervisor.reload import Reload, ReloadState, Waiter, regressions
+from supervisor.reload import Reload, ReloadState, Waiter, regressions, unserved
 from supervisor.slot import SlotState
 from supervisor.status import ServiceStatus
 from supervisor.watcher import Watcher
@@ -135,23 +138,36 @@ class HotRestart:
         if message.type is ControlType.IMPORTING:
             self._worker.imports.note(child, message)
         elif message.type is ControlType.LOADED:
-            serving = self._watch if self._worker.child is not None else None
-            worse = regressions(serving.report if serving else None, message.get("plugins", {}))
-            if worse:
-                error = "the new plugins failed to load: " + "; ".join(worse)
-                log.error("hot restart refused, generation %d killed, the active generation "
-                          "keeps serving: %s", child.generation, error)
-                child.kill_group("refused: plugins failed to load")
-                self._finish(reload, error)
-                return
-            reload.admitting()
-            self._handover.hold(self._worker.release())
-            self.admit(child)
+            self._worker.imports.ready(child)  # imports are over: a death now is not one
+            self._vet(reload, child, message.get("plugins", {}))
         elif message.type is ControlType.READY and message.get("role") == "worker" \
                 and child.mark_ready(now):
             self._worker.imports.ready(child)
             self._adopt(child, message, now)
             self._finish(reload)
+
+    def _vet(self, reload: Reload, child: ChildProcess, report: dict[str, Any]) -> None:
+        """The candidate's load report: refuse a regression of an API that serves now,
+        else admit it (its APIs whose plugins fail answer 500; the others serve)."""
+        serving = self._watch if self._worker.child is not None else None
+        worse = regressions(serving.report if serving else None, report,
+                            self.definitions.served())
+        if worse:
+            error = "APIs that serve now would stop, their plugins failed to load: " \
+                + "; ".join(worse)
+            log.error("hot restart refused, generation %d killed, the active generation "
+                      "keeps serving: %s", child.generation, error)
+            child.kill_group("refused: plugins failed to load")
+            self._finish(reload, error)
+            return
+        failing = unserved(report)
+        if failing:
+            log.warning("hot restart (%s): generation %d serves every API but these, whose "
+                        "plugins failed to load and which did not serve before (they answer "
+                        "500): %s", reload.reason, child.generation, "; ".join(failing))
+        reload.admitting(failing)
+        self._handover.hold(self._worker.release())
+        self.admit(child)
 
     def admit(self, child: ChildProcess) -> None:
         """Let a worker that loaded its plugins say HELLO; the gateway reads the
@@ -253,6 +269,8 @@ class HotRestart:
             self._worker.reinstate(handover.take_outgoing(), self._clock(), reload.revived)
         if was_running:
             self._status.reloaded(self._describe())
+        if handover.last is not None:
+            self._link.reload_outcome(handover.last)
         if followers is not None:
             self.request(self._clock(), "a reload asked for during the last one")
             current = handover.reload

@@ -31,6 +31,8 @@ class ImportNotes:
             self._last[child.pid] = (str(message.get("api_id", "")), str(message["file"]))
 
     def ready(self, child: ChildProcess) -> None:
+        """`child` finished importing (`loaded`, or `ready`): a later death is not an
+        import's (e.g. a candidate killed because its reload was refused)."""
         self._last.pop(child.pid, None)
 
     def exit_note(self, child: ChildProcess) -> str:

@@ -106,6 +106,9 @@ class Watcher:
         if message.type is ControlType.IMPORTING:
             self.imports.note(child, message)
             return False
+        if message.type is ControlType.LOADED:
+            self.imports.ready(child)  # its imports are over
+            return False
         if message.type is not ControlType.READY:
             return False
         if message["role"] != child.role.value:

@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.conftest import InstanceFactory
 from tests.integration.harness import (
+    TEST_SECRET,
     EchoUpstream,
     Instance,
     Load,
@@ -270,4 +271,133 @@ def test_control_commands_without_an_instance(tmp_path: Path) -> None:
         assert done.returncode == 69
         assert "no coproc instance is running" in done.stderr
 
+
+ADMIN = {"X-Tyk-Authorization": TEST_SECRET, "Content-Type": "application/json"}
+BROKEN_IMPORT = "import no_such_module_xyz\n"
+
+
+def add_api(inst: Instance, definition: dict[str, Any]) -> None:
+    """POST /tyk/apis: written now, served after the next reload."""
+    done = inst.request("POST", "/tyk/apis", ADMIN, json.dumps(definition).encode())
+    assert done.status == 200, done.text()
+
+
+def blocking_reload(inst: Instance) -> Response:
+    """Tyk's `GET /tyk/reload?block=true`: answers once the reload has ended."""
+    return inst.request("GET", "/tyk/reload?block=true", ADMIN, timeout=60)
+
+
+def test_new_apis_whose_plugins_fail_do_not_block_the_others(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream) -> None:
+    """1. Serve `v` (hooks stamping VERSION 1) and `plain` (no plugins).
+    2. Through /tyk/apis add `good` (no plugins), `bad` (a Python plugin that fails
+       to import) and `badjs` (a `.js` hook without a JS driver, so the Python
+       worker cannot import it: Tyk's sample definition with its driver left out).
+    3. `GET /tyk/reload?block=true`: 200, Tyk's `status: ok`, the message names
+       `bad` and `badjs`; from then on `good` serves, `bad` and `badjs` answer 500
+       (as a plugin that fails at start), `v` and `plain` serve as before.
+    4. /hello names `api:bad` and `api:badjs` (plugin failed to load) and no failed
+       reload; `coproc status` names them and the reload as ok; no log line says a
+       worker died while importing.
+    5. `bad`'s plugin edited to another error (it failed before, fails still: no
+       regression) and `v` to VERSION 2: `coproc reload` exits 0, names `bad` on
+       stderr; VERSION 2 answers, `bad` still 500.
+    """
+    inst = coproc_factory(
+        {"v": stamp_api(echo_upstream),
+         "plain": api_def("plain", "/plain/", echo_upstream.url)},
+        {"v/mw.py": STAMP.format(version=1), "bad/mw.py": BROKEN_IMPORT,
+         "badjs/inject.js": "function testJSVMData(request, session, spec) {}\n"})
+    generation = status(inst)["worker"]["generation"]
+    add_api(inst, api_def("good", "/good/", echo_upstream.url))
+    add_api(inst, api_def("bad", "/bad/", echo_upstream.url, pre=[hook("BadPre", "bad/mw.py")]))
+    badjs = api_def("badjs", "/badjs/", echo_upstream.url,
+                    pre=[hook("testJSVMData", "badjs/inject.js")])
+    badjs["custom_middleware"]["driver"] = ""
+    add_api(inst, badjs)
+
+    done = inst.expect(blocking_reload(inst), 200).json()
+    assert done["status"] == "ok", done
+    inst.expect(inst.get("/good/x"), 200)  # served once block=true has answered
+    for failing in ("/bad/x", "/badjs/x"):
+        assert inst.get(failing).status == 500, inst.logs()
+    assert versions(inst.expect(inst.get("/v/x"), 200))["response"] == "1"
+    inst.expect(inst.get("/plain/x"), 200)
+    assert "API bad: ModuleNotFoundError: No module named 'no_such_module_xyz'" \
+        in done["message"] and "API badjs: ImportError" in done["message"], done
+
+    hello = inst.expect(inst.hello(), 200).json()
+    for api in ("api:bad", "api:badjs"):
+        assert hello["details"][api]["output"] == "plugin failed to load", hello
+    assert "reload" not in hello["details"], hello
+    st = status(inst)
+    assert st["worker"]["generation"] > generation
+    assert st["reload"]["last"]["ok"] is True
+    assert [n.split(":")[0] for n in st["reload"]["last"]["unserved"]] == ["API bad",
+                                                                          "API badjs"]
+    text = inst.ctl("status").stdout
+    assert "API bad: ModuleNotFoundError" in text and "plugin failed to load" in text, text
+    assert "died while importing" not in inst.logs(100_000)
+
+    write_plugin(inst, "bad/mw.py", "raise RuntimeError('still broken')\n")
+    write_plugin(inst, "v/mw.py", STAMP.format(version=2))
+    again = inst.ctl("reload")
+    assert again.returncode == 0, f"{again.stderr}\n{inst.logs()}"
+    assert "not served, plugin failed to load: API bad: RuntimeError: still broken" \
+        in again.stderr, again.stderr
+    assert versions(inst.expect(inst.get("/v/x"), 200))["response"] == "2"
+    assert inst.get("/bad/x").status == 500
+    inst.expect(inst.get("/good/x"), 200)
+
+
+def test_a_regression_of_a_serving_api_is_still_refused(
+        coproc_factory: InstanceFactory, echo_upstream: EchoUpstream) -> None:
+    """1. Serve `v` (VERSION 1) and `plain` (no plugins).
+    2. Break `v`'s plugin and add `good` through /tyk/apis.
+    3. `GET /tyk/reload?block=true`: 500 in Tyk's error shape naming API v's
+       error; `v` still answers VERSION 1, `good` is not served (the refused
+       reload changed nothing); /hello warns `reload: last reload failed, nothing
+       changed` (no path in it), `coproc status` says FAILED; the refused
+       generation is not reported as having died while importing.
+    4. Fix `v` (VERSION 2): `block=true` answers Tyk's `{"status": "ok",
+       "message": ""}`; VERSION 2 and `good` serve; /hello has no `reload`.
+    5. Give `plain` (serving, no plugins) a pre hook that fails to import: that
+       takes it out of service too, so the reload is refused and `plain` serves.
+    """
+    inst = coproc_factory(
+        {"v": stamp_api(echo_upstream),
+         "plain": api_def("plain", "/plain/", echo_upstream.url)},
+        {"v/mw.py": STAMP.format(version=1), "plain/mw.py": BROKEN_IMPORT})
+    write_plugin(inst, "v/mw.py", BROKEN_IMPORT + STAMP.format(version=9))
+    add_api(inst, api_def("good", "/good/", echo_upstream.url))
+
+    refused = inst.expect(blocking_reload(inst), 500).json()
+    assert refused["status"] == "error", refused
+    assert refused["message"].startswith(
+        "reload failed, nothing changed: APIs that serve now would stop, their plugins "
+        "failed to load: API v: ModuleNotFoundError"), refused
+    assert versions(inst.expect(inst.get("/v/x"), 200))["response"] == "1"
+    assert inst.get("/good/x").status == 404
+    hello = inst.expect(inst.hello(), 200).json()
+    assert hello["status"] == "warn"
+    assert hello["details"]["reload"] == {**hello["details"]["reload"], "status": "warn",
+                                          "output": "last reload failed, nothing changed"}
+    assert str(inst.base) not in inst.hello().text()
+    assert "API v: ModuleNotFoundError" in \
+        inst.expect(inst.status(), 200).json()["components"]["reload"]["error"]
+    assert "FAILED (nothing changed): APIs that serve now would stop, their plugins failed " \
+        "to load: API v" in inst.ctl("status").stdout
+    assert "died while importing" not in inst.logs(100_000)
+
+    write_plugin(inst, "v/mw.py", STAMP.format(version=2))
+    assert inst.expect(blocking_reload(inst), 200).json() == {"status": "ok", "message": ""}
+    assert versions(inst.expect(inst.get("/v/x"), 200))["response"] == "2"
+    inst.expect(inst.get("/good/x"), 200)
+    assert "reload" not in inst.expect(inst.hello(), 200).json()["details"]
+
+    edited = api_def("plain", "/plain/", echo_upstream.url, pre=[hook("Pre", "plain/mw.py")])
+    (inst.base / "apps" / "plain.json").write_text(json.dumps(edited))
+    done = inst.ctl("reload")
+    assert done.returncode == 1 and "API plain: ModuleNotFoundError" in done.stderr, done
+    inst.expect(inst.get("/plain/x"), 200)
 

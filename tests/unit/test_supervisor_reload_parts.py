@@ -15,18 +15,30 @@ from config.gateway import WorkerOptions
 from supervisor.control_server import ControlRequest, ControlServer
 from supervisor.ctl import NOT_RUNNING, ControlError, format_status, send_command
 from supervisor.recycle import FileWatch, RecyclePolicy, plugin_files
-from supervisor.reload import Reload, ReloadState, regressions
+from supervisor.reload import Reload, ReloadState, regressions, unserved
 
 OK = {"ok": True, "source": "/m/a.py"}
 BROKEN = {"ok": False, "error": "Traceback...\nImportError: nope", "source": "/m/a.py"}
 
 
-def test_regressions_only_count_plugins_that_used_to_load() -> None:
-    assert regressions({"a": OK}, {"a": BROKEN}) == ["API a: ImportError: nope"]
-    assert regressions({"a": BROKEN}, {"a": BROKEN}) == []  # already broken
-    assert regressions({}, {"new": BROKEN}) == ["API new: ImportError: nope"]
-    assert regressions(None, {"a": BROKEN}) == []  # nothing serves: nothing to protect
-    assert regressions({"a": OK}, {"a": OK}) == []
+def test_regressions_only_count_apis_that_serve_now() -> None:
+    served = {"a", "plain"}
+    assert regressions({"a": OK}, {"a": BROKEN}, served) == ["API a: ImportError: nope"]
+    assert regressions({"a": BROKEN}, {"a": BROKEN}, served) == []  # already broken
+    # A new API whose plugin fails answers 500; it blocks nothing (Tyk loads each API
+    # on its own), nor does one whose definition did not load before.
+    assert regressions({"a": OK}, {"a": OK, "new": BROKEN}, served) == []
+    # An API that serves now without plugins, edited to a plugin that fails: a regression.
+    assert regressions({"a": OK}, {"plain": BROKEN}, served) == [
+        "API plain: ImportError: nope"]
+    assert regressions(None, {"a": BROKEN}, served) == []  # nothing serves: nothing to protect
+    assert regressions({"a": OK}, {"a": OK}, served) == []
+
+
+def test_unserved_names_every_api_whose_plugins_failed() -> None:
+    assert unserved({"b": BROKEN, "a": OK, "c": {"ok": False, "error": ""}}) == [
+        "API b: ImportError: nope", "API c: plugins failed to load"]
+    assert unserved({}) == []
 
 
 def test_reload_outcome_reaches_every_waiter() -> None:
@@ -38,7 +50,8 @@ def test_reload_outcome_reaches_every_waiter() -> None:
         assert reload.state is ReloadState.FAILED
         for waiter in waiters:
             assert (await waiter) == {"ok": False, "generation": 4, "reason": "test",
-                                      "error": "it broke", "state": "failed"}
+                                      "error": "it broke", "state": "failed",
+                                      "unserved": []}
 
     asyncio.run(scenario())
 
@@ -111,7 +124,7 @@ def test_a_refused_reload_names_the_file_and_line_of_a_syntax_error() -> None:
     error = ('SyntaxError: invalid syntax\nTraceback (most recent call last):\n'
              '  File "/srv/mw/api/mw.py", line 7\n    def broken(:\n               ^\n'
              'SyntaxError: invalid syntax')
-    got = regressions({"a": {"ok": True}}, {"a": {"ok": False, "error": error}})
+    got = regressions({"a": {"ok": True}}, {"a": {"ok": False, "error": error}}, {"a"})
     assert got == ["API a: SyntaxError: invalid syntax (/srv/mw/api/mw.py, line 7)"]
-    assert regressions({"a": {"ok": True}}, {"a": {"ok": False, "error": "ImportError: x"}}) \
-        == ["API a: ImportError: x"]
+    assert regressions({"a": {"ok": True}}, {"a": {"ok": False, "error": "ImportError: x"}},
+                       {"a"}) == ["API a: ImportError: x"]

@@ -56,6 +56,7 @@ log = logging.getLogger("worker.jsvm")
 #: thread; stopping first would race the deadline's answer.
 STOP_MARGIN_S = 0.1
 
+
 def load_jsvm_api(api: APIDefinition, options: JsvmOptions) -> ApiPlugins:
     """The JS plugins of one API (never raises): its files, then its hooks."""
     if not options.enable:
