@@ -51,6 +51,10 @@ STORAGE_INTERVAL_S = 2.0
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
+#: Tyk's answer from /tyk/health while its health check counters are off.
+HEALTH_CHECKS_OFF = "Health checks are not enabled for this node"
+
+
 def add_health_routes(app: web.Application, registry: HealthRegistry, secret: str,
                       extra: Callable[[], Mapping[str, Any]] = dict) -> None:
     """GET /hello, /ready and the authenticated detail; `extra` joins the detail."""
@@ -70,9 +74,19 @@ def add_health_routes(app: web.Application, registry: HealthRegistry, secret: st
             return denied
         return web.json_response({**registry.detail(), **extra()})
 
+    async def tyk_health(request: web.Request) -> web.Response:
+        # Tyk's per-API health counters (health_check.enable_health_checks) are not
+        # kept, so its endpoint answers as Tyk does with them off; /hello is the check.
+        denied = admin_denied(request, secret)
+        if denied is not None:
+            return denied
+        return web.json_response({"status": "error", "message": HEALTH_CHECKS_OFF},
+                                 status=400)
+
     app.router.add_get("/hello", hello)
     app.router.add_get("/ready", ready)
     app.router.add_get(STATUS_PATH, status)
+    app.router.add_get("/tyk/health", tyk_health)
 
 
 def watch_gateway(registry: HealthRegistry, *, coprocess: bool,
