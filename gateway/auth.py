@@ -95,7 +95,7 @@ class Authenticator:
                 raise Denied(*problem)
             # Counters are named by the key's hash when keys are hashed, as in Tyk.
             limited, headers = await enforce_limits(
-                self.storage, self.keys.key_hash(key), session,
+                self.storage, self.keys.key_hash(key), session, plan.api_id,
                 rate=not plan.api.disable_rate_limit, quota=not plan.api.disable_quota)
             if limited is not None:
                 self.emit(plan.api_id, limited.event, {"message": limited.message, "key": key},

@@ -22,8 +22,12 @@ storage or returned by an auth plugin, as Tyk's policy service does
 * a session without policies keeps its own values; an API of it with its own
   `limit` gets `allowance_scope` set to the API's id (its quota counter's scope).
 
-Coproc enforces the session-level rate and quota and the set of APIs;
-per-API `limit`s are written into `access_rights` as Tyk writes them.
+* when the ACLs come from several policies, each API without a scope gets the
+  id of the policy that set its ACL as `allowance_scope` (Tyk's `SetBy`), so
+  each policy's APIs count against their own rate and quota.
+
+gateway/ratelimit.py enforces an API's own `limit` when it has one (else the
+session's), counted under its `allowance_scope`.
 
 `PolicyStore` reads the policy files (config/policies.py) and re-reads them
 when they change (checked at most once a second), so a policy edit is live
@@ -135,6 +139,9 @@ class _State:
     quota: set[str] = field(default_factory=set)
     rate: set[str] = field(default_factory=set)
     complexity: set[str] = field(default_factory=set)
+    # api_id -> the policy that last set its ACL (Tyk's Limit.SetBy): when the ACLs
+    # come from several policies, each API's counters are scoped by its policy.
+    set_by: dict[str, str] = field(default_factory=dict)
     per_api: bool = False
     partitioned: bool = False
 
@@ -253,6 +260,7 @@ def _partitions(policy: Mapping[str, Any], session: dict[str, Any], state: _Stat
         if not partitioned or parts["acl"]:
             state.acl.add(api_id)
             _merge_acl(ar, right)
+            state.set_by[api_id] = str(policy.get("id", ""))
         if not partitioned or parts["quota"]:
             state.quota.add(api_id)
             _raise(policy, limit, session, "quota_max", _greater)
@@ -327,6 +335,10 @@ def _finish(session: dict[str, Any], state: _State) -> None:
         if api_id not in state.quota:
             limit.update(quota_max=session.get("quota_max", 0),
                          quota_renewal_rate=session.get("quota_renewal_rate", 0))
+    if len({state.set_by.get(api_id) for api_id in state.rights} - {None, ""}) > 1:
+        for api_id, ar in state.rights.items():
+            if not ar.get("allowance_scope") and state.set_by.get(api_id):
+                ar["allowance_scope"] = state.set_by[api_id]
     # One API in the result: its limits are the session's (Tyk's legacy root values).
     if len(state.quota) == 1 and len(state.rate) == 1 and len(state.complexity) == 1:
         for ar in state.rights.values():

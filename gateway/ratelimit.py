@@ -3,6 +3,12 @@
 Both are counted in storage under the session's key, so every gateway instance
 sharing the storage enforces one limit.  A session with `rate` <= 0 or
 `per` <= 0 has no rate limit; `quota_max` < 0 (Tyk's -1) or 0 means no quota.
+
+As Tyk's GetAccessDefinitionByAPIIDOrSession: an API whose access right has a
+`limit` of its own (policies write them: per-API and partitioned policies)
+is limited by it, else by the session's values; the counters are named with
+the access right's `allowance_scope` (`quota-<scope>-<key>`), so APIs of one
+scope share a quota and other scopes count apart.
 """
 
 from __future__ import annotations
@@ -36,32 +42,69 @@ def _number(session: Mapping[str, Any], key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
-async def enforce_limits(storage: Storage, key_id: str, session: dict[str, Any], *,
-                         rate: bool = True,
+async def enforce_limits(storage: Storage, key_id: str, session: dict[str, Any],
+                         api_id: str = "", *, rate: bool = True,
                          quota: bool = True) -> tuple[Limited | None, dict[str, str]]:
-    """Count this request; (refusal or None, X-RateLimit-* headers for the response).
-    `rate`/`quota` False: the API's `disable_rate_limit`/`disable_quota` (that one
-    is neither counted nor checked).
+    """Count this request to `api_id`; (refusal or None, X-RateLimit-* headers for
+    the response).  `rate`/`quota` False: the API's `disable_rate_limit`/
+    `disable_quota` (that one is neither counted nor checked).
 
-    Updates `quota_remaining`/`quota_renews` in `session` so later hooks and
-    the stored session see the counts.
+    Updates `quota_remaining`/`quota_renews` in `session` (the root's, or the
+    access rights' of the scope) so later hooks and the stored session see them.
     """
     headers: dict[str, str] = {}
-    allowed, per = _number(session, "rate"), _number(session, "per")
+    limits, scope = _limits_for(session, api_id)
+    counted = f"{scope}-{key_id}" if scope else key_id
+    allowed, per = _number(limits, "rate"), _number(limits, "per")
     if rate and allowed > 0 and per > 0:
         limit = int(allowed)
-        hit = await storage.rate_hit(f"rate-{key_id}", limit, per)
+        hit = await storage.rate_hit(f"rate-{counted}", limit, per)
         headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(hit.remaining),
                    "X-RateLimit-Reset": str(int(time.time() + math.ceil(hit.reset)))}
         if not hit.allowed:
             return Limited(429, RATE_EXCEEDED, "RateLimitExceeded", headers), headers
-    quota_max = int(_number(session, "quota_max"))
+    quota_max = int(_number(limits, "quota_max"))
     if quota and quota_max > 0:
-        renewal = int(_number(session, "quota_renewal_rate"))
-        hit = await storage.quota_hit(f"quota-{key_id}", quota_max, renewal)
-        session["quota_remaining"] = hit.remaining
-        if hit.reset:
-            session["quota_renews"] = int(time.time() + hit.reset)
+        renewal = int(_number(limits, "quota_renewal_rate"))
+        hit = await storage.quota_hit(f"quota-{counted}", quota_max, renewal)
+        _record_quota(session, scope, hit.remaining,
+                      int(time.time() + hit.reset) if hit.reset else None)
         if not hit.allowed:
             return Limited(403, QUOTA_EXCEEDED, "QuotaExceeded", headers), headers
     return None, headers
+
+
+#: Tyk's APILimit fields: a `limit` with none of them set is empty (IsEmpty).
+_LIMIT_FIELDS = ("rate", "per", "throttle_interval", "throttle_retry_limit", "max_query_depth",
+                 "quota_max", "quota_renews", "quota_remaining", "quota_renewal_rate", "set_by")
+
+
+def _limits_for(session: Mapping[str, Any], api_id: str) -> tuple[Mapping[str, Any], str]:
+    """(the values that limit this API, their counters' scope)."""
+    rights = session.get("access_rights")
+    right = rights.get(api_id) if api_id and isinstance(rights, Mapping) else None
+    if not isinstance(right, Mapping):
+        return session, ""
+    scope = str(right.get("allowance_scope") or "")
+    limit = right.get("limit")
+    if isinstance(limit, Mapping) and any(limit.get(k) for k in _LIMIT_FIELDS):
+        return limit, scope
+    return session, scope
+
+
+def _record_quota(session: dict[str, Any], scope: str, remaining: int,
+                  renews: int | None) -> None:
+    """The counts on every access right of `scope` with a limit, and on the root for
+    the unscoped quota (Tyk's updateSessionQuota)."""
+    rights = session.get("access_rights")
+    for right in rights.values() if isinstance(rights, Mapping) else ():
+        limit = right.get("limit") if isinstance(right, dict) else None
+        if isinstance(limit, dict) and any(limit.get(k) for k in _LIMIT_FIELDS) \
+                and str(right.get("allowance_scope") or "") == scope:
+            limit["quota_remaining"] = remaining
+            if renews is not None:
+                limit["quota_renews"] = renews
+    if not scope:
+        session["quota_remaining"] = remaining
+        if renews is not None:
+            session["quota_renews"] = renews

@@ -90,6 +90,22 @@ def test_without_policies_an_api_limit_is_scoped_to_its_api() -> None:
     assert (session["rate"], session["per"]) == (5, 1)
 
 
+def test_acls_from_several_policies_scope_each_api_by_its_policy() -> None:
+    """Tyk's SetBy: with the ACLs from more than one policy, an API's counters are
+    scoped by the policy that set its ACL; with one policy, they are not scoped."""
+    silver = {**GOLD, "id": "silver", "quota_max": 10,
+              "access_rights": {"b": {"api_id": "b", "versions": ["Default"]}}}
+    session: dict[str, Any] = {"apply_policies": ["gold", "silver"]}
+    assert apply_policies(session, _store(GOLD, silver), "org1") == ""
+    rights = session["access_rights"]
+    assert (rights["a"]["allowance_scope"], rights["b"]["allowance_scope"]) == ("gold", "silver")
+    assert (rights["a"]["limit"]["quota_max"], rights["b"]["limit"]["quota_max"]) == (1000, 10)
+    both = {**GOLD, "access_rights": {"a": {"api_id": "a"}, "b": {"api_id": "b"}}}
+    alone: dict[str, Any] = {"apply_policies": ["gold"]}
+    assert apply_policies(alone, _store(both), "org1") == ""
+    assert not any(r.get("allowance_scope") for r in alone["access_rights"].values())
+
+
 def test_an_inactive_policy_makes_the_key_inactive_and_legacy_id_works() -> None:
     session: dict[str, Any] = {"apply_policy_id": "gold"}
     assert apply_policies(session, _store({**GOLD, "is_inactive": True}), "org1") == ""
@@ -152,3 +168,32 @@ def test_policies_from_files_limit_keys_and_plugin_sessions(coproc_factory: Any,
     user = {"Authorization": f"user-{uuid.uuid4().hex}"}
     gw.expect(gw.get("/plugin/x", user), 200)
     assert gw.get("/plugin/x", user).json() == {"error": "Quota exceeded"}
+
+
+def test_per_api_limits_are_enforced_each_in_its_own_scope(coproc_factory: Any,
+                                                          echo_upstream: Any) -> None:
+    """A per_api policy: API tight allows 1 request a minute and 2 in all, API loose 100
+    a second.  tight is refused at its own rate (the session has none) and counts its
+    own quota (GET /tyk/keys shows it); loose is untouched by either."""
+    per_api = {"id": "per-api", "org_id": "org1", "partitions": {"per_api": True},
+               "access_rights": {
+                   "tight": {"api_id": "tight", "versions": ["Default"],
+                             "limit": {"rate": 1, "per": 60, "quota_max": 2,
+                                       "quota_renewal_rate": 3600}},
+                   "loose": {"api_id": "loose", "versions": ["Default"],
+                             "limit": {"rate": 100, "per": 1, "quota_max": -1}}}}
+    apis = {name: api_def(name, f"/{name}/", echo_upstream.url, use_keyless=False,
+                          org_id="org1") for name in ("tight", "loose")}
+    gw = coproc_factory(apis, {"../policies/per-api.json": json.dumps(per_api)},
+                        {"secret": SECRET, "policies": {"policy_source": "file",
+                                                        "policy_path": "policies"}})
+    key = f"k{uuid.uuid4().hex}"
+    body = json.dumps({"org_id": "org1", "apply_policies": ["per-api"]}).encode()
+    stored = gw.expect(gw.request("POST", f"/tyk/keys/{key}", ADMIN, body), 200).json()["key"]
+    auth = {"Authorization": key}
+    first = gw.expect(gw.get("/tight/x", auth), 200)
+    assert first.headers["X-RateLimit-Limit"] == "1"
+    gw.expect(gw.get("/tight/x", auth), 429)  # its own rate, not the session's (none)
+    assert [gw.get("/loose/x", auth).status for _ in range(5)] == [200] * 5
+    detail = gw.expect(gw.request("GET", f"/tyk/keys/{stored}", ADMIN), 200).json()
+    assert detail["access_rights"]["tight"]["limit"]["quota_remaining"] == 1
