@@ -272,6 +272,18 @@ def test_goja_gives_each_file_its_own_scope_and_otto_shares_one(
     assert dict(request.set_headers) == {"X-second": "B"}
 
 
+def test_goja_a_hook_named_by_a_reserved_word_is_missing_not_a_load_error(
+        tmp_path: Path) -> None:
+    a = tmp_path / "a.js"
+    a.write_text(_tagger("fine", "A"))
+    plugins = load_jsvm_plugins(_api(tmp_path, "javascript"), [a],
+                                [("pre", HookDef("fine", path=str(a))),
+                                 ("post", HookDef("class", path=str(a)))],
+                                JsvmOptions(enable=True))
+    assert not plugins.load_error and "fine" in plugins.hooks
+    assert plugins.problems and "'class'" in plugins.problems[0]
+
+
 def test_goja_inline_code_is_a_hook_and_must_define_its_object(tmp_path: Path) -> None:
     plugins = load_jsvm_plugins(
         _api(tmp_path, "javascript"), [],

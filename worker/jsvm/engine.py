@@ -45,6 +45,13 @@ log = logging.getLogger("worker.jsvm")
 #: Heap one API's context may use.
 DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
 
+#: ECMAScript's reserved words (strict mode's included): never a middleware object's name.
+_JS_RESERVED = frozenset((
+    "await break case catch class const continue debugger default delete do else enum "
+    "export extends false finally for function if implements import in instanceof "
+    "interface let new null package private protected public return static super switch "
+    "this throw true try typeof var void while with yield").split())
+
 #: Prelude functions that call into Python (see `uses_host_calls`).
 _PRELUDE_HOST_CALLERS = ("TykStorage",)
 
@@ -233,11 +240,12 @@ class Script:
     def source(self) -> str:
         if not self.exports:
             return self.text
-        # Names are JS identifiers (config/apidef.py checks hook names).
+        # Names are identifiers (config/apidef.py checks hook names); a reserved
+        # word cannot name a JS object, and `typeof` of one would not even parse.
         publish = "".join(
             f"if (typeof {n} !== 'undefined') "
             f"{{ globalThis[{_js_string(scoped_name(self.label, n))}] = {n}; }}\n"
-            for n in self.exports)
+            for n in self.exports if n not in _JS_RESERVED)
         # The newline and semicolon end a last line that is a comment or lacks ";".
         return f"(function () {{\n{self.text}\n;\n{publish}}})();\n"
 
