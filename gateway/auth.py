@@ -168,7 +168,13 @@ class Authenticator:
             if reply.status >= 400:
                 self._failed(plan, "", NOT_AUTHORISED)
             raise Denied(reply.status, "", reply=reply)  # the plugin's own answer
-        returned = got.get("session") or {}
+        if got.get("session") is None:
+            # Tyk: a plugin that set up no session refuses the request (403), even
+            # with a token in its metadata.  Only a gRPC server can answer so (the
+            # worker's objects always carry the session they were sent).
+            self._failed(plan, "", FORBIDDEN)
+            raise Denied(403, FORBIDDEN)
+        returned = got["session"]
         metadata = got.get("metadata") or {}
         # Tyk's Python auth plugins set metadata["token"]; accept the session's too.
         token = metadata.get("token") or (returned.get("metadata") or {}).get("token")

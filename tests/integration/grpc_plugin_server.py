@@ -68,6 +68,9 @@ class Hooks:
             obj.session.quota_max = -1
             obj.session.metadata["token"] = token  # the session's metadata also counts
             obj.session.metadata["plan"] = "gold"
+        elif token.startswith("nosession_"):
+            # A token but no session (Tyk's grpc_node-auth-simple rejects this way).
+            obj.metadata["token"] = token
 
     def ShowSession(self, obj: pb.Object) -> None:
         req = obj.request

@@ -253,6 +253,10 @@ def test_tyk_auth_acceptance(gw: Instance) -> None:
     assert resp.json() == {"error": "Forbidden"}
     resp = gw.expect(gw.get("/auth/", {"Authorization": token}), 403)
     assert resp.json() == {"error": "Quota exceeded"}
+    # A token in the metadata but no session: refused, and no key is made (Tyk reads
+    # the token only from a returned session).
+    resp = gw.expect(gw.get("/auth/", {"Authorization": f"nosession_{token}"}), 403)
+    assert resp.json() == {"error": "Forbidden"}
 
 
 def test_auth_session_rate_limit_is_enforced(gw: Instance) -> None:
