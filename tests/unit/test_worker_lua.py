@@ -194,3 +194,25 @@ def test_a_hook_that_allocates_past_the_cap_fails_and_the_state_lives_on(
         plugins.hooks["Hog"].func(_request(), SessionState(), {})
     request, _ = plugins.hooks["Fine"].func(_request(), SessionState(), {})
     assert request.url == "/x"
+
+
+def test_luajit_names_and_cjson_are_there_as_in_tyk(tmp_path: Path) -> None:
+    """Tyk runs Lua on LuaJIT (Lua 5.1's library) with lua-cjson: the 5.1 names 5.4
+    dropped are back, and `require "cjson"` encodes and decodes as lua-cjson does."""
+    plugin = tmp_path / "compat.lua"
+    plugin.write_text(textwrap.dedent(r'''
+        local cjson = require "cjson"
+        function Probe()
+          local t = cjson.decode('{"a": [1, 2.5, "x"], "e": "\\u00e9", "o": {}}')
+          local ok = pcall(cjson.decode, "{bad")
+          local v, err = (require "cjson.safe").decode("{bad")
+          return {unpack({7, 8}), loadstring("return 1 + 2")(), math.pow(2, 10),
+                  table.getn({1, 2, 3}), t.a[3], t.a[2], t.e, ok, v, type(err),
+                  cjson.encode({list = {1, 2}, empty = {}, n = 10 / 2, s = "q\""})}
+        end
+    '''))
+    state = LuaState([plugin])
+    (got,) = state.call("Probe", 5.0, None)
+    values = [got[i] for i in range(1, 12)]
+    assert values[:10] == [7, 3, 1024.0, 3, b"x", 2.5, "é".encode(), False, None, b"string"]
+    assert json.loads(values[10]) == {"list": [1, 2], "empty": {}, "n": 5, "s": 'q"'}

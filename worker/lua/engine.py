@@ -27,6 +27,8 @@ from typing import Any
 
 from lupa import lua54
 
+from worker.lua.compat import COMPAT, JsonCodec
+
 __all__ = ["LuaDeadline", "LuaHookError", "LuaState"]
 
 #: Instructions between two deadline checks: a check is one call into Python
@@ -118,6 +120,10 @@ class LuaState:
         lua_globals = self.runtime.globals()
         lua_globals[b"__coproc_now"] = time.monotonic
         lua_globals[b"__coproc_deadline_mark"] = _DEADLINE_MARK.encode()
+        codec = JsonCodec(self.runtime)
+        lua_globals[b"__coproc_json_encode"] = codec.encode
+        lua_globals[b"__coproc_json_decode"] = codec.decode
+        self.runtime.execute(COMPAT)
         self.runtime.execute(_PRELUDE)
         self._call = lua_globals[b"__coproc_call"]
         loader = self.runtime.eval(
