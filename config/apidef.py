@@ -169,6 +169,9 @@ class APIDefinition:
     # and the credentials `strip_auth_data` takes off before the upstream (empty
     # when it is off).
     token_auth: AuthConfig = AuthConfig()
+    # `auth_configs.coprocess`: where Tyk reads the credential an auth plugin's
+    # refusal reports (the AuthFailure event's key).
+    plugin_auth: AuthConfig = AuthConfig()
     strip_auth: tuple[AuthConfig, ...] = ()
     disable_rate_limit: bool = False
     disable_quota: bool = False
@@ -371,7 +374,7 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
                 analytics = _traffic_logs(manifest, directory) or analytics
         except ConfigError as exc:  # a bad bundle fails its API, never the gateway
             bundle_dirs, bundle_error = (), str(exc)
-    token_auth, strip_auth = _auth_configs(r)
+    token_auth, plugin_auth, strip_auth = _auth_configs(r)
     driver_file = Path(bundle_dirs[0] / "manifest.json") if bundle_dirs else path
     check_driver(driver_file, "custom_middleware.driver", middleware.driver,
                  bool(middleware.all_hooks()) or bool(bundle))
@@ -396,6 +399,7 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
         raw=raw,
         auth_header_name=token_auth.header,
         token_auth=token_auth,
+        plugin_auth=plugin_auth,
         strip_auth=strip_auth,
         disable_rate_limit=r.get("disable_rate_limit", bool, False),
         disable_quota=r.get("disable_quota", bool, False),
@@ -406,17 +410,18 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
     )
 
 
-def _auth_configs(r: Reader) -> tuple[AuthConfig, tuple[AuthConfig, ...]]:
-    """(token auth's AuthConfig, what strip_auth_data strips), as Tyk picks them:
-    `auth_configs` (its `authToken` entry for keys) when set, else the older `auth`."""
+def _auth_configs(r: Reader) -> tuple[AuthConfig, AuthConfig, tuple[AuthConfig, ...]]:
+    """(token auth's AuthConfig, the auth plugin's, what strip_auth_data strips), as
+    Tyk picks them: `auth_configs` (its `authToken` entry for keys) when set, else
+    the older `auth`; the plugin's only from `auth_configs.coprocess`."""
     configs = r.child("auth_configs")
     by_type = {name: _auth_config(configs.child(name))
                for name, value in configs.data.items() if isinstance(value, dict)}
     legacy = _auth_config(r.child("auth"))
-    token = by_type.get("authToken", legacy)
+    token, plugin = by_type.get("authToken", legacy), by_type.get("coprocess", AuthConfig())
     if not r.get("strip_auth_data", bool, False):
-        return token, ()
-    return token, tuple(by_type.values()) or (legacy,)
+        return token, plugin, ()
+    return token, plugin, tuple(by_type.values()) or (legacy,)
 
 
 def _auth_config(r: Reader) -> AuthConfig:

@@ -172,7 +172,7 @@ class Authenticator:
             # Tyk: a plugin that set up no session refuses the request (403), even
             # with a token in its metadata.  Only a gRPC server can answer so (the
             # worker's objects always carry the session they were sent).
-            self._failed(plan, "", FORBIDDEN)
+            self._failed(plan, find_key(state, plan.api.plugin_auth), FORBIDDEN)
             raise Denied(403, FORBIDDEN)
         returned = got["session"]
         metadata = got.get("metadata") or {}
@@ -182,7 +182,8 @@ class Authenticator:
         # word without one (the key is then "", one shared by such callers), and
         # its own query-parameter example relies on that.
         if not token and hook.driver not in JS_DRIVERS:
-            self._failed(plan, "", FORBIDDEN)
+            # Tyk's AuthFailure names the credential the request carried.
+            self._failed(plan, find_key(state, plan.api.plugin_auth), FORBIDDEN)
             raise Denied(403, overrides.get("response_error") or FORBIDDEN)
         token = token or ""
         key = cache_key or token

@@ -32,6 +32,7 @@ from ipc.coprocess import CallPayload, LazyText
 from ipc.protocol import ErrorCode, MsgType
 from ipc.schema import ProtocolError
 from ipc.shm import ArenaView, resolve_bodies
+from ipc.tyk_event import tyk_event
 from worker.decorators import Event
 from worker.invoke import HookFailed, Invocation, run_async, run_sync
 from worker.loader import HookEntry, HookTable, LookupFailed
@@ -218,12 +219,14 @@ class Dispatcher:
     def run_event(self, event: EventCall) -> None:
         """Call a plain handler as `f(event, spec)` on this thread; failures are logged.
 
-        The event reaches the handler as an object whose attributes are the
-        event's fields (Tyk builds it from the event's JSON the same way).
+        The event reaches the handler as Tyk's: an object whose attributes are
+        Tyk's event wrapper (`message` with `Type`, `Meta`, `TimeStamp`;
+        `handler_name`; `spec`), plus Coproc's flat fields (`event`, `api_id`,
+        `timestamp`, `key`).
         """
         token = CURRENT_API.set(event.api_id)
         try:
-            event.handler.f(types.SimpleNamespace(**event.event), dict(event.spec))
+            event.handler.f(_subject(event), dict(event.spec))
         except BaseException:  # a handler's SystemExit must not stop the worker either
             log.exception("API %s: event handler %s failed", event.api_id, event.handler.name)
         finally:
@@ -232,7 +235,7 @@ class Dispatcher:
     async def run_event_async(self, event: EventCall) -> None:
         """Await an `async def` handler on the loop, bounded by the event's deadline."""
         CURRENT_API.set(event.api_id)  # this task's own context copy
-        subject = types.SimpleNamespace(**event.event)
+        subject = _subject(event)
         try:
             await asyncio.wait_for(event.handler.f(subject, dict(event.spec)),
                                    event.timeout_ms / 1000)
@@ -240,3 +243,10 @@ class Dispatcher:
             raise
         except BaseException:  # a handler's SystemExit must not stop the worker either
             log.exception("API %s: event handler %s failed", event.api_id, event.handler.name)
+
+
+def _subject(event: EventCall) -> types.SimpleNamespace:
+    """The `event` argument of an @Event handler (see `Dispatcher.run_event`)."""
+    flat = {k: v for k, v in event.event.items() if k != "message"}
+    return types.SimpleNamespace(**{**flat, **tyk_event(event.event, event.handler.name,
+                                                         event.spec)})

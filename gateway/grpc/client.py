@@ -41,6 +41,7 @@ from gateway.grpc.convert import from_proto, to_proto
 from gateway.grpc.target import channel_options, grpc_target
 from gateway.hooks import HookCallError, HookFailed, HookTimeout, NoWorker, WorkerLost
 from gateway.latency import Histogram
+from ipc.tyk_event import tyk_event
 
 __all__ = ["GrpcHookClient"]
 
@@ -212,9 +213,7 @@ class GrpcHookClient:
         channel = self._active
         if channel is None:
             return False
-        payload = json.dumps({"message": dict(event), "handler_name": handler,
-                              "spec": {"APIID": spec.get("APIID", api_id),
-                                       "OrgID": spec.get("OrgID", "")}})
+        payload = json.dumps(tyk_event({"api_id": api_id, **event}, handler, spec))
         self.stats["grpc_events"] += 1
         self._spawn(self._event(channel, payload))
         return True

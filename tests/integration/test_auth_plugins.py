@@ -74,7 +74,10 @@ PLUGIN = textwrap.dedent('''
 
     @Event
     def OnAuthFailure(event, spec):
-        tyk.store_data("auth-failure-" + event.key, event.message, 60)
+        # Tyk's event object: message = {Type, Meta, TimeStamp}, handler_name, spec.
+        meta = event.message["Meta"]
+        tyk.store_data("auth-failure-" + meta["Key"],
+                       event.message["Type"] + ": " + meta["Message"], 60)
 
 
     @Hook
@@ -85,7 +88,8 @@ PLUGIN = textwrap.dedent('''
 
     @Event
     def OnMyEvent(event, spec):
-        tyk.store_data("my-event-" + event.message, spec["APIID"], 60)
+        tyk.store_data("my-event-" + event.message["Meta"]["Message"],
+                       event.handler_name + " " + spec["APIID"], 60)
 
 
     @Hook
@@ -226,10 +230,10 @@ def test_events_reach_python_event_handlers(gw: Instance) -> None:
     seen = poll("OnAuthFailure to store its event",
                 lambda: (_kv(gw, f"auth-failure-{key}") or "<empty>") != "<empty>"
                 and _kv(gw, f"auth-failure-{key}"), 15)
-    assert seen == "Access to this API has been disallowed"
+    assert seen == "AuthFailure: Access to this API has been disallowed"
     payload = uuid.uuid4().hex
     gw.expect(gw.get("/trigger/", {"X-Event-Payload": payload}), 200)
     got = poll("OnMyEvent to store its event",
                lambda: (_kv(gw, f"my-event-{payload}") or "<empty>") != "<empty>"
                and _kv(gw, f"my-event-{payload}"), 15)
-    assert got == "trigger"
+    assert got == "OnMyEvent trigger"
