@@ -59,7 +59,8 @@ PLUGIN = textwrap.dedent("""
 
     function Escape(request, session, spec)
       request.set_headers = {
-        ["X-Python"] = tostring(python), ["X-Sethook"] = tostring(debug.sethook)}
+        ["X-Python"] = tostring(python), ["X-Sethook"] = tostring(debug.sethook),
+        ["X-Upvalues"] = tostring(debug.getupvalue)}
       return request, session
     end
 """)
@@ -151,7 +152,13 @@ def test_a_value_of_the_wrong_type_names_the_field(plugin_file: Path) -> None:
 def test_plugins_cannot_reach_python_or_clear_the_deadline_hook(plugin_file: Path) -> None:
     entry = _plugins(plugin_file, ("pre", "Escape")).hooks["Escape"]
     request, _session = entry.func(_request(), SessionState(), {})
-    assert dict(request.set_headers) == {"X-Python": "nil", "X-Sethook": "nil"}
+    assert dict(request.set_headers) == {"X-Python": "nil", "X-Sethook": "nil",
+                                         "X-Upvalues": "nil"}
+    # A Python object that did reach Lua (a function the state was given) shows
+    # no attributes: f.__self__ or __globals__ would lead out of the sandboxed state.
+    state = LuaState([plugin_file])
+    probe = state.runtime.eval(b"function(f) return pcall(function() return f.__self__ end) end")
+    assert probe(state.table)[0] is False
 
 
 def test_each_api_has_its_own_state(plugin_file: Path) -> None:

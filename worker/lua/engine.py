@@ -50,6 +50,10 @@ local now = __coproc_now
 local deadline_mark = __coproc_deadline_mark
 __coproc_now, __coproc_deadline_mark = nil, nil
 debug.sethook, debug.gethook = nil, nil
+-- What reaches into other functions' variables: the deadline wrapper's upvalues
+-- hold sethook and the Python clock.
+debug.getupvalue, debug.setupvalue, debug.upvaluejoin, debug.upvalueid = nil, nil, nil, nil
+debug.getlocal, debug.setlocal, debug.getregistry = nil, nil, nil
 python = nil
 
 object = nil
@@ -114,7 +118,7 @@ class LuaState:
     def __init__(self, files: Iterable[Path], max_memory: int = DEFAULT_MAX_MEMORY) -> None:
         self.runtime = lua54.LuaRuntime(encoding=None, register_eval=False,
                                         register_builtins=False, unpack_returned_tuples=True,
-                                        max_memory=max_memory)
+                                        max_memory=max_memory, attribute_filter=_no_attributes)
         self._lock = threading.Lock()  # `object` is one global: one call at a time
         self._max_memory = max_memory
         lua_globals = self.runtime.globals()
@@ -170,6 +174,12 @@ def _text(exc: BaseException) -> str:
     message = exc.args[0] if exc.args else exc
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
     return text.split("\nstack traceback:", 1)[0]
+
+
+def _no_attributes(obj: Any, name: Any, setting: bool) -> Any:
+    """lupa's attribute filter: Lua code may call the Python functions it is given,
+    never read or set their attributes (`f.__self__`, `__globals__`: the way out)."""
+    raise AttributeError("Lua plugins have no access to Python attributes")
 
 
 def _to_lua(value: Any) -> Any:
