@@ -280,6 +280,9 @@ class GatewayConfig:
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     tracing: TracingOptions = field(default_factory=TracingOptions)  # Tyk: opentelemetry
     access_log: bool = False  # coproc.access_log: one line per request
+    #: Tyk's `rate_limit_response_headers`: what X-RateLimit-* say, "quotas" (Tyk's
+    #: default: the key's quota, on proxied answers) or "rate_limits" (its rate).
+    rate_limit_headers: str = "quotas"
     #: `coproc.strict_definitions` (or `coproc serve --strict`): a definition that
     #: does not load stops the start (exit 78) and refuses a reload, instead of
     #: leaving that API unserved.
@@ -368,6 +371,8 @@ def parse_gateway_config(raw: dict[str, Any], path: Path) -> GatewayConfig:
         grpc=_grpc(r.child("coprocess_options")),
         storage=parse_storage(r.child("storage"), base),
         keys=_keys(r),
+        rate_limit_headers=r.choice("rate_limit_response_headers",
+                                    ("quotas", "rate_limits", ""), "quotas") or "quotas",
         policies=_policies(r.child("policies"), base),
         run_dir=run_dir,
         log_level=coproc.choice("log_level", ("debug", "info", "warning", "error"), "info"),

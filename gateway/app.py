@@ -288,7 +288,8 @@ async def _chain_ctx(app: web.Application) -> AsyncIterator[None]:
         observe.add_stats("coproc_hook_client_events", "The hook client's counters",
                           lambda: getattr(app[HOOKS], "stats", {}))
     auth = Authenticator(app[STORE], hooks, app[EVENTS].emit,
-                         KeyStore(app[STORE], cfg.keys), app[POLICIES])
+                         KeyStore(app[STORE], cfg.keys), app[POLICIES],
+                         quota_headers=cfg.rate_limit_headers == "quotas")
     chain = app[CHAIN] = Chain(app[ROUTER], hooks, session, cfg.gateway, auth)
     if observe is not None and observe.metrics is not None:
         observe.add_stats("coproc_gateway_events", "The chain's counters", lambda: chain.stats)

@@ -22,7 +22,7 @@ from gateway.keys import KEY_PREFIX, KeyStore
 from gateway.log_once import hook_failure_level
 from gateway.plan import ApiPlan, AuthMode
 from gateway.policy import PolicyStore, apply_policies
-from gateway.ratelimit import enforce_limits
+from gateway.ratelimit import enforce_limits, quota_headers
 from gateway.session import from_object, session_problem, to_object
 from gateway.storage import Storage, StorageUnavailable
 from gateway.tyk_object import (
@@ -70,11 +70,15 @@ class Authenticator:
 
     def __init__(self, storage: Storage, hooks: HookCaller,
                  emit: EmitEvent | None = None, keys: KeyStore | None = None,
-                 policies: PolicyStore | None = None) -> None:
+                 policies: PolicyStore | None = None, *, quota_headers: bool = True) -> None:
         self.storage = storage
         self.keys = keys or KeyStore(storage)
         self.policies = policies or PolicyStore()
         self.hooks = hooks
+        # Tyk's rate_limit_response_headers: "quotas" (its default) puts the key's
+        # quota in X-RateLimit-* on admitted requests only; "rate_limits" its rate
+        # counts, on refusals (429) too.
+        self.quota_headers = quota_headers
         self.emit: EmitEvent = emit or (lambda api_id, name, meta, handlers: None)
         self._storage_logged = 0.0
         #: Requests answered 503 for a storage outage (coproc_storage_errors_total).
@@ -100,8 +104,10 @@ class Authenticator:
             if limited is not None:
                 self.emit(plan.api_id, limited.event, {"message": limited.message, "key": key},
                           plan.api.event_handlers)
-                raise Denied(limited.status, limited.message, limited.headers)
-            state.response_headers.update(headers)
+                raise Denied(limited.status, limited.message,
+                             {} if self.quota_headers else limited.headers)
+            state.response_headers.update(
+                quota_headers(session, plan.api_id) if self.quota_headers else headers)
             if fresh:  # a session the plugin just made, with the quota counts
                 await self.keys.save(key, session)
         except StorageUnavailable as exc:

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.storage import Storage
 
-__all__ = ["Limited", "enforce_limits"]
+__all__ = ["Limited", "enforce_limits", "quota_headers"]
 
 RATE_EXCEEDED = "Rate Limit Exceeded"
 QUOTA_EXCEEDED = "Quota exceeded"
@@ -108,3 +108,12 @@ def _record_quota(session: dict[str, Any], scope: str, remaining: int,
         session["quota_remaining"] = remaining
         if renews is not None:
             session["quota_renews"] = renews
+
+
+def quota_headers(session: Mapping[str, Any], api_id: str) -> dict[str, str]:
+    """Tyk's default X-RateLimit-* (its quotaSender): the quota of this API (its own
+    limit's, else the session's) after this request: max, remaining, renewal time."""
+    limits, _ = _limits_for(session, api_id)
+    return {"X-RateLimit-Limit": str(int(_number(limits, "quota_max"))),
+            "X-RateLimit-Remaining": str(int(_number(limits, "quota_remaining"))),
+            "X-RateLimit-Reset": str(int(_number(limits, "quota_renews")))}

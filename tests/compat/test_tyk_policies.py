@@ -192,7 +192,9 @@ def test_per_api_limits_are_enforced_each_in_its_own_scope(coproc_factory: Any,
     stored = gw.expect(gw.request("POST", f"/tyk/keys/{key}", ADMIN, body), 200).json()["key"]
     auth = {"Authorization": key}
     first = gw.expect(gw.get("/tight/x", auth), 200)
-    assert first.headers["X-RateLimit-Limit"] == "1"
+    # Tyk's default X-RateLimit-*: the API's own quota (2), one used.
+    assert (first.headers["X-RateLimit-Limit"], first.headers["X-RateLimit-Remaining"]) == \
+        ("2", "1")
     gw.expect(gw.get("/tight/x", auth), 429)  # its own rate, not the session's (none)
     assert [gw.get("/loose/x", auth).status for _ in range(5)] == [200] * 5
     detail = gw.expect(gw.request("GET", f"/tyk/keys/{stored}", ADMIN), 200).json()

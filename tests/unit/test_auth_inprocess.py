@@ -351,8 +351,22 @@ async def test_session_checks_pass(gateway: Any, echo: str) -> None:
     assert (await env.request("GET", "/k/", headers={"Authorization": "s"}))[0] == 200
 
 
-async def test_rate_limit_429_with_headers(gateway: Any, echo: str) -> None:
+async def test_quota_headers_by_default(gateway: Any, echo: str) -> None:
+    """Tyk's default rate_limit_response_headers ("quotas"): X-RateLimit-* carry the
+    key's quota after the request, on admitted answers only."""
     env = await gateway(api("k", "/k", echo))
+    await env.put_key("q", {"rate": 2, "per": 60, "quota_max": 5, "quota_renewal_rate": 60})
+    got = [await env.request("GET", "/k/", headers={"Authorization": "q"}) for _ in range(3)]
+    assert [g[0] for g in got] == [200, 200, 429]
+    assert [(g[2]["X-RateLimit-Limit"], g[2]["X-RateLimit-Remaining"]) for g in got[:2]] == \
+        [("5", "4"), ("5", "3")]
+    assert time.time() < int(got[0][2]["X-RateLimit-Reset"]) <= time.time() + 61
+    assert "X-RateLimit-Limit" not in got[2][2]
+
+
+async def test_rate_limit_429_with_headers(gateway: Any, echo: str) -> None:
+    """Tyk's rate_limit_response_headers "rate_limits": the rate counts, on 429 too."""
+    env = await gateway(api("k", "/k", echo), rate_limit_headers="rate_limits")
     await env.put_key("r", {"rate": 3, "per": 60})
     got = [await env.request("GET", "/k/", headers={"Authorization": "r"}) for _ in range(4)]
     assert [g[0] for g in got] == [200, 200, 200, 429]
