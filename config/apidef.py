@@ -161,13 +161,9 @@ class APIDefinition:
     domain: str
     source: Path
     raw: dict[str, Any] = field(repr=False, compare=False)
-    # Auth and events (Tyk field names): the header carrying the key, built-in
-    # token auth alongside a plugin, which auth method's session wins, and
-    # `event_handlers.events` as {event name: [handler objects]}.
-    auth_header_name: str = "Authorization"
-    # Where built-in token auth finds the key (`auth_configs.authToken`, else `auth`),
-    # and the credentials `strip_auth_data` takes off before the upstream (empty
-    # when it is off).
+    # Auth and events (Tyk field names).  Where built-in token auth finds the key
+    # (`auth_configs.authToken`, else `auth`), and the credentials `strip_auth_data`
+    # takes off before the upstream (empty when it is off).
     token_auth: AuthConfig = AuthConfig()
     # `auth_configs.coprocess`: where Tyk reads the credential an auth plugin's
     # refusal reports (the AuthFailure event's key).
@@ -175,12 +171,19 @@ class APIDefinition:
     strip_auth: tuple[AuthConfig, ...] = ()
     disable_rate_limit: bool = False
     disable_quota: bool = False
+    # Built-in token auth alongside a plugin, which auth method's session wins, and
+    # `event_handlers.events` as {event name: [handler objects]}.
     use_standard_auth: bool = False
     base_identity_provided_by: str = ""
     event_handlers: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # Every bundle's directory, in `custom_middleware_bundle` order (config/bundles.py).
     bundle_dirs: tuple[Path, ...] = ()
     analytics_plugin: AnalyticsPlugin | None = None
+
+    @property
+    def auth_header_name(self) -> str:
+        """The header built-in token auth reads the key from."""
+        return self.token_auth.header
 
     @property
     def has_plugins(self) -> bool:
@@ -397,7 +400,6 @@ def load_api_definition(path: Path, cfg: GatewayConfig,
         domain=r.get("domain", str, ""),
         source=path,
         raw=raw,
-        auth_header_name=token_auth.header,
         token_auth=token_auth,
         plugin_auth=plugin_auth,
         strip_auth=strip_auth,
@@ -682,7 +684,7 @@ def _bundle_hook_path(h: Reader, manifest: Path, driver: str) -> str:
 
 
 #: The file a hook's `path` names, per driver (for the fix in an error).
-_HOOK_FILE_KIND = {"lua": ".lua", "otto": ".js", "javascript": ".js"}
+_HOOK_FILE_KIND = {"lua": ".lua", **dict.fromkeys(JS_DRIVERS, ".js")}
 
 
 def _hook_path(h: Reader, cfg: GatewayConfig, source: Path, driver: str) -> str:

@@ -22,7 +22,7 @@ from gateway.keys import KEY_PREFIX, KeyStore
 from gateway.log_once import hook_failure_level
 from gateway.plan import ApiPlan, AuthMode
 from gateway.policy import PolicyStore, apply_policies
-from gateway.ratelimit import enforce_limits, quota_headers
+from gateway.ratelimit import enforce_limits
 from gateway.session import from_object, session_problem, to_object
 from gateway.storage import Storage, StorageUnavailable
 from gateway.tyk_object import (
@@ -100,14 +100,13 @@ class Authenticator:
             # Counters are named by the key's hash when keys are hashed, as in Tyk.
             limited, headers = await enforce_limits(
                 self.storage, self.keys.key_hash(key), session, plan.api_id,
-                rate=not plan.api.disable_rate_limit, quota=not plan.api.disable_quota)
+                rate=not plan.api.disable_rate_limit, quota=not plan.api.disable_quota,
+                quota_headers=self.quota_headers)
             if limited is not None:
                 self.emit(plan.api_id, limited.event, {"message": limited.message, "key": key},
                           plan.api.event_handlers)
-                raise Denied(limited.status, limited.message,
-                             {} if self.quota_headers else limited.headers)
-            state.response_headers.update(
-                quota_headers(session, plan.api_id) if self.quota_headers else headers)
+                raise Denied(limited.status, limited.message, limited.headers)
+            state.response_headers.update(headers)
             if fresh:  # a session the plugin just made, with the quota counts
                 await self.keys.save(key, session)
         except StorageUnavailable as exc:

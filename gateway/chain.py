@@ -204,14 +204,12 @@ class Chain:
             await self._request_group(plan, group, state, rid)
         if plan.auth is not AuthMode.KEYLESS:
             await self._authenticate(plan, state, rid)
-        after_auth = plan.after_auth  # post_key_auth and post
-        if plan.strip_auth:
-            for group in after_auth[:plan.strip_at]:
-                await self._request_group(plan, group, state, rid)
-            strip_credentials(state, plan.strip_auth)
-            after_auth = after_auth[plan.strip_at:]
-        for group in after_auth:
+        for group in plan.after_auth:  # post_key_auth and post
             await self._request_group(plan, group, state, rid)
+        if plan.strip_auth:  # strip_auth_data: after_auth was post_key_auth only
+            strip_credentials(state, plan.strip_auth)
+            for group in plan.after_strip:
+                await self._request_group(plan, group, state, rid)
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole body, bounded by max_body_bytes, copied once.

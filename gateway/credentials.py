@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from config.apidef import AuthConfig
 from gateway.tyk_object import RequestState
-from ipc.merged import params_view, rebuild_query
+from ipc.merged import rebuild_query
 
 __all__ = ["find_key", "strip_credentials"]
 
@@ -22,7 +22,7 @@ def find_key(state: RequestState, auth: AuthConfig) -> str:
     """The credential as the request carries it ("" when it has none)."""
     key = "" if auth.disable_header else state.headers.get(auth.header, "")
     if auth.use_param:
-        key = params_view(state.query).get(auth.param_name or auth.default_name) or key
+        key = state.params_view().get(auth.param_name or auth.default_name) or key
     if auth.use_cookie:
         key = _cookie(state, auth.cookie_name or auth.default_name) or key
     return key

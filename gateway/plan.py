@@ -53,6 +53,11 @@ class ApiPlan:
     # post_key_auth and post; the upstream sits between post and response.
     before_auth: tuple[HookGroup, ...] = ()  # pre (and post, keyless)
     after_auth: tuple[HookGroup, ...] = ()  # post_key_auth and post (protected)
+    # strip_auth_data: the credentials taken off once after_auth ran (it then holds
+    # the post_key_auth hooks only: Tyk's StripAuth sits there), and the post hooks
+    # that run after that.
+    strip_auth: tuple[AuthConfig, ...] = ()
+    after_strip: tuple[HookGroup, ...] = ()
     response_groups: tuple[HookGroup, ...] = ()
     # Why the API's plugins cannot run: it then answers every request with
     # `broken_status` rather than letting it through unchecked.  An unusable
@@ -61,11 +66,6 @@ class ApiPlan:
     # fall back to built-in key auth).
     broken: str = ""
     broken_status: int = 500
-    auth_header: str = "Authorization"
-    # strip_auth_data: the credentials to take off once the post_key_auth hooks
-    # ran (Tyk's StripAuth sits there), before the first of after_auth[strip_at:].
-    strip_auth: tuple[AuthConfig, ...] = ()
-    strip_at: int = 0
     id_extractor: IdExtractor | None = None
     base_identity: str = ""  # Tyk's base_identity_provided_by
 
@@ -124,13 +124,8 @@ def build_plan(api: APIDefinition, coprocess: bool = True, merge: bool = True) -
     response = phase("response")
     keyless = auth is AuthMode.KEYLESS
     strip_auth = () if keyless else api.strip_auth
-    strip_at = 0
-    if strip_auth:  # gateway work between post_key_auth and post: no call spans it
-        before_strip = group_hooks(post_steps[:len(post_key_auth)], merge)
-        strip_at = len(before_strip)
-        after_auth = before_strip + group_hooks(post_steps[len(post_key_auth):], merge)
-    else:
-        after_auth = group_hooks(post_steps, merge)
+    # Stripping is gateway work between post_key_auth and post: no call spans it.
+    split = len(post_key_auth) if strip_auth else len(post_steps)
     return ApiPlan(
         api=api,
         target=Target.from_proxy(api.proxy),
@@ -141,12 +136,11 @@ def build_plan(api: APIDefinition, coprocess: bool = True, merge: bool = True) -
         needs_body=bool(pre or auth_hook or post_key_auth or post),
         log_fields={"api_id": api.api_id},
         before_auth=group_hooks(pre_steps + post_steps if keyless else pre_steps, merge),
-        after_auth=() if keyless else after_auth,
+        after_auth=() if keyless else group_hooks(post_steps[:split], merge),
         response_groups=group_hooks((Step("response", h) for h in response), merge),
         broken=api.bundle_error,
-        auth_header=api.auth_header_name,
         strip_auth=strip_auth,
-        strip_at=strip_at,
+        after_strip=group_hooks(post_steps[split:], merge) if strip_auth else (),
         id_extractor=IdExtractor.from_config(mw.id_extractor) if auth_hook else None,
         base_identity=api.base_identity_provided_by,
     )

@@ -42,12 +42,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from config.policies import PolicyOptions, load_policies, policy_files
 from config.reader import ConfigError
 
-__all__ = ["PolicyStore", "apply_policies"]
+__all__ = ["PolicyStore", "apply_policies", "has_own_limit"]
 
 log = logging.getLogger("coproc.gateway.policy")
 
@@ -103,6 +103,11 @@ class PolicyStore:
                 continue
             out.append((str(path), stat.st_mtime_ns, stat.st_size))
         return tuple(out)
+
+
+def has_own_limit(limit: Any) -> TypeGuard[Mapping[str, Any]]:
+    """Whether an access right's `limit` sets anything (not Tyk's `APILimit.IsEmpty`)."""
+    return isinstance(limit, Mapping) and any(_num(limit.get(k)) for k in _API_LIMIT_FIELDS)
 
 
 def _num(value: Any) -> float:
@@ -214,7 +219,7 @@ def _scope_own_limits(session: dict[str, Any]) -> None:
         return
     for api_id, right in rights.items():
         limit = right.get("limit") if isinstance(right, dict) else None
-        if isinstance(limit, Mapping) and any(_num(limit.get(k)) for k in _API_LIMIT_FIELDS):
+        if has_own_limit(limit):
             right["allowance_scope"] = api_id
 
 

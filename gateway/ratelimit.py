@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.policy import has_own_limit
 from gateway.storage import Storage
 
-__all__ = ["Limited", "enforce_limits", "quota_headers"]
+__all__ = ["Limited", "enforce_limits"]
 
 RATE_EXCEEDED = "Rate Limit Exceeded"
 QUOTA_EXCEEDED = "Quota exceeded"
@@ -43,11 +44,14 @@ def _number(session: Mapping[str, Any], key: str) -> float:
 
 
 async def enforce_limits(storage: Storage, key_id: str, session: dict[str, Any],
-                         api_id: str = "", *, rate: bool = True,
-                         quota: bool = True) -> tuple[Limited | None, dict[str, str]]:
+                         api_id: str = "", *, rate: bool = True, quota: bool = True,
+                         quota_headers: bool = True) -> tuple[Limited | None, dict[str, str]]:
     """Count this request to `api_id`; (refusal or None, X-RateLimit-* headers for
     the response).  `rate`/`quota` False: the API's `disable_rate_limit`/
-    `disable_quota` (that one is neither counted nor checked).
+    `disable_quota` (that one is neither counted nor checked).  The headers are
+    Tyk's `rate_limit_response_headers`: with `quota_headers` ("quotas", Tyk's
+    default) the quota after this request, on an admitted request only; else
+    ("rate_limits") the rate counts, on a 429 too.
 
     Updates `quota_remaining`/`quota_renews` in `session` (the root's, or the
     access rights' of the scope) so later hooks and the stored session see them.
@@ -59,8 +63,10 @@ async def enforce_limits(storage: Storage, key_id: str, session: dict[str, Any],
     if rate and allowed > 0 and per > 0:
         limit = int(allowed)
         hit = await storage.rate_hit(f"rate-{counted}", limit, per)
-        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(hit.remaining),
-                   "X-RateLimit-Reset": str(int(time.time() + math.ceil(hit.reset)))}
+        if not quota_headers:
+            headers = {"X-RateLimit-Limit": str(limit),
+                       "X-RateLimit-Remaining": str(hit.remaining),
+                       "X-RateLimit-Reset": str(int(time.time() + math.ceil(hit.reset)))}
         if not hit.allowed:
             return Limited(429, RATE_EXCEEDED, "RateLimitExceeded", headers), headers
     quota_max = int(_number(limits, "quota_max"))
@@ -71,25 +77,24 @@ async def enforce_limits(storage: Storage, key_id: str, session: dict[str, Any],
                       int(time.time() + hit.reset) if hit.reset else None)
         if not hit.allowed:
             return Limited(403, QUOTA_EXCEEDED, "QuotaExceeded", headers), headers
+    if quota_headers:  # Tyk's quotaSender: this API's quota after the request
+        headers = {"X-RateLimit-Limit": str(int(_number(limits, "quota_max"))),
+                   "X-RateLimit-Remaining": str(int(_number(limits, "quota_remaining"))),
+                   "X-RateLimit-Reset": str(int(_number(limits, "quota_renews")))}
     return None, headers
 
 
-#: Tyk's APILimit fields: a `limit` with none of them set is empty (IsEmpty).
-_LIMIT_FIELDS = ("rate", "per", "throttle_interval", "throttle_retry_limit", "max_query_depth",
-                 "quota_max", "quota_renews", "quota_remaining", "quota_renewal_rate", "set_by")
-
-
 def _limits_for(session: Mapping[str, Any], api_id: str) -> tuple[Mapping[str, Any], str]:
-    """(the values that limit this API, their counters' scope)."""
+    """(the values that limit this API, their counters' scope), as Tyk's
+    GetAccessDefinitionByAPIIDOrSession: the API's own `limit` unless it is empty,
+    else the session's; the scope is the access right's either way."""
     rights = session.get("access_rights")
     right = rights.get(api_id) if api_id and isinstance(rights, Mapping) else None
     if not isinstance(right, Mapping):
         return session, ""
     scope = str(right.get("allowance_scope") or "")
     limit = right.get("limit")
-    if isinstance(limit, Mapping) and any(limit.get(k) for k in _LIMIT_FIELDS):
-        return limit, scope
-    return session, scope
+    return (limit if has_own_limit(limit) else session), scope
 
 
 def _record_quota(session: dict[str, Any], scope: str, remaining: int,
@@ -99,7 +104,7 @@ def _record_quota(session: dict[str, Any], scope: str, remaining: int,
     rights = session.get("access_rights")
     for right in rights.values() if isinstance(rights, Mapping) else ():
         limit = right.get("limit") if isinstance(right, dict) else None
-        if isinstance(limit, dict) and any(limit.get(k) for k in _LIMIT_FIELDS) \
+        if has_own_limit(limit) and isinstance(limit, dict) \
                 and str(right.get("allowance_scope") or "") == scope:
             limit["quota_remaining"] = remaining
             if renews is not None:
@@ -108,12 +113,3 @@ def _record_quota(session: dict[str, Any], scope: str, remaining: int,
         session["quota_remaining"] = remaining
         if renews is not None:
             session["quota_renews"] = renews
-
-
-def quota_headers(session: Mapping[str, Any], api_id: str) -> dict[str, str]:
-    """Tyk's default X-RateLimit-* (its quotaSender): the quota of this API (its own
-    limit's, else the session's) after this request: max, remaining, renewal time."""
-    limits, _ = _limits_for(session, api_id)
-    return {"X-RateLimit-Limit": str(int(_number(limits, "quota_max"))),
-            "X-RateLimit-Remaining": str(int(_number(limits, "quota_remaining"))),
-            "X-RateLimit-Reset": str(int(_number(limits, "quota_renews")))}

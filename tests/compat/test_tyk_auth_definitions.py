@@ -50,7 +50,7 @@ def test_tyk_coprocess_auth_definition(tmp_path: Path) -> None:
     api = _load(tmp_path, _tyk_definition())
     plan = build_plan(api)
     assert plan.auth is AuthMode.PLUGIN and plan.auth_hook is not None
-    assert plan.auth_header == "authorization"
+    assert api.token_auth.header == api.auth_header_name == "authorization"
     assert api.event_handlers == {"AuthFailure": [
         {"handler_name": "cp_dynamic_handler", "handler_meta": {"name": "my_handler"}}]}
 
